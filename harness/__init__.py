@@ -1,0 +1,3 @@
+"""attnbench harness: registry, configs, runner plumbing, results store, reporting and CLI."""
+
+__version__ = "0.1.0"

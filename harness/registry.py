@@ -1,0 +1,206 @@
+"""The variant registry: every attention implementation is one decorated function or class.
+
+A variant declares what it supports (device, dtype, head_dim, causal, cross-attention, packages it
+needs); the runner asks `supports()` before running it and records "unsupported" instead of crashing.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+FAMILIES = ("vanilla", "flash", "sparse", "longformer", "linear", "performer", "mamba")
+
+_DTYPE_NAMES = {
+    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+ALL_FLOAT = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+HALF = (torch.float16, torch.bfloat16)
+
+
+class Unsupported(Exception):
+    """Raised by a variant for a combination it cannot run; the runner records it, never crashes."""
+
+
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPE_NAMES[str(dtype).removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(set(_DTYPE_NAMES))}") from None
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    return str(as_dtype(dtype)).removeprefix("torch.")
+
+
+def device_type(device: torch.device | str) -> str:
+    return torch.device(device).type
+
+
+@functools.cache
+def package_available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+@functools.cache
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class Support:
+    """What an implementation can run. `dtypes` maps a device type to the dtypes it accepts there."""
+
+    dtypes: dict[str, tuple[torch.dtype, ...]] = field(
+        default_factory=lambda: {"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}
+    )
+    max_head_dim: int | None = None
+    head_dim_multiple: int = 1
+    causal: bool = True
+    non_causal: bool = True
+    cross: bool = True  # Nq != Nk
+    requires: tuple[str, ...] = ()  # importable module names
+    # Extra runtime check: (device_type, dtype, head_dim, causal) -> reason or None.
+    check: Callable[[str, torch.dtype, int, bool], str | None] | None = None
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(self.dtypes)
+
+    def unavailable_reason(self, device: str) -> str | None:
+        """Why this implementation cannot run on this machine at all (independent of shapes)."""
+        if device not in self.dtypes:
+            return f"runs on {'/'.join(self.devices)} only"
+        if device == "cuda" and not cuda_available():
+            return "no CUDA device"
+        for module in self.requires:
+            if not package_available(module):
+                return f"{module.replace('_', '-')} not installed"
+        return None
+
+
+@dataclass
+class Variant:
+    """One registered implementation. `attention` is None for mixer-only families (mamba)."""
+
+    name: str
+    family: str
+    exact: bool
+    support: Support
+    mixer_factory: Callable[..., torch.nn.Module] | None = None
+    attention_fn: Callable[..., torch.Tensor] | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    baseline: bool = False
+    trainable: bool = True
+    description: str = ""
+    mask: Callable[..., torch.Tensor] | None = None  # mask-based families: (n_q, n_k, causal, **params)
+    scan: Callable[..., torch.Tensor] | None = None  # mamba: selective_scan_fn semantics
+    backend: Callable[[str], str] | None = None  # device type -> name of the code path that runs there
+
+    def supports(
+        self,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+        head_dim: int = 64,
+        causal: bool = False,
+    ) -> tuple[bool, str]:
+        try:
+            dev, dt = device_type(device), as_dtype(dtype)
+        except (RuntimeError, ValueError) as e:
+            return False, str(e).splitlines()[0]
+        s = self.support
+        reason = s.unavailable_reason(dev)
+        if reason is None and dt not in s.dtypes[dev]:
+            reason = f"{dtype_name(dt)} not supported on {dev}"
+        elif reason is None and s.max_head_dim is not None and head_dim > s.max_head_dim:
+            reason = f"head_dim {head_dim} > {s.max_head_dim}"
+        elif reason is None and head_dim % s.head_dim_multiple:
+            reason = f"head_dim must be a multiple of {s.head_dim_multiple}"
+        elif reason is None and causal and not s.causal:
+            reason = "causal masking not supported"
+        elif reason is None and not causal and not s.non_causal:
+            reason = "causal only"
+        elif reason is None and s.check is not None:
+            reason = s.check(dev, dt, head_dim, causal)
+        return (reason is None, reason or "ok")
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False, **params):
+        if self.attention_fn is None:
+            raise Unsupported(f"{self.name} is a sequence mixer with no attention(q, k, v); use mixer()")
+        if q.shape[-2] != k.shape[-2] and not self.support.cross:
+            raise Unsupported(f"{self.name} needs Nq == Nk (got {q.shape[-2]} and {k.shape[-2]})")
+        return self.attention_fn(q, k, v, causal=causal, **{**self.defaults, **params})
+
+    def mixer(self, d_model: int, n_heads: int, **params) -> torch.nn.Module:
+        return self.mixer_factory(d_model, n_heads, **params)
+
+    def backend_for(self, device: torch.device | str) -> str:
+        return self.backend(device_type(device)) if self.backend else self.name
+
+
+_REGISTRY: dict[str, Variant] = {}
+
+
+def _add(variant: Variant) -> Variant:
+    if variant.family not in FAMILIES:
+        raise ValueError(f"unknown family {variant.family!r}; families are {FAMILIES}")
+    if variant.name in _REGISTRY:
+        raise ValueError(f"variant {variant.name!r} registered twice")
+    _REGISTRY[variant.name] = variant
+    return variant
+
+
+def attention_variant(name: str, *, family: str, exact: bool, support: Support | None = None, **fields):
+    """Register an attention function `fn(q, k, v, causal=False, **params) -> o`.
+
+    Its mixer is the standard projection block around it (see variants.common.AttentionMixer).
+    """
+
+    def register(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        from variants.common import AttentionMixer  # late: variants import this module
+
+        variant = Variant(
+            name=name, family=family, exact=exact, support=support or Support(),
+            attention_fn=fn, **fields,
+        )
+        variant.mixer_factory = functools.partial(AttentionMixer, variant=variant)
+        _add(variant)
+        return fn
+
+    return register
+
+
+def mixer_variant(name: str, *, family: str, exact: bool, support: Support | None = None, **fields):
+    """Register a module class `cls(d_model, n_heads, **params)` that mixes along the sequence."""
+
+    def register(cls: type[torch.nn.Module]) -> type[torch.nn.Module]:
+        _add(Variant(name=name, family=family, exact=exact, support=support or Support(),
+                     mixer_factory=cls, **fields))
+        return cls
+
+    return register
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Variant:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown variant {name!r}; valid names: {', '.join(names())}") from None
+
+
+def all_variants() -> list[Variant]:
+    return [_REGISTRY[n] for n in names()]

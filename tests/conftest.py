@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+import variants
+
+CUDA = torch.cuda.is_available()
+
+# Tolerances against a float64 reference, by the dtype the variant computes in.
+TOLERANCE = {
+    torch.float64: dict(atol=1e-9, rtol=1e-7),
+    torch.float32: dict(atol=2e-5, rtol=2e-4),
+    torch.float16: dict(atol=3e-3, rtol=3e-3),
+    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def qkv(b=2, h=3, n_q=100, n_k=None, d=32, dtype=torch.float32, device="cpu", requires_grad=False):
+    n_k = n_q if n_k is None else n_k
+    g = torch.Generator().manual_seed(1234)
+    make = lambda n: torch.randn(b, h, n, d, generator=g, dtype=torch.float64)  # noqa: E731
+    return tuple(t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+                 for t in (make(n_q), make(n_k), make(n_k)))
+
+
+def cpu_runnable(v, dtype=torch.float32, head_dim=32, causal=False):
+    return v.supports("cpu", dtype, head_dim, causal)[0]
+
+
+def attention_variants():
+    return [v for v in variants.all_variants() if v.attention_fn is not None]

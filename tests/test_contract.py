@@ -1,0 +1,154 @@
+"""The registry contract that every variant honours, whatever its family."""
+
+import pytest
+import torch
+
+import variants
+from harness import masks
+from harness.registry import FAMILIES, Unsupported
+from tests.conftest import TOLERANCE, attention_variants, cpu_runnable, qkv
+from variants.common import softmax_attention
+
+ALL = variants.names()
+ATTENTION = [v.name for v in attention_variants()]
+
+
+def reference(v, q, k, val, causal):
+    """Float64 softmax attention under the variant's own mask (or plain causal)."""
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    if v.mask is not None:
+        mask = v.mask(n_q, n_k, causal=causal, **v.defaults)
+    elif causal:
+        mask = masks.dense(masks.causal(), n_q, n_k)
+    else:
+        mask = None
+    return softmax_attention(q.double(), k.double(), val.double(), mask)
+
+
+def test_names_sorted_and_unknown_name_lists_valid_ones():
+    assert ALL == sorted(ALL)
+    with pytest.raises(ValueError, match="valid names: .*vanilla"):
+        variants.get("no-such-variant")
+
+
+def test_every_family_is_registered():
+    assert {v.family for v in variants.all_variants()} == set(FAMILIES)
+
+
+def test_exactly_one_baseline():
+    assert [v.name for v in variants.all_variants() if v.baseline] == ["vanilla"]
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("head_dim", [16, 64, 128, 256, 512])
+@pytest.mark.parametrize("causal", [False, True])
+def test_supports_answers_without_crashing(name, device, dtype, head_dim, causal):
+    ok, reason = variants.get(name).supports(device=device, dtype=dtype, head_dim=head_dim, causal=causal)
+    assert isinstance(ok, bool) and isinstance(reason, str) and reason
+    if device == "cuda" and not torch.cuda.is_available():
+        assert not ok
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_declares_family_and_exactness(name):
+    v = variants.get(name)
+    assert v.family in FAMILIES
+    assert isinstance(v.exact, bool)
+    assert (v.attention_fn is None) == (v.family == "mamba")
+
+
+@pytest.mark.parametrize("name", [n for n in ATTENTION if variants.get(n).exact])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(100, 100), (37, 100), (100, 37)], ids=["square", "short-q", "long-q"])
+def test_exact_variants_match_float64_reference(name, causal, shape):
+    v = variants.get(name)
+    n_q, n_k = shape
+    if not cpu_runnable(v, causal=causal):
+        pytest.skip(v.supports("cpu", torch.float32, 32, causal)[1])
+    if n_q != n_k and not v.support.cross:
+        with pytest.raises(Unsupported):
+            v.attention(*qkv(n_q=n_q, n_k=n_k), causal=causal)
+        return
+    q, k, val = qkv(n_q=n_q, n_k=n_k)
+    torch.testing.assert_close(
+        v.attention(q, k, val, causal=causal).double(), reference(v, q, k, val, causal),
+        **TOLERANCE[torch.float32],
+    )
+
+
+@pytest.mark.parametrize("name", [n for n in ATTENTION if variants.get(n).exact])
+def test_exact_variants_in_bfloat16(name):
+    v = variants.get(name)
+    if not cpu_runnable(v, dtype=torch.bfloat16, causal=True):
+        pytest.skip(v.supports("cpu", torch.bfloat16, 32, True)[1])
+    q, k, val = qkv(n_q=128, dtype=torch.bfloat16)
+    out = v.attention(q, k, val, causal=True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), reference(v, q, k, val, True), **TOLERANCE[torch.bfloat16])
+
+
+@pytest.mark.parametrize("name", ATTENTION)
+def test_causal_attention_never_looks_ahead(name):
+    v = variants.get(name)
+    if not cpu_runnable(v, causal=True):
+        pytest.skip(v.supports("cpu", torch.float32, 32, True)[1])
+    q, k, val = qkv(n_q=96)
+    t = 70
+    out = v.attention(q, k, val, causal=True)
+    k2, v2 = k.clone(), val.clone()
+    k2[..., t:, :] += 3.0 * torch.randn_like(k2[..., t:, :])
+    v2[..., t:, :] += 3.0 * torch.randn_like(v2[..., t:, :])
+    out2 = v.attention(q, k2, v2, causal=True)
+    torch.testing.assert_close(out2[..., :t, :], out[..., :t, :], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out2[..., t:, :], out[..., t:, :], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_causal_mixer_never_looks_ahead(name):
+    v = variants.get(name)
+    if not cpu_runnable(v, causal=True):
+        pytest.skip(v.supports("cpu", torch.float32, 32, True)[1])
+    mixer = v.mixer(64, 2).eval()
+    x = torch.randn(2, 80, 64)
+    t = 50
+    x2 = x.clone()
+    x2[:, t:] += torch.randn_like(x2[:, t:])
+    with torch.no_grad():
+        y, y2 = mixer(x), mixer(x2)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y2[:, :t], y[:, :t], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(y2[:, t:], y[:, t:], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if variants.get(n).trainable])
+def test_backward_gives_finite_gradients(name):
+    v = variants.get(name)
+    if not cpu_runnable(v, causal=True):
+        pytest.skip(v.supports("cpu", torch.float32, 32, True)[1])
+    mixer = v.mixer(64, 2)
+    x = torch.randn(2, 70, 64, requires_grad=True)
+    mixer(x).square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for pname, p in mixer.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_unsupported_combination_returns_a_reason(name):
+    v = variants.get(name)
+    ok, reason = v.supports(device="cuda" if not torch.cuda.is_available() else "tpu",
+                            dtype=torch.float32, head_dim=64)
+    assert not ok and reason != "ok"
+    ok, reason = v.supports(device="cpu", dtype=torch.float32, head_dim=100_000)
+    assert isinstance(ok, bool) and reason
+
+
+def test_fully_masked_rows_are_zero_not_nan():
+    q, k, val = qkv(n_q=10, n_k=4, requires_grad=True)
+    out = variants.get("vanilla").attention(q, k, val, causal=True)  # first 6 queries see no key
+    assert torch.isfinite(out).all() and out[..., :6, :].abs().max() == 0
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all()

@@ -1,0 +1,13 @@
+"""Vanilla softmax attention: the O(N^2)-memory reference every other variant is compared with."""
+
+from harness.registry import Support, attention_variant
+from variants.common import causal_mask, softmax_attention
+
+
+@attention_variant(
+    "vanilla", family="vanilla", exact=True, baseline=True, support=Support(),
+    description="materialized softmax(QK^T/sqrt(d))V in plain PyTorch",
+)
+def vanilla(q, k, v, causal=False):
+    mask = causal_mask(q.shape[-2], k.shape[-2], q.device) if causal else None
+    return softmax_attention(q, k, v, mask)
