@@ -81,12 +81,9 @@ class Support:
         """Why this implementation cannot run on this machine at all (independent of shapes)."""
         if device not in self.dtypes:
             return f"runs on {'/'.join(self.devices)} only"
-        if device == "cuda" and not cuda_available():
-            return "no CUDA device"
-        for module in self.requires:
-            if not package_available(module):
-                return f"{module.replace('_', '-')} not installed"
-        return None
+        reasons = ["no CUDA device"] if device == "cuda" and not cuda_available() else []
+        reasons += [f"{m.replace('_', '-')} not installed" for m in self.requires if not package_available(m)]
+        return ", ".join(reasons) or None
 
 
 @dataclass

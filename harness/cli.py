@@ -1,0 +1,134 @@
+"""attnbench command line: list the registry, run a suite."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+import suites
+import variants
+from harness import runner
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmark and profile attention architectures.")
+console = Console()
+SHORT_DTYPE = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+class ArgumentError(Exception):
+    """Bad input: reported as one line, exit code 2."""
+
+
+def fail(message: str) -> None:
+    raise ArgumentError(message)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@app.command("list")
+def list_variants() -> None:
+    """Print the registry: what each variant is, where it runs, and what is unavailable here."""
+    table = Table(title="attnbench variants", show_lines=False)
+    for col in ("name", "family", "exact", "devices", "dtypes", "unavailable here"):
+        table.add_column(col)
+    for v in variants.all_variants():
+        devices = v.support.devices
+        dtypes = "; ".join(f"{d}: " + " ".join(SHORT_DTYPE[t] for t in v.support.dtypes[d]) for d in devices)
+        missing = [f"{d}: {r}" for d in devices if (r := v.support.unavailable_reason(d))]
+        table.add_row(v.name + (" (baseline)" if v.baseline else ""), v.family, "yes" if v.exact else "no",
+                      ",".join(devices), dtypes, "; ".join(missing) or "-")
+    Console(width=max(console.width, 150)).print(table)
+
+
+def one_line_validation(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}" if where else err["msg"]
+
+
+@app.command("run")
+def run(
+    suite: str = typer.Option(..., help="Suite to run: " + ", ".join(sorted(suites.SUITES))),
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when present)"),
+    profile: str = typer.Option("quick", help="quick, standard or full"),
+    out: Path = typer.Option(None, help="Run directory (default results/<suite>-<device>-<profile>)"),
+    variant: list[str] = typer.Option(None, "--variant", "-v", help="Only these variants (repeatable)"),
+    seq_len: list[int] = typer.Option(None, "--seq-len", "-n", help="Only these sequence lengths"),
+    dtype: list[str] = typer.Option(None, "--dtype", help="Only these dtypes"),
+    timeout: float = typer.Option(None, help="Per-case timeout in seconds (default: the suite's)"),
+    progress: bool = typer.Option(True, help="Show a progress bar"),
+) -> None:
+    """Run a suite; rows land in OUT as each case finishes. Re-running with the same OUT resumes."""
+    device = device or default_device()
+    if device not in ("cpu", "cuda"):
+        fail(f"unknown device {device!r}; use cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda but no CUDA device is visible; use --device cpu")
+    if profile not in ("quick", "standard", "full"):
+        fail(f"unknown profile {profile!r}; use quick, standard or full")
+    try:
+        module = suites.get(suite)
+    except ValueError as e:
+        fail(str(e))
+    for name in variant or []:
+        try:
+            variants.get(name)
+        except ValueError as e:
+            fail(str(e))
+    if any(n <= 0 for n in seq_len or []):
+        fail(f"--seq-len must be positive, got {min(seq_len)}")
+    try:
+        cases = module.plan(profile=profile, device=device, variants=variant or None,
+                            seq_lens=seq_len or None, dtypes=dtype or None)
+    except ValidationError as e:
+        fail(one_line_validation(e))
+    except ValueError as e:
+        fail(str(e))
+    if not cases:
+        fail("the filters leave no case to run; loosen --variant/--seq-len/--dtype")
+    out = out or Path("results") / f"{suite}-{device}-{profile}"
+    console.print(f"[bold]{suite}[/] on {device}, profile {profile}: {len(cases)} cases -> {out}")
+    try:
+        summary = runner.run(cases, module.__name__, out, timeout_s=timeout or module.TIMEOUT_S,
+                             progress=progress)
+    except ValueError as e:
+        fail(str(e))
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing new"
+    console.print(f"rows written: {counts}; already done: {summary.skipped_as_done}; results in {out}")
+    if hasattr(module, "summarize"):
+        module.summarize(out, console)
+    if summary.interrupted:
+        console.print(f"interrupted: every finished row is kept in {out}; run the same command to resume")
+        raise typer.Exit(130)
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+    except ArgumentError as e:
+        print(f"attnbench: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as e:
+        if not hasattr(e, "format_message"):  # a usage error of typer's click: one line, exit 2
+            raise
+        message = e.format_message().strip()
+        if message:  # empty when typer already printed the help
+            print(f"attnbench: error: {message.splitlines()[-1]}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Typed, validated experiment configs. Every case is a frozen pydantic model; its row carries it whole."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+import variants
+from harness.registry import as_dtype, dtype_name
+
+Device = Literal["cpu", "cuda"]
+Profile = Literal["quick", "standard", "full"]
+
+
+class Case(BaseModel):
+    """One measurement: a variant under one configuration. Suites subclass it with their own fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    suite: str
+    variant: str
+    device: Device
+    dtype: str = "float32"
+    params: dict[str, Any] = {}  # variant parameters beyond its defaults (window, nb_features, ...)
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, name: str) -> str:
+        variants.get(name)  # raises ValueError listing the valid names
+        return name
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, name: str) -> str:
+        return dtype_name(as_dtype(name))
+
+    @property
+    def case_id(self) -> str:
+        """Stable id of the configuration: the same case in a re-run has the same id (resume)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    @property
+    def torch_dtype(self):
+        return as_dtype(self.dtype)
+
+    def describe(self) -> str:
+        """A short human label for progress bars and logs."""
+        return f"{self.variant} {self.dtype}"
+
+    def flat(self) -> dict[str, Any]:
+        """Config as flat columns: nested params become one sorted JSON string column."""
+        row = self.model_dump(mode="json")
+        row["params"] = json.dumps(row["params"], sort_keys=True)
+        return row

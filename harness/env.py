@@ -1,0 +1,85 @@
+"""The environment a result was measured in: device, driver, versions, commit."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OPTIONAL_PACKAGES = ("xformers", "fla-core", "mamba-ssm", "causal-conv1d", "triton", "nvidia-ml-py")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@functools.cache
+def git_commit() -> str:
+    """The commit of the harness, with '+dirty' when the tree has uncommitted changes."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               text=True, capture_output=True, check=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("GITHUB_SHA", "unknown")[:12]
+
+
+def package_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device)) if torch.cuda.is_available() else "no CUDA device"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def nvidia_driver() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+            return version.decode() if isinstance(version, bytes) else version
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML library, no driver: not an error on a CPU machine
+        return None
+
+
+def describe(device: str = "cpu") -> dict:
+    """A flat dict: goes beside every run and into every result row."""
+    cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
+    return {
+        "device": torch.device(device).type,
+        "device_name": device_name(device),
+        "device_count": torch.cuda.device_count() if cuda else 1,
+        "cpu_threads": torch.get_num_threads(),
+        "driver": nvidia_driver() if cuda else None,
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "commit": git_commit(),
+        **{f"pkg_{name.replace('-', '_')}": package_version(name) for name in OPTIONAL_PACKAGES},
+    }
