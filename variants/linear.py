@@ -1,0 +1,154 @@
+"""Linear attention (Katharopoulos et al. 2020) and the normalised linear-attention core it shares.
+
+With a positive feature map phi, o_i = phi(q_i).S_i / (phi(q_i).z_i + eps), where S_i = sum_j phi(k_j) v_j^T
+and z_i = sum_j phi(k_j) over the keys query i may see (all of them, or a prefix when causal). The core
+works on feature-mapped queries and keys, so every kernelised family (linear, performer) uses it.
+
+Causal code paths: fla-core's chunked Triton kernel for the numerator on CUDA (denominator in PyTorch),
+else chunked PyTorch (intra-chunk masked quadratic + exclusive prefix of per-chunk states).
+Causal with n_q != n_k uses the bottom-right alignment of harness.masks.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from harness import masks
+from harness.registry import Support, attention_variant, package_available
+
+CHUNK_SIZE = 64
+FLA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half inputs accumulate in float32; float32 and float64 keep their own precision."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
+    return F.elu(x) + 1
+
+
+def fla_backend_available() -> bool:
+    return package_available("fla")
+
+
+def backend_name(device: str) -> str:
+    """The code path of causal attention on a device type (non-causal is two einsums everywhere)."""
+    return "fla-chunk" if device == "cuda" and fla_backend_available() else "torch-chunked"
+
+
+def _fla_usable(phi: torch.Tensor, v: torch.Tensor) -> bool:
+    # fla's half-precision backward asserts even feature and value dims.
+    return (v.is_cuda and v.dtype in FLA_DTYPES and fla_backend_available()
+            and phi.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0)
+
+
+def _to_accumulation(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    acc = functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
+    return tuple(t.to(acc) for t in tensors)
+
+
+def _with_ones(v: torch.Tensor) -> torch.Tensor:
+    """Append a ones column: the same product then yields the numerator and the denominator."""
+    return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
+
+
+def _split_numerator(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return out[..., :-1], out[..., -1:]
+
+
+def _global_sums(phi_q, phi_k, v):
+    """Non-causal: every query sees every key, so S and z are one sum over the keys."""
+    state = torch.einsum("...nm,...ne->...me", phi_k, _with_ones(v))
+    return _split_numerator(torch.einsum("...nm,...me->...ne", phi_q, state))
+
+
+def _align_bottom_right(phi_q, phi_k, v):
+    """Pad the shorter of queries and keys at the front with zero features, making a square problem.
+
+    Zero query features contribute rows we drop; zero key features add nothing to S or z, so query i
+    sees keys up to position i + n_k - n_q, and queries before the first key get 0 / eps = 0.
+    """
+    gap = phi_k.shape[-2] - phi_q.shape[-2]
+    if gap > 0:
+        phi_q = F.pad(phi_q, (0, 0, gap, 0))
+    elif gap < 0:
+        phi_k, v = F.pad(phi_k, (0, 0, -gap, 0)), F.pad(v, (0, 0, -gap, 0))
+    return phi_q, phi_k, v
+
+
+def _chunked_prefix_sums(phi_q, phi_k, v, chunk_size: int):
+    """Causal numerator and denominator, chunk by chunk; stores one (m, e) state per chunk."""
+    n = phi_q.shape[-2]
+    pad = -n % chunk_size  # zero tail: padded keys add nothing, padded queries are dropped
+    q, k, v1 = (F.pad(t, (0, 0, 0, pad)).unflatten(-2, (-1, chunk_size))
+                for t in (phi_q, phi_k, _with_ones(v)))
+    states = torch.einsum("...cnm,...cne->...cme", k, v1)
+    before = torch.cat([torch.zeros_like(states[..., :1, :, :]), states[..., :-1, :, :]], dim=-3).cumsum(-3)
+    inter = torch.einsum("...cnm,...cme->...cne", q, before)
+    intra = (q @ k.transpose(-1, -2)).tril() @ v1
+    return _split_numerator((inter + intra).flatten(-3, -2)[..., :n, :])
+
+
+def _fla_prefix_sums(phi_q, phi_k, v):
+    """Causal numerator from fla's chunked kernel (layout [B, T, H, K]); denominator in float32 here."""
+    from fla.ops.linear_attn import chunk_linear_attn  # CUDA + Triton only: import on this path alone
+
+    q, k = phi_q.to(v.dtype), phi_k.to(v.dtype)
+    num, _ = chunk_linear_attn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                               scale=1.0, normalize=False)
+    den = (q.float() * k.float().cumsum(-2)).sum(-1, keepdim=True)
+    return num.transpose(1, 2).float(), den
+
+
+def normalized_linear_attention(
+    phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+    eps: float | torch.Tensor, chunk_size: int = CHUNK_SIZE, use_fla: bool | None = None,
+) -> torch.Tensor:
+    """phi_q (..., n_q, m), phi_k (..., n_k, m), v (..., n_k, e) -> (..., n_q, e) in accumulation dtype.
+
+    `eps` is a float or a tensor broadcastable to (..., n_q, 1). `use_fla` None picks fla's kernel when
+    it can run (causal, CUDA, fla installed); False forces the chunked PyTorch path.
+    """
+    n_q = phi_q.shape[-2]
+    if not causal:
+        num, den = _global_sums(*_to_accumulation(phi_q, phi_k, v))
+    else:
+        phi_q, phi_k, v = _align_bottom_right(phi_q, phi_k, v)
+        if _fla_usable(phi_q, v) if use_fla is None else use_fla:
+            num, den = _fla_prefix_sums(phi_q, phi_k, v)
+        else:
+            num, den = _chunked_prefix_sums(*_to_accumulation(phi_q, phi_k, v), chunk_size)
+    return num[..., -n_q:, :] / (den[..., -n_q:, :] + eps)
+
+
+def quadratic_linear_attention(phi_q, phi_k, v, *, causal: bool, eps: float | torch.Tensor) -> torch.Tensor:
+    """The O(N^2) definition of normalised linear attention, in accumulation dtype: the reference."""
+    phi_q, phi_k, v = _to_accumulation(phi_q, phi_k, v)
+    weights = phi_q @ phi_k.transpose(-1, -2)
+    if causal:
+        weights = weights * masks.dense(masks.causal(), phi_q.shape[-2], phi_k.shape[-2], weights.device)
+    return (weights @ v) / (weights.sum(-1, keepdim=True) + eps)
+
+
+def linear_attention_reference(q, k, v, causal: bool = False, eps: float = 1e-6) -> torch.Tensor:
+    """Linear attention by its O(N^2) definition (elu + 1 features), returned in q's dtype."""
+    acc = accumulation_dtype(q.dtype)
+    phi_q, phi_k = elu_feature_map(q.to(acc)), elu_feature_map(k.to(acc))
+    return quadratic_linear_attention(phi_q, phi_k, v, causal=causal, eps=eps).to(q.dtype)
+
+
+@attention_variant(
+    "linear", family="linear", exact=False, support=Support(cross=True),
+    defaults={"eps": 1e-6, "chunk_size": CHUNK_SIZE}, backend=backend_name,
+    description="linear attention, phi = elu + 1; causal via chunked prefix sums (fla kernel on CUDA)",
+)
+def linear_attention(q, k, v, causal=False, eps=1e-6, chunk_size=CHUNK_SIZE):
+    acc = accumulation_dtype(q.dtype)
+    phi_q, phi_k = elu_feature_map(q.to(acc)), elu_feature_map(k.to(acc))
+    out = normalized_linear_attention(phi_q, phi_k, v, causal=causal, eps=eps, chunk_size=chunk_size)
+    return out.to(q.dtype)
