@@ -1,0 +1,113 @@
+"""Fused exact kernels: CPU flash path against the float64 reference, backend pinning, CUDA parity."""
+
+import sys
+
+import pytest
+import torch
+from torch.profiler import profile
+
+import variants
+from harness import masks
+from harness.registry import ALL_FLOAT, Unsupported
+from tests.conftest import TOLERANCE, qkv
+from variants.common import softmax_attention
+
+FLASH = ["flash-sdpa", "flash-cudnn", "flash-efficient", "flash-xformers"]
+SHAPES = [(64, 64), (23, 64), (64, 23), (1, 40)]
+SHAPE_IDS = ["square", "short-q", "long-q", "decode"]
+
+
+def reference(q, k, v, causal):
+    mask = masks.dense(masks.causal(), q.shape[-2], k.shape[-2]) if causal else None
+    return softmax_attention(q.double(), k.double(), v.double(), mask)
+
+
+@pytest.mark.parametrize("dtype", ALL_FLOAT)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_cpu_flash_matches_float64_reference(dtype, causal, shape):
+    q, k, v = qkv(n_q=shape[0], n_k=shape[1], d=40, dtype=dtype)
+    out = variants.get("flash-sdpa").attention(q, k, v, causal=causal)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), reference(q, k, v, causal), **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_cpu_flash_gradients_match_float64_reference(causal, shape):
+    q, k, v = qkv(n_q=shape[0], n_k=shape[1], requires_grad=True)
+    grad_out = torch.randn(q.shape[:-1] + (v.shape[-1],))
+    variants.get("flash-sdpa").attention(q, k, v, causal=causal).backward(grad_out)
+    got = [t.grad for t in (q, k, v)]
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    reference(q64, k64, v64, causal).backward(grad_out.double())
+    for g, want in zip(got, (q64.grad, k64.grad, v64.grad), strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g.double(), want, **TOLERANCE[torch.float32])
+
+
+def test_queries_before_the_first_key_output_zero_and_the_rest_is_square_causal():
+    q, k, v = qkv(n_q=50, n_k=20)
+    out = variants.get("flash-sdpa").attention(q, k, v, causal=True)
+    assert out[..., :30, :].abs().max() == 0
+    square = variants.get("flash-sdpa").attention(q[..., 30:, :], k, v, causal=True)
+    torch.testing.assert_close(out[..., 30:, :], square)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (23, 64), (64, 23)], ids=["square", "short-q", "long-q"])
+def test_cpu_flash_runs_the_fused_kernel_forward_and_backward(shape):
+    q, k, v = qkv(n_q=shape[0], n_k=shape[1], requires_grad=True)
+    with profile() as prof:
+        variants.get("flash-sdpa").attention(q, k, v, causal=True).sum().backward()
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in ops
+    assert "aten::_scaled_dot_product_attention_math" not in ops
+
+
+@pytest.mark.parametrize("name", ["flash-cudnn", "flash-efficient"])
+def test_pinned_backend_without_a_kernel_raises_unsupported(name):
+    with pytest.raises(Unsupported, match="cannot run these inputs"):
+        variants.get(name).attention(*qkv(n_q=16), causal=True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_xformers_missing_raises_unsupported(monkeypatch, causal):
+    monkeypatch.setitem(sys.modules, "xformers", None)  # makes `import xformers.ops` fail
+    with pytest.raises(Unsupported, match="xformers not installed"):
+        variants.get("flash-xformers").attention(*qkv(n_q=16), causal=causal)
+
+
+def test_declared_support():
+    sdpa = variants.get("flash-sdpa")
+    for dtype in ALL_FLOAT:
+        assert sdpa.supports("cpu", dtype, head_dim=512, causal=True) == (True, "ok")
+    for name in ["flash-cudnn", "flash-efficient", "flash-xformers"]:
+        ok, reason = variants.get(name).supports("cpu", torch.float32, 64)
+        assert not ok and reason == "runs on cuda only"
+    assert variants.get("flash-cudnn").supports("cuda", torch.float32, 64)[1] != "ok"
+    assert len({variants.get(n).backend_for("cuda") for n in FLASH}) == len(FLASH)
+    assert sdpa.backend_for("cpu") != sdpa.backend_for("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", FLASH)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(256, 256), (100, 300), (300, 100), (1, 129)],
+                         ids=["square", "short-q", "long-q", "decode"])
+def test_cuda_flash_matches_vanilla(name, dtype, causal, shape):
+    v = variants.get(name)
+    ok, reason = v.supports("cuda", dtype, 64, causal)
+    if not ok:
+        pytest.skip(reason)
+    q, k, val = qkv(n_q=shape[0], n_k=shape[1], d=64, dtype=dtype, device="cuda", requires_grad=True)
+    out = v.attention(q, k, val, causal=causal)
+    want = variants.get("vanilla").attention(q, k, val, causal=causal)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), want.double(), **TOLERANCE[dtype])
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, val), grad_out)
+    expected = torch.autograd.grad(want, (q, k, val), grad_out)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g.double(), e.double(), atol=5e-2, rtol=5e-2)

@@ -1,0 +1,136 @@
+"""Exact fused attention kernels: PyTorch SDPA pinned to one backend each, and xformers.
+
+Causal masking is bottom-right aligned (the harness.masks convention): query i sits at key position
+i + (n_k - n_q). Queries aligned before the first key (n_q > n_k) see nothing and output zeros; they
+are cut off before the kernel runs, because backends disagree on fully masked rows (NaN or zero).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
+
+from harness.registry import ALL_FLOAT, HALF, Support, Unsupported, attention_variant
+
+CUDA_FLOAT = (torch.float32, *HALF)
+# How SDPA says that the pinned backend cannot take these inputs (CUDA and CPU wording).
+_NO_KERNEL_MESSAGES = ("No available kernel", "No viable backend")
+
+
+def _sm_at_least(major: int, minor: int) -> bool:
+    return torch.cuda.get_device_capability() >= (major, minor)
+
+
+def zero_blind_queries(attend, q, k, v):
+    """`attend(q, k, v)` for the queries aligned at key position >= 0; zeros for the ones before."""
+    n_blind = max(q.shape[-2] - k.shape[-2], 0)
+    if n_blind == 0:
+        return attend(q, k, v)
+    out = attend(q[..., n_blind:, :], k, v)
+    return torch.cat([out.new_zeros(*out.shape[:-2], n_blind, out.shape[-1]), out], dim=-2)
+
+
+def sdpa(q, k, v, causal: bool, backend: SDPBackend) -> torch.Tensor:
+    """F.scaled_dot_product_attention restricted to one backend, bottom-right causal."""
+
+    def attend(q, k, v):
+        n_q, n_k = q.shape[-2], k.shape[-2]
+        square = n_q == n_k
+        mask = causal_lower_right(n_q, n_k) if causal and not square else None
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and square)
+
+    try:
+        return zero_blind_queries(attend, q, k, v) if causal else attend(q, k, v)
+    except RuntimeError as e:
+        if any(m in str(e) for m in _NO_KERNEL_MESSAGES):
+            raise Unsupported(f"SDPA {backend.name} cannot run these inputs: {str(e).splitlines()[0]}") from e
+        raise
+
+
+def _flash_check(device, dtype, head_dim, causal):
+    if device != "cuda":
+        return None  # the CPU flash kernel takes any head_dim
+    if not _sm_at_least(8, 0):
+        return "FlashAttention needs sm80 or newer"
+    if head_dim > 256:
+        return f"head_dim {head_dim} > 256 (FlashAttention on CUDA)"
+    return None
+
+
+def _sm80_check(device, dtype, head_dim, causal):
+    return None if _sm_at_least(8, 0) else "needs sm80 or newer"
+
+
+def _efficient_check(device, dtype, head_dim, causal):
+    if dtype == torch.bfloat16 and not _sm_at_least(8, 0):
+        return "bfloat16 needs sm80 or newer"
+    return None
+
+
+@attention_variant(
+    "flash-sdpa", family="flash", exact=True,
+    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": HALF}, check=_flash_check),
+    backend=lambda device: f"sdpa-flash-{device}",
+    description="torch SDPA pinned to its FlashAttention backend (FA2 on CUDA, fused kernel on CPU)",
+)
+def flash_sdpa(q, k, v, causal=False):
+    return sdpa(q, k, v, causal, SDPBackend.FLASH_ATTENTION)
+
+
+@attention_variant(
+    "flash-cudnn", family="flash", exact=True,
+    # 128 is the limit cuDNN has everywhere; sm90/sm100 with a recent cuDNN also take 256.
+    support=Support(dtypes={"cuda": HALF}, max_head_dim=128, head_dim_multiple=8, check=_sm80_check),
+    backend=lambda device: "sdpa-cudnn",
+    description="torch SDPA pinned to its cuDNN fused attention backend",
+)
+def flash_cudnn(q, k, v, causal=False):
+    return sdpa(q, k, v, causal, SDPBackend.CUDNN_ATTENTION)
+
+
+@attention_variant(
+    "flash-efficient", family="flash", exact=True,
+    # Alignment: 8 elements covers fp16/bf16 (8) and fp32 (4) on every architecture.
+    support=Support(dtypes={"cuda": CUDA_FLOAT}, head_dim_multiple=8, check=_efficient_check),
+    backend=lambda device: "sdpa-mem-efficient",
+    description="torch SDPA pinned to its memory-efficient (CUTLASS, xformers-derived) backend",
+)
+def flash_efficient(q, k, v, causal=False):
+    return sdpa(q, k, v, causal, SDPBackend.EFFICIENT_ATTENTION)
+
+
+def xformers_ops():
+    try:
+        import xformers.ops
+    except ImportError as e:
+        raise Unsupported("xformers not installed") from e
+    return xformers.ops
+
+
+def xformers_attention(q, k, v, attn_bias=None) -> torch.Tensor:
+    """memory_efficient_attention on (batch, heads, seq, dim); xformers takes (batch, seq, heads, dim)."""
+    xops = xformers_ops()
+    try:
+        out = xops.memory_efficient_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=attn_bias,
+        )
+    except NotImplementedError as e:  # raised when no xformers operator accepts the inputs
+        raise Unsupported(str(e).splitlines()[0]) from e
+    return out.transpose(1, 2)
+
+
+@attention_variant(
+    "flash-xformers", family="flash", exact=True,
+    # Its dispatcher falls back to the CUTLASS kernel, which takes fp32 and head_dim up to 65536.
+    support=Support(dtypes={"cuda": CUDA_FLOAT}, requires=("xformers",)),
+    backend=lambda device: "xformers-memory-efficient-attention",
+    description="xformers.ops.memory_efficient_attention (dispatches to FlashAttention-2/3 or CUTLASS)",
+)
+def flash_xformers(q, k, v, causal=False):
+    if not causal:
+        return xformers_attention(q, k, v)
+    bias = xformers_ops().fmha.attn_bias.LowerTriangularFromBottomRightMask()
+    return zero_blind_queries(lambda q, k, v: xformers_attention(q, k, v, bias), q, k, v)
