@@ -103,6 +103,10 @@ class Variant:
     mask: Callable[..., torch.Tensor] | None = None  # mask-based families: (n_q, n_k, causal, **params)
     scan: Callable[..., torch.Tensor] | None = None  # mamba: selective_scan_fn semantics
     backend: Callable[[str], str] | None = None  # device type -> name of the code path that runs there
+    # Decoding one token at a time. Default for attention variants: a preallocated KV cache.
+    # Recurrent families (linear, performer) register their constant-size state instead.
+    prefill_fn: Callable[..., Any] | None = None  # (k, v, capacity, **params) -> state
+    decode_fn: Callable[..., Any] | None = None  # (q_t, k_t, v_t, state, **params) -> (o_t, state)
 
     def supports(
         self,
@@ -137,6 +141,23 @@ class Variant:
         if q.shape[-2] != k.shape[-2] and not self.support.cross:
             raise Unsupported(f"{self.name} needs Nq == Nk (got {q.shape[-2]} and {k.shape[-2]})")
         return self.attention_fn(q, k, v, causal=causal, **{**self.defaults, **params})
+
+    def prefill(self, k: torch.Tensor, v: torch.Tensor, capacity: int | None = None, **params):
+        """The decoding state after a context of k, v (batch, heads, n, head_dim); room for `capacity`."""
+        from variants.common import kv_prefill
+
+        fn = self.prefill_fn or kv_prefill
+        return fn(k, v, capacity=capacity, **{**self.defaults, **params})
+
+    def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state, **params):
+        """One new token (batch, heads, 1, head_dim) against the state: returns (output, new state)."""
+        from variants.common import kv_decode
+
+        if self.attention_fn is None:
+            raise Unsupported(f"{self.name} decodes through its mixer's step(), not at the kernel level")
+        if self.decode_fn is not None:
+            return self.decode_fn(q, k, v, state, **{**self.defaults, **params})
+        return kv_decode(self, q, k, v, state, **params)
 
     def mixer(self, d_model: int, n_heads: int, **params) -> torch.nn.Module:
         return self.mixer_factory(d_model, n_heads, **params)

@@ -17,3 +17,8 @@ def get(name: str) -> ModuleType:
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; choose one of: {', '.join(sorted(SUITES))}")
     return importlib.import_module(SUITES[name])
+
+
+register("throughput", "suites.throughput")
+register("accuracy", "suites.accuracy")
+register("long-range", "suites.long_range")

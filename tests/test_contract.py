@@ -152,3 +152,43 @@ def test_fully_masked_rows_are_zero_not_nan():
     assert torch.isfinite(out).all() and out[..., :6, :].abs().max() == 0
     out.sum().backward()
     assert torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("name", ATTENTION)
+def test_kernel_decode_matches_full_causal_attention(name):
+    v = variants.get(name)
+    if not cpu_runnable(v, causal=True):
+        pytest.skip(v.supports("cpu", torch.float32, 32, True)[1])
+    q, k, val = qkv(n_q=40)
+    try:
+        state = v.prefill(k[..., :36, :], val[..., :36, :], capacity=40)
+        outs = []
+        for t in range(36, 40):
+            o, state = v.decode(q[..., t:t + 1, :], k[..., t:t + 1, :], val[..., t:t + 1, :], state)
+            outs.append(o)
+    except Unsupported as e:
+        pytest.skip(str(e))
+    full = v.attention(q, k, val, causal=True)
+    torch.testing.assert_close(torch.cat(outs, dim=-2), full[..., 36:, :], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_mixer_step_matches_forward(name):
+    v = variants.get(name)
+    if not cpu_runnable(v, causal=True):
+        pytest.skip(v.supports("cpu", torch.float32, 32, True)[1])
+    mixer = v.mixer(64, 2).eval()
+    if not hasattr(mixer, "prefill"):
+        pytest.skip(f"{name} mixer has no prefill/step yet")
+    x = torch.randn(2, 30, 64)
+    with torch.no_grad():
+        try:
+            _, state = mixer.prefill(x[:, :26], capacity=30)
+            steps = []
+            for t in range(26, 30):
+                y, state = mixer.step(x[:, t:t + 1], state)
+                steps.append(y)
+        except Unsupported as e:
+            pytest.skip(str(e))
+        full = mixer(x)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 26:], atol=1e-5, rtol=1e-4)
