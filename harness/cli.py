@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import typer
@@ -56,15 +57,16 @@ def one_line_validation(e: ValidationError) -> str:
 
 @app.command("run")
 def run(
-    suite: str = typer.Option(..., help="Suite to run: " + ", ".join(sorted(suites.SUITES))),
-    device: str = typer.Option(None, help="cuda or cpu (default: cuda when present)"),
-    profile: str = typer.Option("quick", help="quick, standard or full"),
-    out: Path = typer.Option(None, help="Run directory (default results/<suite>-<device>-<profile>)"),
-    variant: list[str] = typer.Option(None, "--variant", "-v", help="Only these variants (repeatable)"),
-    seq_len: list[int] = typer.Option(None, "--seq-len", "-n", help="Only these sequence lengths"),
-    dtype: list[str] = typer.Option(None, "--dtype", help="Only these dtypes"),
-    timeout: float = typer.Option(None, help="Per-case timeout in seconds (default: the suite's)"),
-    progress: bool = typer.Option(True, help="Show a progress bar"),
+    suite: Annotated[str, typer.Option(help="Suite to run: " + ", ".join(sorted(suites.SUITES)))],
+    device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
+    profile: Annotated[str, typer.Option(help="quick, standard or full")] = "quick",
+    out: Annotated[Path | None, typer.Option(help="Run directory (default results/<suite>-<device>-<profile>)")
+                   ] = None,
+    variant: Annotated[list[str] | None, typer.Option("--variant", "-v", help="Only these variants")] = None,
+    seq_len: Annotated[list[int] | None, typer.Option("--seq-len", "-n", help="Only these lengths")] = None,
+    dtype: Annotated[list[str] | None, typer.Option("--dtype", help="Only these dtypes")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Per-case timeout in seconds")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Run a suite; rows land in OUT as each case finishes. Re-running with the same OUT resumes."""
     device = device or default_device()

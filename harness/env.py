@@ -42,7 +42,9 @@ def package_version(dist: str) -> str | None:
 
 def device_name(device: str) -> str:
     if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(torch.device(device)) if torch.cuda.is_available() else "no CUDA device"
+        if not torch.cuda.is_available():
+            return "no CUDA device"
+        return torch.cuda.get_device_name(torch.device(device))
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

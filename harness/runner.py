@@ -15,8 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 import variants
 from harness import env
@@ -162,7 +168,8 @@ def run(
                 started = env.now()
                 group, size = case.oom_key() if hasattr(case, "oom_key") else (None, None)
                 if group is not None and group in oom_at and size > oom_at[group]:
-                    status, reason, metrics = "skipped", f"larger than {oom_at[group]}, which ran out of memory", {}
+                    reason = f"larger than {oom_at[group]}, which ran out of memory"
+                    status, metrics = "skipped", {}
                 else:
                     status, reason, metrics = worker.run(case, timeout_s)
                 if status == "oom" and group is not None:

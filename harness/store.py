@@ -51,7 +51,8 @@ class RunStore:
             for key in ("device", "device_name"):
                 if previous.get(key) != environment.get(key):
                     raise ValueError(
-                        f"{self.root} holds a run on {previous.get('device_name')} ({previous.get('device')}); "
+                        f"{self.root} holds a run on {previous.get('device_name')} "
+                        f"({previous.get('device')}); "
                         f"this one is on {environment.get('device_name')}: pass a new --out"
                     )
             return

@@ -54,7 +54,7 @@ def kv_decode(variant, q, k, v, cache: KVCache, **params):
     """Write the new key and value in place, then attend over the whole cache (bottom-right causal)."""
     n = cache.length + k.shape[-2]
     if n > cache.k.shape[-2]:
-        raise ValueError(f"KV cache full: capacity {cache.k.shape[-2]}, need {n}; prefill with a larger capacity")
+        raise ValueError(f"KV cache full: capacity {cache.k.shape[-2]}, need {n}; prefill with more capacity")
     cache.k[..., cache.length:n, :], cache.v[..., cache.length:n, :] = k, v
     out = variant.attention(q, cache.k[..., :n, :], cache.v[..., :n, :], causal=True, **params)
     return out, KVCache(cache.k, cache.v, n)
