@@ -60,8 +60,7 @@ def run(
     suite: Annotated[str, typer.Option(help="Suite to run: " + ", ".join(sorted(suites.SUITES)))],
     device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
     profile: Annotated[str, typer.Option(help="quick, standard or full")] = "quick",
-    out: Annotated[Path | None, typer.Option(help="Run directory (default results/<suite>-<device>-<profile>)")
-                   ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory")] = None,
     variant: Annotated[list[str] | None, typer.Option("--variant", "-v", help="Only these variants")] = None,
     seq_len: Annotated[list[int] | None, typer.Option("--seq-len", "-n", help="Only these lengths")] = None,
     dtype: Annotated[list[str] | None, typer.Option("--dtype", help="Only these dtypes")] = None,
