@@ -1,0 +1,160 @@
+"""Longformer: mask properties, dense and Flex paths, and the O(N * window) banded reference."""
+
+import sys
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+import variants
+from harness.registry import Unsupported
+from tests.conftest import TOLERANCE, qkv
+from variants.common import softmax_attention
+from variants.longformer import longformer_mask, longformer_predicate
+from variants.sparse import flex_masked_attention
+
+SMALL = dict(window=5, global_tokens=3)
+BANDED_CASES = [  # (n, window, global_tokens), edge cases included
+    (64, 5, 3), (70, 0, 0), (50, 7, 0), (40, 60, 2), (30, 4, 45), (1, 3, 1),
+]
+
+
+def band_and_globals(n_q, n_k, window, global_tokens):
+    """The square Longformer pattern from its definition, with triangular matrices."""
+    ones = torch.ones(n_q, n_k, dtype=torch.bool)
+    band = ones.triu(-window) & ones.tril(window)
+    band[:global_tokens] = True
+    band[:, :global_tokens] = True
+    return band
+
+
+@pytest.mark.parametrize(("window", "global_tokens"), [(5, 3), (0, 0), (200, 1), (2, 200)])
+def test_mask_is_band_plus_global_rows_and_columns(window, global_tokens):
+    n = 100
+    want = band_and_globals(n, n, window, global_tokens)
+    assert torch.equal(longformer_mask(n, n, window=window, global_tokens=global_tokens), want)
+    causal = longformer_mask(n, n, causal=True, window=window, global_tokens=global_tokens)
+    assert torch.equal(causal, want & torch.ones(n, n, dtype=torch.bool).tril())
+
+
+def test_mask_row_width():
+    n, w, g = 100, 5, 3
+    rows = longformer_mask(n, n, window=w, global_tokens=g).sum(-1)
+    assert (rows[:g] == n).all()
+    assert (rows[g + w : n - w] == 2 * w + 1 + g).all()  # rows whose band is clear of the globals and edges
+    causal_rows = longformer_mask(n, n, causal=True, window=w, global_tokens=g).sum(-1)
+    assert (causal_rows[g + w :] == w + 1 + g).all()
+
+
+def test_cross_attention_mask_is_aligned_bottom_right():
+    n_q, n_k = 30, 100  # query i sits at key position i + 70
+    mask = longformer_mask(n_q, n_k, window=4, global_tokens=2)
+    assert torch.equal(mask, band_and_globals(n_k, n_k, 4, 2)[n_k - n_q :])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(100, 100), (37, 100), (100, 37)], ids=["square", "short-q", "long-q"])
+def test_dense_and_flex_paths_match_float64_reference(causal, shape):
+    q, k, v = qkv(n_q=shape[0], n_k=shape[1])
+    mask = longformer_mask(*shape, causal=causal, **SMALL)
+    want = softmax_attention(q.double(), k.double(), v.double(), mask)
+    out = variants.get("longformer").attention(q, k, v, causal=causal, **SMALL)
+    torch.testing.assert_close(out.double(), want, **TOLERANCE[torch.float32])
+    if shape != (37, 100):  # eager FlexAttention is slow on CPU; two alignments suffice
+        flex = flex_masked_attention(q, k, v, longformer_predicate, causal, SMALL, compiled=False)
+        torch.testing.assert_close(flex.double(), want, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("n", "window", "global_tokens"), BANDED_CASES)
+def test_banded_matches_dense_reference_forward_and_backward(causal, n, window, global_tokens):
+    params = dict(window=window, global_tokens=global_tokens)
+    q, k, v = qkv(n_q=n, dtype=torch.float64, requires_grad=True)
+    out = variants.get("longformer-banded").attention(q, k, v, causal=causal, **params)
+    want = softmax_attention(q, k, v, longformer_mask(n, n, causal=causal, **params))
+    torch.testing.assert_close(out, want, **TOLERANCE[torch.float64])
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), grad_out)
+    expected = torch.autograd.grad(want, (q, k, v), grad_out)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, **TOLERANCE[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_banded_keeps_the_input_dtype(dtype):
+    q, k, v = qkv(n_q=80, dtype=dtype)
+    out = variants.get("longformer-banded").attention(q, k, v, causal=True, **SMALL)
+    assert out.dtype == dtype
+    mask = longformer_mask(80, 80, causal=True, **SMALL)
+    want = softmax_attention(q.double(), k.double(), v.double(), mask)
+    torch.testing.assert_close(out.double(), want, **TOLERANCE[dtype])
+
+
+class LargestAllocation(TorchDispatchMode):
+    """Records the largest storage any aten op returns (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.nbytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.nbytes = max(self.nbytes, t.untyped_storage().nbytes())
+        return out
+
+
+def largest_allocation(name, n):
+    q, k, v = qkv(b=1, h=1, n_q=n, d=8, requires_grad=True)
+    with LargestAllocation() as probe:
+        variants.get(name).attention(q, k, v, causal=True, window=4, global_tokens=2).sum().backward()
+    return probe.nbytes
+
+
+def test_banded_never_allocates_an_n_by_n_tensor():
+    n = 2048
+    n_by_n_bool = n * n  # the smallest N x N tensor there is, 1 byte per element
+    assert largest_allocation("longformer-banded", n) < n_by_n_bool / 4
+    assert largest_allocation("longformer", n) >= n_by_n_bool  # the probe does see a dense mask
+
+
+def test_banded_rejects_cross_attention():
+    with pytest.raises(Unsupported, match="Nq == Nk"):
+        variants.get("longformer-banded").attention(*qkv(n_q=20, n_k=40))
+
+
+def test_xformers_variant_refuses_global_tokens_and_a_missing_package(monkeypatch):
+    v = variants.get("longformer-xformers")
+    assert v.defaults["global_tokens"] == 0
+    with pytest.raises(Unsupported, match="global_tokens=0"):
+        v.attention(*qkv(n_q=32), causal=True, global_tokens=4)
+    monkeypatch.setitem(sys.modules, "xformers", None)
+    with pytest.raises(Unsupported, match="xformers not installed"):
+        v.attention(*qkv(n_q=32), causal=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["longformer", "longformer-banded", "longformer-xformers"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(300, 300), (100, 300), (300, 100)], ids=["square", "short-q", "long-q"])
+def test_cuda_paths_match_dense_reference(name, dtype, causal, shape):
+    v = variants.get(name)
+    ok, reason = v.supports("cuda", dtype, 64, causal)
+    if not ok:
+        pytest.skip(reason)
+    if shape[0] != shape[1] and not v.support.cross:
+        pytest.skip(f"{name} is self-attention only")
+    params = dict(window=16, global_tokens=v.defaults["global_tokens"] and 4)
+    q, k, val = qkv(n_q=shape[0], n_k=shape[1], d=64, dtype=dtype, device="cuda", requires_grad=True)
+    out = v.attention(q, k, val, causal=causal, **params)
+    mask = longformer_mask(*shape, causal=causal, **params).cuda()
+    want = softmax_attention(q.float(), k.float(), val.float(), mask)
+    torch.testing.assert_close(out.float(), want, **TOLERANCE[dtype])
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, val), grad_out)
+    expected = torch.autograd.grad(want, (q, k, val), grad_out.float())
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g.float(), e.float(), atol=5e-2, rtol=5e-2)
