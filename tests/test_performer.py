@@ -1,0 +1,138 @@
+"""Performer: its O(N^2) definition, the random features, convergence to softmax, gradients, fla parity."""
+
+import math
+
+import pytest
+import torch
+
+import variants
+from tests.conftest import TOLERANCE, qkv
+from variants import linear
+from variants.common import causal_mask, softmax_attention
+from variants.linear import normalized_linear_attention
+from variants.performer import (
+    favor_features,
+    orthogonal_random_features,
+    performer,
+    performer_attention_reference,
+)
+
+SHAPES = [(100, 100), (37, 100), (100, 37)]  # 100 is not a multiple of the 64-query chunk
+
+
+def features(d=16, m=40, seed=0):
+    return orthogonal_random_features(d, m, seed, torch.device("cpu"), torch.float64)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", SHAPES, ids=["square", "short-q", "long-q"])
+def test_float32_matches_float64_definition(causal, shape):
+    q, k, v = qkv(n_q=shape[0], n_k=shape[1])
+    out = variants.get("performer").attention(q, k, v, causal=causal)
+    assert out.dtype == torch.float32
+    expected = performer_attention_reference(q.double(), k.double(), v.double(), causal=causal)
+    torch.testing.assert_close(out.double(), expected, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bfloat16_matches_definition(causal):
+    q, k, v = qkv(n_q=130, dtype=torch.bfloat16)
+    out = performer(q, k, v, causal=causal)
+    assert out.dtype == torch.bfloat16
+    expected = performer_attention_reference(q.double(), k.double(), v.double(), causal=causal)
+    torch.testing.assert_close(out.double(), expected, **TOLERANCE[torch.bfloat16])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_stabilised_features_survive_where_plain_exp_underflows(causal):
+    # Large-norm inputs: exp(w.x - |x|^2 / 2) is ~e^-100 for d = 256, zero in float32 without the shift.
+    q, k, v = (4 * t for t in qkv(b=1, h=2, n_q=50, d=256))
+    w = orthogonal_random_features(256, 64, 0, torch.device("cpu"), torch.float32)
+    x = q * 256 ** -0.25
+    assert (torch.exp(x @ w.T - x.square().sum(-1, keepdim=True) / 2) == 0).all(-1).any()
+    out = performer(q, k, v, causal=causal, nb_features=64)
+    expected = performer_attention_reference(q.double(), k.double(), v.double(), causal, nb_features=64)
+    torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+def test_favor_features_are_the_shifted_definition(per_row):
+    x, w = torch.randn(2, 30, 16, dtype=torch.float64), features()
+    phi, shift = favor_features(x, w, per_row=per_row)
+    xs = x * 16 ** -0.25
+    plain = torch.exp(xs @ w.T - xs.square().sum(-1, keepdim=True) / 2) / math.sqrt(40)
+    torch.testing.assert_close(phi * torch.exp(shift), plain)
+    assert shift.shape == ((2, 30, 1) if per_row else (2, 1, 1))
+    assert phi.max() == pytest.approx(1 / math.sqrt(40))
+
+
+def test_features_are_deterministic_by_seed_and_differ_across_seeds():
+    orthogonal_random_features.cache_clear()
+    first = features(seed=3).clone()
+    orthogonal_random_features.cache_clear()
+    torch.testing.assert_close(features(seed=3), first, atol=0, rtol=0)
+    assert features(seed=3) is features(seed=3)  # cached per (d, m, seed, device, dtype)
+    assert (features(seed=4) - first).abs().max() > 0.1
+    q, k, v = qkv(n_q=40)
+    torch.testing.assert_close(performer(q, k, v, seed=3), performer(q, k, v, seed=3), atol=0, rtol=0)
+    assert not torch.allclose(performer(q, k, v, seed=3), performer(q, k, v, seed=4), atol=1e-3)
+
+
+def test_feature_blocks_are_orthogonal_with_chi_norms():
+    d, m = 16, 4096
+    w = features(d, m, seed=1)
+    assert w.shape == (m, d)
+    directions = (w / w.norm(dim=1, keepdim=True)).view(m // d, d, d)
+    identity = torch.eye(d, dtype=torch.float64).expand(m // d, d, d)
+    torch.testing.assert_close(directions @ directions.mT, identity)
+    # Squared norms are chi-squared with d degrees of freedom: mean d, variance 2d.
+    squared = w.norm(dim=1).square()
+    assert squared.mean() == pytest.approx(d, rel=0.05)
+    assert squared.var() == pytest.approx(2 * d, rel=0.15)
+
+
+def test_trailing_partial_block_is_orthogonal():
+    w = features(d=16, m=40)
+    directions = w[32:] / w[32:].norm(dim=1, keepdim=True)
+    torch.testing.assert_close(directions @ directions.T, torch.eye(8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_error_to_softmax_shrinks_as_features_grow(causal):
+    q, k, v = qkv(b=1, h=2, n_q=64, d=16)
+    q, k = 0.6 * q, 0.6 * k  # moderate logits: std about 0.36
+    mask = causal_mask(64, 64, "cpu") if causal else None
+    exact = softmax_attention(q, k, v, mask)
+
+    def mean_error(m):
+        return sum((performer(q, k, v, causal, nb_features=m, seed=s) - exact).abs().mean().item()
+                   for s in range(4)) / 4
+
+    errors = [mean_error(m) for m in (16, 256, 4096)]
+    assert errors[1] < 0.75 * errors[0] and errors[2] < 0.75 * errors[1], errors
+    assert errors[2] < 0.02, errors
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(5, 5), (3, 5), (5, 3)], ids=["square", "short-q", "long-q"])
+def test_gradients_match_finite_differences(causal, shape):
+    q, k, v = qkv(b=1, h=2, n_q=shape[0], n_k=shape[1], d=4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: performer(*t, causal=causal, nb_features=6), (q, k, v),
+                                    fast_mode=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fla_kernel_matches_chunked_pytorch_on_gpu(dtype):
+    if not linear.fla_backend_available():
+        pytest.skip("fla-core not installed")
+    q, k, v = qkv(n_q=300, d=64, dtype=dtype, device="cuda")
+    w = orthogonal_random_features(64, 256, 0, q.device, torch.float32)
+    phi_q, shift_q = favor_features(q.float(), w, per_row=True)
+    phi_k, shift_k = favor_features(k.float(), w, per_row=False)
+    eps = 1e-6 * torch.exp(-shift_q - shift_k)
+    fast = normalized_linear_attention(phi_q, phi_k, v, causal=True, eps=eps, use_fla=True)
+    slow = normalized_linear_attention(phi_q, phi_k, v, causal=True, eps=eps, use_fla=False)
+    tol = dict(atol=3e-2, rtol=3e-2) if dtype == torch.bfloat16 else dict(atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(fast, slow, **tol)
+    torch.testing.assert_close(performer(q, k, v, causal=True).float(), slow, **tol)
