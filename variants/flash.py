@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.bias import causal_lower_right
 
 from harness.registry import ALL_FLOAT, HALF, Support, Unsupported, attention_variant
 
@@ -34,6 +33,7 @@ def zero_blind_queries(attend, q, k, v):
 
 def sdpa(q, k, v, causal: bool, backend: SDPBackend) -> torch.Tensor:
     """F.scaled_dot_product_attention restricted to one backend, bottom-right causal."""
+    from torch.nn.attention.bias import causal_lower_right  # late: importing it loads torch._dynamo (~2 s)
 
     def attend(q, k, v):
         n_q, n_k = q.shape[-2], k.shape[-2]

@@ -38,18 +38,19 @@ def flex_backend(device: str) -> str:
 # --- FlexAttention path ---------------------------------------------------------------------------
 
 @functools.cache
-def _compiled_flex_attention():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention)
+def _compiled(fn):
+    return torch.compile(fn)
 
 
 @functools.lru_cache(maxsize=64)
 def _block_mask(make_predicate, n_q: int, n_k: int, causal: bool, params: tuple, device: str):
-    from torch.nn.attention.flex_attention import create_block_mask
+    from torch.nn.attention.flex_attention import create_block_mask  # late: loads torch._dynamo
 
     pred = make_predicate(n_q, n_k, causal, device, **dict(params))
-    return create_block_mask(masks.flex_mask_mod(pred, n_q, n_k), None, None, n_q, n_k, device=device)
+    # Eager create_block_mask materializes the predicate's (n_q, n_k) int64 intermediates; compiled (as
+    # FlexAttention's docs advise) it fuses them into the block reduction, which long sequences need.
+    build = _compiled(create_block_mask) if device.startswith("cuda") else create_block_mask
+    return build(masks.flex_mask_mod(pred, n_q, n_k), None, None, n_q, n_k, device=device)
 
 
 def flex_masked_attention(q, k, v, make_predicate, causal: bool, params: dict, compiled: bool = True):
@@ -61,7 +62,7 @@ def flex_masked_attention(q, k, v, make_predicate, causal: bool, params: dict, c
 
     n_q, n_k = q.shape[-2], k.shape[-2]
     block_mask = _block_mask(make_predicate, n_q, n_k, causal, tuple(sorted(params.items())), str(q.device))
-    attend = _compiled_flex_attention() if compiled else flex_attention
+    attend = _compiled(flex_attention) if compiled else flex_attention
     return attend(q, k, v, block_mask=block_mask)
 
 
