@@ -30,6 +30,8 @@ from harness.config import Case
 from harness.registry import Unsupported
 from harness.store import RunStore
 
+STARTUP_TIMEOUT_S = 300.0
+
 
 class NonFinite(Exception):
     """A case produced NaN or Inf."""
@@ -78,6 +80,8 @@ def execute(suite_module: str, case: Case) -> tuple[str, str, dict[str, Any]]:
 
 
 def _serve(conn, suite_module: str) -> None:
+    importlib.import_module(suite_module)
+    conn.send("ready")  # start-up (imports) is not charged to the first case's timeout
     while True:
         case = conn.recv()
         if case is None:
@@ -98,6 +102,14 @@ class Worker:
         self.proc = ctx.Process(target=_serve, args=(child, self.suite_module), daemon=True)
         self.proc.start()
         child.close()
+        try:
+            ready = self.conn.poll(STARTUP_TIMEOUT_S) and self.conn.recv() == "ready"
+        except (EOFError, ConnectionError):
+            ready = False
+        if not ready:
+            self.close(kill=True)
+            raise RuntimeError(f"the worker process for {self.suite_module} failed to start "
+                               f"(exit code {self.proc.exitcode}); see the error above")
 
     def run(self, case: Case, timeout_s: float) -> tuple[str, str, dict[str, Any]]:
         self.conn.send(case)
