@@ -136,3 +136,20 @@ def test_fla_kernel_matches_chunked_pytorch_on_gpu(dtype):
     tol = dict(atol=3e-2, rtol=3e-2) if dtype == torch.bfloat16 else dict(atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(fast, slow, **tol)
     torch.testing.assert_close(performer(q, k, v, causal=True).float(), slow, **tol)
+
+
+def test_decode_state_is_constant_size_and_rescales_when_a_larger_key_arrives():
+    v = variants.get("performer")
+    g = torch.Generator().manual_seed(5)
+    q, k, val = (torch.randn(1, 2, 20, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    k[..., 15, :] *= 6.0  # a later key whose exponent dwarfs the context's: the running shift must move
+    state = v.prefill(k[..., :10, :], val[..., :10, :])
+    sizes = {(state.kv.shape, state.k_sum.shape)}
+    outs = []
+    for t in range(10, 20):
+        o, state = v.decode(q[..., t:t + 1, :], k[..., t:t + 1, :], val[..., t:t + 1, :], state)
+        outs.append(o)
+        sizes.add((state.kv.shape, state.k_sum.shape))
+    assert len(sizes) == 1  # O(1) state: nothing grows with the context
+    expected = performer_attention_reference(q, k, val, causal=True)[..., 10:, :]
+    torch.testing.assert_close(torch.cat(outs, dim=-2), expected, atol=1e-9, rtol=1e-7)

@@ -12,6 +12,7 @@ Causal with n_q != n_k uses the bottom-right alignment of harness.masks.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -142,9 +143,53 @@ def linear_attention_reference(q, k, v, causal: bool = False, eps: float = 1e-6)
     return quadratic_linear_attention(phi_q, phi_k, v, causal=causal, eps=eps).to(q.dtype)
 
 
+@dataclass
+class RecurrentState:
+    """Decoding state of normalised linear attention: constant size, whatever the context length.
+
+    kv = sum_j phi(k_j) v_j^T and k_sum = sum_j phi(k_j), both stored scaled by exp(-shift), where shift
+    is a running log-scale (performer's stabilising key maximum; zero for elu + 1 features).
+    """
+
+    kv: torch.Tensor  # (..., m, e)
+    k_sum: torch.Tensor  # (..., m)
+    shift: torch.Tensor  # (..., 1, 1)
+
+    @classmethod
+    def of_context(cls, phi_k: torch.Tensor, v: torch.Tensor, shift: torch.Tensor) -> RecurrentState:
+        phi_k, v = _to_accumulation(phi_k, v)
+        return cls(phi_k.transpose(-1, -2) @ v, phi_k.sum(-2), shift)
+
+    def add(self, phi_k: torch.Tensor, v: torch.Tensor, shift: torch.Tensor) -> RecurrentState:
+        """Fold in new keys whose features were stabilised by `shift`, rescaling to the larger shift."""
+        new_shift = torch.maximum(self.shift, shift)
+        old, new = torch.exp(self.shift - new_shift), torch.exp(shift - new_shift)
+        step = RecurrentState.of_context(phi_k * new, v, new_shift)
+        return RecurrentState(self.kv * old + step.kv, self.k_sum * old[..., 0] + step.k_sum, new_shift)
+
+    def read(self, phi_q: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        phi_q = phi_q.to(self.kv.dtype)
+        return (phi_q @ self.kv) / (phi_q @ self.k_sum[..., None] + eps)
+
+
+def _no_shift(k: torch.Tensor) -> torch.Tensor:
+    return k.new_zeros(*k.shape[:-2], 1, 1, dtype=accumulation_dtype(k.dtype))
+
+
+def linear_prefill(k, v, capacity=None, eps=1e-6, chunk_size=CHUNK_SIZE) -> RecurrentState:
+    return RecurrentState.of_context(elu_feature_map(k.to(accumulation_dtype(k.dtype))), v, _no_shift(k))
+
+
+def linear_decode(q, k, v, state: RecurrentState, eps=1e-6, chunk_size=CHUNK_SIZE):
+    acc = accumulation_dtype(q.dtype)
+    state = state.add(elu_feature_map(k.to(acc)), v, _no_shift(k))
+    return state.read(elu_feature_map(q.to(acc)), eps).to(q.dtype), state
+
+
 @attention_variant(
     "linear", family="linear", exact=False, support=Support(cross=True),
     defaults={"eps": 1e-6, "chunk_size": CHUNK_SIZE}, backend=backend_name,
+    prefill_fn=linear_prefill, decode_fn=linear_decode,
     description="linear attention, phi = elu + 1; causal via chunked prefix sums (fla kernel on CUDA)",
 )
 def linear_attention(q, k, v, causal=False, eps=1e-6, chunk_size=CHUNK_SIZE):

@@ -14,6 +14,7 @@ import torch
 
 from harness.registry import Support, attention_variant
 from variants.linear import (
+    RecurrentState,
     accumulation_dtype,
     backend_name,
     normalized_linear_attention,
@@ -66,9 +67,31 @@ def performer_attention_reference(q, k, v, causal=False, nb_features=256, seed=0
     return quadratic_linear_attention(phi(q), phi(k), v, causal=causal, eps=eps).to(q.dtype)
 
 
+def _scaled_eps(eps: float, shift_q: torch.Tensor, shift_k: torch.Tensor) -> torch.Tensor:
+    """eps belongs to the unstabilised denominator: scale it like the features were scaled."""
+    return eps * torch.exp((-shift_q - shift_k).clamp(max=_MAX_EPS_EXPONENT))
+
+
+def performer_prefill(k, v, capacity=None, nb_features=256, seed=0, eps=1e-6) -> RecurrentState:
+    acc = accumulation_dtype(k.dtype)
+    w = orthogonal_random_features(k.shape[-1], nb_features, seed, k.device, acc)
+    phi_k, shift_k = favor_features(k.to(acc), w, per_row=False)
+    return RecurrentState.of_context(phi_k, v, shift_k)
+
+
+def performer_decode(q, k, v, state: RecurrentState, nb_features=256, seed=0, eps=1e-6):
+    acc = accumulation_dtype(q.dtype)
+    w = orthogonal_random_features(q.shape[-1], nb_features, seed, q.device, acc)
+    phi_k, shift_k = favor_features(k.to(acc), w, per_row=False)
+    state = state.add(phi_k, v, shift_k)
+    phi_q, shift_q = favor_features(q.to(acc), w, per_row=True)
+    return state.read(phi_q, _scaled_eps(eps, shift_q, state.shift)).to(q.dtype), state
+
+
 @attention_variant(
     "performer", family="performer", exact=False, support=Support(cross=True),
     defaults={"nb_features": 256, "seed": 0, "eps": 1e-6}, backend=backend_name,
+    prefill_fn=performer_prefill, decode_fn=performer_decode,
     description="FAVOR+ positive orthogonal random features; causal via linear's chunked prefix sums",
 )
 def performer(q, k, v, causal=False, nb_features=256, seed=0, eps=1e-6):
@@ -76,6 +99,5 @@ def performer(q, k, v, causal=False, nb_features=256, seed=0, eps=1e-6):
     w = orthogonal_random_features(q.shape[-1], nb_features, seed, q.device, acc)
     phi_q, shift_q = favor_features(q.to(acc), w, per_row=True)
     phi_k, shift_k = favor_features(k.to(acc), w, per_row=False)
-    # eps belongs to the unstabilised denominator: scale it like the features were scaled.
-    scaled_eps = eps * torch.exp((-shift_q - shift_k).clamp(max=_MAX_EPS_EXPONENT))
-    return normalized_linear_attention(phi_q, phi_k, v, causal=causal, eps=scaled_eps).to(q.dtype)
+    return normalized_linear_attention(phi_q, phi_k, v, causal=causal,
+                                       eps=_scaled_eps(eps, shift_q, shift_k)).to(q.dtype)
