@@ -53,6 +53,16 @@ def test_cross_attention_mask_is_aligned_bottom_right():
     assert torch.equal(mask, band_and_globals(n_k, n_k, 4, 2)[n_k - n_q :])
 
 
+def test_causal_attention_over_a_prefix_and_decoding_agree_with_the_full_pass():
+    v = variants.get("longformer")
+    q, k, val = qkv(n_q=100)
+    full = v.attention(q, k, val, causal=True, **SMALL)
+    prefix = v.attention(q[..., :61, :], k[..., :61, :], val[..., :61, :], causal=True, **SMALL)
+    torch.testing.assert_close(prefix, full[..., :61, :])
+    last = v.attention(q[..., -1:, :], k, val, causal=True, **SMALL)
+    torch.testing.assert_close(last, full[..., -1:, :])
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", [(100, 100), (37, 100), (100, 37)], ids=["square", "short-q", "long-q"])
 def test_dense_and_flex_paths_match_float64_reference(causal, shape):

@@ -60,10 +60,27 @@ def test_bigbird_density_is_its_expected_fraction():
 
 def test_bigbird_random_blocks_are_deterministic_by_seed():
     params = dict(BIGBIRD, random_blocks=3)
-    same = [bigbird_layout(32, seed=7, **{k: v for k, v in params.items() if k != "seed"}) for _ in range(2)]
-    assert torch.equal(same[0], same[1])
-    other = bigbird_layout(32, **dict(params, seed=8))
-    assert not torch.equal(same[0], other)
+    first, again, other = (bigbird_layout(32, **dict(params, seed=s)) for s in (7, 7, 8))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_causal_bigbird_layout_of_a_prefix_is_the_prefix_of_the_layout():
+    params = dict(BIGBIRD, global_blocks=1, random_blocks=3)
+    long = bigbird_layout(40, True, **params)
+    assert torch.equal(bigbird_layout(23, True, **params), long[:23, :23])
+    assert not torch.equal(bigbird_layout(23, False, **params), bigbird_layout(40, False, **params)[:23, :23])
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_causal_attention_over_a_prefix_and_decoding_agree_with_the_full_pass(name):
+    v, params = variants.get(name), SMALL[name]
+    q, k, val = qkv(n_q=100)
+    full = v.attention(q, k, val, causal=True, **params)
+    prefix = v.attention(q[..., :61, :], k[..., :61, :], val[..., :61, :], causal=True, **params)
+    torch.testing.assert_close(prefix, full[..., :61, :])
+    last = v.attention(q[..., -1:, :], k, val, causal=True, **params)
+    torch.testing.assert_close(last, full[..., -1:, :])
 
 
 def test_bigbird_token_mask_globals_window_and_partial_last_block():

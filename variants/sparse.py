@@ -89,9 +89,13 @@ def bigbird_layout(n: int, causal: bool = False, *, window_blocks: int, global_b
     i = torch.arange(n)[:, None]
     j = torch.arange(n)[None, :]
     fixed = ((i - j).abs() <= window_blocks) | (i < global_blocks) | (j < global_blocks)
-    candidates = ~fixed & (j < i) if causal else ~fixed
+    drawable = (j < i) if causal else torch.ones_like(fixed)
     # A uniform random subset per row: the top random_blocks of i.i.d. scores among the candidates.
-    scores = torch.rand(n, n, generator=torch.Generator().manual_seed(seed))
+    # Scores fill the drawable cells in row-major order, so with causal a row's draws do not depend on
+    # n: the layout of a prefix is the prefix of the layout, and decoding sees what a full pass sees.
+    scores = torch.full((n, n), -1.0)
+    scores[drawable] = torch.rand(int(drawable.sum()), generator=torch.Generator().manual_seed(seed))
+    candidates = ~fixed & drawable
     top = scores.masked_fill(~candidates, -1.0).topk(min(random_blocks, n), dim=1).indices
     drawn = torch.zeros_like(fixed).scatter_(1, top, True) & candidates
     return fixed | drawn
