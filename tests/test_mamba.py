@@ -1,0 +1,342 @@
+"""Mamba (S6): mamba_ssm's parameterization, the PyTorch scan against the plain recurrence, decoding."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import variants
+from harness.registry import Unsupported
+from tests.conftest import TOLERANCE
+from variants.mamba import MambaMixer, selective_scan_reference, torch_selective_scan
+
+MAMBA = variants.get("mamba")
+
+
+def mamba_ssm_keys(d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto"):
+    """The state_dict of mamba_ssm.modules.mamba_simple.Mamba (bias=False, conv_bias=True)."""
+    d_inner = expand * d_model
+    rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+    return {
+        "in_proj.weight": (2 * d_inner, d_model),
+        "conv1d.weight": (d_inner, 1, d_conv),
+        "conv1d.bias": (d_inner,),
+        "x_proj.weight": (rank + 2 * d_state, d_inner),
+        "dt_proj.weight": (d_inner, rank),
+        "dt_proj.bias": (d_inner,),
+        "A_log": (d_inner, d_state),
+        "D": (d_inner,),
+        "out_proj.weight": (d_model, d_inner),
+    }
+
+
+def scan_inputs(batch=2, dim=6, length=13, n=4, groups=None, dtype=torch.float64, seed=0):
+    """Random selective-scan inputs with selective_scan_fn's shapes; delta > 0 and A < 0 as in Mamba."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    bc_shape = (batch, n, length) if groups is None else (batch, groups, n, length)
+    inputs = dict(
+        u=rand(batch, dim, length), delta=0.5 * torch.rand(batch, dim, length, generator=g).double(),
+        A=-torch.rand(dim, n, generator=g).double() - 0.5, B=rand(*bc_shape), C=rand(*bc_shape),
+        D=rand(dim), z=rand(batch, dim, length), delta_bias=0.3 * rand(dim),
+    )
+    return {k: t.to(dtype) for k, t in inputs.items()}
+
+
+def independent_forward(mixer, x):
+    """The Mamba block from the mixer's own parameters: explicit causal conv, then the reference scan."""
+    p = {k: t.double() for k, t in mixer.state_dict().items()}
+    x, length = x.double(), x.shape[1]
+    xz = x @ p["in_proj.weight"].T
+    u, z = xz[..., : mixer.d_inner], xz[..., mixer.d_inner :]  # (batch, L, d_inner)
+    kernel = p["conv1d.weight"][:, 0]  # (d_inner, d_conv): tap j looks back d_conv - 1 - j steps
+    conv = torch.zeros_like(u) + p["conv1d.bias"]
+    for j in range(mixer.d_conv):
+        lag = mixer.d_conv - 1 - j
+        conv[:, lag:] += kernel[:, j] * u[:, : length - lag]
+    u = F.silu(conv)
+    dt, B, C = (u @ p["x_proj.weight"].T).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
+    y = selective_scan_reference(
+        u.transpose(1, 2), (dt @ p["dt_proj.weight"].T).transpose(1, 2), -torch.exp(p["A_log"]),
+        B.transpose(1, 2), C.transpose(1, 2), p["D"], z.transpose(1, 2), p["dt_proj.bias"],
+        delta_softplus=True,
+    )
+    return y.transpose(1, 2) @ p["out_proj.weight"].T
+
+
+@pytest.mark.parametrize("sizes", [
+    dict(d_model=64), dict(d_model=48, d_state=8, d_conv=3, expand=3), dict(d_model=40, dt_rank=7),
+    dict(d_model=256, d_state=32),
+])
+def test_state_dict_keys_and_shapes_match_mamba_ssm(sizes):
+    state = MAMBA.mixer(n_heads=4, **sizes).state_dict()
+    assert {k: tuple(t.shape) for k, t in state.items()} == mamba_ssm_keys(**sizes)
+
+
+def test_bias_options_add_and_remove_the_documented_keys():
+    keys = set(MambaMixer(32, 1, bias=True, conv_bias=False).state_dict())
+    assert keys == (set(mamba_ssm_keys(32)) | {"in_proj.bias", "out_proj.bias"}) - {"conv1d.bias"}
+
+
+def test_a_log_and_d_stay_float32_in_a_half_module():
+    mixer = MambaMixer(32, 1, dtype=torch.bfloat16)
+    assert mixer.A_log.dtype == mixer.D.dtype == torch.float32
+    assert mixer.in_proj.weight.dtype == mixer.dt_proj.bias.dtype == torch.bfloat16
+
+
+def test_initialization_follows_mamba_ssm():
+    d_model, d_state, dt_min, dt_max = 512, 16, 1e-3, 1e-1
+    mixer = MambaMixer(d_model, 1, d_state=d_state, dt_min=dt_min, dt_max=dt_max)
+    expected_A_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).expand(2 * d_model, -1)
+    torch.testing.assert_close(mixer.A_log.detach(), expected_A_log, rtol=0, atol=0)
+    assert (mixer.D == 1).all()
+    bound = mixer.dt_rank**-0.5
+    assert mixer.dt_proj.weight.abs().max() <= bound and mixer.dt_proj.weight.abs().max() > 0.9 * bound
+    dt = F.softplus(mixer.dt_proj.bias.detach().double())
+    assert dt.min() >= dt_min * (1 - 1e-5) and dt.max() <= dt_max * (1 + 1e-5)
+    log_dt = (dt.log() - math.log(dt_min)) / (math.log(dt_max) - math.log(dt_min))  # uniform in [0, 1]
+    assert abs(log_dt.mean().item() - 0.5) < 0.05 and log_dt.min() < 0.02 and log_dt.max() > 0.98
+
+
+def test_dt_floor_and_constant_dt_init():
+    mixer = MambaMixer(64, 1, dt_min=1e-6, dt_max=1e-5, dt_init_floor=1e-4, dt_init="constant")
+    torch.testing.assert_close(F.softplus(mixer.dt_proj.bias.detach()), torch.full((128,), 1e-4))
+    assert (mixer.dt_proj.weight == mixer.dt_rank**-0.5).all()
+
+
+def test_causal_false_is_refused_with_a_reason():
+    with pytest.raises(Unsupported, match="causal only"):
+        MAMBA.mixer(32, 2, causal=False)
+    assert MAMBA.supports("cpu", torch.float32, causal=False) == (False, "causal only")
+    assert MAMBA.supports("cpu", torch.bfloat16, causal=True) == (True, "ok")
+    assert MAMBA.backend_for("cpu") == "torch-scan"
+
+
+@pytest.mark.parametrize("sizes", [dict(), dict(d_state=8, d_conv=2, expand=1, dt_rank=3)])
+def test_forward_equals_independent_recurrence(sizes):
+    mixer = MambaMixer(32, 2, **sizes)
+    x = torch.randn(2, 21, 32)
+    with torch.no_grad():
+        expected = independent_forward(mixer, x)
+        torch.testing.assert_close(mixer.double()(x.double()), expected, **TOLERANCE[torch.float64])
+        torch.testing.assert_close(mixer.float()(x).double(), expected, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("groups", [None, 1, 3], ids=["shared", "one-group", "three-groups"])
+@pytest.mark.parametrize("options", [
+    dict(), dict(D=True), dict(z=True), dict(delta_bias=True), dict(delta_softplus=True),
+    dict(D=True, z=True, delta_bias=True, delta_softplus=True),
+], ids=["plain", "D", "z", "bias", "softplus", "all"])
+def test_scan_equals_reference(groups, options):
+    inputs = scan_inputs(groups=groups)
+    for key in ("D", "z", "delta_bias"):
+        if not options.get(key):
+            inputs[key] = None
+    softplus = options.get("delta_softplus", False)
+    expected = selective_scan_reference(**inputs, delta_softplus=softplus)
+    f32 = {k: None if t is None else t.float() for k, t in inputs.items()}
+    out = MAMBA.scan(**f32, delta_softplus=softplus)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, **TOLERANCE[torch.float32])
+
+
+def test_scan_mixes_grouped_and_shared_b_c():
+    inputs = scan_inputs(groups=2)
+    inputs["C"] = inputs["C"][:, 0]  # C shared by all channels, B per group
+    torch.testing.assert_close(MAMBA.scan(**inputs), selective_scan_reference(**inputs),
+                               **TOLERANCE[torch.float64])
+
+
+def test_reference_groups_channels_in_contiguous_blocks():
+    """Grouped B/C equal shared B/C when each block of dim // G channels is scanned alone."""
+    inputs = scan_inputs(dim=6, groups=3)
+    full = selective_scan_reference(**inputs)
+    for g in range(3):
+        block = slice(2 * g, 2 * g + 2)
+        part = selective_scan_reference(
+            inputs["u"][:, block], inputs["delta"][:, block], inputs["A"][block], inputs["B"][:, g],
+            inputs["C"][:, g], inputs["D"][block], inputs["z"][:, block], inputs["delta_bias"][block],
+        )
+        torch.testing.assert_close(full[:, block], part, rtol=0, atol=0)
+
+
+def test_scan_rejects_groups_that_do_not_divide_channels():
+    with pytest.raises(ValueError, match="groups do not divide"):
+        MAMBA.scan(**scan_inputs(dim=6, groups=4))
+
+
+def test_scan_in_bfloat16_accumulates_in_float32():
+    inputs = scan_inputs(length=64, groups=2)
+    half = {k: t.bfloat16() if k in ("u", "delta", "B", "C", "z") else t.float() for k, t in inputs.items()}
+    out = MAMBA.scan(**half, delta_softplus=True)
+    assert out.dtype == torch.bfloat16
+    rounded = {k: t.double() for k, t in half.items()}  # the same bf16 inputs, scanned in float64
+    torch.testing.assert_close(out.double(), selective_scan_reference(**rounded, delta_softplus=True),
+                               **TOLERANCE[torch.bfloat16])
+
+
+def test_scan_last_state_is_the_final_hidden_state():
+    inputs = scan_inputs(groups=2)
+    inputs.update(D=None, z=None)
+    y, state = torch_selective_scan(**inputs, return_last_state=True)
+    # y_L = C_L . h_L, so the returned state must reproduce the last output with every C_L.
+    C_last = inputs["C"][:, :, :, -1].repeat_interleave(3, dim=1)  # (batch, dim, N)
+    torch.testing.assert_close((state * C_last).sum(-1), y[:, :, -1], **TOLERANCE[torch.float64])
+    assert state.shape == (2, 6, 4)
+
+
+def test_scan_is_causal():
+    inputs = scan_inputs(length=20, groups=3)
+    out = MAMBA.scan(**inputs, delta_softplus=True)
+    t = 12
+    for key in ("u", "delta", "B", "C", "z"):
+        perturbed = dict(inputs)
+        perturbed[key] = inputs[key].clone()
+        perturbed[key][..., t:] += 1.0 + torch.rand_like(perturbed[key][..., t:])
+        out2 = MAMBA.scan(**perturbed, delta_softplus=True)
+        torch.testing.assert_close(out2[..., :t], out[..., :t], rtol=0, atol=0)
+        assert not torch.allclose(out2[..., t:], out[..., t:]), key
+
+
+def test_mixer_is_causal_with_a_wide_conv():
+    mixer = MambaMixer(32, 1, d_conv=7)
+    x = torch.randn(1, 40, 32)
+    x2 = x.clone()
+    x2[:, 25] += 1.0
+    with torch.no_grad():
+        y, y2 = mixer(x), mixer(x2)
+    torch.testing.assert_close(y2[:, :25], y[:, :25], rtol=0, atol=0)
+    assert (y2[:, 25:32] - y[:, 25:32]).abs().amax(-1).min() > 1e-6  # the conv window sees it
+
+
+@pytest.mark.parametrize("prompt", [0, 2, 9], ids=["from-empty", "prompt-shorter-than-conv", "prompt"])
+def test_step_decoding_equals_forward(prompt):
+    mixer = MambaMixer(32, 1, d_conv=4).double()
+    x = torch.randn(2, 16, 32, dtype=torch.float64)
+    with torch.no_grad():
+        full = mixer(x)
+        if prompt:
+            out, state = mixer.prefill(x[:, :prompt])
+            torch.testing.assert_close(out, full[:, :prompt], **TOLERANCE[torch.float64])
+        else:
+            state = mixer.allocate_inference_cache(2)
+        for t in range(prompt, x.shape[1]):
+            y, state = mixer.step(x[:, t : t + 1], state)
+            torch.testing.assert_close(y, full[:, t : t + 1], **TOLERANCE[torch.float64])
+
+
+def test_step_keeps_float32_state_for_half_modules():
+    mixer = MambaMixer(32, 1).bfloat16()
+    state = mixer.allocate_inference_cache(2)
+    assert state[0].dtype == torch.bfloat16 and state[1].dtype == torch.float32
+    x = torch.randn(2, 6, 32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        full = mixer(x)
+        steps = torch.cat([mixer.step(x[:, t : t + 1], state)[0] for t in range(6)], 1)
+    assert steps.dtype == torch.bfloat16
+    torch.testing.assert_close(steps.float(), full.float(), **TOLERANCE[torch.bfloat16])
+
+
+def test_step_refuses_more_than_one_token():
+    mixer = MambaMixer(16, 1)
+    with pytest.raises(ValueError, match="one token"):
+        mixer.step(torch.randn(1, 2, 16), mixer.allocate_inference_cache(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_is_finite(dtype):
+    mixer = MambaMixer(32, 1).to(dtype)
+    x = torch.randn(2, 24, 32, dtype=dtype, requires_grad=True)
+    out = mixer(x)
+    assert out.dtype == dtype
+    out.float().square().mean().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for name, p in mixer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+def test_scan_gradcheck_float64(groups):
+    inputs = scan_inputs(batch=1, dim=4, length=5, n=3, groups=groups)
+    names, tensors = list(inputs), tuple(t.requires_grad_() for t in inputs.values())
+    scan = lambda *args: MAMBA.scan(**dict(zip(names, args, strict=True)), delta_softplus=True)  # noqa: E731
+    assert torch.autograd.gradcheck(scan, tensors)
+
+
+# --- CUDA parity with mamba_ssm (skipped without a CUDA device; needs mamba-ssm installed) ---
+
+def _mamba_ssm():
+    return pytest.importorskip("mamba_ssm", reason="mamba-ssm not installed")
+
+
+@pytest.mark.cuda
+def test_same_seed_gives_the_same_weights_as_mamba_ssm():
+    _mamba_ssm()
+    from mamba_ssm.modules.mamba_simple import Mamba
+
+    torch.manual_seed(7)
+    ours = MambaMixer(64, 1, d_state=8).state_dict()
+    torch.manual_seed(7)
+    theirs = Mamba(64, d_state=8).state_dict()
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_module_matches_mamba_ssm_mamba(dtype):
+    _mamba_ssm()
+    from mamba_ssm.modules.mamba_simple import Mamba
+
+    ours = MambaMixer(64, 1)
+    theirs = Mamba(64, use_fast_path=_has_causal_conv1d()).cuda()
+    theirs.load_state_dict(ours.state_dict())
+    ours, theirs, x = ours.to(dtype), theirs.to(dtype), torch.randn(2, 200, 64, dtype=dtype)
+    with torch.no_grad():
+        expected = theirs(x.cuda()).float().cpu()
+        cpu_path = ours(x).float()  # PyTorch scan
+        kernel_path = ours.cuda()(x.cuda()).float().cpu()  # selective_scan_fn
+    tol = TOLERANCE[dtype] if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(cpu_path, expected, **tol)
+    torch.testing.assert_close(kernel_path, expected, **tol)
+
+
+def _has_causal_conv1d():
+    try:
+        import causal_conv1d  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("groups", [None, 2])
+def test_scan_matches_selective_scan_fn(dtype, groups):
+    _mamba_ssm()
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    inputs = scan_inputs(batch=2, dim=8, length=300, n=16, groups=groups)
+    cuda = {k: t.cuda().to(dtype if k in ("u", "delta", "B", "C", "z") else torch.float32)
+            for k, t in inputs.items()}
+    expected = selective_scan_fn(**cuda, delta_softplus=True).float()
+    ours = torch_selective_scan(**cuda, delta_softplus=True).float()
+    dispatched = MAMBA.scan(**cuda, delta_softplus=True).float()
+    tol = TOLERANCE[torch.float32] if dtype == torch.float32 else TOLERANCE[torch.bfloat16]
+    torch.testing.assert_close(ours, expected, **tol)
+    torch.testing.assert_close(dispatched, expected, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_kernel_prefill_then_step_equals_forward_on_cuda():
+    _mamba_ssm()
+    mixer = MambaMixer(64, 1).cuda()
+    x = torch.randn(2, 40, 64, device="cuda")
+    with torch.no_grad():
+        full = mixer(x)
+        _, state = mixer.prefill(x[:, :33])  # the kernel's last state
+        steps = torch.cat([mixer.step(x[:, t : t + 1], state)[0] for t in range(33, 40)], dim=1)
+    assert state[1].dtype == torch.float32
+    torch.testing.assert_close(steps, full[:, 33:], **TOLERANCE[torch.float32])

@@ -1,0 +1,266 @@
+"""Mamba (S6): a selective state-space sequence mixer, parameterized exactly like mamba_ssm's `Mamba`.
+
+Same parameter names, shapes and initialization as mamba_ssm/modules/mamba_simple.py, so a state_dict
+loads into either module. On CUDA with mamba-ssm installed the selective scan runs in its fused kernel
+(`selective_scan_fn`); everywhere else in PyTorch. `selective_scan_reference` is the plain recurrence
+the tests hold both to.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.registry import (
+    ALL_FLOAT,
+    Support,
+    Unsupported,
+    cuda_available,
+    mixer_variant,
+    package_available,
+)
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what selective_scan_cuda accepts
+
+
+@functools.cache
+def _fused_scan():
+    """mamba_ssm's `selective_scan_fn`, or None where it cannot run (no CUDA, not installed, not built)."""
+    if not (cuda_available() and package_available("mamba_ssm")):
+        return None
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except ImportError:
+        return None
+    return selective_scan_fn
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The scan runs in float32 for half inputs, float64 for float64 ones."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _grouped(M: torch.Tensor, dim: int) -> torch.Tensor:
+    """B or C as (batch, groups, d_state, L); channel c reads group c // (dim // groups)."""
+    M = M.unsqueeze(1) if M.dim() == 3 else M
+    if dim % M.shape[1]:
+        raise ValueError(f"{M.shape[1]} groups do not divide {dim} channels")
+    return M
+
+
+def _discretization_step(delta, delta_bias, delta_softplus):
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None]
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def torch_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         return_last_state=False):
+    """`selective_scan_fn` in PyTorch: a loop over L, vectorized over batch, channels and state.
+
+    u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L) or (batch, G, N, L); D, delta_bias:
+    (dim,). Returns y (batch, dim, L) in u's dtype, and with `return_last_state` also the final state
+    (batch, dim, N) in the accumulation dtype.
+    """
+    out_dtype, acc = u.dtype, _accumulation_dtype(u.dtype)
+    dim = u.shape[1]
+    u, A = u.to(acc), A.to(acc)
+    delta = _discretization_step(delta.to(acc), None if delta_bias is None else delta_bias.to(acc),
+                                 delta_softplus)
+    B, C = _grouped(B.to(acc), dim), _grouped(C.to(acc), dim)
+    per_group = dim // B.shape[1]
+    # Time-major layout: each step reads one contiguous (batch, dim, N) slice.
+    decay = torch.exp(torch.einsum("bdl,dn->lbdn", delta, A))
+    drive = torch.einsum("bghl,bgnl->lbghn", (delta * u).unflatten(1, (-1, per_group)), B).flatten(2, 3)
+    state = torch.zeros_like(drive[0])
+    states = []
+    # unbind, not decay[t]: indexing backward would write a full-size gradient per step (O(L^2)).
+    for decay_t, drive_t in zip(decay.unbind(0), drive.unbind(0), strict=True):
+        state = decay_t * state + drive_t
+        states.append(state)
+    per_group = dim // C.shape[1]
+    y = torch.einsum("lbghn,bgnl->bghl", torch.stack(states).unflatten(2, (-1, per_group)), C).flatten(1, 2)
+    if D is not None:
+        y = y + u * D.to(acc)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(acc))
+    return (y.to(out_dtype), state) if return_last_state else y.to(out_dtype)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False):
+    """The scan with `selective_scan_fn` semantics: mamba_ssm's kernel on CUDA, else PyTorch."""
+    kernel = _fused_scan()
+    if kernel is not None and u.is_cuda and u.dtype in KERNEL_DTYPES:
+        return kernel(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                      return_last_state=return_last_state)
+    return torch_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The S6 recurrence one step at a time, in float64, written for clarity rather than speed.
+
+        delta_t = softplus(delta_t + delta_bias)           (each part optional)
+        h_t     = exp(delta_t A) h_{t-1} + delta_t B_t u_t  (h_0 = 0, per channel d: N states)
+        y_t     = C_t . h_t + D u_t, then * silu(z_t)
+    Channel d of `dim` reads B, C group d // (dim // G) when they are grouped (batch, G, N, L).
+    """
+    f64 = lambda t: None if t is None else t.double()  # noqa: E731
+    u64, delta, A, B, C, D, z, delta_bias = map(f64, (u, delta, A, B, C, D, z, delta_bias))
+    batch, dim, length = u64.shape
+    group = lambda M: torch.arange(dim) // (dim // M.shape[1]) if M.dim() == 4 else None  # noqa: E731
+    group_B, group_C = group(B), group(C)
+    h = torch.zeros(batch, dim, A.shape[1], dtype=torch.float64, device=u.device)
+    ys = []
+    for t in range(length):
+        dt = delta[:, :, t] if delta_bias is None else delta[:, :, t] + delta_bias
+        dt = F.softplus(dt) if delta_softplus else dt
+        B_t = B[:, None, :, t] if group_B is None else B[:, group_B, :, t]  # (batch, 1 or dim, N)
+        C_t = C[:, None, :, t] if group_C is None else C[:, group_C, :, t]
+        h = torch.exp(dt[..., None] * A) * h + dt[..., None] * B_t * u64[:, :, t, None]
+        y_t = (C_t * h).sum(-1)
+        if D is not None:
+            y_t = y_t + D * u64[:, :, t]
+        if z is not None:
+            y_t = y_t * F.silu(z[:, :, t])
+        ys.append(y_t)
+    return torch.stack(ys, dim=-1).to(u.dtype)
+
+
+def _backend(device: str) -> str:
+    return "mamba_ssm.selective_scan_fn" if device == "cuda" and _fused_scan() is not None else "torch-scan"
+
+
+@mixer_variant(
+    "mamba", family="mamba", exact=False, scan=selective_scan, backend=_backend,
+    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": KERNEL_DTYPES}, non_causal=False, cross=False),
+    defaults=dict(d_state=16, d_conv=4, expand=2, dt_rank="auto"),
+    description="Mamba (S6) selective SSM block; mamba_ssm's selective_scan_fn on CUDA, PyTorch scan "
+                "elsewhere",
+)
+class MambaMixer(nn.Module):
+    """(batch, seq, d_model) -> same. mamba_ssm's `Mamba` block; `n_heads` is ignored (no heads)."""
+
+    def __init__(self, d_model: int, n_heads: int | None = None, d_state: int = 16, d_conv: int = 4,
+                 expand: int = 2, dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
+                 conv_bias: bool = True, bias: bool = False, causal: bool = True, device=None, dtype=None):
+        super().__init__()
+        if not causal:
+            raise Unsupported("mamba is causal only: its recurrence runs left to right (causal=False)")
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        factory = dict(device=device, dtype=dtype)
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        # Creation order matters: it fixes the random stream, as in mamba_ssm (same seed, same weights).
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
+                                padding=d_conv - 1, bias=conv_bias, **factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        self._init_dt(dt_init, dt_scale, dt_min, dt_max, dt_init_floor, factory)
+        # S4D-real A = -(1..N) per channel, stored as log; A_log and D stay float32 like mamba_ssm's.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        self.A_log._no_weight_decay = self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def _init_dt(self, dt_init, dt_scale, dt_min, dt_max, dt_init_floor, factory):
+        """dt_proj keeps the variance of its input; softplus(bias) is log-uniform in [dt_min, dt_max]."""
+        std = self.dt_rank**-0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, std)
+        else:
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+        log_min, log_max = math.log(dt_min), math.log(dt_max)
+        dt = torch.exp(torch.rand(self.d_inner, **factory) * (log_max - log_min) + log_min)
+        dt = dt.clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.dt_proj.bias._no_reinit = True  # model-level init must not zero this bias
+
+    def _acc(self) -> torch.dtype:
+        return _accumulation_dtype(self.A_log.dtype)
+
+    @property
+    def A(self) -> torch.Tensor:
+        return -torch.exp(self.A_log.to(self._acc()))
+
+    def _scan_inputs(self, x: torch.Tensor):
+        """x (batch, d_inner, L) after the conv -> delta (without bias), B, C; B, C (batch, N, L)."""
+        x_dbl = self.x_proj(x.transpose(1, 2))
+        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight)  # the bias is applied inside the scan
+        return delta.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
+
+    def _mix(self, hidden_states: torch.Tensor, return_state: bool):
+        length = hidden_states.shape[1]
+        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, L) each
+        # The decode state: the last d_conv conv inputs, zero-padded when the context is shorter.
+        conv_state = F.pad(x, (self.d_conv - length, 0)) if return_state else None
+        x = F.silu(self.conv1d(x)[..., :length])
+        delta, B, C = self._scan_inputs(x)
+        acc = self._acc()
+        out = selective_scan(x, delta, self.A, B, C, self.D.to(acc), z=z,
+                             delta_bias=self.dt_proj.bias.to(acc), delta_softplus=True,
+                             return_last_state=return_state)
+        y, ssm_state = out if return_state else (out, None)
+        return self.out_proj(y.transpose(1, 2)), conv_state, ssm_state
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self._mix(hidden_states, return_state=False)[0]
+
+    def prefill(self, hidden_states: torch.Tensor, capacity: int | None = None):
+        """Run a context; returns (out, state), state = (conv_state, ssm_state) as in mamba_ssm.
+
+        The state has a constant size, so `capacity` (room for later tokens) is not needed."""
+        out, conv_state, ssm_state = self._mix(hidden_states, return_state=True)
+        return out, (conv_state, ssm_state)
+
+    def allocate_inference_cache(self, batch_size: int, dtype: torch.dtype | None = None):
+        """Zero (conv_state (batch, d_inner, d_conv), ssm_state (batch, d_inner, d_state)).
+
+        The SSM state is kept in the scan's accumulation dtype (float32 for half modules).
+        """
+        weight = self.in_proj.weight
+        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=weight.device,
+                                 dtype=dtype or weight.dtype)
+        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=weight.device,
+                                dtype=_accumulation_dtype(dtype or weight.dtype))
+        return conv_state, ssm_state
+
+    def step(self, hidden_states: torch.Tensor, state):
+        """Decode one token (batch, 1, d_model): returns (out, state).
+
+        state = (conv_state, ssm_state), updated in place like mamba_ssm's step (no allocation per token).
+        """
+        conv_state, ssm_state = state
+        if hidden_states.shape[1] != 1:
+            raise ValueError(f"step() decodes one token at a time, got {hidden_states.shape[1]}")
+        dtype, acc = hidden_states.dtype, ssm_state.dtype
+        x, z = self.in_proj(hidden_states[:, 0]).chunk(2, dim=-1)  # (batch, d_inner)
+        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+        conv_state[:, :, -1] = x
+        x = (conv_state * self.conv1d.weight[:, 0]).sum(-1)
+        if self.conv1d.bias is not None:
+            x = x + self.conv1d.bias
+        x = F.silu(x).to(dtype)
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(F.linear(dt, self.dt_proj.weight).to(acc) + self.dt_proj.bias.to(acc))
+        x, B, C = x.to(acc), B.to(acc), C.to(acc)
+        decay = torch.exp(delta[..., None] * self.A.to(acc))
+        ssm_state.copy_(decay * ssm_state + (delta * x)[..., None] * B[:, None])
+        y = (ssm_state * C[:, None]).sum(-1) + self.D.to(acc) * x
+        y = y * F.silu(z.to(acc))
+        return self.out_proj(y.to(dtype)).unsqueeze(1), (conv_state, ssm_state)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
+                f"d_conv={self.d_conv}, dt_rank={self.dt_rank}")
