@@ -15,6 +15,7 @@ from rich.table import Table
 import suites
 import variants
 from harness import runner
+from harness.cli_report import recommend, report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark and profile attention architectures.")
@@ -46,7 +47,7 @@ def list_variants() -> None:
         missing = [f"{d}: {r}" for d in devices if (r := v.support.unavailable_reason(d))]
         table.add_row(v.name + (" (baseline)" if v.baseline else ""), v.family, "yes" if v.exact else "no",
                       ",".join(devices), dtypes, "; ".join(missing) or "-")
-    Console(width=max(console.width, 150)).print(table)
+    Console(width=max(console.width, 180)).print(table)
 
 
 def one_line_validation(e: ValidationError) -> str:
@@ -109,6 +110,10 @@ def run(
     if summary.interrupted:
         console.print(f"interrupted: every finished row is kept in {out}; run the same command to resume")
         raise typer.Exit(130)
+
+
+app.command("report")(report)
+app.command("recommend")(recommend)
 
 
 def main() -> None:

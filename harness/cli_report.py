@@ -1,0 +1,82 @@
+"""`attnbench report` and `attnbench recommend`: registered on the app in harness/cli.py.
+
+Bad input (a missing directory, no rows, results that cannot answer the question) is a click
+UsageError: the CLI prints it as one line and exits with code 2. The report package (matplotlib,
+seaborn) is imported only when one of these commands runs, to keep `attnbench` itself quick to start.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+
+def _usage(error: Exception) -> click.UsageError:
+    message = error.args[0] if isinstance(error, FileNotFoundError) and error.args else str(error)
+    return click.UsageError(str(message).splitlines()[0])
+
+
+def report(
+    results: Annotated[list[Path], typer.Argument(help="Run directories, or folders of runs")],
+    compare: Annotated[Path | None, typer.Option(help="A baseline run to set beside this one")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory (default: RESULTS_DIR/report)")] = None,
+    threshold: Annotated[float, typer.Option(help="Regression threshold (0.05 = 5%)")] = 0.05,
+    pareto_n: Annotated[int | None, typer.Option(help="Length of the quality-vs-throughput chart")] = None,
+) -> None:
+    """Render charts, report.html and summary.md; print the path of report.html."""
+    from harness.report import render
+
+    if not 0 < threshold < 1:
+        raise click.UsageError(f"--threshold must be between 0 and 1 (0.05 = 5%), got {threshold:g}")
+    try:
+        built = render.build(results, out, baseline=compare, threshold=threshold, pareto_n=pareto_n)
+    except (FileNotFoundError, ValueError) as e:
+        raise _usage(e) from None
+    if built.comparison is not None:
+        n = len(built.comparison.regressions)
+        print(f"{n} regression{'s' * (n != 1)} beyond {threshold:.0%} against {compare}", file=sys.stderr)
+    print(built.html)
+
+
+def recommend(
+    results: Annotated[Path, typer.Argument(help="A run directory (every suite that ran there is used)")],
+    seq_len: Annotated[int, typer.Option("--seq-len", "-n", help="Sequence length to serve or train at")],
+    memory_gb: Annotated[float | None, typer.Option(help="Peak memory limit in GiB at that length")] = None,
+    latency_ms: Annotated[float | None, typer.Option(
+        help="Latency limit of one call (forward to infer, forward+backward to train)")] = None,
+    min_accuracy: Annotated[float | None, typer.Option(
+        help="Minimum mean best-LR accuracy over the learned tasks, 0..1")] = None,
+    mode: Annotated[str, typer.Option(help="train (forward+backward) or infer (forward, decode)")] = "infer",
+    causal: Annotated[bool, typer.Option("--causal", help="Causal attention (default: non-causal)")] = False,
+    dtype: Annotated[str | None, typer.Option(help="Only this dtype (default: bf16, else fp16, fp32)")] = (
+        None),
+) -> None:
+    """Rank the variants that meet the constraints at one length; say what eliminated each other one."""
+    from harness.registry import dtype_name
+    from harness.report import data
+    from harness.report import recommend as ranking
+
+    if seq_len <= 0:
+        raise click.UsageError(f"--seq-len must be positive, got {seq_len}")
+    if mode not in ranking.MODES:
+        raise click.UsageError(f"unknown --mode {mode!r}; use train or infer")
+    if min_accuracy is not None and not 0 <= min_accuracy <= 1:
+        raise click.UsageError(f"--min-accuracy is a fraction in 0..1, got {min_accuracy:g}")
+    try:
+        dtype = dtype_name(dtype) if dtype is not None else None
+    except ValueError as e:
+        raise _usage(e) from None
+    request = ranking.Request(seq_len=seq_len, mode=mode, causal=causal, memory_gb=memory_gb,
+                              latency_ms=latency_ms, min_accuracy=min_accuracy, dtype=dtype,
+                              results=str(results))
+    try:
+        rows = data.Results.load(results).rows
+        if rows.empty:
+            raise ValueError(f"no result rows under {results}: run `attnbench run` first")
+        print(ranking.render(ranking.recommend(rows, request)))
+    except (FileNotFoundError, ValueError) as e:  # MissingData is a ValueError
+        raise _usage(e) from None

@@ -1,0 +1,328 @@
+"""Charts of a results set. Each function returns a matplotlib Figure, or None when the data has nothing
+to draw, so that tests can inspect what was drawn and the report can skip what is missing.
+
+Figures are built on `matplotlib.figure.Figure` (Agg canvas, no pyplot state) and drawn with seaborn.
+Artists carry gids that say what they are: `series:<name>` for a data line, `oom:<name>` for the
+lengths where a series ran out of memory, `max-n:<name>` for its largest feasible length,
+`device-memory`, `pareto-front`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import EngFormatter, FuncFormatter, LogFormatter, NullLocator  # noqa: E402
+
+from harness.report import data  # noqa: E402
+from harness.report.analysis import Pareto  # noqa: E402
+
+PANEL_SIZE = (4.2, 3.1)  # inches per facet
+LEGEND_WIDTH = 2.2
+MAX_COLUMNS = 3
+DPI = 110
+
+
+@contextlib.contextmanager
+def _style():
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.8):
+        yield
+
+
+def palette(names) -> dict[str, tuple]:
+    """A fixed colour per name, so a variant has the same colour in every chart."""
+    names = sorted(set(names))
+    colors = sns.color_palette("tab10" if len(names) <= 10 else "tab20", len(names))
+    return dict(zip(names, colors, strict=True))
+
+
+class PlainLogFormatter(LogFormatter):
+    """Log-axis labels as plain numbers (0.5, 2, 300; 2 M with `engineering`); the log formatter picks
+    which ticks to label."""
+
+    def __init__(self, engineering: bool = False, **kwargs):
+        super().__init__(labelOnlyBase=False, **kwargs)
+        self.plain = EngFormatter(sep=" ") if engineering else (lambda x: f"{x:g}")
+
+    def __call__(self, x, pos=None):
+        return self.plain(x) if super().__call__(x, pos) else ""
+
+
+def _log_scale(ax, which: str = "y", engineering: bool = False) -> None:
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    axis.set_major_formatter(PlainLogFormatter(engineering))
+    axis.set_minor_formatter(PlainLogFormatter(engineering, minor_thresholds=(1.5, 0.5)))
+
+
+def _length_axis(ax) -> None:
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_minor_locator(NullLocator())  # lengths are powers of two: the major ticks say it all
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1024:g}k" if v >= 1024 else f"{v:g}"))
+    ax.set_xlabel("sequence length N")
+
+
+def _grid(panels: list[tuple[str, str]], title: str, legend: bool = True):
+    """A figure with one axes per (row label, column label) panel, wrapped three to a line."""
+    cols = min(MAX_COLUMNS, len(panels))
+    rows = -(-len(panels) // cols)
+    width = PANEL_SIZE[0] * cols + (LEGEND_WIDTH if legend else 0)
+    fig = Figure(figsize=(width, PANEL_SIZE[1] * rows + 0.5), layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False)
+    for ax in list(grid.flat)[len(panels):]:
+        ax.set_visible(False)
+    axes = dict(zip(panels, grid.flat, strict=False))
+    for (row, col), ax in axes.items():
+        ax.set_title(f"{col}\n{row}", fontsize="medium")
+    fig.suptitle(title, fontweight="bold")
+    return fig, axes
+
+
+def _legend(fig, colors: dict[str, tuple], drawn: set[str], markers: dict[str, str]) -> None:
+    handles = [Line2D([], [], color=colors[s], marker="o", label=s) for s in sorted(drawn)]
+    handles += [Line2D([], [], color="0.2", marker=m, linestyle="none", markersize=9, label=label)
+                for label, m in markers.items()]
+    if handles:
+        fig.legend(handles=handles, loc="outside right upper", frameon=False)
+
+
+def _panels(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    order = {name: i for i, name in enumerate(data.MODE_NAMES.values())}
+    cols = sorted(frame.panel_col.unique(), key=lambda c: (order.get(c, len(order)), c))
+    return [(r, c) for c in cols for r in sorted(frame.panel_row.unique())
+            if ((frame.panel_row == r) & (frame.panel_col == c)).any()]
+
+
+def metric_vs_length(points: pd.DataFrame, metric: str, ylabel: str, title: str, scale: float = 1.0,
+                     log_y: bool = True, mark_largest: bool = False, band: tuple[str, str] | None = None,
+                     decorate=None, colors: dict | None = None, engineering: bool = False):
+    """One panel per configuration, one line per series; lengths that ran out of memory marked with X.
+
+    `decorate(ax, panel_points)`, when given, adds what a chart draws beside its lines.
+    """
+    drawable = points[(points.status == "ok") & points[metric].notna()]
+    if drawable.empty:
+        return None
+    colors = colors or palette(points.series)
+    with _style():
+        fig, axes = _grid(_panels(drawable), title)
+        drawn: set[str] = set()
+        any_oom = False
+        for (row, col), ax in axes.items():
+            panel = points[(points.panel_row == row) & (points.panel_col == col)]
+            for series, group in panel.groupby("series", sort=True):
+                line = group[(group.status == "ok") & group[metric].notna()].sort_values("seq_len")
+                if not line.empty:
+                    _draw_line(ax, line, metric, scale, series, colors[series], band, mark_largest)
+                    drawn.add(series)
+                oom = group[group.status == "oom"].seq_len
+                if not oom.empty and (not line.empty or metric == "latency_ms"):
+                    any_oom = True
+                    # At the top of the panel, in the series' colour: there is no value to plot.
+                    ax.plot(oom, np.full(len(oom), 0.96), transform=ax.get_xaxis_transform(),
+                            marker="X", markersize=9, linestyle="none", color=colors[series],
+                            markeredgecolor="black", clip_on=False, gid=f"oom:{series}")
+            _length_axis(ax)
+            if log_y:
+                _log_scale(ax, "y", engineering)
+            ax.set_ylabel(ylabel)
+            if decorate is not None:
+                decorate(ax, panel)
+        markers = {"out of memory": "X"} if any_oom else {}
+        if mark_largest:
+            markers["largest feasible N"] = "*"
+        _legend(fig, colors, drawn, markers)
+    return fig
+
+
+def _draw_line(ax, line, metric, scale, series, color, band, mark_largest) -> None:
+    x, y = line.seq_len.to_numpy(), line[metric].to_numpy(float) * scale
+    ax.plot(x, y, color=color, marker="o", markersize=5, label=series, gid=f"series:{series}")
+    if band and line[list(band)].notna().all().all():
+        ax.fill_between(x, line[band[0]].to_numpy(float) * scale, line[band[1]].to_numpy(float) * scale,
+                        color=color, alpha=0.15, linewidth=0)
+    if mark_largest:
+        ax.plot(x[-1:], y[-1:], marker="*", markersize=14, color=color, markeredgecolor="black",
+                linestyle="none", gid=f"max-n:{series}")
+
+
+def latency_chart(points, colors=None):
+    return metric_vs_length(points, "latency_ms", "latency (ms, median)", "Latency vs sequence length",
+                            mark_largest=True, band=("latency_ms_p20", "latency_ms_p80"), colors=colors)
+
+
+def memory_chart(points, colors=None):
+    def device_memory(ax, panel):
+        total = panel.device_mem_total_bytes.median() / data.GIB
+        if np.isfinite(total):
+            ax.axhline(total, color="0.25", linestyle="--", linewidth=1.2, gid="device-memory")
+            ax.annotate(f"device memory {total:.0f} GiB", (0.02, total), xycoords=ax.get_yaxis_transform(),
+                        va="bottom", fontsize="small", color="0.25")
+
+    return metric_vs_length(points, "mem_alloc_peak_bytes", "peak memory allocated (GiB)",
+                            "Peak memory vs sequence length", scale=1 / data.GIB, decorate=device_memory,
+                            colors=colors)
+
+
+def tflops_chart(points, colors=None):
+    """Achieved TFLOP/s of the softmax kernels, with the right axis in % of the measured matmul peak."""
+    def percent_of_peak(ax, panel):
+        ax.set_ylim(bottom=0)
+        peak = panel.peak_matmul_tflops.median()
+        if np.isfinite(peak) and peak > 0:
+            right = ax.secondary_yaxis("right", functions=(lambda t: 100 * t / peak,
+                                                          lambda pct: pct * peak / 100))
+            right.set_ylabel(f"% of matmul peak ({peak:.0f} TFLOP/s)")
+
+    return metric_vs_length(points, "tflops", "TFLOP/s", "Achieved TFLOP/s (softmax kernels)", log_y=False,
+                            decorate=percent_of_peak, colors=colors)
+
+
+def tokens_chart(points, colors=None):
+    return metric_vs_length(points, "tokens_per_s", "tokens / s", "Throughput vs sequence length",
+                            colors=colors, engineering=True)
+
+
+def energy_chart(points, colors=None):
+    return metric_vs_length(points, "energy_j_per_token", "energy (J / token)", "Energy per token",
+                            colors=colors)
+
+
+def accuracy_chart(task_accuracy: pd.DataFrame, colors=None):
+    """Best-LR accuracy per task, one bar per variant."""
+    if task_accuracy.empty:
+        return None
+    colors = colors or palette(task_accuracy.variant)
+    with _style():
+        tasks = sorted(task_accuracy.task.unique())
+        fig = Figure(figsize=(max(5.0, 1.6 * len(tasks) + LEGEND_WIDTH), 3.6), layout="constrained")
+        ax = fig.subplots()
+        sns.barplot(data=task_accuracy, x="task", y="accuracy", hue="variant", order=tasks,
+                    hue_order=sorted(colors), palette=colors, ax=ax)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("accuracy (best learning rate)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        fig.suptitle("Accuracy by task and variant", fontweight="bold")
+    return fig
+
+
+def long_range_chart(best: pd.DataFrame, colors=None):
+    """Accuracy vs evaluation length, per task that was evaluated at more than one length."""
+    if best.empty:
+        return None
+    curves = best.groupby(["task", "variant", "seq_len"]).accuracy.mean().reset_index()
+    tasks = [t for t, g in curves.groupby("task") if g.seq_len.nunique() > 1]
+    if not tasks:
+        return None
+    colors = colors or palette(curves.variant)
+    curves = curves.assign(panel_row="accuracy vs length", panel_col=curves.task, series=curves.variant)
+    with _style():
+        fig, axes = _grid([("accuracy vs length", t) for t in tasks], "Long-range accuracy vs length")
+        for (_, task), ax in axes.items():
+            for variant, line in curves[curves.task == task].groupby("variant"):
+                line = line.sort_values("seq_len")
+                ax.plot(line.seq_len, line.accuracy, marker="o", markersize=5, color=colors[variant],
+                        label=variant, gid=f"series:{variant}")
+            _length_axis(ax)
+            ax.set_ylim(-0.02, 1.05)
+            ax.set_ylabel("accuracy (best learning rate)")
+        _legend(fig, colors, set(curves.variant), {})
+    return fig
+
+
+def passkey_chart(best: pd.DataFrame):
+    """One heatmap per variant: passkey accuracy by context length (x) and depth of the key (y)."""
+    passkey = best[(best.task == "passkey") & best.depth.notna()] if not best.empty else best
+    if passkey.empty:
+        return None
+    names = sorted(passkey.variant.unique())
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    with _style():
+        fig = Figure(figsize=(3.6 * cols + 0.8, 2.9 * rows + 0.5), layout="constrained")
+        grid = fig.subplots(rows, cols, squeeze=False)
+        for ax, variant in zip(grid.flat, names, strict=False):
+            cells = passkey[passkey.variant == variant].pivot_table(
+                index="depth", columns="seq_len", values="accuracy", aggfunc="mean")
+            sns.heatmap(cells, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", cbar=False, ax=ax,
+                        linewidths=0.5)
+            ax.set_title(variant)
+            ax.set_xlabel("context length N")
+            ax.set_ylabel("depth of the key")
+            ax.set_gid(f"passkey:{variant}")
+        for ax in list(grid.flat)[len(names):]:
+            ax.set_visible(False)
+        fig.colorbar(grid.flat[0].collections[0], ax=grid, label="accuracy", shrink=0.8)
+        fig.suptitle("Passkey retrieval: accuracy by length and depth", fontweight="bold")
+    return fig
+
+
+def pareto_chart(front: Pareto | None, colors=None):
+    """Quality against throughput at one length; the front joins the variants nothing beats on both."""
+    if front is None or front.points.empty:
+        return None
+    table = front.points
+    colors = colors or palette(table.variant)
+    with _style():
+        fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+        ax = fig.subplots()
+        for p in table.itertuples():
+            ax.scatter([p.tokens_per_s], [p.accuracy], s=70 if p.on_front else 40, color=colors[p.variant],
+                       edgecolor="black" if p.on_front else "none", zorder=3, gid=f"point:{p.variant}")
+            ax.annotate(p.variant, (p.tokens_per_s, p.accuracy), textcoords="offset points", xytext=(5, 5),
+                        fontsize="small")
+        on = table[table.on_front].sort_values("tokens_per_s")
+        ax.plot(on.tokens_per_s, on.accuracy, color="0.3", linestyle="--", zorder=2, gid="pareto-front")
+        _log_scale(ax, "x", engineering=True)
+        ax.set_xlabel(f"tokens / s at N = {front.seq_len} ({front.config})")
+        ax.set_ylabel("mean accuracy (best LR)\n" + ", ".join(front.tasks))
+        fig.suptitle(f"Quality vs throughput at N = {front.seq_len}", fontweight="bold")
+    return fig
+
+
+def exactness_chart(exact: pd.DataFrame):
+    """Relative error against the float64 reference, per variant and input kind (log scale)."""
+    if exact.empty or exact.rel_err.isna().all():
+        return None
+    worst = exact.groupby(["variant", "input_kind"]).rel_err.max().reset_index()
+    with _style():
+        fig = Figure(figsize=(max(5.5, 0.9 * worst.variant.nunique() + LEGEND_WIDTH), 3.6),
+                     layout="constrained")
+        ax = fig.subplots()
+        sns.barplot(data=worst, x="variant", y="rel_err", hue="input_kind",
+                    order=sorted(worst.variant.unique()), ax=ax)
+        _log_scale(ax)
+        ax.set_ylabel("relative error (worst case)")
+        ax.tick_params(axis="x", rotation=30)
+        ax.legend(title="input", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        fig.suptitle("Exactness against the float64 reference", fontweight="bold")
+    return fig
+
+
+def ratio_chart(ratios: pd.DataFrame, threshold: float, colors=None):
+    """Latency of this run over the baseline's, per configuration; the band is the regression threshold."""
+    def threshold_band(ax, _panel):
+        ax.axhspan(1 - threshold, 1 + threshold, color="0.85", zorder=0)
+        ax.axhline(1.0, color="0.4", linewidth=1)
+
+    return metric_vs_length(ratios, "ratio", "latency / baseline latency", "Latency against the baseline",
+                            log_y=False, decorate=threshold_band, colors=colors)
+
+
+def save(fig: Figure, out_dir: Path, name: str) -> Path:
+    """Write NAME.png and NAME.svg (fonts as paths: the SVG needs nothing from outside); return the PNG."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / f"{name}.png"
+    fig.savefig(png, dpi=DPI)
+    fig.set_layout_engine("none")  # keep the layout the first save computed: the SVG needs no second pass
+    fig.savefig(out_dir / f"{name}.svg", metadata={"Date": None})
+    return png

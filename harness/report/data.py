@@ -1,0 +1,222 @@
+"""The report's view of a results set: rows split by suite and shaped for charts and tables.
+
+This is the one module that reads the suites' column contract (results/README.md). Columns a run did
+not write (GPU metrics on CPU, a suite not run) are added as empty, so the rest of the report can ask
+for any of them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness import store
+
+GIB = 2**30
+MODE_NAMES = {"fwd": "forward", "fwd_bwd": "forward+backward", "decode": "decode"}
+DTYPE_PREFERENCE = ("bfloat16", "float16", "float32", "float64")
+FAILURE_ORDER = ("oom", "skipped", "timeout", "nonfinite", "error", "unsupported")
+
+# A throughput configuration: everything but the variant and the length. Two rows that agree on these
+# belong on the same axes.
+CONFIG_KEYS = ("device_name", "mode", "level", "dtype", "causal", "head_dim", "n_heads", "total_tokens")
+THROUGHPUT_METRICS = (
+    "batch", "latency_ms", "latency_ms_p20", "latency_ms_p80", "tokens_per_s", "flops", "tflops",
+    "pct_of_peak", "peak_matmul_tflops", "mem_alloc_peak_bytes", "mem_reserved_peak_bytes",
+    "device_mem_total_bytes", "power_w_mean", "energy_j_per_token",
+)
+THROUGHPUT_COLUMNS = (*CONFIG_KEYS, "seq_len", "params", "family", "exact", "backend", "reason",
+                      *THROUGHPUT_METRICS)
+LEARNED_COLUMNS = ("task", "seq_len", "train_seq_len", "d_model", "n_layers", "n_heads", "kv_pairs",
+                   "depth", "lr", "seed", "accuracy", "params", "family", "device_name", "dtype")
+EXACTNESS_COLUMNS = ("task", "input_kind", "seq_len", "head_dim", "causal", "nb_features", "max_abs_err",
+                     "rel_err", "full_attention_err", "reference", "family", "exact", "dtype")
+# A trained model: the best learning rate is chosen per one of these, over all its evaluations.
+TRAINING_KEYS = ("suite", "variant", "device_name", "dtype", "params", "task", "train_len", "d_model",
+                 "n_layers", "n_heads", "kv_pairs")
+
+
+@dataclass
+class Results:
+    """Every row of one or more runs, and the environment each run was measured in."""
+
+    rows: pd.DataFrame
+    environments: dict[str, dict]
+
+    @classmethod
+    def load(cls, *paths: str | Path) -> Results:
+        dirs = store.run_dirs(paths)  # FileNotFoundError names a missing path
+        rows = fill_family(store.load(*dirs)) if dirs else store.load()
+        environments = {}
+        for run in dirs:
+            env_file = run / store.ENVIRONMENT
+            environments[str(run)] = json.loads(env_file.read_text()) if env_file.exists() else {}
+        return cls(rows, environments)
+
+    def suites(self) -> set[str]:
+        return set(self.rows.suite.dropna())
+
+
+def with_columns(df: pd.DataFrame, columns) -> pd.DataFrame:
+    """A copy of df that has every one of `columns` (missing ones empty)."""
+    df = df.copy()
+    for column in columns:
+        if column not in df.columns:
+            df[column] = np.nan
+    return df
+
+
+def fill_family(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows of failed cases may lack `family`/`exact`: take them from the variant's other rows."""
+    rows = with_columns(rows, ("family", "exact"))
+    for column in ("family", "exact"):
+        known = rows.dropna(subset=[column]).groupby("variant")[column].first()
+        rows[column] = rows[column].fillna(rows.variant.map(known))
+    rows["family"] = rows.family.fillna(rows.variant.str.split("-").str[0])
+    return rows
+
+
+def short_device(name) -> str:
+    return str(name).removeprefix("NVIDIA ") if isinstance(name, str) and name else "unknown device"
+
+
+def params_label(params) -> str:
+    try:
+        values = json.loads(params) if isinstance(params, str) else {}
+    except ValueError:
+        return str(params)
+    return " ".join(f"{k}={v}" for k, v in sorted(values.items()))
+
+
+def series_labels(df: pd.DataFrame) -> pd.Series:
+    """A line's name: the variant, plus its parameters when the data holds it under several."""
+    params = df.params.fillna("{}")
+    several = params.groupby(df.variant).transform("nunique") > 1
+    labels = params.map(params_label)
+    return df.variant.where(~several | (labels == ""), df.variant + " " + labels)
+
+
+def _numeric(df: pd.DataFrame, columns) -> pd.DataFrame:
+    for column in columns:
+        df[column] = pd.to_numeric(df[column], errors="coerce")
+    return df
+
+
+def _describe(row, varying: set[str], with_mode: bool, with_device: bool) -> str:
+    parts = [short_device(row.device_name)] if with_device else []
+    parts += [str(row.dtype)]
+    if with_mode:
+        parts.append(MODE_NAMES.get(row.mode, str(row.mode)))
+    parts.append("causal" if row.causal else "non-causal")
+    if "level" in varying:
+        parts.append(f"{row.level} level")
+    if "head_dim" in varying:
+        parts.append(f"head_dim {row.head_dim:g}")
+    if "n_heads" in varying:
+        parts.append(f"{row.n_heads:g} heads")
+    if "total_tokens" in varying:
+        parts.append(f"{row.total_tokens:g} tokens")
+    return ", ".join(parts)
+
+
+def throughput(rows: pd.DataFrame) -> pd.DataFrame:
+    """Throughput rows with a `series` (line), `config` (full description) and panel labels."""
+    tp = with_columns(rows[rows.suite == "throughput"], THROUGHPUT_COLUMNS)
+    if tp.empty:
+        return tp.assign(series=[], config=[], panel_row=[], panel_col=[])
+    tp = _numeric(tp, ("seq_len", "head_dim", "n_heads", "total_tokens", *THROUGHPUT_METRICS))
+    tp["seq_len"] = tp.seq_len.astype(int)
+    tp["causal"] = tp.causal.fillna(False).astype(bool)
+    tp["level"] = tp.level.fillna("kernel")
+    tp["device_name"] = tp.device_name.fillna("unknown device")
+    tp["series"] = series_labels(tp)
+    varying = {k for k in CONFIG_KEYS if tp[k].nunique(dropna=False) > 1}
+    several_devices = "device_name" in varying
+    tp["config"] = [_describe(r, varying, True, True) for r in tp.itertuples()]
+    tp["panel_row"] = [_describe(r, varying, False, several_devices) for r in tp.itertuples()]
+    tp["panel_col"] = tp["mode"].map(lambda m: MODE_NAMES.get(m, str(m)))
+    return tp
+
+
+def points(tp: pd.DataFrame) -> pd.DataFrame:
+    """One point per (config, series, N): the median of its ok rows, else its most telling failure."""
+    keys = ["config", "panel_row", "panel_col", *CONFIG_KEYS, "series", "variant", "family", "seq_len"]
+    if tp.empty:
+        return pd.DataFrame(columns=[*keys, "status", "reason", *THROUGHPUT_METRICS])
+    ok = tp[tp.status == "ok"]
+    measured = ok.groupby(keys, dropna=False)[list(THROUGHPUT_METRICS)].median().reset_index()
+    measured["status"], measured["reason"] = "ok", ""
+    rank = {s: i for i, s in enumerate(FAILURE_ORDER)}
+    failed = tp[tp.status != "ok"].assign(_rank=lambda d: d.status.map(rank).fillna(len(rank)))
+    failed = failed.sort_values("_rank").drop_duplicates(keys)
+    failed = failed.merge(measured[keys], on=keys, how="left", indicator=True)
+    failed = failed[failed._merge == "left_only"]
+    columns = [*keys, "status", "reason", *THROUGHPUT_METRICS]
+    return pd.concat([measured[columns], failed[columns]], ignore_index=True).sort_values(
+        ["config", "series", "seq_len"], ignore_index=True)
+
+
+def learned(rows: pd.DataFrame) -> pd.DataFrame:
+    """Learned-task rows (accuracy Part B and long-range), with `train_len` (the length trained at)."""
+    df = with_columns(rows[rows.suite.isin(("accuracy", "long-range"))], LEARNED_COLUMNS)
+    df = df[df.task.notna() & (df.task != "exactness")]
+    df = _numeric(df, ("seq_len", "train_seq_len", "d_model", "n_layers", "n_heads", "kv_pairs", "depth",
+                       "lr", "seed", "accuracy"))
+    return df.assign(train_len=df.train_seq_len.fillna(df.seq_len))
+
+
+def best_lr(df: pd.DataFrame) -> pd.DataFrame:
+    """The ok rows of each trained model's best learning rate (highest mean accuracy over its evaluations).
+
+    The choice is per trained model, not per evaluation length or passkey depth, so that a long-range
+    curve is one model's curve.
+    """
+    ok = df[(df.status == "ok") & df.accuracy.notna()]
+    if ok.empty:
+        return ok
+    keys = [k for k in TRAINING_KEYS if k in ok.columns]
+    score = ok.groupby([*keys, "lr"], dropna=False).accuracy.mean().reset_index()
+    best = score.loc[score.groupby(keys, dropna=False).accuracy.idxmax(), [*keys, "lr"]]
+    return ok.merge(best, on=[*keys, "lr"])
+
+
+def task_accuracy(best: pd.DataFrame) -> pd.DataFrame:
+    """Mean best-LR accuracy per (variant, task), over the task's evaluations and seeds."""
+    if best.empty:
+        return pd.DataFrame(columns=["variant", "task", "accuracy"])
+    return best.groupby(["variant", "task"]).accuracy.mean().reset_index()
+
+
+def quality(best: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: mean over tasks of its task accuracy, and the tasks it covers."""
+    per_task = task_accuracy(best)
+    grouped = per_task.groupby("variant")
+    return pd.DataFrame({
+        "accuracy": grouped.accuracy.mean(),
+        "tasks": grouped.task.agg(lambda t: ", ".join(sorted(t))),
+    }).reset_index()
+
+
+def exactness(rows: pd.DataFrame) -> pd.DataFrame:
+    df = with_columns(rows[rows.suite == "accuracy"], EXACTNESS_COLUMNS)
+    df = df[(df.task == "exactness") & (df.status == "ok")]
+    return _numeric(df, ("seq_len", "head_dim", "max_abs_err", "rel_err", "full_attention_err"))
+
+
+def preferred_dtype(dtypes) -> str:
+    present = list(dict.fromkeys(dtypes))
+    for dtype in DTYPE_PREFERENCE:
+        if dtype in present:
+            return dtype
+    return present[0]
+
+
+def status_counts(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows per suite and status: the first table a reader needs to trust the rest."""
+    if rows.empty:
+        return pd.DataFrame()
+    return rows.groupby(["suite", "status"]).size().unstack(fill_value=0)

@@ -1,0 +1,91 @@
+"""summary.md: the report in a few dozen lines, for a CI job summary or a PR comment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report import data
+from harness.report.analysis import Findings
+from harness.report.compare import Comparison
+from harness.report.html import cell
+
+MAX_ROWS = 12
+MAX_CROSSOVERS = 6
+
+
+def md_table(df: pd.DataFrame, limit: int = MAX_ROWS) -> list[str]:
+    shown = df.head(limit)
+    lines = ["| " + " | ".join(map(str, shown.columns)) + " |", "|" + " --- |" * len(shown.columns)]
+    lines += ["| " + " | ".join(cell(v).replace("|", "/") for v in row) + " |"
+              for row in shown.itertuples(index=False)]
+    if len(df) > limit:
+        lines.append(f"\n_{len(df) - limit} more rows in the full report._")
+    return lines
+
+
+def _runs(results: data.Results) -> list[str]:
+    lines = []
+    for run, env in results.environments.items():
+        facts = [data.short_device(env.get("device_name")), f"torch {env.get('torch')}"]
+        if env.get("cuda"):
+            facts.append(f"CUDA {env['cuda']}")
+        facts.append(f"commit {env.get('commit')}")
+        lines.append(f"- `{run}`: " + ", ".join(facts))
+    return lines
+
+
+def _statuses(rows: pd.DataFrame) -> str:
+    counts = data.status_counts(rows)
+    return "; ".join(f"{suite}: " + ", ".join(f"{n} {status}" for status, n in counts.loc[suite].items() if n)
+                     for suite in counts.index)
+
+
+def _throughput(findings: Findings) -> list[str]:
+    primary = findings.primary
+    if primary is None:
+        return ["_No throughput results._"]
+    largest = findings.largest[findings.largest.config == primary].set_index("variant")
+    exponents = findings.exponents[findings.exponents.config == primary].set_index("variant").exponent
+    table = pd.DataFrame({"variant": largest.index, "largest feasible N": largest.largest_feasible_n.values,
+                          "then": largest.first_failure.values,
+                          "exponent k (latency ~ N^k)": largest.index.map(exponents).values})
+    lines = [f"### Throughput: {primary}", *md_table(table)]
+    ordered = sorted(findings.crossovers, key=lambda c: c.config != primary)
+    if ordered:
+        lines += ["", "**Crossovers**"] + [f"- {c.sentence}" for c in ordered[:MAX_CROSSOVERS]]
+        if len(ordered) > MAX_CROSSOVERS:
+            lines.append(f"- _{len(ordered) - MAX_CROSSOVERS} more in the full report_")
+    return lines
+
+
+def _quality(findings: Findings) -> list[str]:
+    per_task = data.task_accuracy(findings.best)
+    if per_task.empty:
+        return ["_No accuracy results._"]
+    table = per_task.pivot(index="variant", columns="task", values="accuracy")
+    table = table.assign(mean=table.mean(axis=1)).sort_values("mean", ascending=False).reset_index()
+    return ["### Accuracy (best learning rate)", *md_table(table)]
+
+
+def _comparison(comparison: Comparison) -> list[str]:
+    regressions = comparison.regressions
+    lines = [f"### Against `{comparison.baseline}` (threshold {comparison.threshold:.0%})",
+             f"**{len(regressions)} regression(s)**, {len(comparison.improvements)} improvement(s) "
+             f"in {len(comparison.changes)} comparisons."]
+    if not regressions.empty:
+        shown = regressions.drop(columns="verdict").assign(change=[
+            "" if pd.isna(c) else f"{c:+.3f}" if w == "accuracy" else f"{c:+.1%}"
+            for c, w in zip(regressions.change, regressions.what, strict=True)])
+        lines += ["", *md_table(shown)]
+    return lines
+
+
+def summary(results: data.Results, findings: Findings, comparison: Comparison | None, page: Path) -> str:
+    lines = ["## attnbench report", "", *_runs(results), "", f"Rows: {_statuses(results.rows)}", ""]
+    lines += _throughput(findings) + [""] + _quality(findings) + [""]
+    if comparison is not None:
+        lines += _comparison(comparison) + [""]
+    lines.append(f"Full report: `{page}`")
+    return "\n".join(lines) + "\n"

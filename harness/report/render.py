@@ -1,0 +1,196 @@
+"""`attnbench report`: results directories in, a report directory out (report.html, summary.md, charts/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report import charts, data, html, markdown
+from harness.report.analysis import Findings
+from harness.report.compare import Comparison, compare
+from harness.report.html import Chart
+
+CHARTS_DIR = "charts"
+CAPTIONS = {
+    "latency": "Median latency of one call (batch x N tokens) per variant, log-log; shaded: 20th-80th "
+               "percentile; X at the top of a panel: out of memory at that N; star: the largest N that ran.",
+    "memory": "Peak memory allocated during one call; dashed: the device's memory.",
+    "tflops": "Achieved TFLOP/s, for softmax kernels only (FLOPs of the visible query-key pairs; backward "
+              "2.5x forward); right axis: percent of the matmul peak measured on the same device.",
+    "tokens": "Tokens processed per second (batch x N / latency).",
+    "energy": "Energy per token from the device's power readings during the timed calls.",
+    "exactness": "Worst relative error against a float64 reference (under the variant's own mask for "
+                 "masked families), per input kind.",
+    "accuracy": "Accuracy on held-out data at each model's best learning rate, averaged over the task's "
+                "evaluations and seeds.",
+    "long_range": "Accuracy against evaluation length (best learning rate per trained model).",
+    "passkey": "Passkey retrieval accuracy by context length and depth of the key (0 = start).",
+    "pareto": "Mean accuracy (tasks every plotted variant has) against tokens/s at one length; dashed: "
+              "the Pareto front, the variants no other beats on both.",
+    "ratio": "This run's latency over the baseline's, per case; shaded: within the regression threshold.",
+}
+
+
+@dataclass
+class Report:
+    html: Path
+    markdown: Path
+    charts: list[Chart]
+    findings: Findings
+    comparison: Comparison | None
+
+
+def build(paths: list[str | Path], out: str | Path | None = None, baseline: str | Path | None = None,
+          threshold: float = 0.05, pareto_n: int | None = None) -> Report:
+    """Render the report of `paths` (run directories or folders of runs) into `out`."""
+    results = data.Results.load(*paths)
+    if results.rows.empty:
+        raise ValueError(f"no result rows under {', '.join(map(str, paths))}: run `attnbench run` first")
+    out = Path(out) if out is not None else Path(paths[0]) / "report"
+    before = data.Results.load(baseline) if baseline is not None else None
+    if before is not None and before.rows.empty:
+        raise ValueError(f"no result rows under the baseline {baseline}")
+    findings = Findings.compute(results.rows, pareto_n)
+    comparison = compare(results, before, threshold, str(baseline)) if before is not None else None
+    drawn = draw(findings, comparison, out)
+    sections = html_sections(results, findings, drawn, comparison, before, paths)
+    subtitle = (f"{', '.join(map(str, paths))}; generated "
+                f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+    page = html.write(out / "report.html", html.page("attnbench report", subtitle, sections))
+    summary = markdown.summary(results, findings, comparison, page)
+    md = html.write(out / "summary.md", summary)
+    return Report(page, md, list(drawn.values()), findings, comparison)
+
+
+def draw(findings: Findings, comparison: Comparison | None, out: Path) -> dict[str, Chart]:
+    """Every chart the data allows, saved as PNG and SVG under out/charts."""
+    colors = charts.palette(findings.variants())
+    pts, best = findings.points, findings.best
+    figures = {
+        "latency": ("Latency", charts.latency_chart(pts, colors)),
+        "memory": ("Peak memory", charts.memory_chart(pts, colors)),
+        "tflops": ("TFLOP/s and % of peak", charts.tflops_chart(pts, colors)),
+        "tokens": ("Tokens per second", charts.tokens_chart(pts, colors)),
+        "energy": ("Energy per token", charts.energy_chart(pts, colors)),
+        "exactness": ("Exactness", charts.exactness_chart(findings.exactness)),
+        "accuracy": ("Accuracy by task", charts.accuracy_chart(data.task_accuracy(best), colors)),
+        "long_range": ("Long-range accuracy", charts.long_range_chart(best, colors)),
+        "passkey": ("Passkey retrieval", charts.passkey_chart(best)),
+        "pareto": ("Quality vs throughput", charts.pareto_chart(findings.pareto, colors)),
+    }
+    if comparison is not None:
+        figures["ratio"] = ("Latency against the baseline",
+                            charts.ratio_chart(comparison.ratios, comparison.threshold, colors))
+    drawn = {}
+    for name, (title, fig) in figures.items():
+        if fig is not None:
+            png = charts.save(fig, out / CHARTS_DIR, name)
+            drawn[name] = Chart(name, title, CAPTIONS[name], f"{CHARTS_DIR}/{png.name}",
+                                f"{CHARTS_DIR}/{png.with_suffix('.svg').name}")
+    return drawn
+
+
+def _run_suite(suite: str) -> str:
+    return f"no {suite} results: run `attnbench run --suite {suite} --out RESULTS_DIR`"
+
+
+def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparison, before, paths):
+    def figs(*names):
+        return "".join(html.figure(drawn[n]) for n in names if n in drawn)
+
+    sections = [("overview", "Overview", _overview(results, findings)),
+                ("environment", "Environment", html.table(environment_table(results, before)))]
+    if findings.points.empty:
+        sections.append(("throughput", "Throughput", html.missing(_run_suite("throughput"))))
+    else:
+        body = figs("latency", "memory", "tflops", "tokens", "energy")
+        body += "<h3>Largest feasible N</h3>" + html.table(findings.largest)
+        body += ("<h3>Scaling exponents</h3><p>k in latency ~ N<sup>k</sup>, fit over the larger half of the "
+                 "lengths that ran. In a constant-token sweep (batch = total tokens / N) quadratic attention "
+                 "shows k near 1 and linear-time mixers k near 0; at a fixed batch, add 1.</p>")
+        body += html.table(findings.exponents)
+        body += "<h3>Crossovers</h3>" + (html.bullets(c.sentence for c in findings.crossovers)
+                                         if findings.crossovers else "<p>No latency crossover measured.</p>")
+        sections.append(("throughput", "Throughput", body))
+    quality = figs("exactness")
+    if not findings.exactness.empty:
+        quality += html.table(exactness_table(findings.exactness))
+    if findings.best.empty:
+        quality += html.missing(_run_suite("accuracy") + " (and --suite long-range)")
+    else:
+        quality += figs("accuracy") + html.table(accuracy_table(findings.best))
+        quality += figs("long_range", "passkey", "pareto")
+        if findings.pareto is not None:
+            quality += html.table(findings.pareto.points)
+    sections.append(("quality", "Quality", quality))
+    if comparison is not None:
+        sections.append(("comparison", "Comparison", _comparison(comparison, drawn)))
+    sections.append(("failures", "Cases that did not run", html.table(failures_table(results.rows))))
+    return sections
+
+
+def _overview(results, findings: Findings) -> str:
+    counts = data.status_counts(results.rows).reset_index()
+    items = []
+    if findings.primary is not None:
+        largest = findings.largest[findings.largest.config == findings.primary]
+        items += [f"{r.variant}: largest feasible N = {html.cell(r.largest_feasible_n) or 'none'}"
+                  + (f" ({r.first_failure})" if r.first_failure else "")
+                  for r in largest.itertuples()]
+    items += [c.sentence for c in findings.crossovers if c.config == findings.primary]
+    head = f"<p>Headline configuration: {html.esc(findings.primary)}</p>" if findings.primary else ""
+    return html.table(counts) + head + (html.bullets(items) if items else "")
+
+
+def environment_table(results, before) -> pd.DataFrame:
+    envs = {f"run: {k}": v for k, v in results.environments.items()}
+    if before is not None:
+        envs.update({f"baseline: {k}": v for k, v in before.environments.items()})
+    keys = list(dict.fromkeys(k for env in envs.values() for k in env))
+    return pd.DataFrame({"": keys, **{name: [env.get(k) for k in keys] for name, env in envs.items()}})
+
+
+def exactness_table(exact: pd.DataFrame) -> pd.DataFrame:
+    table = exact.pivot_table(index=["variant", "dtype"], columns="input_kind", values="rel_err",
+                              aggfunc="max")
+    table.columns = [f"rel_err ({c})" for c in table.columns]
+    return table.reset_index()
+
+
+def accuracy_table(best: pd.DataFrame) -> pd.DataFrame:
+    table = data.task_accuracy(best).pivot(index="variant", columns="task", values="accuracy")
+    lrs = best.groupby("variant").lr.agg(lambda s: ", ".join(f"{v:g}" for v in sorted(s.dropna().unique())))
+    return table.assign(mean=table.mean(axis=1), best_lrs=lrs).reset_index()
+
+
+def failures_table(rows: pd.DataFrame) -> pd.DataFrame:
+    failed = rows[rows.status != "ok"]
+    if failed.empty:
+        return failed
+    failed = data.with_columns(failed, ("reason",)).fillna({"reason": ""})
+    grouped = failed.groupby(["suite", "variant", "status", "reason"])
+    return grouped.size().rename("cases").reset_index().sort_values(["suite", "variant", "status"])
+
+
+def _comparison(comparison: Comparison, drawn: dict[str, Chart]) -> str:
+    n_reg, n_imp = len(comparison.regressions), len(comparison.improvements)
+    body = (f"<p>Against <code>{html.esc(comparison.baseline)}</code>, threshold "
+            f"{comparison.threshold:.0%}: <strong>{n_reg} regression{'s' * (n_reg != 1)}</strong>, "
+            f"{n_imp} improvement{'s' * (n_imp != 1)}, {len(comparison.changes)} comparisons.</p>")
+    if "ratio" in drawn:
+        body += html.figure(drawn["ratio"])
+    flagged = comparison.changes[comparison.changes.verdict != "within threshold"]
+    body += "<h3>Changes beyond the threshold</h3>" + html.table(_percent(flagged), row_class="verdict")
+    body += ("<details><summary>Every comparison, side by side</summary>"
+             + html.table(_percent(comparison.changes), row_class="verdict") + "</details>")
+    return body
+
+
+def _percent(changes: pd.DataFrame) -> pd.DataFrame:
+    shown = changes.copy()
+    shown["change"] = [("" if pd.isna(c) else f"{c:+.3f}" if w == "accuracy" else f"{c:+.1%}")
+                       for c, w in zip(changes.change, changes.what, strict=True)]
+    return shown
