@@ -1,0 +1,107 @@
+"""Exact FLOP counts of softmax attention, from the number of visible (query, key) pairs.
+
+Forward softmax attention costs 4 * batch * heads * head_dim FLOPs per visible pair (Q K^T and P V,
+2 FLOPs per multiply-add); backward counts 2.5x forward, so forward + backward is 3.5x. Only the
+softmax families get a count: linear attention, Performer and Mamba are reported as latency and
+tokens/s (no comparable FLOP convention exists for them).
+
+Pairs follow harness.masks: query i sits at position p = i + (n_k - n_q) (bottom-right), queries at
+p < 0 see nothing. Counts never build the n_q x n_k mask: dense and window masks are counted per query
+row in closed form, block-sparse masks per (query block, key block) from the block layout, which is
+the variant's own mask evaluated in block units (block_size=1). Tests hold every counter to the sum of
+the dense mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harness import masks
+
+SOFTMAX_FAMILIES = ("vanilla", "flash", "sparse", "longformer")
+BACKWARD_FACTOR = 2.5
+MODE_FACTOR = {"fwd": 1.0, "fwd_bwd": 1.0 + BACKWARD_FACTOR, "decode": 1.0}
+# A linear layer's backward is two matmuls of its forward's size (input and weight gradients).
+PROJECTION_MODE_FACTOR = {"fwd": 1.0, "fwd_bwd": 3.0, "decode": 1.0}
+DENSE_FALLBACK_LIMIT = 1 << 24  # pairs a mask of an unknown structure may materialize to be counted
+
+
+def query_positions(n_q: int, n_k: int) -> torch.Tensor:
+    """Absolute positions of the queries that see anything (p >= 0), int64."""
+    positions = torch.arange(n_q, dtype=torch.int64) + (n_k - n_q)
+    return positions[positions >= 0]
+
+
+def dense_pairs(n_q: int, n_k: int, causal: bool) -> int:
+    """Pairs of full or causal attention.
+
+    Causal, the query at position p sees keys 0..p, so the count is the sum of p + 1 over the queries.
+    For n_q == n_k == N that is N (N + 1) / 2: exactly half of the N^2 non-causal pairs plus half the
+    N diagonal pairs, i.e. 2 * causal - non_causal == N.
+    """
+    if not causal:
+        return n_q * n_k
+    first = max(n_k - n_q + 1, 1)  # keys seen by the first query (queries at p < 0 see none)
+    return (n_k * (n_k + 1) - (first - 1) * first) // 2
+
+
+def window_pairs(n_q: int, n_k: int, causal: bool, window: int, global_tokens: int) -> int:
+    """Pairs of |p - j| <= window, or either position among the first `global_tokens`; causal: j <= p."""
+    p = query_positions(n_q, n_k)
+    g = min(global_tokens, n_k)
+    global_row = p < g  # global queries see every key (every earlier one if causal)
+    low = (p - window).clamp(min=0)
+    high = p if causal else (p + window).clamp(max=n_k - 1)
+    band = high - low + 1 + low.clamp(max=g)  # the band plus global keys left of it
+    row = torch.where(global_row, p + 1 if causal else torch.full_like(p, n_k), band)
+    return int(row.sum())
+
+
+def block_pairs(layout: torch.Tensor, block_size: int, n_q: int, n_k: int, causal: bool) -> int:
+    """Pairs of a block layout (layout[qb, kb]: query block qb may see key block kb), causal or not."""
+    n_blocks = layout.shape[0]
+    keys_in_block = (n_k - torch.arange(n_blocks, dtype=torch.int64) * block_size).clamp(0, block_size)
+    weights = layout.to(torch.int64)
+    if causal:  # blocks left of the diagonal are whole; the diagonal block is cut per query row
+        visible = (weights.tril(-1) * keys_in_block).sum(1)
+    else:
+        visible = (weights * keys_in_block).sum(1)
+    p = query_positions(n_q, n_k)
+    q_block = p // block_size
+    row = visible[q_block]
+    if causal:
+        row = row + weights.diagonal()[q_block] * (p - q_block * block_size + 1)
+    return int(row.sum())
+
+
+def visible_pairs(variant, n_q: int, n_k: int, causal: bool, params: dict[str, Any] | None = None) -> int:
+    """Exact visible (query, key) pairs of `variant` (a registry Variant) under its own mask."""
+    params = {**variant.defaults, **(params or {})}
+    if variant.mask is None:
+        return dense_pairs(n_q, n_k, causal)
+    if variant.family == "longformer":
+        return window_pairs(n_q, n_k, causal, params["window"], params["global_tokens"])
+    if variant.family == "sparse" and "block_size" in params:
+        block_size = params["block_size"]
+        n_blocks = max(-(-n_k // block_size), 1)
+        layout = variant.mask(n_blocks, n_blocks, causal, **{**params, "block_size": 1})
+        return block_pairs(layout, block_size, n_q, n_k, causal)
+    if n_q * n_k <= DENSE_FALLBACK_LIMIT:
+        return masks.visible_pairs(variant.mask(n_q, n_k, causal, **params))
+    raise ValueError(f"no exact pair count for {variant.name} at {n_q} x {n_k} without materializing it")
+
+
+def attention_flops(variant, mode: str, batch: int, n_heads: int, head_dim: int, n_q: int, n_k: int,
+                    causal: bool, params: dict[str, Any] | None = None) -> int | None:
+    """FLOPs of one call of a softmax-family attention (None for the other families)."""
+    if variant.family not in SOFTMAX_FAMILIES:
+        return None
+    pairs = visible_pairs(variant, n_q, n_k, causal, params)
+    return round(4 * batch * n_heads * head_dim * pairs * MODE_FACTOR[mode])
+
+
+def projection_flops(mode: str, tokens: int, d_model: int) -> int:
+    """FLOPs of the attention layer's projections: QKV (d -> 3d) and output (d -> d), 8 tokens d^2."""
+    return round(8 * tokens * d_model**2 * PROJECTION_MODE_FACTOR[mode])

@@ -1,0 +1,72 @@
+"""The throughput suite as a pytest-benchmark module: collected only when named on the command line.
+
+    ATTNBENCH_DEVICE=cuda ATTNBENCH_PROFILE=standard \\
+        pytest suites/bench_throughput.py --benchmark-json=bench.json
+    python -c "from suites.throughput import import_benchmark_json as i; i('bench.json', 'results/run')"
+
+Selection by environment variables (same meaning as `attnbench run` options): ATTNBENCH_DEVICE (cpu or
+cuda, default cuda when present), ATTNBENCH_PROFILE (quick), ATTNBENCH_VARIANTS, ATTNBENCH_SEQ_LENS,
+ATTNBENCH_DTYPES (comma-separated). pytest's -k filters further by case id.
+
+Each case runs `suites.throughput.measure_case` on pytest's `benchmark` fixture: the same pedantic loop,
+flush and timer as `attnbench run`. The timer is set per case by the `benchmark` marker (CUDA events on
+cuda, perf_counter on cpu), so `--benchmark-timer` has no effect here. Regression gating works as with
+any pytest-benchmark suite: `--benchmark-autosave`, then `--benchmark-compare --benchmark-compare-fail
+median:10%`. Unlike `attnbench run`, cases run in the pytest process: unsupported and out-of-memory
+cases are skipped with their reason, other failures fail the test.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import variants
+from harness import timing
+from harness.registry import Unsupported
+from harness.runner import is_oom, one_line
+from suites import throughput
+
+
+def _listed(name: str) -> list[str] | None:
+    value = os.environ.get(name, "").strip()
+    return [item.strip() for item in value.split(",") if item.strip()] or None
+
+
+def selected_cases() -> list[throughput.Case]:
+    device = os.environ.get("ATTNBENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    seq_lens = _listed("ATTNBENCH_SEQ_LENS")
+    return throughput.plan(
+        profile=os.environ.get("ATTNBENCH_PROFILE", "quick"), device=device,
+        variants=_listed("ATTNBENCH_VARIANTS"), dtypes=_listed("ATTNBENCH_DTYPES"),
+        seq_lens=[int(n) for n in seq_lens] if seq_lens else None,
+    )
+
+
+def _param(case: throughput.Case):
+    # Grouped by configuration, so pytest-benchmark's table sets the variants side by side.
+    group = case.slug().removeprefix(f"{case.variant}-")
+    return pytest.param(case, id=case.slug(),
+                        marks=pytest.mark.benchmark(timer=timing.timer_for(case.device), group=group))
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in selected_cases()])
+def test_throughput(benchmark, case: throughput.Case) -> None:
+    ok, reason = variants.get(case.variant).supports(case.device, case.dtype, case.head_dim, case.causal)
+    if not ok:
+        pytest.skip(f"unsupported: {reason}")
+    try:
+        throughput.measure_case(case, benchmark)
+    except Unsupported as e:
+        pytest.skip(f"unsupported: {e}")
+    except Exception as e:
+        if not is_oom(e):
+            raise
+        message = f"oom: {one_line(e)}"  # outside the handler, so the traceback's tensors are freed
+    else:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    pytest.skip(message)
