@@ -12,10 +12,16 @@ forward+backward = 3 x forward; non-causal = 1.2 x causal for softmax families.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
-from harness.report.data import GIB
+from harness.report import build
+from harness.report.data import GIB, Results
 from harness.store import RunStore
 
 DEVICE_NAME = "NVIDIA H100 80GB HBM3"
@@ -205,3 +211,37 @@ def write_run(path, rows: list[dict]):
 def full_run(path, slowdown: dict[str, float] | None = None):
     """Every suite: what `nox -s bench` leaves behind."""
     return write_run(path, throughput_rows(slowdown) + accuracy_rows() + long_range_rows())
+
+
+# Built once per test session (each build writes and reads a few hundred files), shared by the
+# report, browser and recommend tests.
+_ROOT: list[Path] = []
+
+
+def _scratch() -> Path:
+    if not _ROOT:
+        _ROOT.append(Path(tempfile.mkdtemp(prefix="attnbench-report-tests-")))
+        atexit.register(shutil.rmtree, _ROOT[0], True)
+    return _ROOT[0]
+
+
+@functools.cache
+def full_dir() -> Path:
+    return full_run(_scratch() / "run")
+
+
+@functools.cache
+def baseline_dir() -> Path:
+    """The same run with flash-sdpa 10% faster and linear 3% faster: 10% is a regression, 3% is not."""
+    return full_run(_scratch() / "baseline", slowdown={"flash-sdpa": 1 / 1.10, "linear": 1 / 1.03})
+
+
+@functools.cache
+def full_rows():
+    return Results.load(full_dir()).rows
+
+
+@functools.cache
+def built_report():
+    """The report of the full run against the baseline (charts saved, HTML and Markdown written)."""
+    return build([full_dir()], _scratch() / "report", baseline=baseline_dir())

@@ -206,8 +206,11 @@ def accuracy_chart(task_accuracy: pd.DataFrame, colors=None):
         tasks = sorted(task_accuracy.task.unique())
         fig = Figure(figsize=(max(5.0, 1.6 * len(tasks) + LEGEND_WIDTH), 3.6), layout="constrained")
         ax = fig.subplots()
-        sns.barplot(data=task_accuracy, x="task", y="accuracy", hue="variant", order=tasks,
-                    hue_order=sorted(colors), palette=colors, ax=ax)
+        names = sorted(task_accuracy.variant.unique())
+        sns.barplot(data=task_accuracy, x="task", y="accuracy", hue="variant", order=tasks, hue_order=names,
+                    palette={v: colors[v] for v in names}, ax=ax)
+        for bars, variant in zip(ax.containers, names, strict=True):  # one container per hue level, in order
+            bars.set_label(variant)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("accuracy (best learning rate)")
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)

@@ -1,0 +1,311 @@
+"""The report: what each chart draws, the findings (exponents, crossovers, Pareto front, best learning
+rate), the comparison of two runs, the HTML and Markdown files and the `report` command.
+
+Expected values come from the laws the synthetic results were written with (tests/test_report_fixtures.py),
+not from the report's own tables.
+"""
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.axes import Axes
+
+from harness import cli
+from harness.report import analysis, charts, compare, data
+from harness.report.analysis import Findings
+from tests import test_report_fixtures as fx
+
+FWD = "forward\nbfloat16, causal"
+FWD_BWD = "forward+backward\nbfloat16, causal"
+
+
+@pytest.fixture(scope="module")
+def findings():
+    return Findings.compute(fx.full_rows())
+
+
+def panels(fig) -> dict[str, Axes]:
+    return {ax.get_title(): ax for ax in fig.axes if ax.get_visible() and ax.get_title()}
+
+
+def lines(ax, kind: str) -> dict[str, object]:
+    """Artists of one kind (series, oom, max-n) on an axes, by series name."""
+    return {line.get_gid().split(":", 1)[1]: line for line in ax.lines
+            if (line.get_gid() or "").startswith(kind + ":")}
+
+
+def expected_ok_variants(mode, causal=True, dtype="bfloat16", metric="latency_ms"):
+    """From the rows as written: the variants with at least one measured value in that configuration."""
+    return {r["variant"] for r in fx.throughput_rows() if r["mode"] == mode and r["causal"] == causal
+            and r["dtype"] == dtype and r["status"] == "ok" and r.get(metric) is not None}
+
+
+def test_latency_chart_one_line_per_variant_log_log_axes(findings):
+    fig = charts.latency_chart(findings.points)
+    axes = panels(fig)
+    assert len(axes) == 5  # fwd/fwd_bwd/decode bf16 causal, fwd bf16 non-causal, fwd fp32 causal
+    for title, mode, causal, dtype in ((FWD, "fwd", True, "bfloat16"), (FWD_BWD, "fwd_bwd", True, "bfloat16"),
+                                       ("forward\nbfloat16, non-causal", "fwd", False, "bfloat16"),
+                                       ("forward\nfloat32, causal", "fwd", True, "float32"),
+                                       ("decode\nbfloat16, causal", "decode", True, "bfloat16")):
+        ax = axes[title]
+        assert set(lines(ax, "series")) == expected_ok_variants(mode, causal, dtype), title
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert "performer" not in lines(axes[FWD], "series")  # unsupported everywhere: no line
+    flash = lines(axes[FWD], "series")["flash-sdpa"]
+    assert list(flash.get_xdata()) == list(fx.SEQ_LENS)
+    np.testing.assert_allclose(flash.get_ydata(),
+                               [fx.forward_latency_ms("flash-sdpa", n) for n in fx.SEQ_LENS])
+
+
+def test_oom_points_and_largest_feasible_n_are_marked(findings):
+    axes = panels(charts.latency_chart(findings.points))
+    # vanilla runs out of memory at 16384 forward and 8192 forward+backward (16384 there was skipped).
+    assert list(lines(axes[FWD], "oom")["vanilla"].get_xdata()) == [16384]
+    assert list(lines(axes[FWD_BWD], "oom")["vanilla"].get_xdata()) == [8192]
+    assert set(lines(axes[FWD], "oom")) == {"vanilla"}
+    star = lines(axes[FWD], "max-n")["vanilla"]
+    assert list(star.get_xdata()) == [8192] and star.get_ydata()[0] == pytest.approx(8.192)
+    assert list(lines(axes[FWD_BWD], "max-n")["vanilla"].get_xdata()) == [4096]
+    assert list(lines(axes[FWD], "max-n")["linear"].get_xdata()) == [16384]
+
+
+def test_memory_chart_has_device_memory_line(findings):
+    axes = panels(charts.memory_chart(findings.points))
+    for ax in axes.values():
+        device = [line for line in ax.lines if line.get_gid() == "device-memory"]
+        assert len(device) == 1 and device[0].get_ydata()[0] == pytest.approx(80.0)
+        assert ax.get_yscale() == "log"
+    linear = lines(axes[FWD], "series")["linear"]
+    np.testing.assert_allclose(linear.get_ydata(), [fx.memory_gib("linear", n) for n in fx.SEQ_LENS])
+
+
+def test_tflops_chart_shows_softmax_kernels_and_percent_of_peak(findings):
+    axes = panels(charts.tflops_chart(findings.points))
+    assert "decode\nbfloat16, causal" not in axes  # no FLOP count for decoding
+    ax = axes[FWD]
+    assert set(lines(ax, "series")) == expected_ok_variants("fwd", metric="tflops") == {
+        "vanilla", "flash-sdpa", "sparse-bigbird"}
+    right = [child for child in ax.child_axes if "% of matmul peak" in child.get_ylabel()]
+    assert len(right) == 1 and "800 TFLOP/s" in right[0].get_ylabel()
+    vanilla = lines(ax, "series")["vanilla"]
+    # 4 B H N^2 D / 2 (causal) FLOPs in 1e-6 N s, with B = 16384 / N: 2 * 16384 * 16 * 64 / 1e6 TFLOP/s
+    np.testing.assert_allclose(vanilla.get_ydata(), 2 * 16384 * 16 * 64 / 1e6)
+
+
+def test_tokens_and_energy_charts(findings):
+    tokens = panels(charts.tokens_chart(findings.points))[FWD]
+    assert tokens.get_yscale() == "log" and tokens.get_xscale() == "log"
+    linear = lines(tokens, "series")["linear"]
+    np.testing.assert_allclose(linear.get_ydata(), [16384 / (fx.forward_latency_ms("linear", n) / 1e3)
+                                                    for n in fx.SEQ_LENS])
+    energy = panels(charts.energy_chart(findings.points))[FWD]
+    assert len(lines(energy, "series")) == len(expected_ok_variants("fwd"))
+
+
+def test_charts_without_data_are_none():
+    empty = Findings.compute(fx.full_rows().iloc[0:0])
+    assert charts.latency_chart(empty.points) is None and charts.passkey_chart(empty.best) is None
+    assert charts.pareto_chart(empty.pareto) is None and charts.accuracy_chart(
+        data.task_accuracy(empty.best)) is None
+
+
+def task_mean(variant, task):
+    if task == "passkey":
+        return np.mean([fx.passkey_accuracy(variant, n, d)
+                        for n in fx.PASSKEY_LENS for d in fx.PASSKEY_DEPTHS])
+    return fx.LEARNED[variant][task][1]
+
+
+def test_accuracy_chart_bars_are_best_learning_rate_accuracy(findings):
+    fig = charts.accuracy_chart(data.task_accuracy(findings.best))
+    ax = fig.axes[0]
+    tasks = [t.get_text() for t in ax.get_xticklabels()]
+    assert tasks == ["mqar", "passkey", "selective_copy"]
+    bars = {c.get_label(): [p.get_height() for p in c.patches] for c in ax.containers}
+    assert set(bars) == set(fx.LEARNED)
+    for variant, heights in bars.items():
+        np.testing.assert_allclose(heights, [task_mean(variant, t) for t in tasks], atol=1e-9)
+
+
+def test_best_learning_rate_is_chosen_per_trained_model(findings):
+    best = findings.best
+    chosen = best.groupby(["variant", "task"]).lr.unique()
+    for variant, tasks in fx.LEARNED.items():
+        for task, (lr, _) in tasks.items():
+            assert list(chosen[(variant, task)]) == [lr]
+        # One rate for the whole passkey model, every length and depth.
+        assert list(chosen[(variant, "passkey")]) == [fx.PASSKEY_BEST_LR]
+    assert set(best.seed[best.task == "mqar"]) == {0, 1}  # both seeds of the best rate are kept
+    quality = data.quality(best).set_index("variant").accuracy
+    assert quality["linear"] == pytest.approx(np.mean([task_mean("linear", t)
+                                                       for t in ("mqar", "selective_copy", "passkey")]))
+
+
+def test_passkey_heatmap_per_variant(findings):
+    fig = charts.passkey_chart(findings.best)
+    maps = {ax.get_title(): ax for ax in fig.axes if (ax.get_gid() or "").startswith("passkey:")}
+    assert set(maps) == set(fx.LEARNED)
+    cells = maps["linear"].collections[0].get_array().reshape(len(fx.PASSKEY_DEPTHS), len(fx.PASSKEY_LENS))
+    expected = [[fx.passkey_accuracy("linear", n, d) for n in fx.PASSKEY_LENS] for d in fx.PASSKEY_DEPTHS]
+    np.testing.assert_allclose(cells, expected)
+
+
+def test_long_range_chart_averages_depths(findings):
+    ax = panels(charts.long_range_chart(findings.best))["passkey\naccuracy vs length"]
+    linear = lines(ax, "series")["linear"]
+    assert list(linear.get_xdata()) == list(fx.PASSKEY_LENS)
+    assert linear.get_ydata()[1] == pytest.approx(np.mean([0.4, 0.7, 1.0]))
+    assert len(lines(ax, "series")) == len(fx.LEARNED)
+
+
+def test_pareto_front_function():
+    import pandas as pd
+
+    x = pd.Series([1.0, 2.0, 3.0, 2.0, 0.5])
+    y = pd.Series([0.9, 0.8, 0.1, 0.5, 0.9])
+    assert list(analysis.pareto_front(x, y)) == [True, True, True, False, False]
+
+
+def test_pareto_chart_at_the_length_most_variants_ran(findings):
+    front = findings.pareto
+    # vanilla runs out of memory at 16384, so 8192 is the largest length with four variants.
+    assert front.seq_len == 8192 and front.tasks == ["mqar", "passkey", "selective_copy"]
+    on_front = set(front.points.variant[front.points.on_front])
+    assert on_front == {"vanilla", "flash-sdpa", "linear"}  # sparse-bigbird: slower and worse than flash
+    ax = charts.pareto_chart(front).axes[0]
+    edge = [line for line in ax.lines if line.get_gid() == "pareto-front"][0]
+    speed = {v: 16384 / (fx.forward_latency_ms(v, 8192) / 1e3) for v in on_front}
+    np.testing.assert_allclose(edge.get_xdata(), sorted(speed.values()))
+    assert ax.get_xscale() == "log"
+
+
+def test_scaling_exponents(findings):
+    lengths = [1, 2, 4, 8, 16]
+    assert analysis.fit_exponent(lengths, [3 * n**2 for n in lengths])[0] == pytest.approx(2)
+    assert analysis.fit_exponent([1, 2], [1, 2]) is None  # too few points to fit
+    table = findings.exponents.set_index(["config", "variant"]).exponent
+    config = "H100 80GB HBM3, bfloat16, forward, causal"
+    assert table[(config, "vanilla")] == pytest.approx(1.0, abs=0.005)  # 1e-3 N at batch 16384 / N
+    assert abs(table[(config, "linear")]) < 0.1
+    assert 0.5 < table[(config, "flash-sdpa")] < 1.0
+
+
+def test_crossovers_are_written_out(findings):
+    sentences = [c.sentence for c in findings.crossovers]
+    # 2 + 1e-5 N < 0.25e-3 N + 0.5 from N = 6250: first measured at 8192.
+    assert ("linear beats flash-sdpa from N = 8192 on H100 80GB HBM3, bfloat16, forward, causal "
+            "(slower at N = 4096)") in sentences
+    assert not any(s.startswith("flash-sdpa beats vanilla") for s in sentences)  # faster everywhere
+    assert not any(s.startswith("vanilla beats") for s in sentences)
+
+
+def test_largest_feasible_n(findings):
+    table = findings.largest.set_index(["config", "variant"])
+    fwd = table.loc["H100 80GB HBM3, bfloat16, forward, causal"]
+    assert fwd.loc["vanilla", "largest_feasible_n"] == 8192 and fwd.loc["vanilla", "first_failure"] == \
+        "oom at N = 16384"
+    assert np.isnan(fwd.loc["performer", "largest_feasible_n"]) and fwd.loc["performer", "first_failure"] == \
+        "unsupported"
+    bwd = table.loc["H100 80GB HBM3, bfloat16, forward+backward, causal"]
+    assert bwd.loc["vanilla", "largest_feasible_n"] == 4096
+
+
+def test_comparison_flags_changes_beyond_the_threshold():
+    report = fx.built_report()
+    regressions = report.comparison.regressions
+    # flash-sdpa is 10% slower than the baseline in each of its 25 measured cases; linear's 3% is within 5%.
+    assert len(regressions) == 25 and set(regressions.variant) == {"flash-sdpa"}
+    assert set(regressions.what) == {"latency (ms)"}
+    np.testing.assert_allclose(regressions.change, 0.10)
+    linear = report.comparison.changes.query("variant == 'linear' and what == 'latency (ms)'")
+    assert (linear.verdict == compare.SAME).all() and len(linear) == 25
+
+
+def small_run(path, rows):
+    return fx.write_run(path, rows)
+
+
+def forward_rows(variants=("vanilla", "flash-sdpa")):
+    return [r for r in fx.throughput_rows() if r["mode"] == "fwd" and r["dtype"] == "bfloat16" and r["causal"]
+            and r["variant"] in variants and r["seq_len"] <= 4096]
+
+
+def test_comparison_flags_a_case_that_stopped_running_and_accuracy_drops(tmp_path):
+    before = forward_rows() + [r for r in fx.accuracy_rows() if r["variant"] == "linear"]
+    after = [dict(r) for r in before]
+    broken = next(r for r in after if r["variant"] == "vanilla" and r.get("seq_len") == 4096)
+    broken.update(status="oom", reason="OutOfMemoryError", latency_ms=None)
+    for r in after:
+        if r.get("task") == "mqar":
+            r["accuracy"] -= 0.1  # ten points: beyond a 5-point threshold
+    result = compare.compare(data.Results.load(small_run(tmp_path / "a", after)),
+                             data.Results.load(small_run(tmp_path / "b", before)), 0.05, "b")
+    reg = result.regressions
+    status = reg[reg.what == "status"]
+    assert len(status) == 1 and status.iloc[0].seq_len == 4096 and status.iloc[0].current == "oom"
+    accuracy = reg[reg.what == "accuracy"]
+    assert set(accuracy.config) == {"mqar"} and np.allclose(accuracy.change, -0.1)
+    assert (result.changes[result.changes.what == "latency (ms)"].verdict == compare.SAME).all()
+
+
+def test_html_report_is_self_contained():
+    report = fx.built_report()
+    page = report.html.read_text()
+    out = report.html.parent
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == len(report.charts) == 11
+    for src in sources:
+        assert not src.startswith(("/", "http:", "https:", "file:")) and (out / src).is_file()
+        assert (out / src).with_suffix(".svg").is_file() and (out / src).stat().st_size > 10_000
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched from anywhere
+    assert "<script" not in page and "@import" not in page and "url(" not in page
+    assert 'xlink:href="http' not in (out / "charts" / "latency.svg").read_text()
+
+
+def test_html_report_has_environment_tables_and_findings():
+    page = fx.built_report().html.read_text()
+    for text in ("NVIDIA H100 80GB HBM3", "550.54", "Largest feasible N", "Scaling exponents",
+                 "linear beats flash-sdpa from N = 8192", "25 regressions", "backward not implemented",
+                 'id="chart-passkey"', 'id="chart-pareto"', "baseline: "):
+        assert text in page, text
+
+
+def test_markdown_summary_is_short_and_says_what_matters():
+    report = fx.built_report()
+    text = report.markdown.read_text()
+    assert len(text.splitlines()) < 70 and len(text) < 6000
+    assert "linear beats flash-sdpa from N = 8192" in text
+    assert "| vanilla | 8192 | oom at N = 16384 | 1 |" in text
+    assert "**25 regression(s)**" in text
+    assert text.rstrip().endswith(f"`{report.html}`")
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["attnbench", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_report_command_prints_the_path_of_report_html(tmp_path, monkeypatch, capsys):
+    run = small_run(tmp_path / "run", forward_rows())
+    code, out, _ = run_cli(monkeypatch, capsys, "report", run)
+    assert code == 0
+    assert Path(out.strip().splitlines()[-1]) == run / "report" / "report.html"
+    assert (run / "report" / "report.html").is_file() and (run / "report" / "summary.md").is_file()
+
+
+@pytest.mark.parametrize("args", [["report", "/nonexistent/results"],
+                                  ["report", "RUN", "--compare", "/nonexistent/baseline"],
+                                  ["report", "EMPTY"], ["report", "RUN", "--threshold", "5"]])
+def test_report_command_bad_input_is_one_line_and_exit_code_2(args, tmp_path, monkeypatch, capsys):
+    (tmp_path / "empty" / "records").mkdir(parents=True)
+    run = small_run(tmp_path / "run", forward_rows(("vanilla",))[:1])
+    args = [{"RUN": run, "EMPTY": tmp_path / "empty"}.get(a, a) for a in args]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("attnbench: error: ")
