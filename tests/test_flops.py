@@ -1,0 +1,88 @@
+"""FLOP counts: exact visible-pair counters against brute-force sums of the dense masks."""
+
+import itertools
+
+import pytest
+
+import variants
+from harness import flops, masks
+
+SIZES = [(1, 1), (5, 5), (64, 64), (100, 100), (130, 130), (1, 130), (7, 130), (1, 257), (257, 257)]
+
+
+def brute_force(pred, n_q, n_k):
+    return masks.visible_pairs(masks.dense(pred, n_q, n_k))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 1000, 131072])
+def test_causal_is_half_of_full_plus_half_the_diagonal(n):
+    causal, full = flops.dense_pairs(n, n, True), flops.dense_pairs(n, n, False)
+    assert full == n * n
+    assert causal == n * (n + 1) // 2
+    assert 2 * causal - full == n  # the diagonal: each query also sees its own key
+
+
+@pytest.mark.parametrize("n_q,n_k", [*SIZES, (9, 3), (12, 11)])
+def test_causal_count_matches_the_bottom_right_mask(n_q, n_k):
+    assert flops.dense_pairs(n_q, n_k, True) == brute_force(masks.causal(), n_q, n_k)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("window,global_tokens", [(0, 0), (3, 0), (0, 5), (16, 2), (500, 3), (3, 500)])
+def test_window_and_global_counts_are_exact(window, global_tokens, causal):
+    pred = masks.any_of(masks.sliding_window(window), masks.global_tokens(global_tokens))
+    pred = masks.all_of(pred, masks.causal()) if causal else pred
+    for n_q, n_k in SIZES:
+        got = flops.window_pairs(n_q, n_k, causal, window, global_tokens)
+        assert got == brute_force(pred, n_q, n_k), (n_q, n_k)
+
+
+def test_window_count_at_large_n_matches_the_closed_form():
+    n, w = 131072, 128  # non-causal, no global tokens: every row sees 2w + 1 keys but the 2w edge rows
+    assert flops.window_pairs(n, n, False, w, 0) == n * (2 * w + 1) - w * (w + 1)
+    assert flops.window_pairs(n, n, True, w, 0) == n * (w + 1) - w * (w + 1) // 2
+
+
+@pytest.mark.parametrize("name", ["sparse-bigbird", "sparse-strided"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("params", [{}, {"block_size": 16}, {"block_size": 7}])
+def test_block_sparse_count_equals_the_mask_sum(name, causal, params):
+    v = variants.get(name)
+    for n_q, n_k in SIZES:
+        expected = masks.visible_pairs(v.mask(n_q, n_k, causal, **params))
+        assert flops.visible_pairs(v, n_q, n_k, causal, params) == expected, (n_q, n_k)
+
+
+def softmax_variants_with_masks():
+    return [v.name for v in variants.all_variants() if v.family in flops.SOFTMAX_FAMILIES and v.mask]
+
+
+@pytest.mark.parametrize("name", softmax_variants_with_masks())
+def test_every_masked_softmax_variant_is_counted_exactly(name):
+    v = variants.get(name)
+    for (n_q, n_k), causal in itertools.product([(200, 200), (1, 201), (3, 129)], [True, False]):
+        # The variant runs with its defaults; pass them, as a mask function may have other defaults.
+        expected = masks.visible_pairs(v.mask(n_q, n_k, causal, **v.defaults))
+        assert flops.visible_pairs(v, n_q, n_k, causal) == expected, (n_q, n_k, causal)
+
+
+def test_unmasked_variants_count_dense_pairs():
+    v = variants.get("vanilla")
+    assert flops.visible_pairs(v, 300, 300, True) == 300 * 301 // 2
+    assert flops.visible_pairs(v, 1, 301, True) == 301  # one decode step sees the whole cache
+
+
+def test_flops_follow_the_conventions():
+    v = variants.get("vanilla")
+    b, h, d, n = 2, 3, 64, 128
+    fwd = flops.attention_flops(v, "fwd", b, h, d, n, n, False)
+    assert fwd == 4 * b * h * d * n * n
+    assert flops.attention_flops(v, "fwd_bwd", b, h, d, n, n, False) == 3.5 * fwd
+    assert flops.attention_flops(v, "fwd", b, h, d, n, n, True) == 4 * b * h * d * n * (n + 1) // 2
+    assert flops.projection_flops("fwd", 10, 8) == 8 * 10 * 64
+    assert flops.projection_flops("fwd_bwd", 10, 8) == 3 * 8 * 10 * 64
+
+
+@pytest.mark.parametrize("name", ["linear", "performer", "mamba"])
+def test_non_softmax_families_get_no_flop_count(name):
+    assert flops.attention_flops(variants.get(name), "fwd", 1, 1, 64, 8, 8, True) is None
