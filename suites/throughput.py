@@ -456,7 +456,7 @@ def largest_feasible(df) -> dict[tuple[str, str, str], tuple[int | None, int | N
 
 
 def summarize(out_dir: str | Path, console) -> None:
-    """Print each variant's largest feasible N on this device, per level and mode."""
+    """Print each variant's largest N that ran on this device, per level and mode."""
     from rich.table import Table
 
     df = store.load(out_dir)
@@ -464,15 +464,16 @@ def summarize(out_dir: str | Path, console) -> None:
     if df.empty:
         return
     found = largest_feasible(df)
-    columns = [(level, mode) for level in LEVELS for mode in MODES]
-    table = Table(title=f"largest N that ran ({df.device_name.iloc[0]}); oom: the smallest N out of memory")
-    table.add_column("variant")
-    for level, mode in columns:
-        table.add_column(f"{level} {mode}", justify="right")
+    table = Table(title=f"largest N that ran on {df.device_name.iloc[0]} (oom: smallest N out of memory)")
+    table.add_column("variant", no_wrap=True)
+    table.add_column("level")
+    for mode in MODES:
+        table.add_column(mode, justify="right")
     for variant in sorted(df.variant.unique()):
-        cells = []
-        for level, mode in columns:
-            ok, oom = found.get((variant, level, mode), (None, None))
-            cells.append(("-" if ok is None else str(ok)) + ("" if oom is None else f" (oom {oom})"))
-        table.add_row(variant, *cells)
+        for level in LEVELS:
+            cells = []
+            for mode in MODES:
+                ok, oom = found.get((variant, level, mode), (None, None))
+                cells.append(("-" if ok is None else str(ok)) + ("" if oom is None else f" (oom {oom})"))
+            table.add_row(variant, level, *cells)
     console.print(table)
