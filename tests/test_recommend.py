@@ -92,6 +92,14 @@ def test_memory_constraint_on_a_run_without_gpu_memory(tmp_path):
         ask(rows, causal=True, memory_gb=10)
 
 
+def test_results_of_several_devices_are_refused(tmp_path):
+    rows = [r for r in fx.throughput_rows() if r["mode"] == "fwd" and r["seq_len"] == N]
+    both = Results.load(fx.write_run(tmp_path / "a", rows),
+                        fx.write_run(tmp_path / "b", rows, device_name="NVIDIA H200")).rows
+    with pytest.raises(ValueError, match="several devices"):
+        ask(both, causal=True)
+
+
 def run_cli(monkeypatch, capsys, *args):
     monkeypatch.setattr(sys, "argv", ["attnbench", *map(str, args)])
     with pytest.raises(SystemExit) as exit_info:

@@ -234,6 +234,18 @@ def forward_rows(variants=("vanilla", "flash-sdpa")):
             and r["variant"] in variants and r["seq_len"] <= 4096]
 
 
+def test_runs_from_several_devices_are_drawn_and_summarized_apart(tmp_path):
+    h100 = small_run(tmp_path / "h100", forward_rows())
+    h200 = fx.write_run(tmp_path / "h200", forward_rows(), device_name="NVIDIA H200")
+    found = Findings.compute(data.Results.load(h100, h200).rows)
+    axes = panels(charts.latency_chart(found.points))
+    assert set(axes) == {"forward\nH100 80GB HBM3, bfloat16, causal", "forward\nH200, bfloat16, causal"}
+    for ax in axes.values():
+        assert set(lines(ax, "series")) == {"vanilla", "flash-sdpa"}
+        assert len(lines(ax, "series")["vanilla"].get_xdata()) == 3  # 1024..4096, not merged across devices
+    assert found.headlines == ["H100 80GB HBM3, bfloat16, forward, causal", "H200, bfloat16, forward, causal"]
+
+
 def test_comparison_flags_a_case_that_stopped_running_and_accuracy_drops(tmp_path):
     before = forward_rows() + [r for r in fx.accuracy_rows() if r["variant"] == "linear"]
     after = [dict(r) for r in before]

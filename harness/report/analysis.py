@@ -113,6 +113,12 @@ def primary_config(points: pd.DataFrame) -> str | None:
     return summary.sort_values("key").index[0]
 
 
+def primary_configs(points: pd.DataFrame) -> list[str]:
+    """One headline config per device (results of several machines are summarized machine by machine)."""
+    found = [primary_config(group) for _, group in points.groupby("device_name", sort=True)]
+    return [c for c in found if c is not None]
+
+
 def pareto_front(x: pd.Series, y: pd.Series) -> pd.Series:
     """True for the points no other point beats on both x and y (higher is better for both)."""
     xs, ys = x.to_numpy(float), y.to_numpy(float)
@@ -168,7 +174,8 @@ class Findings:
     largest: pd.DataFrame
     exponents: pd.DataFrame
     crossovers: list[Crossover]
-    primary: str | None  # the throughput config summaries speak of
+    primary: str | None  # the throughput config the Pareto chart and one-line summaries speak of
+    headlines: list[str]  # one such config per device
     pareto: Pareto | None
 
     @classmethod
@@ -177,7 +184,7 @@ class Findings:
         best = data.best_lr(data.learned(rows))
         return cls(points=pts, best=best, exactness=data.exactness(rows), largest=largest_feasible(pts),
                    exponents=scaling_exponents(pts), crossovers=crossovers(pts), primary=primary_config(pts),
-                   pareto=pareto(pts, best, pareto_n))
+                   headlines=primary_configs(pts), pareto=pareto(pts, best, pareto_n))
 
     def variants(self) -> list[str]:
         return sorted(set(self.points.series) | set(self.best.get("variant", [])) |

@@ -42,8 +42,9 @@ def verdict(change: float, threshold: float, higher_is_better: bool = False) -> 
 
 def compare(current: data.Results, baseline: data.Results, threshold: float, label: str) -> Comparison:
     throughput_changes, ratios = _throughput(current.rows, baseline.rows, threshold)
-    changes = pd.concat([throughput_changes, _accuracy(current.rows, baseline.rows, threshold)],
-                        ignore_index=True)
+    parts = [p for p in (throughput_changes, _accuracy(current.rows, baseline.rows, threshold)) if len(p)]
+    changes = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
+    changes["change"] = changes.change.astype(float)
     order = {REGRESSION: 0, IMPROVEMENT: 1, SAME: 2}
     changes = changes.sort_values(["verdict", "what", "config", "variant", "seq_len"],
                                   key=lambda c: c.map(order) if c.name == "verdict" else c, ignore_index=True)

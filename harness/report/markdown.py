@@ -43,18 +43,20 @@ def _statuses(rows: pd.DataFrame) -> str:
 
 
 def _throughput(findings: Findings) -> list[str]:
-    primary = findings.primary
-    if primary is None:
+    if not findings.headlines:
         return ["_No throughput results._"]
-    largest = findings.largest[findings.largest.config == primary].set_index("variant")
-    exponents = findings.exponents[findings.exponents.config == primary].set_index("variant").exponent
-    table = pd.DataFrame({"variant": largest.index, "largest feasible N": largest.largest_feasible_n.values,
-                          "then": largest.first_failure.values,
-                          "exponent k (latency ~ N^k)": largest.index.map(exponents).values})
-    lines = [f"### Throughput: {primary}", *md_table(table)]
-    ordered = sorted(findings.crossovers, key=lambda c: c.config != primary)
+    lines = []
+    for config in findings.headlines:
+        largest = findings.largest[findings.largest.config == config].set_index("variant")
+        exponents = findings.exponents[findings.exponents.config == config].set_index("variant").exponent
+        table = pd.DataFrame({"variant": largest.index,
+                              "largest feasible N": largest.largest_feasible_n.values,
+                              "then": largest.first_failure.values,
+                              "exponent k (latency ~ N^k)": largest.index.map(exponents).values})
+        lines += [f"### Throughput: {config}", *md_table(table), ""]
+    ordered = sorted(findings.crossovers, key=lambda c: c.config not in findings.headlines)
     if ordered:
-        lines += ["", "**Crossovers**"] + [f"- {c.sentence}" for c in ordered[:MAX_CROSSOVERS]]
+        lines += ["**Crossovers**"] + [f"- {c.sentence}" for c in ordered[:MAX_CROSSOVERS]]
         if len(ordered) > MAX_CROSSOVERS:
             lines.append(f"- _{len(ordered) - MAX_CROSSOVERS} more in the full report_")
     return lines

@@ -140,7 +140,8 @@ def _select(tp: pd.DataFrame, request: Request, main_mode: str):
                           f"run `{run}`")
     dtype = request.dtype or data.preferred_dtype(at_n[at_n["mode"] == main_mode].dtype)
     at_n = at_n[at_n.dtype == dtype]
-    covered = at_n[at_n["mode"] == main_mode].groupby("level").variant.nunique()
+    main = at_n[(at_n["mode"] == main_mode) & (at_n.status == "ok")]
+    covered = main.groupby("level").variant.nunique() if not main.empty else at_n.groupby("level").size()
     level = covered[covered == covered.max()].sort_index().index[0]
     at_n = at_n[at_n.level == level]
     return at_n, dtype, level, data.short_device(at_n.device_name.iloc[0])

@@ -134,15 +134,14 @@ def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparis
 
 def _overview(results, findings: Findings) -> str:
     counts = data.status_counts(results.rows).reset_index()
-    items = []
-    if findings.primary is not None:
-        largest = findings.largest[findings.largest.config == findings.primary]
-        items += [f"{r.variant}: largest feasible N = {html.cell(r.largest_feasible_n) or 'none'}"
-                  + (f" ({r.first_failure})" if r.first_failure else "")
-                  for r in largest.itertuples()]
-    items += [c.sentence for c in findings.crossovers if c.config == findings.primary]
-    head = f"<p>Headline configuration: {html.esc(findings.primary)}</p>" if findings.primary else ""
-    return html.table(counts) + head + (html.bullets(items) if items else "")
+    body = html.table(counts)
+    for config in findings.headlines:
+        largest = findings.largest[findings.largest.config == config]
+        items = [f"{r.variant}: largest feasible N = {html.cell(r.largest_feasible_n) or 'none'}"
+                 + (f" ({r.first_failure})" if r.first_failure else "") for r in largest.itertuples()]
+        items += [c.sentence for c in findings.crossovers if c.config == config]
+        body += f"<h3>{html.esc(config)}</h3>" + html.bullets(items)
+    return body
 
 
 def environment_table(results, before) -> pd.DataFrame:
