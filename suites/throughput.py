@@ -219,10 +219,13 @@ def _inference(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
     return torch.no_grad()(fn)
 
 
+def check_level(case: Case) -> None:
+    if case.level == "kernel" and registry.get(case.variant).attention_fn is None:
+        raise Unsupported(f"{case.variant} has no attention(q, k, v) kernel; it competes at the layer level")
+
+
 def kernel_workload(case: Case) -> Workload:
     v = registry.get(case.variant)
-    if v.attention_fn is None:
-        raise Unsupported(f"{v.name} has no attention(q, k, v) kernel; it competes at the layer level")
     b, h, n, d = case.batch, case.n_heads, case.seq_len, case.head_dim
 
     def make(length: int, grad: bool = False) -> torch.Tensor:
@@ -236,7 +239,7 @@ def kernel_workload(case: Case) -> Workload:
         with torch.no_grad():
             state = v.prefill(make(n), make(n), capacity=n + 1, **case.params)
         q, k, vv = make(1), make(1), make(1)
-        # Every round decodes the same token against the same context state (the new state is dropped).
+        # The returned state is dropped: every round decodes token N + 1 against the same context.
         call = _inference(lambda: v.decode(q, k, vv, state, **case.params)[0])
         return Workload(call, _no_reset, [], b, count(1, n + 1))
     grad = case.mode == "fwd_bwd"
@@ -265,6 +268,7 @@ def layer_workload(case: Case) -> Workload:
         with torch.no_grad():
             _, state = mixer.prefill(x, capacity=n + 1)
         x_new = torch.randn(b, 1, d_model, device=case.device, dtype=case.torch_dtype)
+        # As at kernel level; a state updated in place (mamba's) moves on, at the same cost per step.
         call = _inference(lambda: mixer.step(x_new, state)[0])
         return Workload(call, _no_reset, [], b, count(1, n + 1, b))
     if case.mode == "fwd_bwd":
@@ -276,6 +280,7 @@ def layer_workload(case: Case) -> Workload:
 
 
 def build_workload(case: Case) -> Workload:
+    check_level(case)
     return kernel_workload(case) if case.level == "kernel" else layer_workload(case)
 
 
@@ -339,6 +344,7 @@ def measure_case(case: Case, benchmark) -> None:
     energy phase.
     """
     started = env.now()
+    check_level(case)  # before the peak matmul, which an unsupported case does not need
     peak = peak_matmul_tflops(case.device)
     allow_recompiles()
     gpu = telemetry.GpuTelemetry.open(case.device)

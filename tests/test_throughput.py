@@ -215,11 +215,15 @@ def test_summary_reports_the_largest_feasible_n():
 
 
 def test_summarize_prints_a_table_of_a_run(tmp_path):
-    runner.run([case(), case(seq_len=256)], SUITE, tmp_path, progress=False)
+    run = store.RunStore(tmp_path)
+    run.open({"device": "cpu", "device_name": "CPU"})
+    for c, status in ((case(seq_len=256), "ok"), (case(seq_len=512), "oom"), (case(mode="decode"), "ok")):
+        run.write({"case_id": c.case_id, **c.flat(), "status": status, "reason": "", "device_name": "CPU"})
     console = Console(file=StringIO(), width=200)
     tp.summarize(tmp_path, console)
-    text = console.file.getvalue()
-    assert "vanilla" in text and "256" in text
+    lines = console.file.getvalue().splitlines()
+    assert any("vanilla" in line and "kernel" in line and "256 (oom 512)" in line and "128" in line
+               for line in lines)
 
 
 # --- pytest-benchmark route ---------------------------------------------------------------------------
