@@ -93,9 +93,13 @@ class GpuTelemetry:
             import pynvml
 
             pynvml.nvmlInit()
+        except Exception:  # no NVML library, no driver access: telemetry is optional
+            return None
+        try:
             uuid = torch.cuda.get_device_properties(torch.device(device)).uuid
             return cls(pynvml, pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}"))
-        except Exception:  # no NVML library, no permission, a MIG slice: telemetry is optional
+        except Exception:  # e.g. a MIG slice, whose NVML UUID differs
+            pynvml.nvmlShutdown()
             return None
 
     def close(self) -> None:

@@ -310,8 +310,12 @@ def _peak_matmul_tflops(device: str, device_name: str, run_dir: str | None) -> f
     return cached[key]
 
 
-def allow_recompiles() -> None:
-    """Raise torch.compile's recompile limit: past it a compiled kernel silently runs eagerly."""
+def allow_recompiles(device: str) -> None:
+    """Raise torch.compile's recompile limit: past it a compiled kernel silently runs eagerly.
+
+    CUDA only: the compiled paths (FlexAttention) run there, and importing dynamo costs seconds."""
+    if torch.device(device).type != "cuda":
+        return
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
 
@@ -346,7 +350,7 @@ def measure_case(case: Case, benchmark) -> None:
     started = env.now()
     check_level(case)  # before the peak matmul, which an unsupported case does not need
     peak = peak_matmul_tflops(case.device)
-    allow_recompiles()
+    allow_recompiles(case.device)
     gpu = telemetry.GpuTelemetry.open(case.device)
     try:
         with memory.memory_cap(case.device, case.memory_cap_mb):
