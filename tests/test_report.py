@@ -296,6 +296,20 @@ def test_markdown_summary_is_short_and_says_what_matters():
     assert text.rstrip().endswith(f"`{report.html}`")
 
 
+def test_report_without_throughput_says_which_suite_to_run(tmp_path):
+    from harness.report import build
+
+    run = small_run(tmp_path / "run", fx.accuracy_rows())
+    (run / "report" / "charts").mkdir(parents=True)
+    (run / "report" / "charts" / "latency.png").write_bytes(b"from an earlier report")
+    report = build([run])
+    assert [c.name for c in report.charts] == ["exactness", "accuracy"]
+    assert not (run / "report" / "charts" / "latency.png").exists()
+    page = report.html.read_text()
+    assert "no throughput results: run `attnbench run --suite throughput" in page
+    assert "_No throughput results._" in report.markdown.read_text()
+
+
 def run_cli(monkeypatch, capsys, *args):
     monkeypatch.setattr(sys, "argv", ["attnbench", *map(str, args)])
     with pytest.raises(SystemExit) as exit_info:

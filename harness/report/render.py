@@ -84,6 +84,9 @@ def draw(findings: Findings, comparison: Comparison | None, out: Path) -> dict[s
     if comparison is not None:
         figures["ratio"] = ("Latency against the baseline",
                             charts.ratio_chart(comparison.ratios, comparison.threshold, colors))
+    for stale in CAPTIONS:  # charts of an earlier report into the same directory
+        for suffix in (".png", ".svg"):
+            (out / CHARTS_DIR / f"{stale}{suffix}").unlink(missing_ok=True)
     drawn = {}
     for name, (title, fig) in figures.items():
         if fig is not None:
