@@ -76,6 +76,15 @@ def test_plan_rejects_bad_input_in_one_line(kwargs, message):
     assert "\n" not in str(info.value)
 
 
+def test_bf16_on_a_gpu_without_it_is_an_argument_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    with pytest.raises(ValueError, match="bfloat16 is not supported by Tesla V100"):
+        tp.plan("quick", "cuda", dtypes=["bf16"])
+    assert {c.dtype for c in tp.plan("quick", "cuda")} == {"float16"}  # the default falls back
+
+
 def test_case_validation():
     with pytest.raises(ValidationError, match="batch must be"):
         tp.Case(**{**case().model_dump(), "batch": 3})
