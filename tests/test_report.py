@@ -73,6 +73,21 @@ def test_oom_points_and_largest_feasible_n_are_marked(findings):
     assert list(lines(axes[FWD], "max-n")["linear"].get_xdata()) == [16384]
 
 
+def test_a_variant_out_of_memory_at_every_length_is_still_marked(tmp_path):
+    rows = forward_rows()
+    for r in rows:
+        if r["variant"] == "vanilla":
+            r.update(status="oom", reason="OutOfMemoryError", latency_ms=None, flops=None, tflops=None)
+    found = Findings.compute(data.Results.load(small_run(tmp_path / "run", rows)).rows)
+    for chart in (charts.latency_chart, charts.tflops_chart):
+        ax = panels(chart(found.points))[FWD]
+        assert set(lines(ax, "series")) == {"flash-sdpa"}
+        assert list(lines(ax, "oom")["vanilla"].get_xdata()) == [1024, 2048, 4096]
+    legend = charts.latency_chart(found.points).legends[0]
+    assert {t.get_text() for t in legend.get_texts()} == {"flash-sdpa", "vanilla", "out of memory",
+                                                           "largest feasible N"}
+
+
 def test_memory_chart_has_device_memory_line(findings):
     axes = panels(charts.memory_chart(findings.points))
     for ax in axes.values():

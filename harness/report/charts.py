@@ -112,7 +112,11 @@ def metric_vs_length(points: pd.DataFrame, metric: str, ylabel: str, title: str,
     drawable = points[(points.status == "ok") & points[metric].notna()]
     if drawable.empty:
         return None
-    colors = colors or palette(points.series)
+    colors = {**palette(points.series), **(colors or {})}
+    # Out-of-memory marks go on the charts of a metric the series reports (no OOM mark on the TFLOP/s
+    # chart for a kernel without a FLOP count), or on every chart when it never ran at all.
+    ran = set(points.series[points.status == "ok"])
+    marked = set(drawable.series) | (set(points.series) - ran)
     with _style():
         fig, axes = _grid(_panels(drawable), title)
         drawn: set[str] = set()
@@ -125,8 +129,9 @@ def metric_vs_length(points: pd.DataFrame, metric: str, ylabel: str, title: str,
                     _draw_line(ax, line, metric, scale, series, colors[series], band, mark_largest)
                     drawn.add(series)
                 oom = group[group.status == "oom"].seq_len
-                if not oom.empty and (not line.empty or metric == "latency_ms"):
+                if not oom.empty and series in marked:
                     any_oom = True
+                    drawn.add(series)
                     # At the top of the panel, in the series' colour: there is no value to plot.
                     ax.plot(oom, np.full(len(oom), 0.96), transform=ax.get_xaxis_transform(),
                             marker="X", markersize=9, linestyle="none", color=colors[series],
