@@ -112,6 +112,19 @@ def run(
         raise typer.Exit(130)
 
 
+@app.command("import-benchmark")
+def import_benchmark(
+    json_file: Annotated[Path, typer.Argument(help="pytest-benchmark JSON of suites/bench_throughput.py")],
+    out: Annotated[Path, typer.Option(help="Run directory to write the rows into")],
+) -> None:
+    """Turn a pytest-benchmark JSON file into results-store rows."""
+    from suites.throughput import import_benchmark_json
+
+    if not json_file.is_file():
+        fail(f"no such file: {json_file}")
+    console.print(f"{import_benchmark_json(json_file, out)} rows -> {out}")
+
+
 app.command("report")(report)
 app.command("recommend")(recommend)
 

@@ -100,7 +100,7 @@ class Variant:
     baseline: bool = False
     trainable: bool = True
     description: str = ""
-    mask: Callable[..., torch.Tensor] | None = None  # mask-based families: (n_q, n_k, causal, **params)
+    mask_fn: Callable[..., torch.Tensor] | None = None  # mask-based families: (n_q, n_k, causal, **params)
     scan: Callable[..., torch.Tensor] | None = None  # mamba: selective_scan_fn semantics
     backend: Callable[[str], str] | None = None  # device type -> name of the code path that runs there
     # Decoding one token at a time. Default for attention variants: a preallocated KV cache.
@@ -158,6 +158,15 @@ class Variant:
         if self.decode_fn is not None:
             return self.decode_fn(q, k, v, state, **{**self.defaults, **params})
         return kv_decode(self, q, k, v, state, **params)
+
+    @property
+    def mask(self) -> Callable[..., torch.Tensor] | None:
+        """Mask-based families: `mask(n_q, n_k, causal=False, **params)`, the pattern the fast path computes
+        under the variant's defaults overridden by params. None for the other families."""
+        if self.mask_fn is None:
+            return None
+        return lambda n_q, n_k, causal=False, **params: self.mask_fn(
+            n_q, n_k, causal=causal, **{**self.defaults, **params})
 
     def mixer(self, d_model: int, n_heads: int, **params) -> torch.nn.Module:
         return self.mixer_factory(d_model, n_heads, **params)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import os
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,6 +170,7 @@ def run(
     summary.skipped_as_done = len(cases) - len(todo)
     oom_at: dict[Any, int] = {}  # OOM group -> smallest size that ran out of memory
     row_env = {k: environment[k] for k in ("device_name", "driver", "cuda", "torch", "commit")}
+    os.environ["ATTNBENCH_RUN_DIR"] = str(Path(out).resolve())  # suites cache per-run figures there
     worker = Worker(suite_module) if todo else None
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn()]

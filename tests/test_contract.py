@@ -192,3 +192,13 @@ def test_mixer_step_matches_forward(name):
             pytest.skip(str(e))
         full = mixer(x)
     torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 26:], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if variants.get(n).mask is not None])
+def test_mask_without_params_is_the_pattern_attention_computes_by_default(name):
+    v = variants.get(name)
+    if not cpu_runnable(v):
+        pytest.skip(v.supports("cpu", torch.float32, 32, False)[1])
+    q, k, val = qkv(n_q=150)
+    expected = softmax_attention(q.double(), k.double(), val.double(), v.mask(150, 150))
+    torch.testing.assert_close(v.attention(q, k, val).double(), expected, **TOLERANCE[torch.float32])

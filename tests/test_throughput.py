@@ -256,7 +256,9 @@ def test_pytest_benchmark_json_converts_to_store_rows(tmp_path):
         assert row["rounds"] == len(bench["stats"]["data"]) and row["status"] == "ok"
         assert (row["tflops"] is None) == (row["variant"] == "linear")
         assert row["mode"] == planned[row["case_id"]].mode and row["family"] == row["variant"]
-    assert tp.import_benchmark_json(report, tmp_path / "run") == len(rows)
+    imported = subprocess.run([sys.executable, "-m", "harness", "import-benchmark", str(report),
+                               "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True)
+    assert imported.returncode == 0 and f"{len(rows)} rows" in imported.stdout, imported.stderr
     df = store.load(tmp_path / "run")
     assert sorted(df.case_id) == sorted(planned) and (df.schema_version == store.SCHEMA_VERSION).all()
     assert store.RunStore(tmp_path / "run").environment()["device"] == "cpu"

@@ -34,7 +34,7 @@ def longformer_mask(n_q: int, n_k: int, causal: bool = False, **params) -> torch
 
 @attention_variant(
     "longformer", family="longformer", exact=True, support=FLEX_SUPPORT, defaults=DEFAULTS,
-    mask=longformer_mask, backend=flex_backend,
+    mask_fn=longformer_mask, backend=flex_backend,
     description="sliding window + global tokens via FlexAttention (dense masked softmax on CPU)",
 )
 def longformer(q, k, v, causal=False, **params):
@@ -48,7 +48,7 @@ def _band(x: torch.Tensor, window: int) -> torch.Tensor:
 
 @attention_variant(
     "longformer-banded", family="longformer", exact=True, support=Support(cross=False), defaults=DEFAULTS,
-    mask=longformer_mask, backend=lambda device: "banded-unfold",
+    mask_fn=longformer_mask, backend=lambda device: "banded-unfold",
     description="Longformer in plain PyTorch with O(N * window) memory: banded keys + global columns",
 )
 def longformer_banded(q, k, v, causal=False, *, window, global_tokens):
@@ -79,7 +79,7 @@ def longformer_banded(q, k, v, causal=False, *, window, global_tokens):
 @attention_variant(
     "longformer-xformers", family="longformer", exact=True,
     support=Support(dtypes={"cuda": HALF}, max_head_dim=256, requires=("xformers",)),
-    defaults=dict(window=128, global_tokens=0), mask=longformer_mask,
+    defaults=dict(window=128, global_tokens=0), mask_fn=longformer_mask,
     backend=lambda device: "xformers-local-attention",
     description="sliding window via xformers LocalAttentionFromBottomRightMask (no global tokens)",
 )

@@ -135,7 +135,7 @@ def strided_mask(n_q: int, n_k: int, causal: bool = False, **params) -> torch.Te
 
 @attention_variant(
     "sparse-bigbird", family="sparse", exact=True, support=FLEX_SUPPORT, defaults=BIGBIRD_DEFAULTS,
-    mask=bigbird_mask, backend=flex_backend,
+    mask_fn=bigbird_mask, backend=flex_backend,
     description="BigBird block-sparse attention (window + global + seeded random blocks) via FlexAttention",
 )
 def sparse_bigbird(q, k, v, causal=False, **params):
@@ -144,7 +144,7 @@ def sparse_bigbird(q, k, v, causal=False, **params):
 
 @attention_variant(
     "sparse-strided", family="sparse", exact=True, support=FLEX_SUPPORT, defaults=STRIDED_DEFAULTS,
-    mask=strided_mask, backend=flex_backend,
+    mask_fn=strided_mask, backend=flex_backend,
     description="Sparse Transformer strided pattern (local + summary blocks) via FlexAttention",
 )
 def sparse_strided(q, k, v, causal=False, **params):
