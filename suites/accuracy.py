@@ -156,8 +156,9 @@ class TaskCase(AccuracyCase):
         return f"{self.task} {self.variant} N={self.seq_len}{train}{depth} d={self.d_model} lr={self.lr:g}"
 
     def oom_key(self):
-        group = (self.task, self.variant, self.dtype, self.d_model, self.lr, self.depth, self.kv_pairs)
-        return group, max(self.seq_len, self.train_seq_len)
+        """A length sweep: once a length runs out of memory, longer ones of the sweep are skipped."""
+        sweep = (self.task, self.variant, self.dtype, self.d_model, self.lr)
+        return sweep, max(self.seq_len, self.train_seq_len)
 
 
 def make_task(name: str, seq_len: int, kv_pairs: int | None, depth: float | None, options: dict) -> Task:
@@ -276,14 +277,14 @@ STANDARD_TASKS = [
 ]
 FULL_TASKS = [
     TaskSpec("mqar", (64, 128, 256, 512), (64, 128, 256, 512), (1e-4, 3e-4, 1e-3, 3e-3, 1e-2), 65536, 20000,
-             600.0, kv_pairs=(4, 8, 16, 64), batch_tokens=True),
-    TaskSpec("selective_copy", (4096,), (64,), (3e-4, 1e-3, 3e-3), 131072, 20000, 1200.0, batch_tokens=True),
-    TaskSpec("induction", (256,), (64,), (3e-4, 1e-3, 3e-3), 32768, 20000, 600.0,
+             120.0, kv_pairs=(4, 8, 16, 64), batch_tokens=True),
+    TaskSpec("selective_copy", (4096,), (64,), (3e-4, 1e-3, 3e-3), 131072, 20000, 600.0, batch_tokens=True),
+    TaskSpec("induction", (256,), (64,), (3e-4, 1e-3, 3e-3), 32768, 20000, 300.0,
              eval_lens=(64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536), n_test=256,
              batch_tokens=True),
-    TaskSpec("passkey", (4096,), (64,), (3e-4, 1e-3, 3e-3), 131072, 20000, 1200.0,
+    TaskSpec("passkey", (4096,), (64,), (3e-4, 1e-3, 3e-3), 131072, 20000, 600.0,
              depths=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), batch_tokens=True),
-    TaskSpec("listops", (2000,), (128,), (3e-4, 1e-3, 3e-3), 64000, 50000, 1800.0,
+    TaskSpec("listops", (2000,), (128,), (3e-4, 1e-3, 3e-3), 64000, 50000, 1200.0,
              task_params={"min_length": 500}, train_pool=96000, n_test=2000, n_layers=4, batch_tokens=True),
 ]
 LEARNED = {"quick": QUICK_TASKS, "standard": STANDARD_TASKS, "full": FULL_TASKS}
@@ -525,8 +526,8 @@ def task_columns(case: TaskCase) -> dict:
            "global_tokens": effective.get("global_tokens"),
            "variant_params": json.dumps(effective, sort_keys=True, default=str)}
     if isinstance(task, Passkey) and task.depth is not None:
-        row |= {"key_distance": task.key_distance(task.depth),
-                "key_position": int(task.key_start(torch.tensor(task.depth))) + 1}
+        row |= {"key_distance": task.key_distance(task.depth), "key_len": task.key_len,
+                "key_position": int(task.key_start(torch.tensor(task.depth))) + 1}  # the first digit
     return row
 
 
@@ -652,7 +653,7 @@ def _best(rows: pd.DataFrame) -> pd.DataFrame:
     from harness.report import data
 
     columns = [*data.LEARNED_COLUMNS, "variant", "status", "train_len", "window", "global_tokens",
-               "key_distance", "key_position"]
+               "key_distance", "key_position", "key_len"]
     if rows.empty or "task" not in rows.columns:
         return pd.DataFrame(columns=columns)
     return data.with_columns(data.best_lr(data.learned(data.fill_family(rows))), columns)
@@ -710,18 +711,21 @@ def claim_mamba_selective_copying(best: pd.DataFrame) -> Claim:
 
 
 def _passkey_reach(rows: pd.DataFrame) -> pd.Series:
-    """'inside' the window (or in the global tokens), 'outside' every layer's reach, else 'between'."""
+    """Every digit 'inside' the window (or among the global tokens, which all positions see), some digit
+    'outside' the reach of n_layers stacked windows, else 'between'. Each digit is read from
+    key_distance tokens back; the last one sits at key_position + key_len - 1."""
     window, globals_ = rows.window.astype(float), rows.global_tokens.fillna(0).astype(float)
-    distance, position = rows.key_distance.astype(float), rows.key_position.astype(float)
-    inside = (distance <= window) | (position < globals_)
-    outside = (distance > rows.n_layers.astype(float) * window) & (position >= globals_)
+    distance = rows.key_distance.astype(float)
+    last = rows.key_position.astype(float) + rows.key_len.astype(float) - 1
+    inside = (distance <= window) | (last < globals_)
+    outside = (distance > rows.n_layers.astype(float) * window) & (last >= globals_)
     labels = ["inside" if i else "outside" if o else "between" for i, o in zip(inside, outside, strict=True)]
     return pd.Series(labels, index=rows.index)
 
 
 def claim_window_fails_outside(best: pd.DataFrame) -> Claim:
     text = "sliding-window attention (longformer) fails when the key lies outside its window"
-    needed = {"window", "key_distance", "key_position", "global_tokens"}
+    needed = {"window", "key_distance", "key_position", "key_len", "global_tokens"}
     rows = best[(best.task == "passkey") & (best.family == "longformer")]
     if rows.empty or not needed <= set(rows.columns) or rows.key_distance.isna().all():
         return Claim(text, None, summary="no longformer passkey rows at fixed depths")

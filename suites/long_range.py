@@ -45,14 +45,14 @@ STANDARD = [
              train_pool=4096, batch_tokens=True),
 ]
 FULL = [
-    TaskSpec("mqar", (256, 512, 1024, 2048, 4096), (128, 256), (3e-4, 1e-3, 3e-3), 65536, 20000, 900.0,
+    TaskSpec("mqar", (256, 512, 1024, 2048, 4096), (128, 256), (3e-4, 1e-3, 3e-3), 65536, 20000, 120.0,
              kv_pairs=(16, 32, 64, 128, 256), batch_tokens=True),
-    TaskSpec("selective_copy", (256, 1024, 4096, 16384), (64,), (3e-4, 1e-3, 3e-3), 131072, 20000, 1200.0,
+    TaskSpec("selective_copy", (256, 1024, 4096, 16384), (64,), (3e-4, 1e-3, 3e-3), 131072, 20000, 600.0,
              batch_tokens=True),
-    TaskSpec("passkey", (4096,), (64,), (3e-4, 1e-3, 3e-3), 131072, 20000, 1200.0,
+    TaskSpec("passkey", (4096,), (64,), (3e-4, 1e-3, 3e-3), 131072, 20000, 600.0,
              eval_lens=(1024, 2048, 4096, 8192, 16384, 32768, 65536),
              depths=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), n_test=128, batch_tokens=True),
-    TaskSpec("listops", (2000,), (128,), (3e-4, 1e-3, 3e-3), 64000, 50000, 1800.0,
+    TaskSpec("listops", (2000,), (128,), (3e-4, 1e-3, 3e-3), 64000, 50000, 1200.0,
              task_params={"min_length": 500}, train_pool=96000, n_test=2000, n_layers=4, batch_tokens=True),
 ]
 PROFILES = {"quick": QUICK, "standard": STANDARD, "full": FULL}
