@@ -18,9 +18,9 @@ from suites.accuracy import (
     filtered,
     learned_variants,
     run_task,
+    summarize,
     task_cases,
 )
-from suites.accuracy import summarize as summarize  # noqa: PLC0414 - the CLI calls suite.summarize
 
 TIMEOUT_S = 900.0
 Case = TaskCase

@@ -274,3 +274,40 @@ def test_standard_profiles_fit_twenty_minutes_on_a_gpu_by_the_estimate():
     assert total < 20 * 60
     quick = sum(s.estimated_seconds(s.plan("quick", "cpu"), "cpu") for s in (A, long_range))
     assert quick < 5 * 60
+
+
+# --- CUDA twins of the CPU paths (skipped without a GPU) -------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("variant", ["vanilla", "longformer", "linear", "mamba"])
+def test_cuda_exactness_rows(variant):
+    case = A.ExactnessCase(variant=variant, device="cuda", dtype="bfloat16", input_kind="random", seq_len=256)
+    ok, _ = variants.get(variant).supports("cuda", torch.bfloat16, case.head_dim, True)
+    if not ok:
+        pytest.skip(f"{variant} does not take bf16 on this GPU")
+    row = A.run_exactness(case)
+    cpu = A.run_exactness(case.model_copy(update={"device": "cpu"}))
+    assert row["reference"] == cpu["reference"]
+    assert row["rel_err"] < 5e-2 and abs(row["rel_err"] - cpu["rel_err"]) < 5e-2
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_evaluation_matches_cpu_float32():
+    """The same weights, evaluated under CUDA bf16 autocast and on the CPU in float32."""
+    case = tiny_mqar(max_steps=200, time_budget_s=600, n_test=128)
+    A._last_trained = None
+    trained, _ = A.trained_model(case)
+    data = A.cached_test_set(case.eval_task(), case.n_test, case.seed)
+    cpu = lm.evaluate(trained.model, data, batch_size=64, device="cpu", dtype=torch.float32)
+    gpu = lm.evaluate(trained.model.to("cuda"), data, batch_size=64, device="cuda", dtype=torch.bfloat16)
+    assert abs(gpu.loss - cpu.loss) < 0.05 * cpu.loss + 1e-3
+    assert abs(gpu.accuracy_tokens - cpu.accuracy_tokens) < 0.05
+
+
+@pytest.mark.cuda
+def test_cuda_training_runs_in_bf16_autocast():
+    A._last_trained = None
+    case = tiny_mqar(device="cuda", dtype="bfloat16", max_steps=50, n_test=64)
+    row = A.run_task(case)
+    assert row["steps"] == 50 or row["stop_reason"] == "solved"
+    assert all(x == x for x in row["loss_curve"]) and 0 <= row["accuracy"] <= 1
