@@ -16,15 +16,12 @@ import suites
 import variants
 from harness import runner
 from harness.cli_report import recommend, report
+from harness.errors import ArgumentError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark and profile attention architectures.")
 console = Console()
 SHORT_DTYPE = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-class ArgumentError(Exception):
-    """Bad input: reported as one line, exit code 2."""
 
 
 def fail(message: str) -> None:

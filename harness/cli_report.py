@@ -1,7 +1,7 @@
 """`attnbench report` and `attnbench recommend`: registered on the app in harness/cli.py.
 
-Bad input (a missing directory, no rows, results that cannot answer the question) is a click
-UsageError: the CLI prints it as one line and exits with code 2. The report package (matplotlib,
+Bad input (a missing directory, no rows, results that cannot answer the question) is an
+ArgumentError: the CLI prints it as one line and exits with code 2. The report package (matplotlib,
 seaborn) is imported only when one of these commands runs, to keep `attnbench` itself quick to start.
 """
 
@@ -11,13 +11,14 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
+from harness.errors import ArgumentError
 
-def _usage(error: Exception) -> click.UsageError:
+
+def _usage(error: Exception) -> ArgumentError:
     message = error.args[0] if isinstance(error, FileNotFoundError) and error.args else str(error)
-    return click.UsageError(str(message).splitlines()[0])
+    return ArgumentError(str(message).splitlines()[0])
 
 
 def report(
@@ -31,7 +32,7 @@ def report(
     from harness.report import render
 
     if not 0 < threshold < 1:
-        raise click.UsageError(f"--threshold must be between 0 and 1 (0.05 = 5%), got {threshold:g}")
+        raise ArgumentError(f"--threshold must be between 0 and 1 (0.05 = 5%), got {threshold:g}")
     try:
         built = render.build(results, out, baseline=compare, threshold=threshold, pareto_n=pareto_n)
     except (FileNotFoundError, ValueError) as e:
@@ -61,11 +62,11 @@ def recommend(
     from harness.report import recommend as ranking
 
     if seq_len <= 0:
-        raise click.UsageError(f"--seq-len must be positive, got {seq_len}")
+        raise ArgumentError(f"--seq-len must be positive, got {seq_len}")
     if mode not in ranking.MODES:
-        raise click.UsageError(f"unknown --mode {mode!r}; use train or infer")
+        raise ArgumentError(f"unknown --mode {mode!r}; use train or infer")
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
-        raise click.UsageError(f"--min-accuracy is a fraction in 0..1, got {min_accuracy:g}")
+        raise ArgumentError(f"--min-accuracy is a fraction in 0..1, got {min_accuracy:g}")
     try:
         dtype = dtype_name(dtype) if dtype is not None else None
     except ValueError as e:

@@ -69,6 +69,8 @@ class RunStore:
 
     def write(self, row: dict[str, Any]) -> Path:
         path = self.records / f"{row['case_id']}.parquet"
+        # Nested dicts have no stable Parquet type (an empty one has none at all): store them as JSON.
+        row = {k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in row.items()}
         frame = pd.DataFrame([{"schema_version": SCHEMA_VERSION, **row}])
         _atomic_write(path, lambda f: frame.to_parquet(f, index=False))
         return path

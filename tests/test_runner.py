@@ -121,3 +121,11 @@ def test_resume_refuses_a_run_from_another_device(tmp_path):
 def test_empty_results_load_to_an_empty_frame(tmp_path):
     (tmp_path / "records").mkdir()
     assert isinstance(store.load(tmp_path), pd.DataFrame) and store.load(tmp_path).empty
+
+
+def test_store_writes_nested_dicts_as_json_even_empty_ones(tmp_path):
+    run = store.RunStore(tmp_path)
+    run.open({"device": "cpu", "device_name": "CPU"})
+    run.write({"case_id": "a", "task_params": {}, "extra": {"b": 1, "a": [1, 2]}})
+    row = store.load(tmp_path).iloc[0]
+    assert row.task_params == "{}" and row.extra == '{"a": [1, 2], "b": 1}'
