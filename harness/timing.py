@@ -95,8 +95,10 @@ def make_fixture(name: str, timer: Callable[[], Any]):
     from pytest_benchmark.utils import NameWrapper
 
     options = dict(
-        node=SimpleNamespace(name=name, _nodeid=name), disable_gc=False, timer=NameWrapper(timer),
+        node=SimpleNamespace(name=name, _nodeid=name, nodeid=name), disable_gc=False,
+        timer=NameWrapper(timer),
         min_rounds=MIN_ROUNDS, min_time=0.0, max_time=0.0, warmup=False, warmup_iterations=0,
+        precision=None, confidence=None,  # 5.3+: None keeps the fixed-rounds pedantic loop
         calibration_precision=10, add_stats=lambda stats: None, logger=_SilentLogger(),
         warner=lambda *args, **kwargs: None, disabled=False, cprofile=False, cprofile_loops=None,
         cprofile_dump=None,
