@@ -116,10 +116,11 @@ class LargestAllocation(TorchDispatchMode):
         return out
 
 
-def largest_allocation(name, n):
-    q, k, v = qkv(b=1, h=1, n_q=n, d=8, requires_grad=True)
+def largest_allocation(name, n, d=8, window=4, global_tokens=2):
+    q, k, v = qkv(b=1, h=1, n_q=n, d=d, requires_grad=True)
     with LargestAllocation() as probe:
-        variants.get(name).attention(q, k, v, causal=True, window=4, global_tokens=2).sum().backward()
+        variants.get(name).attention(q, k, v, causal=True, window=window,
+                                     global_tokens=global_tokens).sum().backward()
     return probe.nbytes
 
 
@@ -128,6 +129,14 @@ def test_banded_never_allocates_an_n_by_n_tensor():
     n_by_n_bool = n * n  # the smallest N x N tensor there is, 1 byte per element
     assert largest_allocation("longformer-banded", n) < n_by_n_bool / 4
     assert largest_allocation("longformer", n) >= n_by_n_bool  # the probe does see a dense mask
+
+
+def test_banded_memory_per_query_is_window_plus_head_dim_not_their_product():
+    n, d, window, g = 1024, 64, 32, 2
+    per_query = largest_allocation("longformer-banded", n, d=d, window=window, global_tokens=g) / n
+    # float32 scores over 3 * window + g keys, or a float32 copy of 3 key rows: never window x head_dim.
+    assert per_query <= 4 * max(3 * window + g, 3 * d) * 1.1
+    assert per_query < 4 * window * d / 4
 
 
 def test_banded_rejects_cross_attention():

@@ -5,7 +5,8 @@ attended by, every position; causal additionally requires j <= i (positions as i
 
 - `longformer`: FlexAttention (compiled) on CUDA, dense masked softmax on CPU.
 - `longformer-banded`: a pure-PyTorch reference in O(N * window) memory that never builds the N x N
-  mask: each query scores a padded, unfolded band of keys plus the global key columns. Nq == Nk only.
+  mask: query chunks of `window` score the keys of their neighbouring chunks plus the global key
+  columns (Longformer's sliding chunks, matmuls throughout). Nq == Nk only.
 - `longformer-xformers`: xformers' local-attention bias, for global_tokens == 0 only.
 """
 
@@ -41,37 +42,49 @@ def longformer(q, k, v, causal=False, **params):
     return masked_attention(q, k, v, longformer_predicate, causal, params)
 
 
-def _band(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(..., n, d) -> (..., n, 2 * window + 1, d): row i holds positions i - window .. i + window."""
-    return F.pad(x, (0, 0, window, window)).unfold(-2, 2 * window + 1, 1).transpose(-1, -2)
+def _key_windows(x: torch.Tensor, chunk: int, n_chunks: int) -> torch.Tensor:
+    """(..., n, d) -> (..., n_chunks, 3 * chunk, d): chunk m holds positions from (m - 1) * chunk on.
+
+    Overlapping windows of the zero-padded sequence: about 3x the input, whatever the window is.
+    """
+    padded = F.pad(x, (0, 0, chunk, (n_chunks + 1) * chunk - x.shape[-2]))
+    return padded.unfold(-2, 3 * chunk, chunk).transpose(-1, -2)
 
 
 @attention_variant(
     "longformer-banded", family="longformer", exact=True, support=Support(cross=False), defaults=DEFAULTS,
-    mask_fn=longformer_mask, backend=lambda device: "banded-unfold",
-    description="Longformer in plain PyTorch with O(N * window) memory: banded keys + global columns",
+    mask_fn=longformer_mask, backend=lambda device: "sliding-chunks",
+    description="Longformer in plain PyTorch with O(N * window) memory: sliding key chunks + global columns",
 )
 def longformer_banded(q, k, v, causal=False, *, window, global_tokens):
+    """Queries in chunks of `window`; chunk m scores the keys of chunks m-1..m+1, which hold every key
+    within `window` of its queries (Longformer's sliding chunks), plus the global key columns."""
     n, dtype = q.shape[-2], q.dtype
     acc = torch.promote_types(dtype, torch.float32)
     q, k, v = q.to(acc), k.to(acc), v.to(acc)
     g, scale, never = min(global_tokens, n), q.shape[-1] ** -0.5, torch.finfo(acc).min
-    pos = torch.arange(n, device=q.device)
+    chunk = max(window, 1)
+    n_chunks = -(-n // chunk)
+    pos = torch.arange(n_chunks * chunk, device=q.device)
 
-    # Band: key j = i + offset; global keys are left out here and scored once, as their own columns.
-    offsets = torch.arange(-window, window + 1, device=q.device)
-    band_key = pos[:, None] + offsets
-    band_ok = (band_key >= g) & (band_key < n) & ((offsets <= 0) if causal else True)
-    k_band, v_band = _band(k, window), _band(v, window)
-    band_scores = torch.einsum("...nd,...nwd->...nw", q, k_band) * scale
+    q_chunks = F.pad(q, (0, 0, 0, n_chunks * chunk - n)).unflatten(-2, (n_chunks, chunk))
+    q_pos = pos.view(n_chunks, chunk, 1)
+    k_pos = (pos.view(n_chunks, chunk)[:, :1] - chunk + torch.arange(3 * chunk, device=q.device)).unsqueeze(1)
+    # Global keys are left out of the windows and scored once, as their own columns.
+    window_ok = ((q_pos - k_pos).abs() <= window) & (k_pos >= g) & (k_pos < n)
+    if causal:
+        window_ok &= k_pos <= q_pos
+    window_scores = (q_chunks @ _key_windows(k, chunk, n_chunks).transpose(-1, -2)) * scale
     global_scores = (q @ k[..., :g, :].transpose(-2, -1)) * scale
     if causal:
-        global_scores = global_scores.masked_fill(pos[None, :g] > pos[:, None], never)
-    probs = torch.softmax(torch.cat([global_scores, band_scores.masked_fill(~band_ok, never)], -1), -1)
-    out = probs[..., :g] @ v[..., :g, :] + torch.einsum("...nw,...nwd->...nd", probs[..., g:], v_band)
+        global_scores = global_scores.masked_fill(pos[None, :g] > pos[:n, None], never)
+    global_scores = F.pad(global_scores, (0, 0, 0, n_chunks * chunk - n)).unflatten(-2, (n_chunks, chunk))
+    probs = torch.softmax(torch.cat([global_scores, window_scores.masked_fill(~window_ok, never)], -1), -1)
+    out = probs[..., :g] @ v[..., :g, :].unsqueeze(-3) + probs[..., g:] @ _key_windows(v, chunk, n_chunks)
+    out = out.flatten(-3, -2)[..., :n, :]
 
     if g:  # global query rows see every key (every earlier key if causal): O(g * N), done densely
-        head_mask = pos[None, :] <= pos[:g, None] if causal else None
+        head_mask = pos[None, :n] <= pos[:g, None] if causal else None
         out = torch.cat([softmax_attention(q[..., :g, :], k, v, head_mask), out[..., g:, :]], dim=-2)
     return out.to(dtype)
 
