@@ -186,7 +186,7 @@ def tflops_chart(points, colors=None):
         if np.isfinite(peak) and peak > 0:
             right = ax.secondary_yaxis("right", functions=(lambda t: 100 * t / peak,
                                                           lambda pct: pct * peak / 100))
-            right.set_ylabel(f"% of matmul peak ({peak:.0f} TFLOP/s)")
+            right.set_ylabel(f"% of matmul peak ({peak:.3g} TFLOP/s)")
 
     return metric_vs_length(points, "tflops", "TFLOP/s", "Achieved TFLOP/s (softmax kernels)", log_y=False,
                             decorate=percent_of_peak, colors=colors)
