@@ -40,5 +40,12 @@ def cpu_runnable(v, dtype=torch.float32, head_dim=32, causal=False):
     return v.supports("cpu", dtype, head_dim, causal)[0]
 
 
+def skip_unless_cpu_runnable(v, dtype=torch.float32, head_dim=32, causal=False):
+    """Skip a test of a variant this machine cannot run, with the variant's own reason."""
+    ok, reason = v.supports("cpu", dtype, head_dim, causal)
+    if not ok:
+        pytest.skip(reason)
+
+
 def attention_variants():
     return [v for v in variants.all_variants() if v.attention_fn is not None]

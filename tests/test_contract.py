@@ -6,7 +6,7 @@ import torch
 import variants
 from harness import masks
 from harness.registry import FAMILIES, Unsupported
-from tests.conftest import TOLERANCE, attention_variants, cpu_runnable, qkv
+from tests.conftest import TOLERANCE, attention_variants, qkv, skip_unless_cpu_runnable
 from variants.common import softmax_attention
 
 ALL = variants.names()
@@ -65,8 +65,7 @@ def test_declares_family_and_exactness(name):
 def test_exact_variants_match_float64_reference(name, causal, shape):
     v = variants.get(name)
     n_q, n_k = shape
-    if not cpu_runnable(v, causal=causal):
-        pytest.skip(v.supports("cpu", torch.float32, 32, causal)[1])
+    skip_unless_cpu_runnable(v, causal=causal)
     if n_q != n_k and not v.support.cross:
         with pytest.raises(Unsupported):
             v.attention(*qkv(n_q=n_q, n_k=n_k), causal=causal)
@@ -81,8 +80,7 @@ def test_exact_variants_match_float64_reference(name, causal, shape):
 @pytest.mark.parametrize("name", [n for n in ATTENTION if variants.get(n).exact])
 def test_exact_variants_in_bfloat16(name):
     v = variants.get(name)
-    if not cpu_runnable(v, dtype=torch.bfloat16, causal=True):
-        pytest.skip(v.supports("cpu", torch.bfloat16, 32, True)[1])
+    skip_unless_cpu_runnable(v, dtype=torch.bfloat16, causal=True)
     q, k, val = qkv(n_q=128, dtype=torch.bfloat16)
     out = v.attention(q, k, val, causal=True)
     assert out.dtype == torch.bfloat16
@@ -92,8 +90,7 @@ def test_exact_variants_in_bfloat16(name):
 @pytest.mark.parametrize("name", ATTENTION)
 def test_causal_attention_never_looks_ahead(name):
     v = variants.get(name)
-    if not cpu_runnable(v, causal=True):
-        pytest.skip(v.supports("cpu", torch.float32, 32, True)[1])
+    skip_unless_cpu_runnable(v, causal=True)
     q, k, val = qkv(n_q=96)
     t = 70
     out = v.attention(q, k, val, causal=True)
@@ -108,8 +105,7 @@ def test_causal_attention_never_looks_ahead(name):
 @pytest.mark.parametrize("name", ALL)
 def test_causal_mixer_never_looks_ahead(name):
     v = variants.get(name)
-    if not cpu_runnable(v, causal=True):
-        pytest.skip(v.supports("cpu", torch.float32, 32, True)[1])
+    skip_unless_cpu_runnable(v, causal=True)
     mixer = v.mixer(64, 2).eval()
     x = torch.randn(2, 80, 64)
     t = 50
@@ -125,8 +121,7 @@ def test_causal_mixer_never_looks_ahead(name):
 @pytest.mark.parametrize("name", [n for n in ALL if variants.get(n).trainable])
 def test_backward_gives_finite_gradients(name):
     v = variants.get(name)
-    if not cpu_runnable(v, causal=True):
-        pytest.skip(v.supports("cpu", torch.float32, 32, True)[1])
+    skip_unless_cpu_runnable(v, causal=True)
     mixer = v.mixer(64, 2)
     x = torch.randn(2, 70, 64, requires_grad=True)
     mixer(x).square().mean().backward()
@@ -157,8 +152,7 @@ def test_fully_masked_rows_are_zero_not_nan():
 @pytest.mark.parametrize("name", ATTENTION)
 def test_kernel_decode_matches_full_causal_attention(name):
     v = variants.get(name)
-    if not cpu_runnable(v, causal=True):
-        pytest.skip(v.supports("cpu", torch.float32, 32, True)[1])
+    skip_unless_cpu_runnable(v, causal=True)
     q, k, val = qkv(n_q=40)
     try:
         state = v.prefill(k[..., :36, :], val[..., :36, :], capacity=40)
@@ -175,8 +169,7 @@ def test_kernel_decode_matches_full_causal_attention(name):
 @pytest.mark.parametrize("name", ALL)
 def test_mixer_step_matches_forward(name):
     v = variants.get(name)
-    if not cpu_runnable(v, causal=True):
-        pytest.skip(v.supports("cpu", torch.float32, 32, True)[1])
+    skip_unless_cpu_runnable(v, causal=True)
     mixer = v.mixer(64, 2).eval()
     if not hasattr(mixer, "prefill"):
         pytest.skip(f"{name} mixer has no prefill/step yet")
@@ -197,8 +190,7 @@ def test_mixer_step_matches_forward(name):
 @pytest.mark.parametrize("name", [n for n in ALL if variants.get(n).mask is not None])
 def test_mask_without_params_is_the_pattern_attention_computes_by_default(name):
     v = variants.get(name)
-    if not cpu_runnable(v):
-        pytest.skip(v.supports("cpu", torch.float32, 32, False)[1])
+    skip_unless_cpu_runnable(v)
     q, k, val = qkv(n_q=150)
     expected = softmax_attention(q.double(), k.double(), val.double(), v.mask(150, 150))
     torch.testing.assert_close(v.attention(q, k, val).double(), expected, **TOLERANCE[torch.float32])
