@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
 RECORDS = "records"
@@ -72,7 +74,9 @@ class RunStore:
         # Nested dicts have no stable Parquet type (an empty one has none at all): store them as JSON.
         row = {k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in row.items()}
         frame = pd.DataFrame([{"schema_version": SCHEMA_VERSION, **row}])
-        _atomic_write(path, lambda f: frame.to_parquet(f, index=False))
+        # One-row files: pandas' metadata and column statistics would be most of each file.
+        table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+        _atomic_write(path, lambda f: pq.write_table(table, f, write_statistics=False))
         return path
 
 
