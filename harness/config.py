@@ -52,7 +52,8 @@ class Case(BaseModel):
         return f"{self.variant} {self.dtype}"
 
     def flat(self) -> dict[str, Any]:
-        """Config as flat columns: nested params become one sorted JSON string column."""
-        row = self.model_dump(mode="json")
-        row["params"] = json.dumps(row["params"], sort_keys=True)
-        return row
+        """The row's config columns, with the registry's facts about the variant (every suite, every
+        status). Nested dicts (params) stay dicts: the store writes them as sorted JSON."""
+        v = variants.get(self.variant)
+        return {**self.model_dump(mode="json"), "family": v.family, "exact": v.exact,
+                "backend": v.backend_for(self.device)}

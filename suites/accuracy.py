@@ -140,11 +140,6 @@ class TaskCase(AccuracyCase):
     def eval_task(self) -> Task:
         return make_task(self.task, self.seq_len, self.kv_pairs, self.depth, self.task_params)
 
-    def flat(self) -> dict[str, Any]:
-        row = super().flat()
-        row["task_params"] = json.dumps(self.task_params, sort_keys=True)  # one column, like params
-        return row
-
     def training_key(self) -> str:
         """Identifies the trained model: everything but the evaluation settings."""
         fields = self.model_dump(mode="json", exclude={"suite", "seq_len", "depth", "n_test"})
@@ -452,7 +447,7 @@ def run_exactness(case: ExactnessCase) -> dict:
     v = variants.get(case.variant)
     with torch.no_grad():
         metrics = attention_exactness(case, v) if v.attention_fn is not None else scan_exactness(case, v)
-    return {"family": v.family, "exact": v.exact, "backend": v.backend_for(case.device), **metrics}
+    return metrics
 
 
 # --- Part B: learned tasks ------------------------------------------------------------------------
@@ -532,7 +527,6 @@ def task_columns(case: TaskCase) -> dict:
 
 
 def run_task(case: TaskCase) -> dict:
-    v = variants.get(case.variant)
     with cpu_settings(case.device):
         trained, trained_here = trained_model(case)
         started = time.perf_counter()
@@ -543,7 +537,6 @@ def run_task(case: TaskCase) -> dict:
     r, model = trained.result, trained.model
     official = evaluation.accuracy_sequences if case.task == "passkey" else evaluation.accuracy_tokens
     return {
-        "family": v.family, "exact": v.exact, "backend": v.backend_for(case.device),
         "accuracy": official, "accuracy_tokens": evaluation.accuracy_tokens,
         "accuracy_sequences": evaluation.accuracy_sequences, "test_loss": evaluation.loss,
         "n_params": lm.count_parameters(model), "n_params_non_embedding": model.non_embedding_parameters(),

@@ -127,11 +127,6 @@ class Case(BaseCase):
         shape = f"N{self.seq_len}-{self.dtype}-hd{self.head_dim}-{mask}"
         return f"{self.variant}-{self.level}-{self.mode}-{shape}"
 
-    def flat(self) -> dict[str, Any]:
-        v = registry.get(self.variant)
-        return {**super().flat(), "family": v.family, "exact": v.exact, "backend": v.backend_for(self.device)}
-
-
 # --- planning ---------------------------------------------------------------------------------------
 
 def _dtypes(device: str, requested: Sequence[str] | None, default: Sequence[str]) -> list[str]:

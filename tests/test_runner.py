@@ -49,6 +49,7 @@ def test_unsupported_is_recorded_not_run(tmp_path):
         row = store.load(tmp_path).iloc[0]
         assert row.status == "unsupported" and row.reason == "no CUDA device"
         assert row.device_name == "no CUDA device"
+        assert (row.family, row.exact) == ("vanilla", True)  # registry facts on failed rows too
 
 
 def _cuda():
@@ -64,7 +65,8 @@ def test_schema_round_trip(tmp_path):
     assert row.case_id == case.case_id
     rebuilt = Case(**{k: (eval(row[k]) if k == "params" else row[k]) for k in Case.model_fields})
     assert rebuilt == case and rebuilt.case_id == case.case_id
-    for column in ("device_name", "torch", "commit", "started_at", "finished_at", "status", "reason"):
+    for column in ("device_name", "torch", "commit", "started_at", "finished_at", "status", "reason",
+                   "family", "exact", "backend"):
         assert column in row.index
     env = store.RunStore(tmp_path).environment()
     assert env["schema_version"] == store.SCHEMA_VERSION and env["device"] == "cpu"
