@@ -49,3 +49,13 @@ def skip_unless_cpu_runnable(v, dtype=torch.float32, head_dim=32, causal=False):
 
 def attention_variants():
     return [v for v in variants.all_variants() if v.attention_fn is not None]
+
+
+def assert_same_output_and_grads(out, want, inputs, tolerance, grad_tolerance=None):
+    """out == want, and so are their gradients with respect to `inputs` under one random output grad."""
+    torch.testing.assert_close(out.double(), want.double(), **tolerance)
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, inputs, grad_out)
+    expected = torch.autograd.grad(want, inputs, grad_out.to(want.dtype))
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g.double(), e.double(), **(grad_tolerance or tolerance))

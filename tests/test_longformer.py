@@ -9,7 +9,7 @@ from torch.utils._pytree import tree_leaves
 
 import variants
 from harness.registry import Unsupported
-from tests.conftest import TOLERANCE, qkv
+from tests.conftest import TOLERANCE, assert_same_output_and_grads, qkv
 from variants.common import softmax_attention
 from variants.longformer import longformer_mask, longformer_predicate
 from variants.sparse import flex_masked_attention
@@ -83,12 +83,7 @@ def test_banded_matches_dense_reference_forward_and_backward(causal, n, window, 
     q, k, v = qkv(n_q=n, dtype=torch.float64, requires_grad=True)
     out = variants.get("longformer-banded").attention(q, k, v, causal=causal, **params)
     want = softmax_attention(q, k, v, longformer_mask(n, n, causal=causal, **params))
-    torch.testing.assert_close(out, want, **TOLERANCE[torch.float64])
-    grad_out = torch.randn_like(out)
-    got = torch.autograd.grad(out, (q, k, v), grad_out)
-    expected = torch.autograd.grad(want, (q, k, v), grad_out)
-    for g, e in zip(got, expected, strict=True):
-        torch.testing.assert_close(g, e, **TOLERANCE[torch.float64])
+    assert_same_output_and_grads(out, want, (q, k, v), TOLERANCE[torch.float64])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -171,9 +166,4 @@ def test_cuda_paths_match_dense_reference(name, dtype, causal, shape):
     out = v.attention(q, k, val, causal=causal, **params)
     mask = longformer_mask(*shape, causal=causal, **params).cuda()
     want = softmax_attention(q.float(), k.float(), val.float(), mask)
-    torch.testing.assert_close(out.float(), want, **TOLERANCE[dtype])
-    grad_out = torch.randn_like(out)
-    got = torch.autograd.grad(out, (q, k, val), grad_out)
-    expected = torch.autograd.grad(want, (q, k, val), grad_out.float())
-    for g, e in zip(got, expected, strict=True):
-        torch.testing.assert_close(g.float(), e.float(), atol=5e-2, rtol=5e-2)
+    assert_same_output_and_grads(out, want, (q, k, val), TOLERANCE[dtype], dict(atol=5e-2, rtol=5e-2))

@@ -1,11 +1,9 @@
 """`recommend` on results whose answer is known (tests/test_report_fixtures.py): the ranking, the figures
 behind it, why each other variant is out, and which suite to run when the results cannot answer."""
 
-import sys
 
 import pytest
 
-from harness import cli
 from harness.report import recommend as rec
 from harness.report.data import Results
 from tests import test_report_fixtures as fx
@@ -100,14 +98,6 @@ def test_results_of_several_devices_are_refused(tmp_path):
         ask(both, causal=True)
 
 
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["attnbench", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     """Causal bf16 forward rows and the accuracy suite: enough for the command, quick to load."""
@@ -117,7 +107,7 @@ def cli_run(tmp_path_factory):
 
 
 def test_recommend_command(cli_run, monkeypatch, capsys):
-    code, out, _ = run_cli(monkeypatch, capsys, "recommend", cli_run, "--seq-len", N, "--causal",
+    code, out, _ = fx.run_cli(monkeypatch, capsys, "recommend", cli_run, "--seq-len", N, "--causal",
                            "--memory-gb", 10, "--latency-ms", 3, "--min-accuracy", 0.6, "--dtype", "bf16")
     assert code == 0
     assert "1. flash-sdpa" in out and "peak memory 17.6 GiB > 10 GiB; latency 8.19 ms > 3 ms" in out
@@ -133,6 +123,6 @@ def test_recommend_command(cli_run, monkeypatch, capsys):
 ])
 def test_recommend_command_unusable_input_is_one_line_and_exit_code_2(args, cli_run, monkeypatch, capsys):
     args = [cli_run if a == "RUN" else a for a in args]
-    code, out, err = run_cli(monkeypatch, capsys, "recommend", *args)
+    code, out, err = fx.run_cli(monkeypatch, capsys, "recommend", *args)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("attnbench: error: ")

@@ -6,14 +6,12 @@ not from the report's own tables.
 """
 
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib.axes import Axes
 
-from harness import cli
 from harness.report import analysis, charts, compare, data
 from harness.report.analysis import Findings
 from tests import test_report_fixtures as fx
@@ -325,17 +323,9 @@ def test_report_without_throughput_says_which_suite_to_run(tmp_path):
     assert "_No throughput results._" in report.markdown.read_text()
 
 
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["attnbench", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 def test_report_command_prints_the_path_of_report_html(tmp_path, monkeypatch, capsys):
     run = small_run(tmp_path / "run", forward_rows())
-    code, out, _ = run_cli(monkeypatch, capsys, "report", run)
+    code, out, _ = fx.run_cli(monkeypatch, capsys, "report", run)
     assert code == 0
     assert Path(out.strip().splitlines()[-1]) == run / "report" / "report.html"
     assert (run / "report" / "report.html").is_file() and (run / "report" / "summary.md").is_file()
@@ -348,5 +338,5 @@ def test_report_command_bad_input_is_one_line_and_exit_code_2(args, tmp_path, mo
     (tmp_path / "empty" / "records").mkdir(parents=True)
     run = small_run(tmp_path / "run", forward_rows(("vanilla",))[:1])
     args = [{"RUN": run, "EMPTY": tmp_path / "empty"}.get(a, a) for a in args]
-    code, _, err = run_cli(monkeypatch, capsys, *args)
+    code, _, err = fx.run_cli(monkeypatch, capsys, *args)
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("attnbench: error: ")

@@ -17,9 +17,13 @@ import functools
 import hashlib
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
+from harness import cli
 from harness.report import build
 from harness.report.data import GIB, Results
 from harness.store import RunStore
@@ -246,3 +250,12 @@ def full_rows():
 def built_report():
     """The report of the full run against the baseline (charts saved, HTML and Markdown written)."""
     return build([full_dir()], _scratch() / "report", baseline=baseline_dir())
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["attnbench", *map(str, args)])
+    """Run the attnbench command line in-process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err

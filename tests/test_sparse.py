@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import variants
-from tests.conftest import TOLERANCE, qkv
+from tests.conftest import TOLERANCE, assert_same_output_and_grads, qkv
 from variants.common import softmax_attention
 from variants.sparse import (
     bigbird_layout,
@@ -155,9 +155,4 @@ def test_cuda_flex_matches_dense_reference(name, dtype, causal, shape):
     out = v.attention(q, k, val, causal=causal, **params)
     mask = v.mask(*shape, causal=causal, **params).cuda()
     want = softmax_attention(q.float(), k.float(), val.float(), mask)
-    torch.testing.assert_close(out.float(), want, **TOLERANCE[dtype])
-    grad_out = torch.randn_like(out)
-    got = torch.autograd.grad(out, (q, k, val), grad_out)
-    expected = torch.autograd.grad(want, (q, k, val), grad_out.float())
-    for g, e in zip(got, expected, strict=True):
-        torch.testing.assert_close(g.float(), e.float(), atol=5e-2, rtol=5e-2)
+    assert_same_output_and_grads(out, want, (q, k, val), TOLERANCE[dtype], dict(atol=5e-2, rtol=5e-2))
