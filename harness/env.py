@@ -68,6 +68,14 @@ def nvidia_driver() -> str | None:
         return None
 
 
+# The environment columns every result row carries (the whole environment sits beside the run).
+ROW_FIELDS = ("device_name", "driver", "cuda", "torch", "commit")
+
+
+def row_fields(environment: dict) -> dict:
+    return {k: environment.get(k) for k in ROW_FIELDS}
+
+
 def describe(device: str = "cpu") -> dict:
     """A flat dict: goes beside every run and into every result row."""
     cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()

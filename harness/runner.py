@@ -169,7 +169,7 @@ def run(
     todo = [c for c in cases if c.case_id not in done]
     summary.skipped_as_done = len(cases) - len(todo)
     oom_at: dict[Any, int] = {}  # OOM group -> smallest size that ran out of memory
-    row_env = {k: environment[k] for k in ("device_name", "driver", "cuda", "torch", "commit")}
+    row_env = env.row_fields(environment)
     os.environ["ATTNBENCH_RUN_DIR"] = str(Path(out).resolve())  # suites cache per-run figures there
     worker = Worker(suite_module) if todo else None
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -415,12 +415,12 @@ def run_case(case: Case) -> dict[str, Any]:
 
 # --- pytest-benchmark JSON -> results store ---------------------------------------------------------
 
-ROW_ENVIRONMENT = ("device_name", "driver", "cuda", "torch", "commit")
-
-
 def rows_from_benchmark_json(path: str | Path) -> list[dict[str, Any]]:
     """Rows of the results store from a `pytest suites/bench_throughput.py --benchmark-json=PATH` file."""
-    report = json.loads(Path(path).read_text())
+    return _rows_from_benchmark_report(json.loads(Path(path).read_text()))
+
+
+def _rows_from_benchmark_report(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for bench in report["benchmarks"]:
         info = bench["extra_info"]
@@ -428,7 +428,7 @@ def rows_from_benchmark_json(path: str | Path) -> list[dict[str, Any]]:
         rows.append({
             "case_id": case.case_id, **case.flat(), "status": "ok", "reason": "",
             **metrics_from_benchmark(bench),
-            **{k: info["environment"].get(k) for k in ROW_ENVIRONMENT},
+            **env.row_fields(info["environment"]),
             "started_at": info["started_at"], "finished_at": info["finished_at"],
         })
     return rows
@@ -441,7 +441,7 @@ def import_benchmark_json(path: str | Path, out: str | Path) -> int:
         return 0
     run = store.RunStore(out)
     run.open(report["benchmarks"][0]["extra_info"]["environment"])
-    rows = rows_from_benchmark_json(path)
+    rows = _rows_from_benchmark_report(report)
     for row in rows:
         run.write(row)
     return len(rows)
