@@ -275,7 +275,7 @@ def layer_workload(case: Case) -> Workload:
 
 
 def build_workload(case: Case) -> Workload:
-    check_level(case)
+    """The case's call; measure_case has already checked its level (check_level)."""
     return kernel_workload(case) if case.level == "kernel" else layer_workload(case)
 
 
