@@ -14,7 +14,7 @@ from rich.table import Table
 
 import suites
 import variants
-from harness import runner
+from harness import env, runner
 from harness.cli_report import recommend, report
 from harness.errors import ArgumentError
 
@@ -26,10 +26,6 @@ SHORT_DTYPE = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp1
 
 def fail(message: str) -> None:
     raise ArgumentError(message)
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @app.command("list")
@@ -66,7 +62,7 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Run a suite; rows land in OUT as each case finishes. Re-running with the same OUT resumes."""
-    device = device or default_device()
+    device = device or env.default_device()
     if device not in ("cpu", "cuda"):
         fail(f"unknown device {device!r}; use cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():

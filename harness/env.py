@@ -16,6 +16,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 OPTIONAL_PACKAGES = ("xformers", "fla-core", "mamba-ssm", "causal-conv1d", "triton", "nvidia-ml-py")
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

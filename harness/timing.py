@@ -13,10 +13,11 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 
 from harness.registry import device_type
@@ -143,15 +144,6 @@ def time_rounds(benchmark, target: Callable[[], Any], setup: Callable[[], None],
     return benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=0, iterations=1)
 
 
-def quantile(data: Sequence[float], q: float) -> float:
-    """Linear interpolation between order statistics (numpy's default method)."""
-    ordered = sorted(data)
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def latency_summary(stats: dict[str, Any]) -> dict[str, Any]:
     """Median and 20/80 quantiles in ms from pytest-benchmark stats (seconds, with per-round `data`)."""
     if not stats.get("data"):
@@ -160,8 +152,8 @@ def latency_summary(stats: dict[str, Any]) -> dict[str, Any]:
     data = stats["data"]
     return {
         "latency_ms": stats["median"] * 1e3,
-        "latency_ms_p20": quantile(data, 0.2) * 1e3,
-        "latency_ms_p80": quantile(data, 0.8) * 1e3,
+        "latency_ms_p20": float(np.quantile(data, 0.2)) * 1e3,
+        "latency_ms_p80": float(np.quantile(data, 0.8)) * 1e3,
         "rounds": int(stats["rounds"]),
     }
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import variants
-from harness import timing
+from harness import env, timing
 from harness.registry import Unsupported
 from harness.runner import is_oom, one_line
 from suites import throughput
@@ -36,7 +36,7 @@ def _listed(name: str) -> list[str] | None:
 
 
 def selected_cases() -> list[throughput.Case]:
-    device = os.environ.get("ATTNBENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = os.environ.get("ATTNBENCH_DEVICE") or env.default_device()
     seq_lens = _listed("ATTNBENCH_SEQ_LENS")
     return throughput.plan(
         profile=os.environ.get("ATTNBENCH_PROFILE", "quick"), device=device,

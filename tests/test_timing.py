@@ -3,18 +3,10 @@
 import math
 import time
 
-import numpy as np
 import pytest
 import torch
 
 from harness import memory, timing
-
-
-@pytest.mark.parametrize("q", [0.0, 0.2, 0.5, 0.8, 1.0])
-@pytest.mark.parametrize("n", [1, 2, 3, 10, 101])
-def test_quantile_matches_numpy(q, n):
-    data = list(np.random.default_rng(n).normal(size=n))
-    assert timing.quantile(data, q) == pytest.approx(float(np.quantile(data, q)))
 
 
 def test_latency_summary_reads_pytest_benchmark_stats():
