@@ -12,9 +12,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-import suites
-import variants
-from harness import env, runner
+from harness import env, plugins, registry, runner
 from harness.cli_report import recommend, report
 from harness.errors import ArgumentError
 
@@ -30,17 +28,21 @@ def fail(message: str) -> None:
 
 @app.command("list")
 def list_variants() -> None:
-    """Print the registry: what each variant is, where it runs, and what is unavailable here."""
+    """Print the registry: what each variant is, where it comes from, where it runs, what is unavailable
+    here; then the plugins that failed to load."""
     table = Table(title="attnbench variants", show_lines=False)
-    for col in ("name", "family", "exact", "devices", "dtypes", "unavailable here"):
+    for col in ("name", "family", "exact", "package", "devices", "dtypes", "unavailable here"):
         table.add_column(col)
-    for v in variants.all_variants():
+    for v in registry.all_variants():
         devices = v.support.devices
         dtypes = "; ".join(f"{d}: " + " ".join(SHORT_DTYPE[t] for t in v.support.dtypes[d]) for d in devices)
         missing = [f"{d}: {r}" for d in devices if (r := v.support.unavailable_reason(d))]
         table.add_row(v.name + (" (baseline)" if v.baseline else ""), v.family, "yes" if v.exact else "no",
-                      ",".join(devices), dtypes, "; ".join(missing) or "-")
-    Console(width=max(console.width, 180)).print(table)
+                      str(v.source), ",".join(devices), dtypes, "; ".join(missing) or "-")
+    wide = Console(width=max(console.width, 180))
+    wide.print(table)
+    for problem in registry.problems():
+        wide.print(f"[red]broken plugin[/] {problem.line()}", highlight=False)
 
 
 def one_line_validation(e: ValidationError) -> str:
@@ -51,7 +53,7 @@ def one_line_validation(e: ValidationError) -> str:
 
 @app.command("run")
 def run(
-    suite: Annotated[str, typer.Option(help="Suite to run: " + ", ".join(sorted(suites.SUITES)))],
+    suite: Annotated[str, typer.Option(help="Suite to run: " + ", ".join(plugins.suite_names()))],
     device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
     profile: Annotated[str, typer.Option(help="quick, standard or full")] = "quick",
     out: Annotated[Path | None, typer.Option(help="Run directory")] = None,
@@ -70,12 +72,12 @@ def run(
     if profile not in ("quick", "standard", "full"):
         fail(f"unknown profile {profile!r}; use quick, standard or full")
     try:
-        module = suites.get(suite)
+        module = plugins.suite(suite)
     except ValueError as e:
         fail(str(e))
     for name in variant or []:
         try:
-            variants.get(name)
+            registry.get(name)
         except ValueError as e:
             fail(str(e))
     if any(n <= 0 for n in seq_len or []):
@@ -109,13 +111,18 @@ def run(
 def import_benchmark(
     json_file: Annotated[Path, typer.Argument(help="pytest-benchmark JSON of suites/bench_throughput.py")],
     out: Annotated[Path, typer.Option(help="Run directory to write the rows into")],
+    suite: Annotated[str, typer.Option(help="The suite whose benchmark wrote the file")] = "throughput",
 ) -> None:
     """Turn a pytest-benchmark JSON file into results-store rows."""
-    from suites.throughput import import_benchmark_json
-
+    try:
+        module = plugins.suite(suite)
+    except ValueError as e:
+        fail(str(e))
+    if not hasattr(module, "import_benchmark_json"):
+        fail(f"suite {suite!r} has no pytest-benchmark route (no import_benchmark_json)")
     if not json_file.is_file():
         fail(f"no such file: {json_file}")
-    console.print(f"{import_benchmark_json(json_file, out)} rows -> {out}")
+    console.print(f"{module.import_benchmark_json(json_file, out)} rows -> {out}")
 
 
 app.command("report")(report)

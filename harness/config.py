@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-import variants
+from harness import registry
 from harness.registry import as_dtype, dtype_name
 
 Device = Literal["cpu", "cuda"]
@@ -29,7 +29,7 @@ class Case(BaseModel):
     @field_validator("variant")
     @classmethod
     def _known_variant(cls, name: str) -> str:
-        variants.get(name)  # raises ValueError listing the valid names
+        registry.get(name)  # raises ValueError listing the valid names
         return name
 
     @field_validator("dtype")
@@ -52,8 +52,10 @@ class Case(BaseModel):
         return f"{self.variant} {self.dtype}"
 
     def flat(self) -> dict[str, Any]:
-        """The row's config columns, with the registry's facts about the variant (every suite, every
-        status). Nested dicts (params) stay dicts: the store writes them as sorted JSON."""
-        v = variants.get(self.variant)
+        """The row's config columns, with the registry's facts about the variant and the package it
+        comes from (every suite, every status). Nested dicts (params) stay dicts: the store writes them as
+        sorted JSON."""
+        v = registry.get(self.variant)
         return {**self.model_dump(mode="json"), "family": v.family, "exact": v.exact,
-                "backend": v.backend_for(self.device)}
+                "backend": v.backend_for(self.device), "variant_package": v.source.package,
+                "variant_version": v.source.version}

@@ -1,31 +1,29 @@
 """Exact FLOP counts of softmax attention, from the number of visible (query, key) pairs.
 
 Forward softmax attention costs 4 * batch * heads * head_dim FLOPs per visible pair (Q K^T and P V,
-2 FLOPs per multiply-add); backward counts 2.5x forward, so forward + backward is 3.5x. Only the
-softmax families get a count: linear attention, Performer and Mamba are reported as latency and
-tokens/s (no comparable FLOP convention exists for them).
+2 FLOPs per multiply-add); backward counts 2.5x forward, so forward + backward is 3.5x. A variant
+declares its FLOPs (`flops=softmax(its pair counter)` in the registry); only the softmax kinds do:
+linear attention, Performer and the state-space families are reported as latency and tokens/s (no
+comparable FLOP convention exists for them).
 
 Pairs follow harness.masks: query i sits at position p = i + (n_k - n_q) (bottom-right), queries at
 p < 0 see nothing. Counts never build the n_q x n_k mask: dense and window masks are counted per query
 row in closed form, block-sparse masks per (query block, key block) from the block layout, which is
-the variant's own mask evaluated in block units (block_size=1). Tests hold every counter to the sum of
-the dense mask.
+the variant's own block layout. Tests hold every counter to the sum of the dense mask.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from harness import masks
-
-SOFTMAX_FAMILIES = ("vanilla", "flash", "sparse", "longformer")
 BACKWARD_FACTOR = 2.5
 MODE_FACTOR = {"fwd": 1.0, "fwd_bwd": 1.0 + BACKWARD_FACTOR, "decode": 1.0}
 # A linear layer's backward is two matmuls of its forward's size (input and weight gradients).
 PROJECTION_MODE_FACTOR = {"fwd": 1.0, "fwd_bwd": 3.0, "decode": 1.0}
-DENSE_FALLBACK_LIMIT = 1 << 24  # pairs a mask of an unknown structure may materialize to be counted
 
 
 def query_positions(n_q: int, n_k: int) -> torch.Tensor:
@@ -76,30 +74,24 @@ def block_pairs(layout: torch.Tensor, block_size: int, n_q: int, n_k: int, causa
     return int(row.sum())
 
 
-def visible_pairs(variant, n_q: int, n_k: int, causal: bool, params: dict[str, Any] | None = None) -> int:
-    """Exact visible (query, key) pairs of `variant` (a registry Variant) under its own mask."""
-    params = {**variant.defaults, **(params or {})}
-    if variant.mask is None:
-        return dense_pairs(n_q, n_k, causal)
-    if variant.family == "longformer":
-        return window_pairs(n_q, n_k, causal, params["window"], params["global_tokens"])
-    if variant.family == "sparse" and "block_size" in params:
-        block_size = params["block_size"]
-        n_blocks = max(-(-n_k // block_size), 1)
-        layout = variant.mask(n_blocks, n_blocks, causal, **{**params, "block_size": 1})
-        return block_pairs(layout, block_size, n_q, n_k, causal)
-    if n_q * n_k <= DENSE_FALLBACK_LIMIT:
-        return masks.visible_pairs(variant.mask(n_q, n_k, causal, **params))
-    raise ValueError(f"no exact pair count for {variant.name} at {n_q} x {n_k} without materializing it")
+PairCounter = Callable[..., int]  # (n_q, n_k, causal, **params) -> visible pairs
 
 
-def attention_flops(variant, mode: str, batch: int, n_heads: int, head_dim: int, n_q: int, n_k: int,
-                    causal: bool, params: dict[str, Any] | None = None) -> int | None:
-    """FLOPs of one call of a softmax-family attention (None for the other families)."""
-    if variant.family not in SOFTMAX_FAMILIES:
-        return None
-    pairs = visible_pairs(variant, n_q, n_k, causal, params)
-    return round(4 * batch * n_heads * head_dim * pairs * MODE_FACTOR[mode])
+@dataclass(frozen=True)
+class SoftmaxFlops:
+    """The FLOPs of softmax attention under a pattern whose visible pairs `pairs` counts exactly."""
+
+    pairs: PairCounter
+
+    def __call__(self, mode: str, batch: int, n_heads: int, head_dim: int, n_q: int, n_k: int, causal: bool,
+                 **params: Any) -> int:
+        return round(4 * batch * n_heads * head_dim * self.pairs(n_q, n_k, causal, **params)
+                     * MODE_FACTOR[mode])
+
+
+def softmax(pairs: PairCounter | None = None) -> SoftmaxFlops:
+    """A variant's `flops` field: softmax attention over the pairs `pairs` counts (default: dense)."""
+    return SoftmaxFlops(pairs or (lambda n_q, n_k, causal, **_: dense_pairs(n_q, n_k, causal)))
 
 
 def projection_flops(mode: str, tokens: int, d_model: int) -> int:

@@ -1,7 +1,10 @@
 """The variant registry: every attention implementation is one decorated function or class.
 
-A variant declares what it supports (device, dtype, head_dim, causal, cross-attention, packages it
-needs); the runner asks `supports()` before running it and records "unsupported" instead of crashing.
+A variant declares everything the suites need: its family (an open name), whether it is exact softmax
+attention, what it supports (device, dtype, head_dim, causal, cross-attention, packages it needs; the
+runner asks `supports()` first and records "unsupported" instead of crashing), its FLOPs, its naive
+reference and its mixer. Variants arrive through the `attnbench.variants` entry points
+(harness.plugins), which `names()`, `get()` and `all_variants()` load on first use.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import torch
 
-FAMILIES = ("vanilla", "flash", "sparse", "longformer", "linear", "performer", "mamba")
+from harness import attention, plugins
 
 _DTYPE_NAMES = {
     "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
@@ -88,11 +91,16 @@ class Support:
 
 @dataclass
 class Variant:
-    """One registered implementation. `attention` is None for mixer-only families (mamba)."""
+    """One registered implementation.
+
+    Attention variants have `attention_fn(q, k, v, causal=False, **params)`; mixer-only families (mamba
+    and the state-space / recurrent families) have a `mixer_factory` and expose their core operation as
+    `kernel(**inputs)`, with `kernel_inputs` to draw inputs and `kernel_reference` to check it.
+    """
 
     name: str
-    family: str
-    exact: bool
+    family: str  # an open name: the families a report groups by
+    exact: bool  # computes softmax attention exactly (under its mask, if it has one)
     support: Support
     mixer_factory: Callable[..., torch.nn.Module] | None = None
     attention_fn: Callable[..., torch.Tensor] | None = None
@@ -101,12 +109,50 @@ class Variant:
     trainable: bool = True
     description: str = ""
     mask_fn: Callable[..., torch.Tensor] | None = None  # mask-based families: (n_q, n_k, causal, **params)
-    scan: Callable[..., torch.Tensor] | None = None  # mamba: selective_scan_fn semantics
+    # The naive twin of attention_fn (same signature), run in float64 by the exactness checks.
+    # None for exact variants: their reference is softmax attention under their mask.
+    reference: Callable[..., torch.Tensor] | None = None
+    # Mixer-only families: the core operation, its naive twin (same signature), and
+    # kernel_inputs(batch, heads, seq_len, head_dim, generator) -> dict of float64 input tensors.
+    kernel: Callable[..., torch.Tensor] | None = None
+    kernel_reference: Callable[..., torch.Tensor] | None = None
+    kernel_inputs: Callable[..., dict[str, torch.Tensor]] | None = None
+    # FLOPs of one attention call: flops(mode, batch, n_heads, head_dim, n_q, n_k, causal, **params).
+    # Declared by softmax-kind variants (harness.flops.softmax); None: reported as latency and tokens/s only.
+    flops: Callable[..., int] | None = None
+    # Parameters at toy sizes (a smoke run's short sequences), so that a pattern still differs from full
+    # attention there (a window or block smaller than the sequence).
+    small_params: dict[str, Any] = field(default_factory=dict)
     backend: Callable[[str], str] | None = None  # device type -> name of the code path that runs there
     # Decoding one token at a time. Default for attention variants: a preallocated KV cache.
     # Recurrent families (linear, performer) register their constant-size state instead.
     prefill_fn: Callable[..., Any] | None = None  # (k, v, capacity, **params) -> state
     decode_fn: Callable[..., Any] | None = None  # (q_t, k_t, v_t, state, **params) -> (o_t, state)
+    module: str = ""  # the Python module that registered it (its plugin: `source`)
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise TypeError(f"a variant needs a name, got {self.name!r}")
+        if not self.family or not isinstance(self.family, str):
+            raise TypeError(f"variant {self.name!r} needs a family name, got {self.family!r}")
+        if not isinstance(self.exact, bool):
+            raise TypeError(f"variant {self.name!r}: exact must be True or False, got {self.exact!r}")
+        if not isinstance(self.support, Support):
+            raise TypeError(f"variant {self.name!r}: support must be a harness.registry.Support")
+        if self.attention_fn is None and self.mixer_factory is None:
+            raise TypeError(f"variant {self.name!r} has neither an attention function nor a mixer")
+        if (self.kernel is None) != (self.kernel_inputs is None):
+            raise TypeError(f"variant {self.name!r}: kernel and kernel_inputs come together")
+
+    @property
+    def source(self) -> plugins.Source:
+        """The package (and version) that registered this variant."""
+        return plugins.source_of_module(self.module)
+
+    @property
+    def full_softmax(self) -> bool:
+        """Computes full (or causal) softmax attention exactly: the function the others approximate."""
+        return self.exact and self.mask_fn is None and self.attention_fn is not None
 
     def supports(
         self,
@@ -142,22 +188,39 @@ class Variant:
             raise Unsupported(f"{self.name} needs Nq == Nk (got {q.shape[-2]} and {k.shape[-2]})")
         return self.attention_fn(q, k, v, causal=causal, **{**self.defaults, **params})
 
+    def attention_reference(self, q, k, v, causal: bool = False, **params) -> torch.Tensor:
+        """The naive twin of attention(): declared, else softmax attention under the variant's mask."""
+        if self.attention_fn is None:
+            raise Unsupported(f"{self.name} has no attention(q, k, v); its reference is kernel_reference")
+        if self.reference is not None:
+            return self.reference(q, k, v, causal=causal, **{**self.defaults, **params})
+        n_q, n_k = q.shape[-2], k.shape[-2]
+        if self.mask is not None:
+            mask = self.mask(n_q, n_k, causal=causal, **params).to(q.device)
+        else:
+            mask = attention.causal_mask(n_q, n_k, q.device) if causal else None
+        return attention.softmax_attention(q, k, v, mask)
+
+    def attention_flops(self, mode: str, batch: int, n_heads: int, head_dim: int, n_q: int, n_k: int,
+                        causal: bool, params: dict[str, Any] | None = None) -> int | None:
+        """FLOPs of one attention call, defaults overridden by params (None: this variant is not counted)."""
+        if self.flops is None:
+            return None
+        params = {**self.defaults, **(params or {})}
+        return self.flops(mode, batch, n_heads, head_dim, n_q, n_k, causal, **params)
+
     def prefill(self, k: torch.Tensor, v: torch.Tensor, capacity: int | None = None, **params):
         """The decoding state after a context of k, v (batch, heads, n, head_dim); room for `capacity`."""
-        from variants.common import kv_prefill
-
-        fn = self.prefill_fn or kv_prefill
+        fn = self.prefill_fn or attention.kv_prefill
         return fn(k, v, capacity=capacity, **{**self.defaults, **params})
 
     def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state, **params):
         """One new token (batch, heads, 1, head_dim) against the state: returns (output, new state)."""
-        from variants.common import kv_decode
-
         if self.attention_fn is None:
             raise Unsupported(f"{self.name} decodes through its mixer's step(), not at the kernel level")
         if self.decode_fn is not None:
             return self.decode_fn(q, k, v, state, **{**self.defaults, **params})
-        return kv_decode(self, q, k, v, state, **params)
+        return attention.kv_decode(self, q, k, v, state, **params)
 
     @property
     def mask(self) -> Callable[..., torch.Tensor] | None:
@@ -176,31 +239,44 @@ class Variant:
 
 
 _REGISTRY: dict[str, Variant] = {}
+_CONFLICTS: dict[str, list[Variant]] = {}  # a name declared by several packages: usable by none
+_PROBLEMS: list[plugins.Problem] = []
+_LOADED = False
 
 
 def _add(variant: Variant) -> Variant:
-    if variant.family not in FAMILIES:
-        raise ValueError(f"unknown family {variant.family!r}; families are {FAMILIES}")
-    if variant.name in _REGISTRY:
-        raise ValueError(f"variant {variant.name!r} registered twice")
-    _REGISTRY[variant.name] = variant
+    if variant.name in _CONFLICTS:
+        _CONFLICTS[variant.name].append(variant)
+    elif variant.name in _REGISTRY:
+        first = _REGISTRY.pop(variant.name)
+        if first.source == variant.source and first.module == variant.module:
+            raise ValueError(f"variant {variant.name!r} registered twice by {variant.module}")
+        _CONFLICTS[variant.name] = [first, variant]
+    else:
+        _REGISTRY[variant.name] = variant
     return variant
+
+
+def _load() -> None:
+    """Load the variant plugins once per process (entry points; harness.plugins)."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        _PROBLEMS.extend(plugins.load_variant_plugins())
 
 
 def attention_variant(name: str, *, family: str, exact: bool, support: Support | None = None, **fields):
     """Register an attention function `fn(q, k, v, causal=False, **params) -> o`.
 
-    Its mixer is the standard projection block around it (see variants.common.AttentionMixer).
+    Its mixer is the standard projection block around it (harness.attention.AttentionMixer).
     """
 
     def register(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        from variants.common import AttentionMixer  # late: variants import this module
-
         variant = Variant(
             name=name, family=family, exact=exact, support=support or Support(),
-            attention_fn=fn, **fields,
+            attention_fn=fn, module=fn.__module__, **fields,
         )
-        variant.mixer_factory = functools.partial(AttentionMixer, variant=variant)
+        variant.mixer_factory = functools.partial(attention.AttentionMixer, variant=variant)
         _add(variant)
         return fn
 
@@ -212,22 +288,39 @@ def mixer_variant(name: str, *, family: str, exact: bool, support: Support | Non
 
     def register(cls: type[torch.nn.Module]) -> type[torch.nn.Module]:
         _add(Variant(name=name, family=family, exact=exact, support=support or Support(),
-                     mixer_factory=cls, **fields))
+                     mixer_factory=cls, module=cls.__module__, **fields))
         return cls
 
     return register
 
 
 def names() -> list[str]:
+    _load()
     return sorted(_REGISTRY)
 
 
 def get(name: str) -> Variant:
-    try:
+    _load()
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown variant {name!r}; valid names: {', '.join(names())}") from None
+    if name in _CONFLICTS:
+        owners = " and ".join(str(v.source) for v in _CONFLICTS[name])
+        raise ValueError(f"variant {name!r} is declared by both {owners}; uninstall one of them")
+    broken = "; ".join(p.line() for p in _PROBLEMS)
+    hint = f" (plugins that failed to load: {broken})" if broken else ""
+    raise ValueError(f"unknown variant {name!r}; valid names: {', '.join(names())}{hint}")
 
 
 def all_variants() -> list[Variant]:
     return [_REGISTRY[n] for n in names()]
+
+
+def problems() -> list[plugins.Problem]:
+    """Plugins that failed to load and names declared twice: `attnbench list` shows them."""
+    _load()
+    conflicts = [plugins.Problem(declared[-1].source, declared[-1].module,
+                                 "name declared by several packages "
+                                 f"({', '.join(str(v.source) for v in declared)}): usable by none",
+                                 variant=name)
+                 for name, declared in _CONFLICTS.items()]
+    return [*_PROBLEMS, *conflicts]

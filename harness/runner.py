@@ -25,8 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-import variants
-from harness import env
+from harness import env, registry
 from harness.config import Case
 from harness.registry import Unsupported
 from harness.store import RunStore
@@ -57,7 +56,7 @@ def is_oom(exc: BaseException) -> bool:
 
 def execute(suite_module: str, case: Case) -> tuple[str, str, dict[str, Any]]:
     """Run one case in this process and classify the outcome as (status, reason, metrics)."""
-    v = variants.get(case.variant)
+    v = registry.get(case.variant)
     head_dim = getattr(case, "head_dim", 64)
     causal = getattr(case, "causal", True)
     ok, reason = v.supports(case.device, case.dtype, head_dim, causal)

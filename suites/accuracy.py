@@ -27,7 +27,8 @@ import pandas as pd
 import torch
 from pydantic import Field, model_validator
 
-import variants
+from harness import registry
+from harness.attention import causal_mask, softmax_attention
 from harness.config import Case
 from harness.registry import as_dtype, dtype_name
 from harness.runner import check_finite
@@ -38,7 +39,6 @@ from suites.tasks.listops import ListOps
 from suites.tasks.mqar import MQAR
 from suites.tasks.passkey import Passkey
 from suites.tasks.selective_copy import SelectiveCopy
-from variants.common import causal_mask, softmax_attention
 
 TIMEOUT_S = 900.0
 TASKS = ("mqar", "selective_copy", "induction", "passkey", "listops")
@@ -46,9 +46,7 @@ INPUT_KINDS = ("random", "peaked", "long", "near_duplicate")
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 PEAK_SCALE = 4.0  # "peaked": q and k times 4, so logits have a standard deviation of about 16
 DUPLICATE_KEYS, DUPLICATE_NOISE = 4, 1e-3  # "near_duplicate": keys are 4 vectors plus 1e-3 noise
-SCAN_STATE = 16  # mamba exactness: d_state of the scan
 EVAL_TOKENS = {"cpu": 8192, "cuda": 32768}  # tokens per evaluation batch
-SOFTMAX_FAMILIES = ("vanilla", "flash")
 
 
 # --- cases ----------------------------------------------------------------------------------------
@@ -108,7 +106,7 @@ class TaskCase(AccuracyCase):
     def _derived_model_fields(cls, data: Any) -> Any:
         if isinstance(data, dict) and "variant" in data and "d_model" in data:
             data = dict(data)
-            variants.get(data["variant"])  # a clear error for an unknown name
+            registry.get(data["variant"])  # a clear error for an unknown name
             if data.get("rope") is None:
                 data["rope"] = lm.uses_rope(data["variant"])
             if data.get("mlp_width") is None:
@@ -171,17 +169,6 @@ def make_task(name: str, seq_len: int, kv_pairs: int | None, depth: float | None
 
 # --- profiles -------------------------------------------------------------------------------------
 
-# Small windows and blocks in the quick profile, so that masked patterns differ from full attention at
-# its short lengths. Standard and full use each variant's defaults.
-QUICK_VARIANT_PARAMS = {
-    "longformer": {"window": 8, "global_tokens": 2},
-    "longformer-banded": {"window": 8, "global_tokens": 2},
-    "longformer-xformers": {"window": 8},
-    "sparse-bigbird": {"block_size": 8},
-    "sparse-strided": {"block_size": 8, "stride": 2},
-    "performer": {"nb_features": 32},
-    "linear": {"chunk_size": 8},  # chunks no longer than the shortest quick sequence (no padding waste)
-}
 # Learned tasks in the standard profile: the variants of the published findings. Flash computes vanilla's
 # function; longformer-banded computes longformer's without FlexAttention's compilation, which the
 # 20 minutes cannot afford for every training shape; the sparse family trains in quick and full.
@@ -189,12 +176,13 @@ STANDARD_LEARNED = ("vanilla", "longformer-banded", "linear", "performer", "mamb
 
 
 def variant_params(profile: str, name: str) -> dict:
-    return dict(QUICK_VARIANT_PARAMS.get(name, {})) if profile == "quick" else {}
+    """The quick profile runs each variant at its small_params (patterns still sparse at short N)."""
+    return dict(registry.get(name).small_params) if profile == "quick" else {}
 
 
 def learned_dtype(name: str, device: str) -> str:
     """bf16 autocast on CUDA where the variant takes bf16 there, else float32; float32 on CPU."""
-    if device == "cuda" and torch.bfloat16 in variants.get(name).support.dtypes.get("cuda", ()):
+    if device == "cuda" and torch.bfloat16 in registry.get(name).support.dtypes.get("cuda", ()):
         return "bfloat16"
     return "float32"
 
@@ -312,7 +300,7 @@ EXACTNESS = {
 def exactness_cases(profile: str, device: str, names: list[str]) -> list[ExactnessCase]:
     grid, cases = EXACTNESS[profile], []
     for name in names:
-        v, params = variants.get(name), variant_params(profile, name)
+        v, params = registry.get(name), variant_params(profile, name)
         kinds = INPUT_KINDS if v.attention_fn is not None else ("random", "long")  # a scan has no keys
         for kind, n in grid.points:
             if kind not in kinds:
@@ -343,15 +331,15 @@ def check_profile(profile: str) -> None:
 
 def selected_variants(names: list[str] | None) -> list[str]:
     for name in names or []:
-        variants.get(name)
-    return list(names) if names else variants.names()
+        registry.get(name)
+    return list(names) if names else registry.names()
 
 
 def learned_variants(profile: str, names: list[str] | None) -> list[str]:
     """Who trains: every variant asked for; in the standard profile by default one per family."""
     if names:
         return selected_variants(names)
-    return list(STANDARD_LEARNED) if profile == "standard" else variants.names()
+    return list(STANDARD_LEARNED) if profile == "standard" else registry.names()
 
 
 def filtered(cases: list, seq_lens: list[int] | None, dtypes: list[str] | None) -> list:
@@ -405,7 +393,7 @@ def attention_exactness(case: ExactnessCase, v) -> dict:
     n = case.seq_len
     full = softmax_attention(q, k, val, causal_mask(n, n, q.device) if case.causal else None)
     row = {"reference": "softmax", "full_attention_err": None, "impl_err": None,
-           "nb_features": params.get("nb_features") if v.family == "performer" else None}
+           "nb_features": params.get("nb_features")}
     reference = full
     if v.mask is not None:
         reference = softmax_attention(q, k, val, v.mask(n, n, causal=case.causal, **params).to(q.device))
@@ -413,40 +401,29 @@ def attention_exactness(case: ExactnessCase, v) -> dict:
     dt = case.torch_dtype
     out = v.attention(q.to(dt), k.to(dt), val.to(dt), causal=case.causal, **case.params)
     check_finite(case.variant, out)
-    if not v.exact:  # an approximation: also its own float64 result, to separate rounding from method
-        on_device = v.supports(case.device, torch.float64, case.head_dim, case.causal)[0]
-        where = case.device if on_device else "cpu"
-        own = v.attention(*(t.to(where) for t in (q, k, val)), causal=case.causal, **case.params)
-        row["impl_err"] = relative_error(out.double().to(where), own)
+    if not v.exact:  # an approximation: also against its own float64 naive twin (rounding and the fast path)
+        own = v.attention_reference(q, k, val, causal=case.causal, **case.params)
+        row["impl_err"] = relative_error(out.double(), own)
     return row | error_columns(out, reference)
 
 
-def scan_exactness(case: ExactnessCase, v) -> dict:
-    """Mamba: its selective scan in this dtype against the float64 step-by-step recurrence."""
-    from variants.mamba import selective_scan_reference
-
+def kernel_exactness(case: ExactnessCase, v) -> dict:
+    """A mixer-only family: its kernel in this dtype against its float64 naive twin on the same inputs."""
     g = torch.Generator().manual_seed(case.seed)
-    dim, length, batch = case.n_heads * case.head_dim, case.seq_len, case.batch
-    randn = functools.partial(torch.randn, generator=g, dtype=torch.float64)
-    u, delta, z = randn(batch, dim, length), randn(batch, dim, length) * 0.5 - 1.0, randn(batch, dim, length)
-    A = -torch.exp(randn(dim, SCAN_STATE))
-    B, C = randn(batch, SCAN_STATE, length), randn(batch, SCAN_STATE, length)
-    D, delta_bias = randn(dim), randn(dim) * 0.1
-    inputs = [t.to(case.device) for t in (u, delta, A, B, C, D, z, delta_bias)]
-    reference = selective_scan_reference(*inputs[:6], z=inputs[6], delta_bias=inputs[7], delta_softplus=True)
-    dt = case.torch_dtype
-    acc = torch.promote_types(dt, torch.float32)  # A, D and the bias stay in float32, as in the module
-    u, delta, A, B, C, D, z, delta_bias = (t.to(acc if i in (2, 5, 7) else dt) for i, t in enumerate(inputs))
-    out = v.scan(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True)
+    inputs = v.kernel_inputs(case.batch, case.n_heads, case.seq_len, case.head_dim, g, dtype=case.torch_dtype)
+    inputs = {k: t.to(case.device) if torch.is_tensor(t) else t for k, t in inputs.items()}
+    as64 = {k: t.double() if torch.is_tensor(t) else t for k, t in inputs.items()}
+    reference = v.kernel_reference(**as64)
+    out = v.kernel(**inputs)
     check_finite(case.variant, out)
-    return {"reference": "scan_reference", "full_attention_err": None, "impl_err": None, "nb_features": None,
-            **error_columns(out, reference)}
+    return {"reference": "kernel_reference", "full_attention_err": None, "impl_err": None,
+            "nb_features": None, **error_columns(out, reference)}
 
 
 def run_exactness(case: ExactnessCase) -> dict:
-    v = variants.get(case.variant)
+    v = registry.get(case.variant)
     with torch.no_grad():
-        metrics = attention_exactness(case, v) if v.attention_fn is not None else scan_exactness(case, v)
+        metrics = attention_exactness(case, v) if v.attention_fn is not None else kernel_exactness(case, v)
     return metrics
 
 
@@ -515,7 +492,7 @@ def eval_batch_size(case: TaskCase) -> int:
 
 def task_columns(case: TaskCase) -> dict:
     """Task facts the report and the claims need beside the accuracy."""
-    task, v = case.eval_task(), variants.get(case.variant)
+    task, v = case.eval_task(), registry.get(case.variant)
     effective = {**v.defaults, **case.params}
     row = {"vocab_size": task.vocab_size, "window": effective.get("window"),
            "global_tokens": effective.get("global_tokens"),
@@ -579,7 +556,7 @@ def data_seconds(case: TaskCase) -> float:
 
 def flex_compilations(case, device: str) -> list[tuple]:
     """The FlexAttention compile keys a case can trigger: (variant, dtype, phase, causal) with a shape."""
-    if device != "cuda" or not variants.get(case.variant).backend_for(device).startswith("flex"):
+    if device != "cuda" or not registry.get(case.variant).backend_for(device).startswith("flex"):
         return []
     if isinstance(case, ExactnessCase):
         return [((case.variant, case.dtype, "fwd", case.causal), case.seq_len)]
@@ -593,7 +570,7 @@ def estimated_seconds(cases: list, device: str) -> float:
     total, trained, shapes, data = WORKER_START_S, set(), {}, set()
     for case in cases:
         total += CASE_OVERHEAD_S[device]
-        if case.torch_dtype not in variants.get(case.variant).support.dtypes.get(device, ()):
+        if case.torch_dtype not in registry.get(case.variant).support.dtypes.get(device, ()):
             continue  # recorded unsupported without running
         if isinstance(case, ExactnessCase):
             total += EXACTNESS_S[device]
@@ -657,9 +634,14 @@ def _mean(frame: pd.DataFrame, by) -> dict:
             for k, v in frame.groupby(by).accuracy.mean().items()}
 
 
+def softmax_families() -> set[str]:
+    """Families of full softmax attention (vanilla, flash): the function the others approximate."""
+    return {v.family for v in registry.all_variants() if v.full_softmax}
+
+
 def claim_softmax_solves_mqar(best: pd.DataFrame) -> Claim:
     text = "softmax attention solves MQAR at every width"
-    rows = best[(best.task == "mqar") & best.family.isin(SOFTMAX_FAMILIES)]
+    rows = best[(best.task == "mqar") & best.family.isin(softmax_families())]
     if rows.empty:
         return Claim(text, None, summary="no softmax MQAR rows")
     per_config = rows.groupby(["d_model", "train_len", "kv_pairs"]).accuracy.max()
@@ -673,8 +655,8 @@ def claim_softmax_solves_mqar(best: pd.DataFrame) -> Claim:
 def claim_linear_performer_fall_behind(best: pd.DataFrame) -> Claim:
     text = "linear attention and performer fall behind softmax on MQAR as kv_pairs grows"
     mqar = best[best.task == "mqar"]
-    softmax = mqar[mqar.family.isin(SOFTMAX_FAMILIES)].groupby("kv_pairs").accuracy.mean()
-    figures, verdicts = {"softmax": _mean(mqar[mqar.family.isin(SOFTMAX_FAMILIES)], "kv_pairs")}, []
+    softmax = mqar[mqar.family.isin(softmax_families())].groupby("kv_pairs").accuracy.mean()
+    figures, verdicts = {"softmax": _mean(mqar[mqar.family.isin(softmax_families())], "kv_pairs")}, []
     for family in ("linear", "performer"):
         rows = mqar[mqar.family == family]
         acc = rows.groupby("kv_pairs").accuracy.mean()
@@ -736,7 +718,7 @@ def claim_window_fails_outside(best: pd.DataFrame) -> Claim:
 def claim_mamba_extrapolates(best: pd.DataFrame) -> Claim:
     text = "mamba extrapolates induction heads beyond its training length; softmax attention does not"
     rows = best[best.task == "induction"]
-    mamba, softmax = rows[rows.family == "mamba"], rows[rows.family.isin(SOFTMAX_FAMILIES)]
+    mamba, softmax = rows[rows.family == "mamba"], rows[rows.family.isin(softmax_families())]
     if mamba.empty or softmax.empty or not (rows.seq_len >= 4 * rows.train_len).any():
         return Claim(text, None,
                      summary="needs induction rows of mamba and softmax at >= 4x the training length")

@@ -23,8 +23,7 @@ import os
 import pytest
 import torch
 
-import variants
-from harness import env, timing
+from harness import env, registry, timing
 from harness.registry import Unsupported
 from harness.runner import is_oom, one_line
 from suites import throughput
@@ -54,7 +53,7 @@ def _param(case: throughput.Case):
 
 @pytest.mark.parametrize("case", [_param(c) for c in selected_cases()])
 def test_throughput(benchmark, case: throughput.Case) -> None:
-    ok, reason = variants.get(case.variant).supports(case.device, case.dtype, case.head_dim, case.causal)
+    ok, reason = registry.get(case.variant).supports(case.device, case.dtype, case.head_dim, case.causal)
     if not ok:
         pytest.skip(f"unsupported: {reason}")
     try:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import variants
+from harness import registry
 from suites.tasks import IGNORE, Batch
 
 MLP_RATIO = 4  # MLP width of the attention model: MLP_RATIO * d_model
@@ -36,7 +36,7 @@ CURVE_POINTS = 64  # loss curve resolution: about this many points over max_step
 
 def uses_rope(variant_name: str) -> bool:
     """Attention mixers take position from rotary embeddings; mamba's recurrence is ordered already."""
-    return variants.get(variant_name).attention_fn is not None
+    return registry.get(variant_name).attention_fn is not None
 
 
 def mixer_kwargs(variant_name: str, params: dict, rope: bool | None = None) -> dict:
@@ -52,7 +52,7 @@ def count_parameters(module: nn.Module) -> int:
 def mixer_parameters(variant_name: str, d_model: int, n_heads: int, params: dict) -> int:
     """Parameters of one mixer, counted on the meta device (nothing is allocated)."""
     with torch.device("meta"):
-        mixer = variants.get(variant_name).mixer(d_model, n_heads, causal=True,
+        mixer = registry.get(variant_name).mixer(d_model, n_heads, causal=True,
                                                  **mixer_kwargs(variant_name, params))
     return count_parameters(mixer)
 
@@ -89,7 +89,7 @@ class LanguageModel(nn.Module):
     def __init__(self, variant: str, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
                  mlp_width: int, params: dict | None = None, rope: bool | None = None):
         super().__init__()
-        v, kwargs = variants.get(variant), mixer_kwargs(variant, params or {}, rope)
+        v, kwargs = registry.get(variant), mixer_kwargs(variant, params or {}, rope)
         self.embedding = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)
         mixers = (v.mixer(d_model, n_heads, causal=True, **kwargs) for _ in range(n_layers))

@@ -29,8 +29,7 @@ from typing import Any, Literal
 import torch
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
-import variants as registry  # plan()'s `variants` argument would shadow the package name
-from harness import env, flops, memory, store, telemetry, timing
+from harness import env, flops, memory, registry, store, telemetry, timing
 from harness.config import Case as BaseCase
 from harness.registry import Unsupported, as_dtype, dtype_name
 from harness.runner import check_finite
@@ -228,7 +227,7 @@ def kernel_workload(case: Case) -> Workload:
         return t.requires_grad_(grad)
 
     def count(n_q: int, n_k: int) -> int | None:
-        return flops.attention_flops(v, case.mode, b, h, d, n_q, n_k, case.causal, case.params)
+        return v.attention_flops(case.mode, b, h, d, n_q, n_k, case.causal, case.params)
 
     if case.mode == "decode":
         with torch.no_grad():
@@ -255,7 +254,7 @@ def layer_workload(case: Case) -> Workload:
     x = torch.randn(b, n, d_model, device=case.device, dtype=case.torch_dtype)
 
     def count(n_q: int, n_k: int, tokens: int) -> int | None:
-        attention = flops.attention_flops(v, case.mode, b, case.n_heads, case.head_dim, n_q, n_k, case.causal,
+        attention = v.attention_flops(case.mode, b, case.n_heads, case.head_dim, n_q, n_k, case.causal,
                                           case.params)
         return None if attention is None else attention + flops.projection_flops(case.mode, tokens, d_model)
 

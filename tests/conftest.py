@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-import variants
+from harness import registry
 
 CUDA = torch.cuda.is_available()
 
@@ -48,7 +48,7 @@ def skip_unless_cpu_runnable(v, dtype=torch.float32, head_dim=32, causal=False):
 
 
 def attention_variants():
-    return [v for v in variants.all_variants() if v.attention_fn is not None]
+    return [v for v in registry.all_variants() if v.attention_fn is not None]
 
 
 def assert_same_output_and_grads(out, want, inputs, tolerance, grad_tolerance=None):

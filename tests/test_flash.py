@@ -6,11 +6,10 @@ import pytest
 import torch
 from torch.profiler import profile
 
-import variants
-from harness import masks
+from harness import masks, registry
+from harness.attention import softmax_attention
 from harness.registry import ALL_FLOAT, Unsupported
 from tests.conftest import TOLERANCE, assert_same_output_and_grads, qkv
-from variants.common import softmax_attention
 
 FLASH = ["flash-sdpa", "flash-cudnn", "flash-efficient", "flash-xformers"]
 SHAPES = [(64, 64), (23, 64), (64, 23), (1, 40)]
@@ -27,7 +26,7 @@ def reference(q, k, v, causal):
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_cpu_flash_matches_float64_reference(dtype, causal, shape):
     q, k, v = qkv(n_q=shape[0], n_k=shape[1], d=40, dtype=dtype)
-    out = variants.get("flash-sdpa").attention(q, k, v, causal=causal)
+    out = registry.get("flash-sdpa").attention(q, k, v, causal=causal)
     assert out.dtype == dtype
     torch.testing.assert_close(out.double(), reference(q, k, v, causal), **TOLERANCE[dtype])
 
@@ -37,7 +36,7 @@ def test_cpu_flash_matches_float64_reference(dtype, causal, shape):
 def test_cpu_flash_gradients_match_float64_reference(causal, shape):
     q, k, v = qkv(n_q=shape[0], n_k=shape[1], requires_grad=True)
     grad_out = torch.randn(q.shape[:-1] + (v.shape[-1],))
-    variants.get("flash-sdpa").attention(q, k, v, causal=causal).backward(grad_out)
+    registry.get("flash-sdpa").attention(q, k, v, causal=causal).backward(grad_out)
     got = [t.grad for t in (q, k, v)]
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
     reference(q64, k64, v64, causal).backward(grad_out.double())
@@ -48,9 +47,9 @@ def test_cpu_flash_gradients_match_float64_reference(causal, shape):
 
 def test_queries_before_the_first_key_output_zero_and_the_rest_is_square_causal():
     q, k, v = qkv(n_q=50, n_k=20)
-    out = variants.get("flash-sdpa").attention(q, k, v, causal=True)
+    out = registry.get("flash-sdpa").attention(q, k, v, causal=True)
     assert out[..., :30, :].abs().max() == 0
-    square = variants.get("flash-sdpa").attention(q[..., 30:, :], k, v, causal=True)
+    square = registry.get("flash-sdpa").attention(q[..., 30:, :], k, v, causal=True)
     torch.testing.assert_close(out[..., 30:, :], square)
 
 
@@ -58,7 +57,7 @@ def test_queries_before_the_first_key_output_zero_and_the_rest_is_square_causal(
 def test_cpu_flash_runs_the_fused_kernel_forward_and_backward(shape):
     q, k, v = qkv(n_q=shape[0], n_k=shape[1], requires_grad=True)
     with profile() as prof:
-        variants.get("flash-sdpa").attention(q, k, v, causal=True).sum().backward()
+        registry.get("flash-sdpa").attention(q, k, v, causal=True).sum().backward()
     ops = {e.key for e in prof.key_averages()}
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops
     assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in ops
@@ -68,24 +67,24 @@ def test_cpu_flash_runs_the_fused_kernel_forward_and_backward(shape):
 @pytest.mark.parametrize("name", ["flash-cudnn", "flash-efficient"])
 def test_pinned_backend_without_a_kernel_raises_unsupported(name):
     with pytest.raises(Unsupported, match="cannot run these inputs"):
-        variants.get(name).attention(*qkv(n_q=16), causal=True)
+        registry.get(name).attention(*qkv(n_q=16), causal=True)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_xformers_missing_raises_unsupported(monkeypatch, causal):
     monkeypatch.setitem(sys.modules, "xformers", None)  # makes `import xformers.ops` fail
     with pytest.raises(Unsupported, match="xformers not installed"):
-        variants.get("flash-xformers").attention(*qkv(n_q=16), causal=causal)
+        registry.get("flash-xformers").attention(*qkv(n_q=16), causal=causal)
 
 
 def test_declared_support():
-    sdpa = variants.get("flash-sdpa")
+    sdpa = registry.get("flash-sdpa")
     for dtype in ALL_FLOAT:
         assert sdpa.supports("cpu", dtype, head_dim=512, causal=True) == (True, "ok")
     for name in ["flash-cudnn", "flash-efficient", "flash-xformers"]:
-        ok, reason = variants.get(name).supports("cpu", torch.float32, 64)
+        ok, reason = registry.get(name).supports("cpu", torch.float32, 64)
         assert not ok and reason == "runs on cuda only"
-    assert len({variants.get(n).backend_for("cuda") for n in FLASH}) == len(FLASH)
+    assert len({registry.get(n).backend_for("cuda") for n in FLASH}) == len(FLASH)
     assert sdpa.backend_for("cpu") != sdpa.backend_for("cuda")
 
 
@@ -96,12 +95,12 @@ def test_declared_support():
 @pytest.mark.parametrize("shape", [(256, 256), (100, 300), (300, 100), (1, 129)],
                          ids=["square", "short-q", "long-q", "decode"])
 def test_cuda_flash_matches_vanilla(name, dtype, causal, shape):
-    v = variants.get(name)
+    v = registry.get(name)
     ok, reason = v.supports("cuda", dtype, 64, causal)
     if not ok:
         pytest.skip(reason)
     q, k, val = qkv(n_q=shape[0], n_k=shape[1], d=64, dtype=dtype, device="cuda", requires_grad=True)
     out = v.attention(q, k, val, causal=causal)
-    want = variants.get("vanilla").attention(q, k, val, causal=causal)
+    want = registry.get("vanilla").attention(q, k, val, causal=causal)
     assert out.dtype == dtype
     assert_same_output_and_grads(out, want, (q, k, val), TOLERANCE[dtype], dict(atol=5e-2, rtol=5e-2))

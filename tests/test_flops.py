@@ -4,8 +4,7 @@ import itertools
 
 import pytest
 
-import variants
-from harness import flops, masks
+from harness import flops, masks, registry
 
 SIZES = [(1, 1), (5, 5), (64, 64), (100, 100), (130, 130), (1, 130), (7, 130), (1, 257), (257, 257)]
 
@@ -47,42 +46,51 @@ def test_window_count_at_large_n_matches_the_closed_form():
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("params", [{}, {"block_size": 16}, {"block_size": 7}])
 def test_block_sparse_count_equals_the_mask_sum(name, causal, params):
-    v = variants.get(name)
+    v = registry.get(name)
     for n_q, n_k in SIZES:
         expected = masks.visible_pairs(v.mask(n_q, n_k, causal, **params))
-        assert flops.visible_pairs(v, n_q, n_k, causal, params) == expected, (n_q, n_k)
+        assert pairs(v, n_q, n_k, causal, params) == expected, (n_q, n_k)
+
+
+def pairs(v, n_q, n_k, causal, params=None) -> int:
+    """The visible pairs a variant's declared FLOPs count: its flops at batch = heads = 1, head_dim 1."""
+    return v.attention_flops("fwd", 1, 1, 1, n_q, n_k, causal, params) // 4
 
 
 def softmax_variants_with_masks():
-    return [v.name for v in variants.all_variants() if v.family in flops.SOFTMAX_FAMILIES and v.mask]
+    return [v.name for v in registry.all_variants() if v.flops is not None and v.mask]
+
+
+def test_every_exact_variant_declares_flops():
+    assert [v.name for v in registry.all_variants() if v.exact and v.flops is None] == []
 
 
 @pytest.mark.parametrize("name", softmax_variants_with_masks())
 def test_every_masked_softmax_variant_is_counted_exactly(name):
-    v = variants.get(name)
+    v = registry.get(name)
     for (n_q, n_k), causal in itertools.product([(200, 200), (1, 201), (3, 129)], [True, False]):
         # The variant runs with its defaults; pass them, as a mask function may have other defaults.
         expected = masks.visible_pairs(v.mask(n_q, n_k, causal, **v.defaults))
-        assert flops.visible_pairs(v, n_q, n_k, causal) == expected, (n_q, n_k, causal)
+        assert pairs(v, n_q, n_k, causal) == expected, (n_q, n_k, causal)
 
 
 def test_unmasked_variants_count_dense_pairs():
-    v = variants.get("vanilla")
-    assert flops.visible_pairs(v, 300, 300, True) == 300 * 301 // 2
-    assert flops.visible_pairs(v, 1, 301, True) == 301  # one decode step sees the whole cache
+    v = registry.get("vanilla")
+    assert pairs(v, 300, 300, True) == 300 * 301 // 2
+    assert pairs(v, 1, 301, True) == 301  # one decode step sees the whole cache
 
 
 def test_flops_follow_the_conventions():
-    v = variants.get("vanilla")
+    v = registry.get("vanilla")
     b, h, d, n = 2, 3, 64, 128
-    fwd = flops.attention_flops(v, "fwd", b, h, d, n, n, False)
+    fwd = v.attention_flops("fwd", b, h, d, n, n, False)
     assert fwd == 4 * b * h * d * n * n
-    assert flops.attention_flops(v, "fwd_bwd", b, h, d, n, n, False) == 3.5 * fwd
-    assert flops.attention_flops(v, "fwd", b, h, d, n, n, True) == 4 * b * h * d * n * (n + 1) // 2
+    assert v.attention_flops("fwd_bwd", b, h, d, n, n, False) == 3.5 * fwd
+    assert v.attention_flops("fwd", b, h, d, n, n, True) == 4 * b * h * d * n * (n + 1) // 2
     assert flops.projection_flops("fwd", 10, 8) == 8 * 10 * 64
     assert flops.projection_flops("fwd_bwd", 10, 8) == 3 * 8 * 10 * 64
 
 
 @pytest.mark.parametrize("name", ["linear", "performer", "mamba"])
 def test_non_softmax_families_get_no_flop_count(name):
-    assert flops.attention_flops(variants.get(name), "fwd", 1, 1, 64, 8, 8, True) is None
+    assert registry.get(name).attention_flops("fwd", 1, 1, 64, 8, 8, True) is None

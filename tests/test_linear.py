@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import variants
+from harness import registry
 from tests.conftest import TOLERANCE, qkv
 from variants import linear
 from variants.linear import (
@@ -20,7 +20,7 @@ SHAPES = [(100, 100), (37, 100), (100, 37)]  # 100 is not a multiple of the 64-q
 @pytest.mark.parametrize("shape", SHAPES, ids=["square", "short-q", "long-q"])
 def test_float32_matches_float64_definition(causal, shape):
     q, k, v = qkv(n_q=shape[0], n_k=shape[1])
-    out = variants.get("linear").attention(q, k, v, causal=causal)
+    out = registry.get("linear").attention(q, k, v, causal=causal)
     assert out.dtype == torch.float32
     expected = linear_attention_reference(q.double(), k.double(), v.double(), causal=causal)
     torch.testing.assert_close(out.double(), expected, **TOLERANCE[torch.float32])
@@ -79,7 +79,7 @@ def test_gradients_match_finite_differences(causal, shape):
 
 
 def test_backend_names_the_causal_path():
-    v = variants.get("linear")
+    v = registry.get("linear")
     assert v.backend_for("cpu") == "torch-chunked"
     assert v.backend_for("cuda") == ("fla-chunk" if linear.fla_backend_available() else "torch-chunked")
 

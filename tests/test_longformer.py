@@ -7,10 +7,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-import variants
+from harness import registry
+from harness.attention import softmax_attention
 from harness.registry import Unsupported
 from tests.conftest import TOLERANCE, assert_same_output_and_grads, qkv
-from variants.common import softmax_attention
 from variants.longformer import longformer_mask, longformer_predicate
 from variants.sparse import flex_masked_attention
 
@@ -54,7 +54,7 @@ def test_cross_attention_mask_is_aligned_bottom_right():
 
 
 def test_causal_attention_over_a_prefix_and_decoding_agree_with_the_full_pass():
-    v = variants.get("longformer")
+    v = registry.get("longformer")
     q, k, val = qkv(n_q=100)
     full = v.attention(q, k, val, causal=True, **SMALL)
     prefix = v.attention(q[..., :61, :], k[..., :61, :], val[..., :61, :], causal=True, **SMALL)
@@ -69,7 +69,7 @@ def test_dense_and_flex_paths_match_float64_reference(causal, shape):
     q, k, v = qkv(n_q=shape[0], n_k=shape[1])
     mask = longformer_mask(*shape, causal=causal, **SMALL)
     want = softmax_attention(q.double(), k.double(), v.double(), mask)
-    out = variants.get("longformer").attention(q, k, v, causal=causal, **SMALL)
+    out = registry.get("longformer").attention(q, k, v, causal=causal, **SMALL)
     torch.testing.assert_close(out.double(), want, **TOLERANCE[torch.float32])
     if shape != (37, 100):  # eager FlexAttention is slow on CPU; two alignments suffice
         flex = flex_masked_attention(q, k, v, longformer_predicate, causal, SMALL, compiled=False)
@@ -81,7 +81,7 @@ def test_dense_and_flex_paths_match_float64_reference(causal, shape):
 def test_banded_matches_dense_reference_forward_and_backward(causal, n, window, global_tokens):
     params = dict(window=window, global_tokens=global_tokens)
     q, k, v = qkv(n_q=n, dtype=torch.float64, requires_grad=True)
-    out = variants.get("longformer-banded").attention(q, k, v, causal=causal, **params)
+    out = registry.get("longformer-banded").attention(q, k, v, causal=causal, **params)
     want = softmax_attention(q, k, v, longformer_mask(n, n, causal=causal, **params))
     assert_same_output_and_grads(out, want, (q, k, v), TOLERANCE[torch.float64])
 
@@ -89,7 +89,7 @@ def test_banded_matches_dense_reference_forward_and_backward(causal, n, window, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_banded_keeps_the_input_dtype(dtype):
     q, k, v = qkv(n_q=80, dtype=dtype)
-    out = variants.get("longformer-banded").attention(q, k, v, causal=True, **SMALL)
+    out = registry.get("longformer-banded").attention(q, k, v, causal=True, **SMALL)
     assert out.dtype == dtype
     mask = longformer_mask(80, 80, causal=True, **SMALL)
     want = softmax_attention(q.double(), k.double(), v.double(), mask)
@@ -114,7 +114,7 @@ class LargestAllocation(TorchDispatchMode):
 def largest_allocation(name, n, d=8, window=4, global_tokens=2):
     q, k, v = qkv(b=1, h=1, n_q=n, d=d, requires_grad=True)
     with LargestAllocation() as probe:
-        variants.get(name).attention(q, k, v, causal=True, window=window,
+        registry.get(name).attention(q, k, v, causal=True, window=window,
                                      global_tokens=global_tokens).sum().backward()
     return probe.nbytes
 
@@ -136,11 +136,11 @@ def test_banded_memory_per_query_is_window_plus_head_dim_not_their_product():
 
 def test_banded_rejects_cross_attention():
     with pytest.raises(Unsupported, match="Nq == Nk"):
-        variants.get("longformer-banded").attention(*qkv(n_q=20, n_k=40))
+        registry.get("longformer-banded").attention(*qkv(n_q=20, n_k=40))
 
 
 def test_xformers_variant_refuses_global_tokens_and_a_missing_package(monkeypatch):
-    v = variants.get("longformer-xformers")
+    v = registry.get("longformer-xformers")
     assert v.defaults["global_tokens"] == 0
     with pytest.raises(Unsupported, match="global_tokens=0"):
         v.attention(*qkv(n_q=32), causal=True, global_tokens=4)
@@ -155,7 +155,7 @@ def test_xformers_variant_refuses_global_tokens_and_a_missing_package(monkeypatc
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", [(300, 300), (100, 300), (300, 100)], ids=["square", "short-q", "long-q"])
 def test_cuda_paths_match_dense_reference(name, dtype, causal, shape):
-    v = variants.get(name)
+    v = registry.get(name)
     ok, reason = v.supports("cuda", dtype, 64, causal)
     if not ok:
         pytest.skip(reason)

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import variants
+from harness import registry
 from harness.registry import Unsupported
 from tests.conftest import TOLERANCE
 from variants.mamba import MambaMixer, selective_scan_reference, torch_selective_scan
 
-MAMBA = variants.get("mamba")
+MAMBA = registry.get("mamba")
 
 
 def mamba_ssm_keys(d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto"):
@@ -136,7 +136,7 @@ def test_scan_equals_reference(groups, options):
     softplus = options.get("delta_softplus", False)
     expected = selective_scan_reference(**inputs, delta_softplus=softplus)
     f32 = {k: None if t is None else t.float() for k, t in inputs.items()}
-    out = MAMBA.scan(**f32, delta_softplus=softplus)
+    out = MAMBA.kernel(**f32, delta_softplus=softplus)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), expected, **TOLERANCE[torch.float32])
 
@@ -144,7 +144,7 @@ def test_scan_equals_reference(groups, options):
 def test_scan_mixes_grouped_and_shared_b_c():
     inputs = scan_inputs(groups=2)
     inputs["C"] = inputs["C"][:, 0]  # C shared by all channels, B per group
-    torch.testing.assert_close(MAMBA.scan(**inputs), selective_scan_reference(**inputs),
+    torch.testing.assert_close(MAMBA.kernel(**inputs), selective_scan_reference(**inputs),
                                **TOLERANCE[torch.float64])
 
 
@@ -163,13 +163,13 @@ def test_reference_groups_channels_in_contiguous_blocks():
 
 def test_scan_rejects_groups_that_do_not_divide_channels():
     with pytest.raises(ValueError, match="groups do not divide"):
-        MAMBA.scan(**scan_inputs(dim=6, groups=4))
+        MAMBA.kernel(**scan_inputs(dim=6, groups=4))
 
 
 def test_scan_in_bfloat16_accumulates_in_float32():
     inputs = scan_inputs(length=64, groups=2)
     half = {k: t.bfloat16() if k in ("u", "delta", "B", "C", "z") else t.float() for k, t in inputs.items()}
-    out = MAMBA.scan(**half, delta_softplus=True)
+    out = MAMBA.kernel(**half, delta_softplus=True)
     assert out.dtype == torch.bfloat16
     rounded = {k: t.double() for k, t in half.items()}  # the same bf16 inputs, scanned in float64
     torch.testing.assert_close(out.double(), selective_scan_reference(**rounded, delta_softplus=True),
@@ -188,13 +188,13 @@ def test_scan_last_state_is_the_final_hidden_state():
 
 def test_scan_is_causal():
     inputs = scan_inputs(length=20, groups=3)
-    out = MAMBA.scan(**inputs, delta_softplus=True)
+    out = MAMBA.kernel(**inputs, delta_softplus=True)
     t = 12
     for key in ("u", "delta", "B", "C", "z"):
         perturbed = dict(inputs)
         perturbed[key] = inputs[key].clone()
         perturbed[key][..., t:] += 1.0 + torch.rand_like(perturbed[key][..., t:])
-        out2 = MAMBA.scan(**perturbed, delta_softplus=True)
+        out2 = MAMBA.kernel(**perturbed, delta_softplus=True)
         torch.testing.assert_close(out2[..., :t], out[..., :t], rtol=0, atol=0)
         assert not torch.allclose(out2[..., t:], out[..., t:]), key
 
@@ -260,7 +260,7 @@ def test_backward_is_finite(dtype):
 def test_scan_gradcheck_float64(groups):
     inputs = scan_inputs(batch=1, dim=4, length=5, n=3, groups=groups)
     names, tensors = list(inputs), tuple(t.requires_grad_() for t in inputs.values())
-    scan = lambda *args: MAMBA.scan(**dict(zip(names, args, strict=True)), delta_softplus=True)  # noqa: E731
+    scan = lambda *args: MAMBA.kernel(**dict(zip(names, args, strict=True)), delta_softplus=True)  # noqa: E731
     assert torch.autograd.gradcheck(scan, tensors)
 
 
@@ -323,7 +323,7 @@ def test_scan_matches_selective_scan_fn(dtype, groups):
             for k, t in inputs.items()}
     expected = selective_scan_fn(**cuda, delta_softplus=True).float()
     ours = torch_selective_scan(**cuda, delta_softplus=True).float()
-    dispatched = MAMBA.scan(**cuda, delta_softplus=True).float()
+    dispatched = MAMBA.kernel(**cuda, delta_softplus=True).float()
     tol = TOLERANCE[torch.float32] if dtype == torch.float32 else TOLERANCE[torch.bfloat16]
     torch.testing.assert_close(ours, expected, **tol)
     torch.testing.assert_close(dispatched, expected, rtol=0, atol=0)

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-import variants
+from harness import registry
+from harness.attention import causal_mask, softmax_attention
 from tests.conftest import TOLERANCE, qkv
 from variants import linear
-from variants.common import causal_mask, softmax_attention
 from variants.linear import normalized_linear_attention
 from variants.performer import (
     favor_features,
@@ -28,7 +28,7 @@ def features(d=16, m=40, seed=0):
 @pytest.mark.parametrize("shape", SHAPES, ids=["square", "short-q", "long-q"])
 def test_float32_matches_float64_definition(causal, shape):
     q, k, v = qkv(n_q=shape[0], n_k=shape[1])
-    out = variants.get("performer").attention(q, k, v, causal=causal)
+    out = registry.get("performer").attention(q, k, v, causal=causal)
     assert out.dtype == torch.float32
     expected = performer_attention_reference(q.double(), k.double(), v.double(), causal=causal)
     torch.testing.assert_close(out.double(), expected, **TOLERANCE[torch.float32])
@@ -139,7 +139,7 @@ def test_fla_kernel_matches_chunked_pytorch_on_gpu(dtype):
 
 
 def test_decode_state_is_constant_size_and_rescales_when_a_larger_key_arrives():
-    v = variants.get("performer")
+    v = registry.get("performer")
     g = torch.Generator().manual_seed(5)
     q, k, val = (torch.randn(1, 2, 20, 16, generator=g, dtype=torch.float64) for _ in range(3))
     k[..., 15, :] *= 6.0  # a later key whose exponent dwarfs the context's: the running shift must move

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-import variants
+from harness import registry
+from harness.attention import softmax_attention
 from tests.conftest import TOLERANCE, assert_same_output_and_grads, qkv
-from variants.common import softmax_attention
 from variants.sparse import (
     bigbird_layout,
     bigbird_mask,
@@ -74,7 +74,7 @@ def test_causal_bigbird_layout_of_a_prefix_is_the_prefix_of_the_layout():
 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_causal_attention_over_a_prefix_and_decoding_agree_with_the_full_pass(name):
-    v, params = variants.get(name), SMALL[name]
+    v, params = registry.get(name), SMALL[name]
     q, k, val = qkv(n_q=100)
     full = v.attention(q, k, val, causal=True, **params)
     prefix = v.attention(q[..., :61, :], k[..., :61, :], val[..., :61, :], causal=True, **params)
@@ -116,7 +116,7 @@ def test_strided_layout_is_local_plus_summary_blocks():
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_matches_float64_reference_under_its_mask(name, causal, shape):
-    v, params = variants.get(name), SMALL[name]
+    v, params = registry.get(name), SMALL[name]
     q, k, val = qkv(n_q=shape[0], n_k=shape[1])
     mask = v.mask(*shape, causal=causal, **params)
     assert not mask.all()
@@ -128,7 +128,7 @@ def test_matches_float64_reference_under_its_mask(name, causal, shape):
 @pytest.mark.parametrize("name", list(SMALL))
 @pytest.mark.parametrize(("shape", "causal"), FLEX_CASES, ids=str)
 def test_flex_block_mask_matches_mask_reference_on_cpu(name, shape, causal):
-    v, params = variants.get(name), SMALL[name]
+    v, params = registry.get(name), SMALL[name]
     q, k, val = qkv(n_q=shape[0], n_k=shape[1])
     out = flex_masked_attention(q, k, val, PREDICATES[name], causal, params, compiled=False)
     want = softmax_attention(q, k, val, v.mask(*shape, causal=causal, **params))
@@ -149,7 +149,7 @@ def test_block_masks_are_cached_by_shape_and_params():
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", [(300, 300), (100, 300), (300, 100)], ids=["square", "short-q", "long-q"])
 def test_cuda_flex_matches_dense_reference(name, dtype, causal, shape):
-    v = variants.get(name)
+    v = registry.get(name)
     params = dict(v.defaults, block_size=32)
     q, k, val = qkv(n_q=shape[0], n_k=shape[1], d=64, dtype=dtype, device="cuda", requires_grad=True)
     out = v.attention(q, k, val, causal=causal, **params)

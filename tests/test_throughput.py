@@ -16,8 +16,7 @@ import torch
 from pydantic import ValidationError
 from rich.console import Console
 
-import variants
-from harness import runner, store
+from harness import registry, runner, store
 from suites import throughput as tp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +37,7 @@ def case(**fields) -> tp.Case:
 
 def test_cpu_quick_covers_every_variant_in_fp32_within_the_cpu_range():
     cases = tp.plan("quick", "cpu")
-    assert {c.variant for c in cases} == set(variants.names())
+    assert {c.variant for c in cases} == set(registry.names())
     assert {c.dtype for c in cases} == {"float32"}
     assert {c.mode for c in cases} == set(tp.MODES) and {c.level for c in cases} == set(tp.LEVELS)
     assert all(128 <= c.seq_len <= 4096 for c in cases)
@@ -124,7 +123,7 @@ def test_mamba_has_no_kernel_level():
 
 
 def test_nan_output_is_a_recorded_failure(monkeypatch):
-    v = variants.get("vanilla")
+    v = registry.get("vanilla")
     monkeypatch.setattr(v, "attention_fn", lambda q, k, v, causal=False: q * float("nan"))
     status, reason, metrics = runner.execute(SUITE, case())
     assert status == "nonfinite" and "NaN" in reason and metrics == {}

@@ -1,18 +1,15 @@
-"""The attention variants. Importing this package registers every family module in it.
+"""attnbench's own attention variants: importing this package registers every family module in it.
 
-    import variants
-    variants.names(); v = variants.get("vanilla"); v.attention(q, k, v, causal=True)
+The package is the target of attnbench's `attnbench.variants` entry point, so the registry loads it like
+any plugin. Adding a family touches one file: a module here with a decorated function (or class).
 
-Adding a variant touches one file: a module here with a decorated function (or class).
+    from harness import registry
+    registry.names(); v = registry.get("vanilla"); v.attention(q, k, v, causal=True)
 """
 
 import importlib
 import pkgutil
 
-from harness.registry import FAMILIES, Unsupported, Variant, all_variants, get, names
-
 for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_") and _module.name != "common":
+    if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
-
-__all__ = ["FAMILIES", "Unsupported", "Variant", "all_variants", "get", "names"]

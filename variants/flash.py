@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from harness import flops
 from harness.registry import ALL_FLOAT, HALF, Support, Unsupported, attention_variant
 
 CUDA_FLOAT = (torch.float32, *HALF)
@@ -71,7 +72,7 @@ def _efficient_check(device, dtype, head_dim, causal):
 
 
 @attention_variant(
-    "flash-sdpa", family="flash", exact=True,
+    "flash-sdpa", family="flash", exact=True, flops=flops.softmax(),
     support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": HALF}, check=_flash_check),
     backend=lambda device: f"sdpa-flash-{device}",
     description="torch SDPA pinned to its FlashAttention backend (FA2 on CUDA, fused kernel on CPU)",
@@ -81,7 +82,7 @@ def flash_sdpa(q, k, v, causal=False):
 
 
 @attention_variant(
-    "flash-cudnn", family="flash", exact=True,
+    "flash-cudnn", family="flash", exact=True, flops=flops.softmax(),
     # 128 is the limit cuDNN has everywhere; sm90/sm100 with a recent cuDNN also take 256.
     support=Support(dtypes={"cuda": HALF}, max_head_dim=128, head_dim_multiple=8, check=_sm80_check),
     backend=lambda device: "sdpa-cudnn",
@@ -92,7 +93,7 @@ def flash_cudnn(q, k, v, causal=False):
 
 
 @attention_variant(
-    "flash-efficient", family="flash", exact=True,
+    "flash-efficient", family="flash", exact=True, flops=flops.softmax(),
     # Alignment: 8 elements covers fp16/bf16 (8) and fp32 (4) on every architecture.
     support=Support(dtypes={"cuda": CUDA_FLOAT}, head_dim_multiple=8, check=_efficient_check),
     backend=lambda device: "sdpa-mem-efficient",
@@ -123,7 +124,7 @@ def xformers_attention(q, k, v, attn_bias=None) -> torch.Tensor:
 
 
 @attention_variant(
-    "flash-xformers", family="flash", exact=True,
+    "flash-xformers", family="flash", exact=True, flops=flops.softmax(),
     # Its dispatcher falls back to the CUTLASS kernel, which takes fp32 and head_dim up to 65536.
     support=Support(dtypes={"cuda": CUDA_FLOAT}, requires=("xformers",)),
     backend=lambda device: "xformers-memory-efficient-attention",

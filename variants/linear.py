@@ -136,8 +136,11 @@ def quadratic_linear_attention(phi_q, phi_k, v, *, causal: bool, eps: float | to
     return (weights @ v) / (weights.sum(-1, keepdim=True) + eps)
 
 
-def linear_attention_reference(q, k, v, causal: bool = False, eps: float = 1e-6) -> torch.Tensor:
-    """Linear attention by its O(N^2) definition (elu + 1 features), returned in q's dtype."""
+def linear_attention_reference(q, k, v, causal: bool = False, eps: float = 1e-6,
+                               chunk_size=None) -> torch.Tensor:
+    """Linear attention by its O(N^2) definition (elu + 1 features), returned in q's dtype.
+
+    chunk_size is the fast path's parameter: the definition has no chunks."""
     acc = accumulation_dtype(q.dtype)
     phi_q, phi_k = elu_feature_map(q.to(acc)), elu_feature_map(k.to(acc))
     return quadratic_linear_attention(phi_q, phi_k, v, causal=causal, eps=eps).to(q.dtype)
@@ -189,7 +192,8 @@ def linear_decode(q, k, v, state: RecurrentState, eps=1e-6, chunk_size=CHUNK_SIZ
 @attention_variant(
     "linear", family="linear", exact=False, support=Support(cross=True),
     defaults={"eps": 1e-6, "chunk_size": CHUNK_SIZE}, backend=backend_name,
-    prefill_fn=linear_prefill, decode_fn=linear_decode,
+    prefill_fn=linear_prefill, decode_fn=linear_decode, reference=linear_attention_reference,
+    small_params={"chunk_size": 8},  # chunks no longer than a smoke run's shortest sequence
     description="linear attention, phi = elu + 1; causal via chunked prefix sums (fla kernel on CUDA)",
 )
 def linear_attention(q, k, v, causal=False, eps=1e-6, chunk_size=CHUNK_SIZE):

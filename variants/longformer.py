@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness import masks
+from harness import flops, masks
+from harness.attention import softmax_attention
 from harness.registry import HALF, Support, Unsupported, attention_variant
-from variants.common import softmax_attention
 from variants.flash import xformers_attention, xformers_ops, zero_blind_queries
 from variants.sparse import FLEX_SUPPORT, flex_backend, masked_attention
 
@@ -29,13 +29,21 @@ def longformer_predicate(n_q, n_k, causal, device="cpu", *, window, global_token
     return masks.all_of(pred, masks.causal()) if causal else pred
 
 
+def longformer_pairs(n_q: int, n_k: int, causal: bool, *, window, global_tokens) -> int:
+    return flops.window_pairs(n_q, n_k, causal, window, global_tokens)
+
+
+FLOPS = flops.softmax(longformer_pairs)
+
+
 def longformer_mask(n_q: int, n_k: int, causal: bool = False, **params) -> torch.Tensor:
     return masks.dense(longformer_predicate(n_q, n_k, causal, **{**DEFAULTS, **params}), n_q, n_k)
 
 
 @attention_variant(
     "longformer", family="longformer", exact=True, support=FLEX_SUPPORT, defaults=DEFAULTS,
-    mask_fn=longformer_mask, backend=flex_backend,
+    mask_fn=longformer_mask, flops=FLOPS, backend=flex_backend,
+    small_params={"window": 8, "global_tokens": 2},
     description="sliding window + global tokens via FlexAttention (dense masked softmax on CPU)",
 )
 def longformer(q, k, v, causal=False, **params):
@@ -53,7 +61,8 @@ def _key_windows(x: torch.Tensor, chunk: int, n_chunks: int) -> torch.Tensor:
 
 @attention_variant(
     "longformer-banded", family="longformer", exact=True, support=Support(cross=False), defaults=DEFAULTS,
-    mask_fn=longformer_mask, backend=lambda device: "sliding-chunks",
+    mask_fn=longformer_mask, flops=FLOPS, backend=lambda device: "sliding-chunks",
+    small_params={"window": 8, "global_tokens": 2},
     description="Longformer in plain PyTorch with O(N * window) memory: sliding key chunks + global columns",
 )
 def longformer_banded(q, k, v, causal=False, *, window, global_tokens):
@@ -92,7 +101,8 @@ def longformer_banded(q, k, v, causal=False, *, window, global_tokens):
 @attention_variant(
     "longformer-xformers", family="longformer", exact=True,
     support=Support(dtypes={"cuda": HALF}, max_head_dim=256, requires=("xformers",)),
-    defaults=dict(window=128, global_tokens=0), mask_fn=longformer_mask,
+    defaults=dict(window=128, global_tokens=0), mask_fn=longformer_mask, flops=FLOPS,
+    small_params={"window": 8},
     backend=lambda device: "xformers-local-attention",
     description="sliding window via xformers LocalAttentionFromBottomRightMask (no global tokens)",
 )

@@ -131,12 +131,35 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     return torch.stack(ys, dim=-1).to(u.dtype)
 
 
+SCAN_STATE = 16  # d_state of the scan's exactness inputs (the block's default)
+
+
+def scan_inputs(batch: int, heads: int, seq_len: int, head_dim: int, generator: torch.Generator,
+                dtype: torch.dtype = torch.float64) -> dict:
+    """Inputs of the selective scan over heads * head_dim channels, drawn in float64 from `generator`.
+
+    Activations are in `dtype`; A, D and the delta bias stay in the accumulation dtype, as the block
+    keeps them (float32 parameters). Softplus'd deltas, as the block computes them.
+    """
+    randn = functools.partial(torch.randn, generator=generator, dtype=torch.float64)
+    dim = heads * head_dim
+    acc = _accumulation_dtype(dtype)
+    act = dict(u=randn(batch, dim, seq_len), delta=randn(batch, dim, seq_len) * 0.5 - 1.0,
+               z=randn(batch, dim, seq_len))
+    params = dict(A=-torch.exp(randn(dim, SCAN_STATE)))
+    act |= dict(B=randn(batch, SCAN_STATE, seq_len), C=randn(batch, SCAN_STATE, seq_len))
+    params |= dict(D=randn(dim), delta_bias=randn(dim) * 0.1)
+    return ({k: t.to(dtype) for k, t in act.items()} | {k: t.to(acc) for k, t in params.items()}
+            | {"delta_softplus": True})
+
+
 def _backend(device: str) -> str:
     return "mamba_ssm.selective_scan_fn" if device == "cuda" and _fused_scan() is not None else "torch-scan"
 
 
 @mixer_variant(
-    "mamba", family="mamba", exact=False, scan=selective_scan, backend=_backend,
+    "mamba", family="mamba", exact=False, backend=_backend,
+    kernel=selective_scan, kernel_reference=selective_scan_reference, kernel_inputs=scan_inputs,
     support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": KERNEL_DTYPES}, non_causal=False, cross=False),
     defaults=dict(d_state=16, d_conv=4, expand=2, dt_rank="auto"),
     description="Mamba (S6) selective SSM block; mamba_ssm's selective_scan_fn on CUDA, PyTorch scan "

@@ -91,7 +91,8 @@ def performer_decode(q, k, v, state: RecurrentState, nb_features=256, seed=0, ep
 @attention_variant(
     "performer", family="performer", exact=False, support=Support(cross=True),
     defaults={"nb_features": 256, "seed": 0, "eps": 1e-6}, backend=backend_name,
-    prefill_fn=performer_prefill, decode_fn=performer_decode,
+    prefill_fn=performer_prefill, decode_fn=performer_decode, reference=performer_attention_reference,
+    small_params={"nb_features": 32},
     description="FAVOR+ positive orthogonal random features; causal via linear's chunked prefix sums",
 )
 def performer(q, k, v, causal=False, nb_features=256, seed=0, eps=1e-6):

@@ -14,9 +14,9 @@ import functools
 
 import torch
 
-from harness import masks
+from harness import flops, masks
+from harness.attention import softmax_attention
 from harness.registry import ALL_FLOAT, HALF, Support, attention_variant
-from variants.common import softmax_attention
 
 BIGBIRD_DEFAULTS = dict(block_size=64, window_blocks=1, global_blocks=1, random_blocks=1, seed=0)
 STRIDED_DEFAULTS = dict(block_size=64, stride=4)
@@ -123,6 +123,16 @@ def strided_predicate(n_q, n_k, causal, device="cpu", *, block_size, stride) -> 
     return _layout_predicate(layout, block_size, causal, device)
 
 
+def bigbird_pairs(n_q: int, n_k: int, causal: bool, *, block_size, **layout_params) -> int:
+    layout = bigbird_layout(n_blocks(n_k, block_size), causal, **layout_params)
+    return flops.block_pairs(layout, block_size, n_q, n_k, causal)
+
+
+def strided_pairs(n_q: int, n_k: int, causal: bool, *, block_size, stride) -> int:
+    return flops.block_pairs(strided_layout(n_blocks(n_k, block_size), stride=stride), block_size, n_q, n_k,
+                             causal)
+
+
 def bigbird_mask(n_q: int, n_k: int, causal: bool = False, **params) -> torch.Tensor:
     return masks.dense(bigbird_predicate(n_q, n_k, causal, **{**BIGBIRD_DEFAULTS, **params}), n_q, n_k)
 
@@ -135,7 +145,8 @@ def strided_mask(n_q: int, n_k: int, causal: bool = False, **params) -> torch.Te
 
 @attention_variant(
     "sparse-bigbird", family="sparse", exact=True, support=FLEX_SUPPORT, defaults=BIGBIRD_DEFAULTS,
-    mask_fn=bigbird_mask, backend=flex_backend,
+    mask_fn=bigbird_mask, flops=flops.softmax(bigbird_pairs), backend=flex_backend,
+    small_params={"block_size": 8},
     description="BigBird block-sparse attention (window + global + seeded random blocks) via FlexAttention",
 )
 def sparse_bigbird(q, k, v, causal=False, **params):
@@ -144,7 +155,8 @@ def sparse_bigbird(q, k, v, causal=False, **params):
 
 @attention_variant(
     "sparse-strided", family="sparse", exact=True, support=FLEX_SUPPORT, defaults=STRIDED_DEFAULTS,
-    mask_fn=strided_mask, backend=flex_backend,
+    mask_fn=strided_mask, flops=flops.softmax(strided_pairs), backend=flex_backend,
+    small_params={"block_size": 8, "stride": 2},
     description="Sparse Transformer strided pattern (local + summary blocks) via FlexAttention",
 )
 def sparse_strided(q, k, v, causal=False, **params):

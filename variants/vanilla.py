@@ -1,11 +1,12 @@
 """Vanilla softmax attention: the O(N^2)-memory reference every other variant is compared with."""
 
+from harness import flops
+from harness.attention import causal_mask, softmax_attention
 from harness.registry import Support, attention_variant
-from variants.common import causal_mask, softmax_attention
 
 
 @attention_variant(
-    "vanilla", family="vanilla", exact=True, baseline=True, support=Support(),
+    "vanilla", family="vanilla", exact=True, baseline=True, support=Support(), flops=flops.softmax(),
     description="materialized softmax(QK^T/sqrt(d))V in plain PyTorch",
 )
 def vanilla(q, k, v, causal=False):

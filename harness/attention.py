@@ -1,4 +1,5 @@
-"""Pieces shared by the attention families: the float reference and the projection block."""
+"""Pieces the attention families share, below the registry: the softmax reference, the KV cache, rotary
+embeddings and the projection block that makes an attention function a sequence mixer."""
 
 from __future__ import annotations
 
