@@ -1,0 +1,51 @@
+"""Sigmoid attention (Ramapuram et al. 2025, "Theory, Analysis, and Best Practices for Sigmoid
+Self-Attention"): o_i = sum_j sigmoid(q_i . k_j / sqrt(d) + b) v_j over the keys query i may see, with
+the bias b = -log(n_k) that keeps the output's scale independent of the length. No normalisation across
+keys, so a query that sees no key outputs zero.
+
+The fast path works in query chunks (memory O(chunk * N)); the reference materializes the N x N matrix.
+"""
+
+import math
+
+import torch
+
+from harness import flops, masks
+from harness.registry import Support, attention_variant
+
+CHUNK = 256
+
+
+def _weights(q, k, causal, first_query: int, n_q: int):
+    acc = torch.promote_types(q.dtype, torch.float32)
+    n_k = k.shape[-2]
+    scores = (q.to(acc) @ k.to(acc).transpose(-1, -2)) * q.shape[-1] ** -0.5 - math.log(n_k)
+    weights = torch.sigmoid(scores)
+    if causal:  # bottom-right alignment: query i sits at key position i + n_k - n_q
+        positions = torch.arange(first_query, first_query + q.shape[-2], device=q.device) + (n_k - n_q)
+        weights = weights * (torch.arange(n_k, device=q.device) <= positions[:, None])
+    return weights
+
+
+def sigmoid_reference(q, k, v, causal=False):
+    """The definition, materialized: every (query, key) weight at once."""
+    mask = masks.dense(masks.causal(), q.shape[-2], k.shape[-2], q.device) if causal else None
+    acc = torch.promote_types(q.dtype, torch.float32)
+    weights = torch.sigmoid((q.to(acc) @ k.to(acc).transpose(-1, -2)) * q.shape[-1] ** -0.5
+                            - math.log(k.shape[-2]))
+    if mask is not None:
+        weights = weights * mask
+    return (weights @ v.to(acc)).to(q.dtype)
+
+
+@attention_variant(
+    "sigmoid", family="sigmoid", exact=False, support=Support(), reference=sigmoid_reference,
+    flops=flops.softmax(),  # the same two matmuls per visible pair as softmax attention
+    description="sigmoid attention with bias -log(n), query chunks (example plugin)",
+)
+def sigmoid_attention(q, k, v, causal=False):
+    n_q = q.shape[-2]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    chunks = [_weights(q[..., start:start + CHUNK, :], k, causal, start, n_q) @ v.to(acc)
+              for start in range(0, n_q, CHUNK)]
+    return torch.cat(chunks, dim=-2).to(q.dtype)
