@@ -276,7 +276,8 @@ def attention_variant(name: str, *, family: str, exact: bool, support: Support |
             name=name, family=family, exact=exact, support=support or Support(),
             attention_fn=fn, module=fn.__module__, **fields,
         )
-        variant.mixer_factory = functools.partial(attention.AttentionMixer, variant=variant)
+        mixer_class = variant.mixer_factory or attention.AttentionMixer  # a subclass may add parameters
+        variant.mixer_factory = functools.partial(mixer_class, variant=variant)
         _add(variant)
         return fn
 
