@@ -173,6 +173,10 @@ def make_task(name: str, seq_len: int, kv_pairs: int | None, depth: float | None
 # function; longformer-banded computes longformer's without FlexAttention's compilation, which the
 # 20 minutes cannot afford for every training shape; the sparse family trains in quick and full.
 STANDARD_LEARNED = ("vanilla", "longformer-banded", "linear", "performer", "mamba")
+# Left out of the standard profile's exactness by default (still run when named, and in quick and full):
+# each sinks variant costs about 90 s of FlexAttention compilations there, which the 20 minutes cannot
+# afford (issue 14; their GPU parity is `pytest -m cuda` in tests/test_sinks.py).
+STANDARD_EXACTNESS_SKIPPED = ("swa-sinks", "swa-learned-sinks")
 
 
 def variant_params(profile: str, name: str) -> dict:
@@ -355,6 +359,8 @@ def plan(profile: str, device: str, variants: list[str] | None = None, seq_lens:
          dtypes: list[str] | None = None) -> list[AccuracyCase]:
     check_profile(profile)
     names = selected_variants(variants)
+    if profile == "standard" and not variants:
+        names = [n for n in names if n not in STANDARD_EXACTNESS_SKIPPED]
     cases = exactness_cases(profile, device, names)
     cases += task_cases(LEARNED[profile], "accuracy", device, learned_variants(profile, variants), profile)
     return filtered(cases, seq_lens, dtypes)

@@ -273,7 +273,7 @@ def test_standard_profiles_fit_twenty_minutes_on_a_gpu_by_the_estimate():
     total = sum(s.estimated_seconds(s.plan("standard", "cuda"), "cuda") for s in (A, long_range))
     assert total < 20 * 60
     quick = sum(s.estimated_seconds(s.plan("quick", "cpu"), "cpu") for s in (A, long_range))
-    assert quick < 5 * 60
+    assert quick < 8 * 60  # 5 minutes before issue 14's seven variants (about 24 s each in quick)
 
 
 # --- CUDA twins of the CPU paths (skipped without a GPU) -------------------------------------------
