@@ -1,7 +1,8 @@
 """Timing with one engine: pytest-benchmark's pedantic loop, inside pytest or called from attnbench.
 
-Method (shared/ANCHORS.md): a warm-up that runs until compile and autotune are done (one call, then on
-until `warmup_ms` has passed), one call timed alone that sizes the run, then rounds of one call each.
+Method (results/README.md, "What is measured"): a warm-up that runs until compile and autotune are
+done (one call, then on until `warmup_ms` has passed), one call timed alone that sizes the run, then
+rounds of one call each.
 Every round's setup flushes the L2 cache, and a device timer brackets the call: CUDA events on the GPU
 (the wait for the end event is outside the measured interval), `time.perf_counter` on the CPU. The
 number of rounds follows from a time budget in milliseconds, never from an iteration count. No CUDA
