@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from pydantic import Field, model_validator
 
-from harness import registry
+from harness import compiling, registry
 from harness.attention import causal_mask, softmax_attention
 from harness.config import Case
 from harness.registry import as_dtype, dtype_name
@@ -534,6 +534,7 @@ def run_task(case: TaskCase) -> dict:
 
 
 def run_case(case: AccuracyCase) -> dict:
+    compiling.allow_recompiles(case.device)
     if isinstance(case, ExactnessCase):
         return run_exactness(case)
     return run_task(case)

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
-from harness import env, flops, memory, registry, store, telemetry, timing
+from harness import compiling, env, flops, memory, registry, store, telemetry, timing
 from harness.config import Case as BaseCase
 from harness.registry import Unsupported, as_dtype, dtype_name
 from harness.runner import check_finite
@@ -42,7 +42,6 @@ PEAK_MATMUL = {"cuda": (torch.bfloat16, 8192), "cpu": (torch.float32, 1024)}  # 
 PEAK_BUDGET_MS = 200.0
 RUN_DIR_ENV = "ATTNBENCH_RUN_DIR"  # where the peak matmul figure is cached for the run
 PEAK_FILE = "peak_matmul.json"
-RECOMPILE_LIMIT = 64  # torch.compile's default (8) would fall back to eager after 8 sequence lengths
 
 
 def powers_of_two(low: int, high: int) -> tuple[int, ...]:
@@ -304,16 +303,6 @@ def _peak_matmul_tflops(device: str, device_name: str, run_dir: str | None) -> f
     return cached[key]
 
 
-def allow_recompiles(device: str) -> None:
-    """Raise torch.compile's recompile limit: past it a compiled kernel silently runs eagerly.
-
-    CUDA only: the compiled paths (FlexAttention) run there, and importing dynamo costs seconds."""
-    if torch.device(device).type != "cuda":
-        return
-    config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
-
-
 def _energy_phase(work: Workload, gpu: telemetry.GpuTelemetry | None, case: Case, estimate_ms: float):
     """Back-to-back calls (no flush) under NVML's energy counter: mean power and energy per token."""
     empty = {"power_w_mean": None, "energy_j_per_token": None}
@@ -344,13 +333,18 @@ def measure_case(case: Case, benchmark) -> None:
     started = env.now()
     check_level(case)  # before the peak matmul, which an unsupported case does not need
     peak = peak_matmul_tflops(case.device)
-    allow_recompiles(case.device)
+    compiling.allow_recompiles(case.device, reset=True)
     gpu = telemetry.GpuTelemetry.open(case.device)
     try:
         with memory.memory_cap(case.device, case.memory_cap_mb):
             work = build_workload(case)
+            compiled = compiling.counts()
             warmup_calls, first_call_ms = timing.warm_up(work.call, work.reset, case.device,
                                                          case.warmup_ms)
+            if compiling.fallback_since(compiled):
+                raise compiling.EagerFallback("a compiled kernel ran eagerly in the warm-up (dynamo's "
+                                              "recompile limit was reached): not timed")
+            compiled = compiling.counts()
             memory.reset_peaks(case.device)  # the steady-state call: memory, NaN check, round planning
             work.reset()
             out, estimate_ms = timing.timed_call(work.call, case.device)
@@ -368,6 +362,7 @@ def measure_case(case: Case, benchmark) -> None:
                 timing.time_rounds(benchmark, work.call, setup, rounds)
                 figures |= _energy_phase(work, gpu, case, estimate_ms)
             used, total = gpu.memory() if gpu else (None, None)
+            figures["eager_fallback"] = compiling.fallback_since(compiled)
     finally:
         if gpu:
             gpu.close()
@@ -387,6 +382,7 @@ FIGURES = (
     "flops", "peak_matmul_tflops", "mem_alloc_peak_bytes", "mem_reserved_peak_bytes", "nvml_mem_used_bytes",
     "device_mem_total_bytes", "power_w_mean", "energy_j_per_token", "sm_clock_mhz_mean", "temperature_c_max",
     "throttled", "throttle_reasons", "first_call_ms", "warmup_calls", "l2_flush_bytes", "timer",
+    "eager_fallback",
 )
 
 

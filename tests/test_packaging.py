@@ -27,3 +27,11 @@ def test_files_cited_in_the_sources_exist_in_the_repository():
     cited = {(p, m) for p in SOURCES for m in re.findall(r"[\w./-]+/[\w.-]+\.md\b", p.read_text())}
     missing = [f"{p.relative_to(ROOT)} cites {m}" for p, m in cited if not (ROOT / m).is_file()]
     assert not missing, missing
+
+
+def test_the_torch_floor_names_the_api_that_sets_it():
+    text = (ROOT / "pyproject.toml").read_text()
+    floor = re.search(r'"torch>=([\d.]+)"', text)
+    assert floor and floor.group(1) == "2.5"
+    comment = text[: floor.start()].rsplit("dependencies = [", 1)[1]
+    assert "FlexAttention" in comment and "harness.compiling" in comment
