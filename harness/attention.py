@@ -14,7 +14,8 @@ from harness import masks
 def softmax_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Materialized softmax(Q K^T / sqrt(d)) V; `mask` is (n_q, n_k) bool, True = may attend.
+    """Materialized softmax(Q K^T / sqrt(d)) V; `mask` is bool, True = may attend, (n_q, n_k) or
+    (heads, n_q, n_k) for a pattern that differs per head.
 
     Softmax runs in at least float32. A query that may attend to nothing gets a zero output
     (FlashAttention's convention), never NaN, in the forward and the backward pass.

@@ -6,10 +6,12 @@ declares its FLOPs (`flops=softmax(its pair counter)` in the registry); only the
 linear attention, Performer and the state-space families are reported as latency and tokens/s (no
 comparable FLOP convention exists for them).
 
-Pairs follow harness.masks: query i sits at position p = i + (n_k - n_q) (bottom-right), queries at
-p < 0 see nothing. Counts never build the n_q x n_k mask: dense and window masks are counted per query
-row in closed form, block-sparse masks per (query block, key block) from the block layout, which is
-the variant's own block layout. Tests hold every counter to the sum of the dense mask.
+Pairs follow harness.masks: query i sits at position p = i + (n_k - n_q) (bottom-right); queries at
+p < 0 see nothing, except through a non-causal window that reaches key 0 (and the global keys beside
+it). Counts never build the n_q x n_k mask: dense, window, strided and fixed masks are counted per
+query row in closed form, block-sparse masks per (query block, key block) from the block layout, which
+is the variant's own block layout, head by head where the pattern differs per head. Tests hold every
+counter to the sum of the dense mask.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ PROJECTION_MODE_FACTOR = {"fwd": 1.0, "fwd_bwd": 3.0, "decode": 1.0}
 
 
 def query_positions(n_q: int, n_k: int) -> torch.Tensor:
-    """Absolute positions of the queries that see anything (p >= 0), int64."""
+    """Absolute positions p >= 0 of the queries, int64 (the ones a causal or block pattern lets see)."""
     positions = torch.arange(n_q, dtype=torch.int64) + (n_k - n_q)
     return positions[positions >= 0]
 
@@ -46,19 +48,29 @@ def dense_pairs(n_q: int, n_k: int, causal: bool) -> int:
 
 
 def window_pairs(n_q: int, n_k: int, causal: bool, window: int, global_tokens: int) -> int:
-    """Pairs of |p - j| <= window, or either position among the first `global_tokens`; causal: j <= p."""
-    p = query_positions(n_q, n_k)
+    """Pairs of |p - j| <= window, or either position among the first `global_tokens`; causal: j <= p.
+
+    Every query counts, those at negative positions (n_q > n_k) included: non-causal, their window may
+    reach the first keys (flash-attn's convention), and they see the global keys.
+    """
+    p = torch.arange(n_q, dtype=torch.int64) + (n_k - n_q)
     g = min(global_tokens, n_k)
-    global_row = p < g  # global queries see every key (every earlier one if causal)
     low = (p - window).clamp(min=0)
-    high = p if causal else (p + window).clamp(max=n_k - 1)
-    band = high - low + 1 + low.clamp(max=g)  # the band plus global keys left of it
-    row = torch.where(global_row, p + 1 if causal else torch.full_like(p, n_k), band)
+    high = p.clamp(max=n_k - 1) if causal else (p + window).clamp(max=n_k - 1)
+    band = (high - low + 1).clamp(min=0)
+    globals_seen = (p + 1).clamp(0, g) if causal else torch.full_like(p, g)  # keys j < g (and j <= p)
+    overlap = (torch.minimum(high, globals_seen - 1) - low + 1).clamp(min=0)  # counted in both
+    row = band + globals_seen - overlap
+    global_row = (p >= 0) & (p < g)  # global queries see every key (every earlier one if causal)
+    row = torch.where(global_row, p + 1 if causal else torch.full_like(p, n_k), row)
     return int(row.sum())
 
 
 def block_pairs(layout: torch.Tensor, block_size: int, n_q: int, n_k: int, causal: bool) -> int:
-    """Pairs of a block layout (layout[qb, kb]: query block qb may see key block kb), causal or not."""
+    """Pairs of a block layout (layout[qb, kb]: query block qb may see key block kb), causal or not; a
+    (heads, qb, kb) layout counts every head."""
+    if layout.dim() == 3:
+        return sum(block_pairs(head, block_size, n_q, n_k, causal) for head in layout)
     n_blocks = layout.shape[0]
     keys_in_block = (n_k - torch.arange(n_blocks, dtype=torch.int64) * block_size).clamp(0, block_size)
     weights = layout.to(torch.int64)
@@ -74,24 +86,55 @@ def block_pairs(layout: torch.Tensor, block_size: int, n_q: int, n_k: int, causa
     return int(row.sum())
 
 
+def strided_pairs(n_q: int, n_k: int, causal: bool, stride: int) -> int:
+    """Pairs of the Sparse Transformer's strided pattern: |p - j| < stride, or (p - j) % stride == 0."""
+    p = query_positions(n_q, n_k)
+    if causal:  # the band p - stride < j <= p, then one key every stride before it
+        row = (p + 1).clamp(max=stride) + p // stride
+    else:  # the band both ways, then every stride-th key before and after it
+        band = (p + stride - 1).clamp(max=n_k - 1) - (p - stride + 1).clamp(min=0) + 1
+        row = band + p // stride + (n_k - 1 - p) // stride
+    return int(row.sum())
+
+
+def fixed_pairs(n_q: int, n_k: int, causal: bool, stride: int, summary: int) -> int:
+    """Pairs of the Sparse Transformer's fixed pattern: the query's own block of `stride` positions, plus
+    the last `summary` positions of every block."""
+    p = query_positions(n_q, n_k)
+    start = p // stride * stride
+    if causal:  # own block up to p; the summary columns of every earlier (whole) block
+        row = p - start + 1 + p // stride * summary
+    else:
+        own = (start + stride).clamp(max=n_k) - start
+        summaries = n_k // stride * summary + max(0, n_k % stride - (stride - summary))
+        row = own + summaries - (own - (stride - summary)).clamp(min=0)  # own summaries counted once
+    return int(row.sum())
+
+
 PairCounter = Callable[..., int]  # (n_q, n_k, causal, **params) -> visible pairs
 
 
 @dataclass(frozen=True)
 class SoftmaxFlops:
-    """The FLOPs of softmax attention under a pattern whose visible pairs `pairs` counts exactly."""
+    """The FLOPs of softmax attention under a pattern whose visible pairs `pairs` counts exactly.
+
+    `per_head`: the pattern differs per head, and `pairs(..., n_heads=h)` counts every head's pairs."""
 
     pairs: PairCounter
+    per_head: bool = False
 
     def __call__(self, mode: str, batch: int, n_heads: int, head_dim: int, n_q: int, n_k: int, causal: bool,
                  **params: Any) -> int:
-        return round(4 * batch * n_heads * head_dim * self.pairs(n_q, n_k, causal, **params)
-                     * MODE_FACTOR[mode])
+        if self.per_head:
+            pairs = self.pairs(n_q, n_k, causal, n_heads=n_heads, **params)
+        else:
+            pairs = n_heads * self.pairs(n_q, n_k, causal, **params)
+        return round(4 * batch * head_dim * pairs * MODE_FACTOR[mode])
 
 
-def softmax(pairs: PairCounter | None = None) -> SoftmaxFlops:
+def softmax(pairs: PairCounter | None = None, per_head: bool = False) -> SoftmaxFlops:
     """A variant's `flops` field: softmax attention over the pairs `pairs` counts (default: dense)."""
-    return SoftmaxFlops(pairs or (lambda n_q, n_k, causal, **_: dense_pairs(n_q, n_k, causal)))
+    return SoftmaxFlops(pairs or (lambda n_q, n_k, causal, **_: dense_pairs(n_q, n_k, causal)), per_head)
 
 
 def projection_flops(mode: str, tokens: int, d_model: int) -> int:

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import variants
 from harness import compiling as hc
+from harness import plugins, registry
 
 
 class OldConfig(SimpleNamespace):
@@ -65,6 +65,13 @@ def test_a_call_past_the_recompile_limit_is_counted_as_eager():
         torch._dynamo.reset()
 
 
+def test_compiles_with_static_shapes(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.update(kwargs) or fn)
+    hc.Compiled(torch.sin)
+    assert seen["dynamic"] is False and callable(seen["backend"])
+
+
 def test_no_compiled_call_gives_none():
     assert hc.fallback_since(hc.counts()) is None
 
@@ -104,7 +111,7 @@ def test_throughput_records_whether_the_compiled_graph_ran(monkeypatch, recompil
     _, _, plain = runner.execute(SUITE, case())
     assert plain["eager_fallback"] is None  # vanilla compiles nothing
     doubled = hc.Compiled(lambda q: q * 2, compiler=lambda gm, inputs: gm.forward)
-    monkeypatch.setattr(variants.get("vanilla"), "attention_fn", lambda q, k, v, causal=False: doubled(q))
+    monkeypatch.setattr(registry.get("vanilla"), "attention_fn", lambda q, k, v, causal=False: doubled(q))
     status, _, metrics = runner.execute(SUITE, case())
     assert status == "ok" and metrics["eager_fallback"] is False
 
@@ -115,7 +122,7 @@ def test_throughput_does_not_time_an_eager_fallback(monkeypatch, recompile_limit
 
     doubled = hc.Compiled(lambda q: q * 2, compiler=lambda gm, inputs: gm.forward)
     doubled(torch.randn(3))  # takes the one graph the limit allows
-    monkeypatch.setattr(variants.get("vanilla"), "attention_fn", lambda q, k, v, causal=False: doubled(q))
+    monkeypatch.setattr(registry.get("vanilla"), "attention_fn", lambda q, k, v, causal=False: doubled(q))
     status, reason, metrics = runner.execute(SUITE, case())
     assert status == "error" and reason.startswith("EagerFallback: ") and metrics == {}
 
@@ -126,13 +133,11 @@ class Called(Exception):
 
 @pytest.mark.parametrize("suite", ["throughput", "accuracy", "long-range"])
 def test_every_suite_raises_the_recompile_limit_through_the_helper(monkeypatch, suite):
-    import suites
-
     def spy(device, reset=False):
         raise Called(device)
 
     monkeypatch.setattr(hc, "allow_recompiles", spy)
-    module = suites.get(suite)
+    module = plugins.suite(suite)
     case = module.plan(profile="quick", device="cpu", variants=["vanilla"])[0]
     with pytest.raises(Called, match="cpu"):
         module.run_case(case)

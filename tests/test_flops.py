@@ -3,10 +3,12 @@
 import itertools
 
 import pytest
+import torch
 
 from harness import flops, masks, registry
 
 SIZES = [(1, 1), (5, 5), (64, 64), (100, 100), (130, 130), (1, 130), (7, 130), (1, 257), (257, 257)]
+LONG_Q = [(9, 3), (12, 11), (130, 7), (40, 1)]  # n_q > n_k: queries at negative positions
 
 
 def brute_force(pred, n_q, n_k):
@@ -27,11 +29,12 @@ def test_causal_count_matches_the_bottom_right_mask(n_q, n_k):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("window,global_tokens", [(0, 0), (3, 0), (0, 5), (16, 2), (500, 3), (3, 500)])
+@pytest.mark.parametrize("window,global_tokens",
+                         [(0, 0), (3, 0), (0, 5), (16, 2), (500, 3), (3, 500), (4, 2)])
 def test_window_and_global_counts_are_exact(window, global_tokens, causal):
     pred = masks.any_of(masks.sliding_window(window), masks.global_tokens(global_tokens))
     pred = masks.all_of(pred, masks.causal()) if causal else pred
-    for n_q, n_k in SIZES:
+    for n_q, n_k in SIZES + LONG_Q:
         got = flops.window_pairs(n_q, n_k, causal, window, global_tokens)
         assert got == brute_force(pred, n_q, n_k), (n_q, n_k)
 
@@ -42,19 +45,37 @@ def test_window_count_at_large_n_matches_the_closed_form():
     assert flops.window_pairs(n, n, True, w, 0) == n * (w + 1) - w * (w + 1) // 2
 
 
-@pytest.mark.parametrize("name", ["sparse-bigbird", "sparse-strided"])
+SPARSE_PARAMS = {
+    "sparse-bigbird": [{}, {"block_size": 16}, {"block_size": 7}, {"block_size": 8, "global_blocks": 2}],
+    "sparse-strided": [{}, {"stride": 16}, {"stride": 7}, {"stride": 1}],
+    "sparse-fixed": [{}, {"stride": 16, "summary": 4}, {"stride": 7, "summary": 3},
+                     {"stride": 8, "summary": 0}, {"stride": 5, "summary": 5}],
+}
+
+
+@pytest.mark.parametrize("name,params", [(n, p) for n, ps in SPARSE_PARAMS.items() for p in ps], ids=str)
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("params", [{}, {"block_size": 16}, {"block_size": 7}])
-def test_block_sparse_count_equals_the_mask_sum(name, causal, params):
+@pytest.mark.parametrize("n_heads", [1, 3])
+def test_sparse_count_equals_the_mask_sum(name, params, causal, n_heads):
     v = registry.get(name)
-    for n_q, n_k in SIZES:
-        expected = masks.visible_pairs(v.mask(n_q, n_k, causal, **params))
-        assert pairs(v, n_q, n_k, causal, params) == expected, (n_q, n_k)
+    for n_q, n_k in SIZES + LONG_Q:
+        mask = v.mask(n_q, n_k, causal, n_heads=n_heads, **params)
+        expected = masks.visible_pairs(mask) * (1 if mask.dim() == 3 else n_heads)
+        assert pairs(v, n_q, n_k, causal, params, n_heads) == expected, (n_q, n_k)
 
 
-def pairs(v, n_q, n_k, causal, params=None) -> int:
-    """The visible pairs a variant's declared FLOPs count: its flops at batch = heads = 1, head_dim 1."""
-    return v.attention_flops("fwd", 1, 1, 1, n_q, n_k, causal, params) // 4
+def test_bigbird_flops_count_each_heads_own_random_blocks():
+    v, params = registry.get("sparse-bigbird"), {"block_size": 8}
+    for causal in (False, True):
+        mask = v.mask(256, 256, causal, n_heads=4, **params)
+        assert not torch.equal(mask[0], mask[1])  # each head draws its own blocks
+        got = v.attention_flops("fwd", 2, 4, 64, 256, 256, causal, params)
+        assert got == 4 * 2 * 64 * int(mask.sum())
+
+
+def pairs(v, n_q, n_k, causal, params=None, n_heads=1) -> int:
+    """The visible pairs (over n_heads heads) a variant's declared FLOPs count: batch 1, head_dim 1."""
+    return v.attention_flops("fwd", 1, n_heads, 1, n_q, n_k, causal, params) // 4
 
 
 def softmax_variants_with_masks():
@@ -70,7 +91,8 @@ def test_every_masked_softmax_variant_is_counted_exactly(name):
     v = registry.get(name)
     for (n_q, n_k), causal in itertools.product([(200, 200), (1, 201), (3, 129)], [True, False]):
         # The variant runs with its defaults; pass them, as a mask function may have other defaults.
-        expected = masks.visible_pairs(v.mask(n_q, n_k, causal, **v.defaults))
+        mask = v.mask(n_q, n_k, causal, **v.defaults)
+        expected = masks.visible_pairs(mask)
         assert pairs(v, n_q, n_k, causal) == expected, (n_q, n_k, causal)
 
 

@@ -1,6 +1,7 @@
 """Longformer: mask properties, dense and Flex paths, and the O(N * window) banded reference."""
 
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -147,6 +148,77 @@ def test_xformers_variant_refuses_global_tokens_and_a_missing_package(monkeypatc
     monkeypatch.setitem(sys.modules, "xformers", None)
     with pytest.raises(Unsupported, match="xformers not installed"):
         v.attention(*qkv(n_q=32), causal=True)
+
+
+def flash_attn_local_mask(n_q, n_k, left, right):
+    """flash-attn's local window, written from its definition: query i sits at pos = i + n_k - n_q and
+    sees the keys j in [pos - left, pos + right] (and 0 <= j < n_k)."""
+    mask = torch.zeros(n_q, n_k, dtype=torch.bool)
+    for i in range(n_q):
+        pos = i + n_k - n_q
+        for j in range(max(pos - left, 0), min(pos + right, n_k - 1) + 1):
+            mask[i, j] = True
+    return mask
+
+
+WINDOW_SHAPES = [(30, 10), (25, 24), (12, 3), (10, 10), (7, 20)]  # mostly n_q > n_k
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window", [0, 2, 5])
+@pytest.mark.parametrize("shape", WINDOW_SHAPES, ids=str)
+def test_window_follows_flash_attns_local_convention(causal, window, shape):
+    want = flash_attn_local_mask(*shape, window, 0 if causal else window)
+    assert torch.equal(longformer_mask(*shape, causal=causal, window=window, global_tokens=0), want)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_queries_before_key_0_attend_the_keys_their_window_reaches_and_empty_windows_output_zero(causal):
+    n_q, n_k, window = 30, 10, 5
+    params = dict(window=window, global_tokens=0)
+    q, k, val = qkv(n_q=n_q, n_k=n_k, dtype=torch.float64)
+    mask = flash_attn_local_mask(n_q, n_k, window, 0 if causal else window)
+    want = softmax_attention(q, k, val, mask)
+    empty = ~mask.any(-1)  # positions -20..-6 (non-causal), every negative position (causal)
+    assert empty.sum() == (15 if not causal else 20) and not mask[15:20].all(-1).any()
+    for out in (registry.get("longformer").attention(q, k, val, causal=causal, **params),
+                flex_masked_attention(q.float(), k.float(), val.float(), longformer_predicate, causal,
+                                      params, compiled=False).double()):
+        torch.testing.assert_close(out, want, **TOLERANCE[torch.float32])
+        assert out[..., empty, :].abs().max() == 0 and out[..., ~empty, :].abs().amin(-1).min() > 0
+
+
+def test_a_query_before_key_0_sees_the_global_keys_but_is_not_global():
+    mask = longformer_mask(6, 4, window=1, global_tokens=1)  # positions -2..3
+    assert mask[:2].tolist() == [[True, False, False, False], [True, False, False, False]]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_xformers_local_mask_cuts_off_only_the_queries_that_see_no_key(monkeypatch, causal):
+    """A fake xformers: records the bias and the query count it is called with."""
+    calls = []
+
+    class LocalAttentionFromBottomRightMask:
+        def __init__(self, window_left, window_right):
+            self.window_left, self.window_right = window_left, window_right
+
+    def memory_efficient_attention(q, k, v, attn_bias=None):  # (batch, seq, heads, dim)
+        calls.append((q.shape[1], attn_bias.window_left, attn_bias.window_right))
+        mask = flash_attn_local_mask(q.shape[1], k.shape[1], attn_bias.window_left, attn_bias.window_right)
+        out = softmax_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
+        return out.transpose(1, 2)
+
+    ops = SimpleNamespace(memory_efficient_attention=memory_efficient_attention,
+                          fmha=SimpleNamespace(attn_bias=SimpleNamespace(
+                              LocalAttentionFromBottomRightMask=LocalAttentionFromBottomRightMask)))
+    monkeypatch.setattr("variants.longformer.xformers_ops", lambda: ops)
+    monkeypatch.setattr("variants.flash.xformers_ops", lambda: ops)
+    q, k, val = qkv(n_q=30, n_k=10, dtype=torch.float64)
+    out = registry.get("longformer-xformers").attention(q, k, val, causal=causal, window=5)
+    right = 0 if causal else 5
+    assert calls == [(30 - 20 + right, 5, right)]  # positions >= -right go to the kernel
+    want = softmax_attention(q, k, val, flash_attn_local_mask(30, 10, 5, right))
+    torch.testing.assert_close(out, want)
 
 
 @pytest.mark.cuda

@@ -23,9 +23,12 @@ def _sm_at_least(major: int, minor: int) -> bool:
     return torch.cuda.get_device_capability() >= (major, minor)
 
 
-def zero_blind_queries(attend, q, k, v):
-    """`attend(q, k, v)` for the queries aligned at key position >= 0; zeros for the ones before."""
-    n_blind = max(q.shape[-2] - k.shape[-2], 0)
+def zero_blind_queries(attend, q, k, v, reach: int = 0):
+    """`attend(q, k, v)` for the queries that see a key; zeros for the ones before.
+
+    A query at position p sees keys up to p + reach (causal: reach 0), so the queries at p < -reach see
+    none. Cutting them off keeps the others bottom-right aligned."""
+    n_blind = max(q.shape[-2] - k.shape[-2] - reach, 0)
     if n_blind == 0:
         return attend(q, k, v)
     out = attend(q[..., n_blind:, :], k, v)

@@ -2,6 +2,9 @@
 
 Query i may attend key j when |i - j| <= window; the first global_tokens positions attend to, and are
 attended by, every position; causal additionally requires j <= i (positions as in harness.masks).
+With n_q > n_k the window follows flash-attn's local-window convention: query i sits at position
+p = i + n_k - n_q and sees the keys in [p - window, p + window] (causal: [p - window, p]); a query at a
+negative position is not a global one, and one whose window holds no key outputs zero.
 
 - `longformer`: FlexAttention (compiled) on CUDA, dense masked softmax on CPU.
 - `longformer-banded`: a pure-PyTorch reference in O(N * window) memory that never builds the N x N
@@ -24,7 +27,8 @@ from variants.sparse import FLEX_SUPPORT, flex_backend, masked_attention
 DEFAULTS = dict(window=128, global_tokens=8)
 
 
-def longformer_predicate(n_q, n_k, causal, device="cpu", *, window, global_tokens) -> masks.Predicate:
+def longformer_predicate(n_q, n_k, causal, n_heads=1, device="cpu", *, window,
+                         global_tokens) -> masks.Predicate:
     pred = masks.any_of(masks.sliding_window(window), masks.global_tokens(global_tokens))
     return masks.all_of(pred, masks.causal()) if causal else pred
 
@@ -36,7 +40,7 @@ def longformer_pairs(n_q: int, n_k: int, causal: bool, *, window, global_tokens)
 FLOPS = flops.softmax(longformer_pairs)
 
 
-def longformer_mask(n_q: int, n_k: int, causal: bool = False, **params) -> torch.Tensor:
+def longformer_mask(n_q: int, n_k: int, causal: bool = False, n_heads: int = 1, **params) -> torch.Tensor:
     return masks.dense(longformer_predicate(n_q, n_k, causal, **{**DEFAULTS, **params}), n_q, n_k)
 
 
@@ -109,7 +113,8 @@ def longformer_banded(q, k, v, causal=False, *, window, global_tokens):
 def longformer_xformers(q, k, v, causal=False, *, window, global_tokens):
     if global_tokens:
         raise Unsupported("xformers local attention has no global tokens (needs global_tokens=0)")
-    bias = xformers_ops().fmha.attn_bias.LocalAttentionFromBottomRightMask(
-        window_left=window, window_right=0 if causal else window,
-    )
-    return zero_blind_queries(lambda q, k, v: xformers_attention(q, k, v, bias), q, k, v)
+    right = 0 if causal else window
+    local = xformers_ops().fmha.attn_bias.LocalAttentionFromBottomRightMask
+    bias = local(window_left=window, window_right=right)
+    # Queries whose window ends before key 0 see nothing: cut off (kernels differ on empty rows).
+    return zero_blind_queries(lambda q, k, v: xformers_attention(q, k, v, bias), q, k, v, reach=right)

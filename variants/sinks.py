@@ -33,7 +33,7 @@ SINK_TOKENS = 4
 SUPPORT = Support(dtypes=FLEX_SUPPORT.dtypes, check=FLEX_SUPPORT.check, non_causal=False)
 
 
-def sink_predicate(n_q, n_k, causal, device="cpu", *, window, sink_tokens) -> masks.Predicate:
+def sink_predicate(n_q, n_k, causal, n_heads=1, device="cpu", *, window, sink_tokens) -> masks.Predicate:
     """Causal, and within the window or among the first sink_tokens keys."""
     first_keys = lambda q, k: k < sink_tokens  # noqa: E731
     return masks.all_of(masks.causal(), masks.any_of(masks.sliding_window(window), first_keys))
@@ -77,7 +77,8 @@ def flex_sink_attention(q, k, v, *, window, sink_tokens, sink_logit=None, compil
     from torch.nn.attention.flex_attention import AuxRequest, flex_attention
 
     params = (("sink_tokens", sink_tokens), ("window", window))
-    block_mask = _block_mask(sink_predicate, q.shape[-2], k.shape[-2], True, params, str(q.device))
+    n_heads, n_q, n_k = q.shape[1], q.shape[-2], k.shape[-2]
+    block_mask = _block_mask(sink_predicate, n_q, n_k, True, n_heads, params, str(q.device))
     attention = _compiled(flex_attention) if compiled else flex_attention
     if sink_logit is None:
         return attention(q, k, v, block_mask=block_mask)

@@ -1,9 +1,25 @@
-"""Block-sparse attention: BigBird and Sparse-Transformer (strided) patterns at block granularity.
+"""Sparse softmax attention: BigBird (ITC) and the Sparse Transformer's strided and fixed patterns.
 
-A pattern is a bool block layout over absolute-position blocks (harness.masks alignment), made a
-token-level predicate by masks.block_layout (and masks.causal). `mask()` materializes that predicate for
-the reference; on CUDA the same predicate drives FlexAttention, whose block-sparse kernel skips the
-empty blocks. On CPU the path is the dense masked softmax.
+Each pattern is a harness.masks predicate over absolute positions. `mask()` materializes it for the
+reference; on CUDA the same predicate drives FlexAttention, whose block-sparse kernel skips the blocks
+it leaves empty. On CPU the path is the dense masked softmax.
+
+- `sparse-bigbird`, BigBird's ITC form (Zaheer et al. 2020, as in its code and LRA): query and key
+  blocks of `block_size`; each query block sees a window of 2 * window_blocks + 1 blocks around it
+  (3, the paper's), the global blocks (the first and the last `global_blocks`, which also see every
+  key), and `random_blocks` (r = 3) others drawn per head from `seed`. Causal: random blocks are drawn
+  among earlier blocks and only the first blocks are global (the last block moves as a causal
+  sequence grows), so a prefix sees what the full pass sees.
+- `sparse-strided`, the Sparse Transformer's strided pattern (Child et al. 2019) in one merged head:
+  the keys within `stride` positions of the query (the local band of width l) plus every key j with
+  (i - j) mod stride == 0 (relative).
+- `sparse-fixed`, the Sparse Transformer's fixed pattern, the one LRA's Sparse Transformer uses: the
+  keys in the query's own block of `stride` positions, plus the last `summary` positions of every block
+  (absolute "summary" columns; c = summary).
+The paper's patterns are causal; non-causal, strided's band and stride run both ways, and fixed sees
+every block's summary columns. The stride and summary columns touch every FlexAttention block, so those
+two save no compute over dense attention there: they are kept for their accuracy, not their speed.
+Queries at negative positions (n_q > n_k) see nothing under these patterns.
 
 The FlexAttention machinery here (`masked_attention`, `flex_masked_attention`) also serves longformer.
 """
@@ -14,12 +30,13 @@ import functools
 
 import torch
 
-from harness import flops, masks
+from harness import compiling, flops, masks
 from harness.attention import softmax_attention
 from harness.registry import ALL_FLOAT, HALF, Support, attention_variant
 
-BIGBIRD_DEFAULTS = dict(block_size=64, window_blocks=1, global_blocks=1, random_blocks=1, seed=0)
-STRIDED_DEFAULTS = dict(block_size=64, stride=4)
+BIGBIRD_DEFAULTS = dict(block_size=64, window_blocks=1, global_blocks=1, random_blocks=3, seed=0)
+STRIDED_DEFAULTS = dict(stride=128)
+FIXED_DEFAULTS = dict(stride=128, summary=8)
 
 
 def _flex_check(device, dtype, head_dim, causal):
@@ -38,30 +55,33 @@ def flex_backend(device: str) -> str:
 # --- FlexAttention path ---------------------------------------------------------------------------
 
 @functools.cache
-def _compiled(fn):
-    return torch.compile(fn)
+def _compiled(fn) -> compiling.Compiled:
+    """One compiled wrapper per function (static shapes; knows whether its graph ran)."""
+    return compiling.Compiled(fn)
 
 
 @functools.lru_cache(maxsize=64)
-def _block_mask(make_predicate, n_q: int, n_k: int, causal: bool, params: tuple, device: str):
+def _block_mask(make_predicate, n_q: int, n_k: int, causal: bool, n_heads: int, params: tuple, device: str):
+    """The BlockMask of a pattern at one size, built once per (pattern, params, sizes, heads, device)."""
     from torch.nn.attention.flex_attention import create_block_mask  # late: loads torch._dynamo
 
-    pred = make_predicate(n_q, n_k, causal, device, **dict(params))
+    pred = make_predicate(n_q, n_k, causal, n_heads, device, **dict(params))
     # Eager create_block_mask materializes the predicate's (n_q, n_k) int64 intermediates; compiled (as
     # FlexAttention's docs advise) it fuses them into the block reduction, which long sequences need.
     build = _compiled(create_block_mask) if device.startswith("cuda") else create_block_mask
-    return build(masks.flex_mask_mod(pred, n_q, n_k), None, None, n_q, n_k, device=device)
+    return build(masks.flex_mask_mod(pred, n_q, n_k), None, masks.heads_of(pred), n_q, n_k, device=device)
 
 
 def flex_masked_attention(q, k, v, make_predicate, causal: bool, params: dict, compiled: bool = True):
-    """FlexAttention under `make_predicate(n_q, n_k, causal, device, **params)`; block masks are cached.
+    """FlexAttention under `make_predicate(n_q, n_k, causal, n_heads, device, **params)`.
 
     compiled=False runs FlexAttention eagerly (CPU tests use it to check the block-mask construction).
     """
     from torch.nn.attention.flex_attention import flex_attention
 
-    n_q, n_k = q.shape[-2], k.shape[-2]
-    block_mask = _block_mask(make_predicate, n_q, n_k, causal, tuple(sorted(params.items())), str(q.device))
+    n_heads, n_q, n_k = q.shape[1], q.shape[-2], k.shape[-2]
+    block_mask = _block_mask(make_predicate, n_q, n_k, causal, n_heads, tuple(sorted(params.items())),
+                             str(q.device))
     attend = _compiled(flex_attention) if compiled else flex_attention
     return attend(q, k, v, block_mask=block_mask)
 
@@ -71,83 +91,106 @@ def masked_attention(q, k, v, make_predicate, causal: bool, params: dict):
     if q.is_cuda:
         return flex_masked_attention(q, k, v, make_predicate, causal, params)
     n_q, n_k = q.shape[-2], k.shape[-2]
-    pred = make_predicate(n_q, n_k, causal, q.device, **params)
+    pred = make_predicate(n_q, n_k, causal, q.shape[1], q.device, **params)
     return softmax_attention(q, k, v, masks.dense(pred, n_q, n_k, q.device))
 
 
-# --- layouts --------------------------------------------------------------------------------------
+# --- BigBird --------------------------------------------------------------------------------------
 
 def n_blocks(n_k: int, block_size: int) -> int:
     """Blocks covering key positions 0..n_k-1 (query positions never exceed n_k - 1)."""
     return max(-(-n_k // block_size), 1)
 
 
-def bigbird_layout(n: int, causal: bool = False, *, window_blocks: int, global_blocks: int,
-                   random_blocks: int, seed: int) -> torch.Tensor:
-    """(n, n) bool: block i sees blocks within window_blocks of it, the first global_blocks (which see
-    everything), and random_blocks others drawn without replacement (among earlier blocks if causal)."""
-    i = torch.arange(n)[:, None]
-    j = torch.arange(n)[None, :]
-    fixed = ((i - j).abs() <= window_blocks) | (i < global_blocks) | (j < global_blocks)
-    drawable = (j < i) if causal else torch.ones_like(fixed)
-    # A uniform random subset per row: the top random_blocks of i.i.d. scores among the candidates.
-    # Scores fill the drawable cells in row-major order, so with causal a row's draws do not depend on
-    # n: the layout of a prefix is the prefix of the layout, and decoding sees what a full pass sees.
+def _random_blocks(candidates: torch.Tensor, causal: bool, count: int, generator: torch.Generator):
+    """`count` cells per row drawn uniformly among the candidates: the top scores of i.i.d. draws.
+
+    Scores fill the drawable cells in row-major order, so with causal a row's draws do not depend on
+    n: the layout of a prefix is the prefix of the layout, and decoding sees what a full pass sees."""
+    n = candidates.shape[0]
+    drawable = torch.ones(n, n, dtype=torch.bool).tril(-1) if causal else torch.ones(n, n, dtype=torch.bool)
     scores = torch.full((n, n), -1.0)
-    scores[drawable] = torch.rand(int(drawable.sum()), generator=torch.Generator().manual_seed(seed))
-    candidates = ~fixed & drawable
-    top = scores.masked_fill(~candidates, -1.0).topk(min(random_blocks, n), dim=1).indices
-    drawn = torch.zeros_like(fixed).scatter_(1, top, True) & candidates
-    return fixed | drawn
+    scores[drawable] = torch.rand(int(drawable.sum()), generator=generator)
+    top = scores.masked_fill(~candidates, -1.0).topk(min(count, n), dim=1).indices
+    return torch.zeros_like(candidates).scatter_(1, top, True) & candidates
 
 
-def strided_layout(n: int, *, stride: int) -> torch.Tensor:
-    """(n, n) bool: local blocks |i - j| < stride, plus the summary blocks j % stride == stride - 1."""
+def bigbird_layout(n: int, causal: bool = False, *, n_heads: int = 1, window_blocks: int, global_blocks: int,
+                   random_blocks: int, seed: int) -> torch.Tensor:
+    """(n_heads, n, n) bool block layout: the window and the global blocks, the same in every head, and
+    each head's random blocks, drawn from (seed, head) without replacement among the blocks left."""
     i = torch.arange(n)[:, None]
     j = torch.arange(n)[None, :]
-    return ((i - j).abs() < stride) | (j % stride == stride - 1)
+
+    def is_global(b):
+        first = b < global_blocks
+        return first if causal else first | (b >= n - global_blocks)
+
+    fixed = ((i - j).abs() <= window_blocks) | is_global(i) | is_global(j)
+    candidates = ~fixed & ((j < i) if causal else torch.ones_like(fixed))
+    heads = [fixed | _random_blocks(candidates, causal, random_blocks,
+                                    torch.Generator().manual_seed(seed * 1_000_003 + h))
+             for h in range(n_heads)]
+    return torch.stack(heads)
 
 
-def _layout_predicate(layout: torch.Tensor, block_size: int, causal: bool, device) -> masks.Predicate:
-    pred = masks.block_layout(layout.to(device), block_size)
+def bigbird_predicate(n_q, n_k, causal, n_heads=1, device="cpu", *, block_size, **layout) -> masks.Predicate:
+    pred = masks.block_layout(bigbird_layout(n_blocks(n_k, block_size), causal, n_heads=n_heads,
+                                             **layout).to(device), block_size)
     return masks.all_of(pred, masks.causal()) if causal else pred
 
 
-def bigbird_predicate(n_q, n_k, causal, device="cpu", *, block_size, **layout_params) -> masks.Predicate:
-    layout = bigbird_layout(n_blocks(n_k, block_size), causal, **layout_params)
-    return _layout_predicate(layout, block_size, causal, device)
-
-
-def strided_predicate(n_q, n_k, causal, device="cpu", *, block_size, stride) -> masks.Predicate:
-    layout = strided_layout(n_blocks(n_k, block_size), stride=stride)
-    return _layout_predicate(layout, block_size, causal, device)
-
-
-def bigbird_pairs(n_q: int, n_k: int, causal: bool, *, block_size, **layout_params) -> int:
-    layout = bigbird_layout(n_blocks(n_k, block_size), causal, **layout_params)
+def bigbird_pairs(n_q: int, n_k: int, causal: bool, *, n_heads: int = 1, block_size, **layout) -> int:
+    """Visible pairs summed over the heads (each draws its own random blocks)."""
+    layout = bigbird_layout(n_blocks(n_k, block_size), causal, n_heads=n_heads, **layout)
     return flops.block_pairs(layout, block_size, n_q, n_k, causal)
 
 
-def strided_pairs(n_q: int, n_k: int, causal: bool, *, block_size, stride) -> int:
-    return flops.block_pairs(strided_layout(n_blocks(n_k, block_size), stride=stride), block_size, n_q, n_k,
-                             causal)
+def bigbird_mask(n_q: int, n_k: int, causal: bool = False, n_heads: int = 1, **params) -> torch.Tensor:
+    """(n_heads, n_q, n_k): BigBird's random blocks differ per head."""
+    pred = bigbird_predicate(n_q, n_k, causal, n_heads, **{**BIGBIRD_DEFAULTS, **params})
+    return masks.dense(pred, n_q, n_k)
 
 
-def bigbird_mask(n_q: int, n_k: int, causal: bool = False, **params) -> torch.Tensor:
-    return masks.dense(bigbird_predicate(n_q, n_k, causal, **{**BIGBIRD_DEFAULTS, **params}), n_q, n_k)
+# --- Sparse Transformer ---------------------------------------------------------------------------
+
+def strided_predicate(n_q, n_k, causal, n_heads=1, device="cpu", *, stride) -> masks.Predicate:
+    local = masks.sliding_window(stride - 1, 0 if causal else stride - 1)
+    strided = masks.any_of(local, lambda q, k: (q - k) % stride == 0)
+    return masks.all_of(masks.nonnegative(), strided, *([masks.causal()] if causal else []))
 
 
-def strided_mask(n_q: int, n_k: int, causal: bool = False, **params) -> torch.Tensor:
+def fixed_predicate(n_q, n_k, causal, n_heads=1, device="cpu", *, stride, summary) -> masks.Predicate:
+    if not 0 <= summary <= stride:
+        raise ValueError(f"summary must be in 0..stride ({stride}), got {summary}")
+    fixed = lambda q, k: (q // stride == k // stride) | (k % stride >= stride - summary)  # noqa: E731
+    return masks.all_of(masks.nonnegative(), fixed, *([masks.causal()] if causal else []))
+
+
+def strided_pairs(n_q: int, n_k: int, causal: bool, *, stride) -> int:
+    return flops.strided_pairs(n_q, n_k, causal, stride)
+
+
+def fixed_pairs(n_q: int, n_k: int, causal: bool, *, stride, summary) -> int:
+    return flops.fixed_pairs(n_q, n_k, causal, stride, summary)
+
+
+def strided_mask(n_q: int, n_k: int, causal: bool = False, n_heads: int = 1, **params) -> torch.Tensor:
     return masks.dense(strided_predicate(n_q, n_k, causal, **{**STRIDED_DEFAULTS, **params}), n_q, n_k)
+
+
+def fixed_mask(n_q: int, n_k: int, causal: bool = False, n_heads: int = 1, **params) -> torch.Tensor:
+    return masks.dense(fixed_predicate(n_q, n_k, causal, **{**FIXED_DEFAULTS, **params}), n_q, n_k)
 
 
 # --- variants -------------------------------------------------------------------------------------
 
 @attention_variant(
     "sparse-bigbird", family="sparse", exact=True, support=FLEX_SUPPORT, defaults=BIGBIRD_DEFAULTS,
-    mask_fn=bigbird_mask, flops=flops.softmax(bigbird_pairs), backend=flex_backend,
+    mask_fn=bigbird_mask, flops=flops.softmax(bigbird_pairs, per_head=True), backend=flex_backend,
     small_params={"block_size": 8},
-    description="BigBird block-sparse attention (window + global + seeded random blocks) via FlexAttention",
+    description="BigBird ITC block-sparse attention (window 3 + first/last global + 3 random blocks per "
+                "head) via FlexAttention",
 )
 def sparse_bigbird(q, k, v, causal=False, **params):
     return masked_attention(q, k, v, bigbird_predicate, causal, params)
@@ -156,8 +199,20 @@ def sparse_bigbird(q, k, v, causal=False, **params):
 @attention_variant(
     "sparse-strided", family="sparse", exact=True, support=FLEX_SUPPORT, defaults=STRIDED_DEFAULTS,
     mask_fn=strided_mask, flops=flops.softmax(strided_pairs), backend=flex_backend,
-    small_params={"block_size": 8, "stride": 2},
-    description="Sparse Transformer strided pattern (local + summary blocks) via FlexAttention",
+    small_params={"stride": 4},
+    description="Sparse Transformer strided pattern (local band + every stride-th key, relative) via "
+                "FlexAttention",
 )
 def sparse_strided(q, k, v, causal=False, **params):
     return masked_attention(q, k, v, strided_predicate, causal, params)
+
+
+@attention_variant(
+    "sparse-fixed", family="sparse", exact=True, support=FLEX_SUPPORT, defaults=FIXED_DEFAULTS,
+    mask_fn=fixed_mask, flops=flops.softmax(fixed_pairs), backend=flex_backend,
+    small_params={"stride": 8, "summary": 2},
+    description="Sparse Transformer fixed pattern (own block + summary columns of every block; LRA's) via "
+                "FlexAttention",
+)
+def sparse_fixed(q, k, v, causal=False, **params):
+    return masked_attention(q, k, v, fixed_predicate, causal, params)
