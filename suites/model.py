@@ -85,6 +85,15 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def layer_params(variant_name: str, params: dict, layer: int) -> dict:
+    """A variant that draws randomness (performer's features, BigBird's random blocks) draws it per
+    layer, as in their papers: layer i's seed comes from the model's seed and i."""
+    defaults = registry.get(variant_name).defaults
+    if "seed" not in defaults:
+        return params
+    return {**params, "seed": hash((params.get("seed", defaults["seed"]), layer)) % 2**31}
+
+
 class LanguageModel(nn.Module):
     def __init__(self, variant: str, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
                  mlp_width: int, params: dict | None = None, rope: bool | None = None):
@@ -92,9 +101,18 @@ class LanguageModel(nn.Module):
         v, kwargs = registry.get(variant), mixer_kwargs(variant, params or {}, rope)
         self.embedding = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)
-        mixers = (v.mixer(d_model, n_heads, causal=True, **kwargs) for _ in range(n_layers))
+        mixers = (v.mixer(d_model, n_heads, causal=True, **layer_params(variant, kwargs, layer))
+                  for layer in range(n_layers))
         self.blocks = nn.ModuleList(Block(mixer, d_model, mlp_width) for mixer in mixers)
         self.norm = nn.LayerNorm(d_model)
+
+    def redraw_features(self, step: int) -> None:
+        """Performer redraws its random features every `redraw_every` training steps (its paper's
+        practice): the mixers' `draw` moves on. A no-op for mixers without `redraw_every`."""
+        for block in self.blocks:
+            params = getattr(block.mixer, "params", {})
+            if params.get("redraw_every"):
+                params["draw"] = step // params["redraw_every"]
 
     def hidden(self, inputs: torch.Tensor) -> torch.Tensor:
         x = self.embedding(inputs)
@@ -171,6 +189,7 @@ def train(model: LanguageModel, batches: Iterator[Batch], *, lr: float, max_step
     budget_start = started
     model.train()
     for step in range(max_steps):
+        model.redraw_features(step)
         batch = next(batches).to(device)
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, max_steps, lr)

@@ -1,8 +1,11 @@
 """Performer (Choromanski et al. 2021): FAVOR+ positive orthogonal random features.
 
 phi(x) = exp(w.x - |x|^2 / 2) / sqrt(m) on x scaled by d^(-1/4), so that E[phi(q).phi(k)] = exp(q.k / sqrt(d))
-and the normalised linear attention over these features estimates softmax attention. The estimate
-sharpens as the number of features m grows. Causal attention reuses the prefix-sum core of linear.py.
+and the normalised linear attention over these features estimates softmax attention. The rows of w
+come in Haar-distributed orthogonal blocks of d with chi(d) norms (the estimate is unbiased only with
+Haar blocks); the error falls as m^(-1/2). As in the paper, every head draws its own features, every
+layer too (suites.model seeds each layer), and training may redraw them every `redraw_every` steps.
+Causal attention reuses the prefix-sum core of linear.py.
 """
 
 from __future__ import annotations
@@ -25,20 +28,50 @@ from variants.linear import (
 _MAX_EPS_EXPONENT = 60.0
 
 
+def draw_seed(*parts: int) -> int:
+    """One generator seed from several integers (seed, layer, redraw): stable across runs and processes."""
+    return hash(tuple(parts)) & (2**63 - 1)
+
+
+def haar_orthogonal(gaussian: torch.Tensor) -> torch.Tensor:
+    """Haar-distributed orthogonal matrices from i.i.d. Gaussian ones (..., d, d).
+
+    QR alone is not Haar: its sign convention ties Q to R. Multiplying Q's columns by sign(diag(R))
+    (Mezzadri 2007) makes Q uniform, which E[phi(q).phi(k)] = exp(q.k / sqrt(d)) needs."""
+    q, r = torch.linalg.qr(gaussian)
+    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+
+
 @functools.lru_cache(maxsize=64)
 def orthogonal_random_features(
-    head_dim: int, nb_features: int, seed: int, device: torch.device, dtype: torch.dtype,
+    head_dim: int, nb_features: int, seed: int, device: torch.device, dtype: torch.dtype, n_heads: int = 1,
+    draw: int = 0,
 ) -> torch.Tensor:
-    """(nb_features, head_dim) projection: stacked orthogonal blocks with chi(head_dim)-distributed row norms.
+    """(n_heads, nb_features, head_dim): per head, stacked Haar-orthogonal blocks of rows with
+    chi(head_dim)-distributed norms, each head its own draw.
 
-    Drawn in float64 on the CPU from `seed`, so a seed gives the same features on every device.
-    """
-    g = torch.Generator().manual_seed(seed)
+    Drawn in float64 on the CPU from (seed, draw, head), so a seed gives the same features on every device;
+    `draw` counts the redraws of training (`redraw_every`)."""
     n_blocks = -(-nb_features // head_dim)
-    gaussian = torch.randn(n_blocks, head_dim, head_dim, generator=g, dtype=torch.float64)
-    directions = torch.linalg.qr(gaussian).Q.mT.flatten(0, 1)[:nb_features]  # orthonormal rows per block
-    norms = torch.randn(nb_features, head_dim, generator=g, dtype=torch.float64).norm(dim=1, keepdim=True)
-    return (norms * directions).to(device=device, dtype=dtype)
+    gaussian, norms = [], []
+    for head in range(n_heads):  # a generator per head: head h draws the same whatever n_heads is
+        g = torch.Generator().manual_seed(draw_seed(seed, draw, head))
+        gaussian.append(torch.randn(n_blocks, head_dim, head_dim, generator=g, dtype=torch.float64))
+        norms.append(torch.randn(nb_features, head_dim, generator=g, dtype=torch.float64).norm(dim=-1))
+    directions = haar_orthogonal(torch.stack(gaussian)).mT.flatten(1, 2)[:, :nb_features]  # rows per block
+    norms = torch.stack(norms)
+    return (norms.unsqueeze(-1) * directions).to(device=device, dtype=dtype)
+
+
+def _features(x: torch.Tensor, nb_features: int, seed: int, draw: int, dtype: torch.dtype) -> torch.Tensor:
+    """The projection of (batch, heads, n, head_dim) inputs: (heads, m, head_dim), one draw per head."""
+    return orthogonal_random_features(x.shape[-1], nb_features, seed, x.device, dtype, x.shape[1], draw)
+
+
+def positive_features(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """phi(x) = exp(w.x' - |x'|^2 / 2) / sqrt(m), x' = x / d^(1/4): the unstabilised definition."""
+    x = x * x.shape[-1] ** -0.25
+    return torch.exp(x @ w.mT - x.square().sum(-1, keepdim=True) / 2) / math.sqrt(w.shape[-2])
 
 
 def favor_features(x: torch.Tensor, w: torch.Tensor, *, per_row: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,22 +82,19 @@ def favor_features(x: torch.Tensor, w: torch.Tensor, *, per_row: bool) -> tuple[
     too, so the output does not depend on it: detached.
     """
     x = x * x.shape[-1] ** -0.25
-    exponent = x @ w.T - x.square().sum(-1, keepdim=True) / 2
+    exponent = x @ w.mT - x.square().sum(-1, keepdim=True) / 2
     dims = (-1,) if per_row else (-2, -1)
     shift = exponent.detach().amax(dim=dims, keepdim=True)
-    return torch.exp(exponent - shift) / math.sqrt(w.shape[0]), shift
+    return torch.exp(exponent - shift) / math.sqrt(w.shape[-2]), shift
 
 
-def performer_attention_reference(q, k, v, causal=False, nb_features=256, seed=0, eps=1e-6) -> torch.Tensor:
+def performer_attention_reference(q, k, v, causal=False, nb_features=256, seed=0, eps=1e-6, draw=0,
+                                  redraw_every=None) -> torch.Tensor:
     """The O(N^2) definition with unstabilised features, in q's dtype (use float64 inputs for a reference)."""
     acc = accumulation_dtype(q.dtype)
-    w = orthogonal_random_features(q.shape[-1], nb_features, seed, q.device, acc)
-
-    def phi(x):
-        x = x.to(acc) * x.shape[-1] ** -0.25
-        return torch.exp(x @ w.T - x.square().sum(-1, keepdim=True) / 2) / math.sqrt(nb_features)
-
-    return quadratic_linear_attention(phi(q), phi(k), v, causal=causal, eps=eps).to(q.dtype)
+    w = _features(q, nb_features, seed, draw, acc)
+    phi_q, phi_k = positive_features(q.to(acc), w), positive_features(k.to(acc), w)
+    return quadratic_linear_attention(phi_q, phi_k, v, causal=causal, eps=eps).to(q.dtype)
 
 
 def _scaled_eps(eps: float, shift_q: torch.Tensor, shift_k: torch.Tensor) -> torch.Tensor:
@@ -72,16 +102,16 @@ def _scaled_eps(eps: float, shift_q: torch.Tensor, shift_k: torch.Tensor) -> tor
     return eps * torch.exp((-shift_q - shift_k).clamp(max=_MAX_EPS_EXPONENT))
 
 
-def performer_prefill(k, v, capacity=None, nb_features=256, seed=0, eps=1e-6) -> RecurrentState:
+def performer_prefill(k, v, capacity=None, nb_features=256, seed=0, eps=1e-6, draw=0, redraw_every=None):
     acc = accumulation_dtype(k.dtype)
-    w = orthogonal_random_features(k.shape[-1], nb_features, seed, k.device, acc)
-    phi_k, shift_k = favor_features(k.to(acc), w, per_row=False)
+    phi_k, shift_k = favor_features(k.to(acc), _features(k, nb_features, seed, draw, acc), per_row=False)
     return RecurrentState.of_context(phi_k, v, shift_k)
 
 
-def performer_decode(q, k, v, state: RecurrentState, nb_features=256, seed=0, eps=1e-6):
+def performer_decode(q, k, v, state: RecurrentState, nb_features=256, seed=0, eps=1e-6, draw=0,
+                     redraw_every=None):
     acc = accumulation_dtype(q.dtype)
-    w = orthogonal_random_features(q.shape[-1], nb_features, seed, q.device, acc)
+    w = _features(q, nb_features, seed, draw, acc)
     phi_k, shift_k = favor_features(k.to(acc), w, per_row=False)
     state = state.add(phi_k, v, shift_k)
     phi_q, shift_q = favor_features(q.to(acc), w, per_row=True)
@@ -93,11 +123,14 @@ def performer_decode(q, k, v, state: RecurrentState, nb_features=256, seed=0, ep
     defaults={"nb_features": 256, "seed": 0, "eps": 1e-6}, backend=backend_name,
     prefill_fn=performer_prefill, decode_fn=performer_decode, reference=performer_attention_reference,
     small_params={"nb_features": 32},
-    description="FAVOR+ positive orthogonal random features; causal via linear's chunked prefix sums",
+    description="FAVOR+ positive orthogonal random features, drawn per head; causal via linear's chunked "
+                "prefix sums",
 )
-def performer(q, k, v, causal=False, nb_features=256, seed=0, eps=1e-6):
+def performer(q, k, v, causal=False, nb_features=256, seed=0, eps=1e-6, draw=0, redraw_every=None):
+    """`draw`: which redraw of the features (training advances it every `redraw_every` steps through
+    suites.model; the kernel itself never redraws)."""
     acc = accumulation_dtype(q.dtype)
-    w = orthogonal_random_features(q.shape[-1], nb_features, seed, q.device, acc)
+    w = _features(q, nb_features, seed, draw, acc)
     phi_q, shift_q = favor_features(q.to(acc), w, per_row=True)
     phi_k, shift_k = favor_features(k.to(acc), w, per_row=False)
     return normalized_linear_attention(phi_q, phi_k, v, causal=causal,
