@@ -104,3 +104,28 @@ def test_cuda_flash_matches_vanilla(name, dtype, causal, shape):
     want = registry.get("vanilla").attention(q, k, val, causal=causal)
     assert out.dtype == dtype
     assert_same_output_and_grads(out, want, (q, k, val), TOLERANCE[dtype], dict(atol=5e-2, rtol=5e-2))
+
+
+@pytest.mark.parametrize("name", ["flash-cudnn", "flash-sdpa", "flash-efficient"])
+def test_a_causal_decode_step_passes_no_mask(monkeypatch, name):
+    """One query against a cache sees every key: SDPA gets no mask and is_causal=False (no CausalBias
+    built per step). A spy stands in for F.scaled_dot_product_attention (cuDNN needs a GPU)."""
+    import variants.flash as flash
+
+    calls = []
+
+    def spy(q, k, v, attn_mask=None, is_causal=False):
+        calls.append((q.shape[-2], k.shape[-2], attn_mask, is_causal))
+        return softmax_attention(q, k, v)
+
+    monkeypatch.setattr(flash.F, "scaled_dot_product_attention", spy)
+    v = variants.get(name)
+    q, k, val = qkv(n_q=1, n_k=40)
+    out = v.attention_fn(q, k, val, causal=True)
+    assert calls == [(1, 40, None, False)]
+    torch.testing.assert_close(out, reference(q, k, val, causal=True).float())
+    state = v.prefill(k, val, capacity=41)
+    v.decode(q, k[..., :1, :], val[..., :1, :], state)
+    assert calls[-1] == (1, 41, None, False)
+    v.attention_fn(*qkv(n_q=3, n_k=40), causal=True)  # more than one query still gets the bottom-right mask
+    assert calls[-1][2] is not None and calls[-1][3] is False

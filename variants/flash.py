@@ -41,10 +41,11 @@ def sdpa(q, k, v, causal: bool, backend: SDPBackend) -> torch.Tensor:
 
     def attend(q, k, v):
         n_q, n_k = q.shape[-2], k.shape[-2]
-        square = n_q == n_k
-        mask = causal_lower_right(n_q, n_k) if causal and not square else None
+        # One query sits at the last position and sees every key: decoding needs no mask at all.
+        masked = causal and n_q > 1
+        mask = causal_lower_right(n_q, n_k) if masked and n_q != n_k else None
         with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and square)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=masked and n_q == n_k)
 
     try:
         return zero_blind_queries(attend, q, k, v) if causal else attend(q, k, v)
