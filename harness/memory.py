@@ -1,7 +1,8 @@
 """Memory figures of a case, and a memory cap that makes out-of-memory reproducible.
 
-A cap applies to one case in the worker and is lifted afterwards. On CUDA it bounds the caching
-allocator (`torch.cuda.set_per_process_memory_fraction`; exceeding it raises torch.OutOfMemoryError).
+A cap applies to one case in the worker and is lifted afterwards; either way it means "at most cap_mb
+MiB more than now". On CUDA it bounds the caching allocator (`torch.cuda.set_per_process_memory_fraction`
+at what it has reserved plus the cap; exceeding it raises torch.OutOfMemoryError).
 On the CPU it bounds the address space (RLIMIT_AS) to what the process maps now plus the cap; torch's
 CPU allocator then fails with a RuntimeError, re-raised here as MemoryError, the CPU's out-of-memory
 (the runner records both as "oom").
@@ -45,8 +46,10 @@ def memory_cap(device: str, cap_mb: int | None) -> Iterator[None]:
 
 @contextmanager
 def _cuda_cap(device: torch.device, cap_mb: int) -> Iterator[None]:
+    # The caching allocator refuses to reserve past fraction x total: what it holds now plus the cap.
     total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(cap_mb * MIB / total, 1.0), device)
+    limit = torch.cuda.memory_reserved(device) + cap_mb * MIB
+    torch.cuda.set_per_process_memory_fraction(min(limit / total, 1.0), device)
     try:
         yield
     finally:

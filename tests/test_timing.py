@@ -2,6 +2,7 @@
 
 import math
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -61,6 +62,23 @@ def test_a_real_allocation_fails_under_a_cpu_memory_cap():
     with memory.memory_cap("cpu", 64):
         torch.empty(8 * memory.MIB, dtype=torch.uint8).fill_(1)  # within the cap
     torch.empty(512 * memory.MIB, dtype=torch.uint8).fill_(1)  # the cap is lifted afterwards
+
+
+def test_the_cuda_cap_allows_the_cap_more_than_the_allocator_holds(monkeypatch):
+    """A fake torch.cuda: 80 GiB device, 10 GiB already reserved; a 4096 MiB cap allows 14 GiB in all."""
+    gib, fractions = 2**30, []
+    fake = SimpleNamespace(
+        get_device_properties=lambda device: SimpleNamespace(total_memory=80 * gib),
+        memory_reserved=lambda device: 10 * gib,
+        set_per_process_memory_fraction=lambda fraction, device: fractions.append((fraction, str(device))),
+    )
+    monkeypatch.setattr(memory.torch, "cuda", fake)
+    with memory.memory_cap("cuda:0", 4096):
+        assert fractions == [(14 / 80, "cuda:0")]
+    assert fractions[-1] == (1.0, "cuda:0")  # lifted afterwards
+    fractions.clear()
+    with memory.memory_cap("cuda:0", 100 * 1024):  # more than the device has: no cap below the device
+        assert fractions == [(1.0, "cuda:0")]
 
 
 def test_cpu_memory_figures_are_null():
