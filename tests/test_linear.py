@@ -1,5 +1,7 @@
 """Linear attention: the chunked/einsum paths against the O(N^2) definition, gradients, the fla parity."""
 
+import sys
+
 import pytest
 import torch
 
@@ -84,20 +86,18 @@ def test_backend_names_the_causal_path():
     assert v.backend_for("cuda") == ("fla-chunk" if linear.fla_backend_available() else "torch-chunked")
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("shape", [(300, 300), (100, 300)], ids=["square", "short-q"])
-def test_fla_kernel_matches_chunked_pytorch_on_gpu(dtype, shape):
-    if not linear.fla_backend_available():
-        pytest.skip("fla-core not installed")
-    q, k, v = qkv(n_q=shape[0], n_k=shape[1], d=64, dtype=dtype, device="cuda", requires_grad=True)
-    phi_q, phi_k = elu_feature_map(q.float()), elu_feature_map(k.float())
-    fast = normalized_linear_attention(phi_q, phi_k, v, causal=True, eps=1e-6, use_fla=True)
-    slow = normalized_linear_attention(phi_q, phi_k, v, causal=True, eps=1e-6, use_fla=False)
-    tol = dict(atol=3e-2, rtol=3e-2) if dtype == torch.bfloat16 else dict(atol=1e-2, rtol=1e-2)
-    torch.testing.assert_close(fast, slow, **tol)
-    torch.testing.assert_close(linear_attention(q, k, v, causal=True).float(), slow, **tol)
+def check_fla_matches_chunked(device, dtype, shape, tol):
+    """The fla path against the chunked PyTorch path, outputs and gradients. Each path gets its own
+    feature nodes: backpropagating twice through shared ones would fail (their saved tensors are freed
+    by the first backward)."""
+    q, k, v = qkv(n_q=shape[0], n_k=shape[1], d=64, dtype=dtype, device=device, requires_grad=True)
 
+    def attend(use_fla):
+        phi_q, phi_k = elu_feature_map(q.float()), elu_feature_map(k.float())
+        return normalized_linear_attention(phi_q, phi_k, v, causal=True, eps=1e-6, use_fla=use_fla)
+
+    fast, slow = attend(True), attend(False)
+    torch.testing.assert_close(fast, slow, **tol)
     grad_out = torch.randn_like(slow)
     fast_grads = torch.autograd.grad(fast, (q, k, v), grad_out)
     slow_grads = torch.autograd.grad(slow, (q, k, v), grad_out)
@@ -105,3 +105,42 @@ def test_fla_kernel_matches_chunked_pytorch_on_gpu(dtype, shape):
         assert torch.isfinite(fast_grad).all()
         scale = slow_grad.float().abs().max()
         torch.testing.assert_close(fast_grad.float() / scale, slow_grad.float() / scale, **tol)
+    return q, k, v, slow
+
+
+def fake_fla(calls):
+    """A stand-in for fla-core 0.6's fla.ops.linear_attn.chunk_linear_attn (same signature), computing
+    the unnormalised causal numerator in PyTorch on [B, T, H, K] inputs."""
+    import types
+
+    def chunk_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False,
+                          normalize=True, cu_seqlens=None):
+        calls.append(dict(shape=tuple(q.shape), scale=scale, normalize=normalize))
+        qh, kh, vh = (t.transpose(1, 2).float() for t in (q, k, v))  # [B, H, T, K]
+        weights = (qh @ kh.transpose(-1, -2) * (1.0 if scale is None else scale)).tril()
+        return (weights @ vh).transpose(1, 2).to(v.dtype), None
+
+    modules = {name: types.ModuleType(name) for name in ("fla", "fla.ops", "fla.ops.linear_attn")}
+    modules["fla.ops.linear_attn"].chunk_linear_attn = chunk_linear_attn
+    return modules
+
+
+@pytest.mark.parametrize("shape", [(100, 100), (40, 100)], ids=["square", "short-q"])
+def test_fla_parity_check_runs_on_cpu_with_a_stand_in_for_fla(monkeypatch, shape):
+    calls = []
+    for name, module in fake_fla(calls).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    check_fla_matches_chunked("cpu", torch.float32, shape, TOLERANCE[torch.float32])
+    assert calls and all(c["scale"] == 1.0 and c["normalize"] is False for c in calls)
+    assert calls[0]["shape"] == (2, max(shape), 3, 64)  # [B, T, H, K], T after bottom-right padding
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(300, 300), (100, 300)], ids=["square", "short-q"])
+def test_fla_kernel_matches_chunked_pytorch_on_gpu(dtype, shape):
+    if not linear.fla_backend_available():
+        pytest.skip("fla-core not installed")
+    tol = dict(atol=3e-2, rtol=3e-2) if dtype == torch.bfloat16 else dict(atol=1e-2, rtol=1e-2)
+    q, k, v, slow = check_fla_matches_chunked("cuda", dtype, shape, tol)
+    torch.testing.assert_close(linear_attention(q, k, v, causal=True).float(), slow, **tol)
