@@ -328,7 +328,7 @@ def measure_case(case: Case, benchmark) -> None:
     Its stats hold the timed rounds; every other figure goes into its extra_info. Order: peak matmul
     (cached), build, warm-up (compile, autotune), one timed call under fresh peak-memory stats (checked
     for NaN/Inf, sizes the number of rounds), the timed rounds with an L2 flush in each setup, then the
-    energy phase.
+    energy phase (NVML samples taken then, not during the timed rounds).
     """
     started = env.now()
     check_level(case)  # before the peak matmul, which an unsupported case does not need
@@ -357,9 +357,9 @@ def measure_case(case: Case, benchmark) -> None:
                 work.reset()
                 flush()
 
-            with telemetry.Sampler(gpu.sample if gpu else None) as sampler:
-                rounds = timing.rounds_for(case.budget_ms, estimate_ms)
-                timing.time_rounds(benchmark, work.call, setup, rounds)
+            rounds = timing.rounds_for(case.budget_ms, estimate_ms)
+            timing.time_rounds(benchmark, work.call, setup, rounds)
+            with telemetry.sampler(gpu) as sampler:  # never during the timed rounds
                 figures |= _energy_phase(work, gpu, case, estimate_ms)
             used, total = gpu.memory() if gpu else (None, None)
             figures["eager_fallback"] = compiling.fallback_since(compiled)
@@ -371,7 +371,7 @@ def measure_case(case: Case, benchmark) -> None:
         "environment": env.describe(case.device),
         "tokens_per_call": work.tokens, "flops": work.flops, "peak_matmul_tflops": peak,
         **figures, "nvml_mem_used_bytes": used, "device_mem_total_bytes": total,
-        **telemetry.summarize(sampler.samples),
+        **telemetry.summarize(sampler.samples, sampler.reasons),
         "first_call_ms": first_call_ms, "warmup_calls": warmup_calls, "l2_flush_bytes": flush.nbytes,
         "timer": timing.timer_for(case.device).__name__, "started_at": started, "finished_at": env.now(),
     })
@@ -382,7 +382,7 @@ FIGURES = (
     "flops", "peak_matmul_tflops", "mem_alloc_peak_bytes", "mem_reserved_peak_bytes", "nvml_mem_used_bytes",
     "device_mem_total_bytes", "power_w_mean", "energy_j_per_token", "sm_clock_mhz_mean", "temperature_c_max",
     "throttled", "throttle_reasons", "first_call_ms", "warmup_calls", "l2_flush_bytes", "timer",
-    "eager_fallback",
+    "eager_fallback", "telemetry_reason",
 )
 
 

@@ -1,6 +1,7 @@
 """NVML telemetry: the reduction of samples to row columns (CPU), real readings (CUDA)."""
 
 import time
+from types import SimpleNamespace
 
 import pynvml
 import pytest
@@ -31,9 +32,10 @@ def test_summary_flags_a_case_throttled_in_any_sample():
     samples = [Sample(1980, 60, 0), Sample(1500, 71, pynvml.nvmlClocksEventReasonSwThermalSlowdown),
                Sample(1740, 65, pynvml.nvmlClocksEventReasonGpuIdle)]
     assert telemetry.summarize(samples) == {"sm_clock_mhz_mean": 1740.0, "temperature_c_max": 71,
-                                            "throttled": True, "throttle_reasons": "sw_thermal_slowdown"}
+                                            "throttled": True, "throttle_reasons": "sw_thermal_slowdown",
+                                            "telemetry_reason": None}
     calm = telemetry.summarize(samples[:1])
-    assert calm["throttled"] is False and calm["throttle_reasons"] == ""
+    assert calm["throttled"] is False and calm["throttle_reasons"] == "" and calm["telemetry_reason"] is None
 
 
 def test_no_samples_give_null_columns():
@@ -41,6 +43,7 @@ def test_no_samples_give_null_columns():
         pass
     assert sampler.samples == []
     assert set(telemetry.summarize([]).values()) == {None}
+    assert set(telemetry.summarize(telemetry.sampler(None).samples).values()) == {None}
 
 
 def test_sampler_reads_on_entry_on_exit_and_in_between():
@@ -54,6 +57,135 @@ def test_sampler_reads_on_entry_on_exit_and_in_between():
     assert len(sampler.samples) >= 4  # entry, >= 2 from the thread, exit
     assert [s.sm_clock_mhz for s in sampler.samples] == list(range(len(sampler.samples)))
     assert not sampler._thread.is_alive()
+
+
+# --- NVML failures never fail a case: a fake pynvml raising each of the real NVMLError classes ---------
+
+ERROR_CODES = sorted({getattr(pynvml, name) for name in dir(pynvml) if name.startswith("NVML_ERROR_")})
+
+
+class FakeNvml:
+    """The pynvml calls GpuTelemetry makes, with its constants and its real exception classes. `fail`
+    maps a function name to the NVML error code it raises."""
+
+    NVML_CLOCK_SM, NVML_TEMPERATURE_GPU = pynvml.NVML_CLOCK_SM, pynvml.NVML_TEMPERATURE_GPU
+    NVMLError = pynvml.NVMLError
+
+    def __init__(self, fail=None):
+        self.fail, self.calls = dict(fail or {}), []
+
+    def _answer(self, name, value):
+        self.calls.append(name)
+        if name in self.fail:
+            raise pynvml.NVMLError(self.fail[name])  # maps to the NVMLError_* subclass, as pynvml does
+        return value
+
+    def nvmlDeviceGetClockInfo(self, handle, clock):
+        assert clock == pynvml.NVML_CLOCK_SM
+        return self._answer("nvmlDeviceGetClockInfo", 1980)
+
+    def nvmlDeviceGetTemperature(self, handle, sensor):
+        assert sensor == pynvml.NVML_TEMPERATURE_GPU
+        return self._answer("nvmlDeviceGetTemperature", 61)
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle):
+        return self._answer("nvmlDeviceGetCurrentClocksEventReasons", pynvml.nvmlClocksEventReasonSwPowerCap)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        return self._answer("nvmlDeviceGetTotalEnergyConsumption", 123_456)
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return self._answer("nvmlDeviceGetMemoryInfo", SimpleNamespace(used=5, total=80))
+
+    def nvmlShutdown(self):
+        return self._answer("nvmlShutdown", None)
+
+
+QUERIES = {"nvmlDeviceGetClockInfo": ("sm_clock", "sm_clock_mhz_mean"),
+           "nvmlDeviceGetTemperature": ("temperature", "temperature_c_max"),
+           "nvmlDeviceGetCurrentClocksEventReasons": ("clock_event_reasons", "throttled")}
+
+
+def test_fake_nvml_raises_the_real_classes():
+    assert type(pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)) is pynvml.NVMLError_NotSupported
+    assert len(ERROR_CODES) > 25
+
+
+@pytest.mark.parametrize("code", ERROR_CODES)
+@pytest.mark.parametrize("function", list(QUERIES))
+def test_a_failing_sample_query_gives_a_null_column_and_a_reason(function, code):
+    nvml = FakeNvml({function: code})
+    gpu = telemetry.GpuTelemetry(nvml, handle=object())
+    with telemetry.sampler(gpu) as sampler:
+        pass
+    columns = telemetry.summarize(sampler.samples, sampler.reasons)
+    query, column = QUERIES[function]
+    assert columns[column] is None
+    error = type(pynvml.NVMLError(code)).__name__
+    assert f"{query}: " in columns["telemetry_reason"] and error in columns["telemetry_reason"]
+    others = [c for f, (_, c) in QUERIES.items() if f != function]
+    assert all(columns[c] is not None for c in others)
+    if code == pynvml.NVML_ERROR_NOT_SUPPORTED:  # unsupported: not asked again
+        assert nvml.calls.count(function) == 1 and "unsupported" in columns["telemetry_reason"]
+
+
+@pytest.mark.parametrize("code", ERROR_CODES)
+def test_energy_memory_and_shutdown_failures_are_nulls(code):
+    fail = dict.fromkeys(["nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetMemoryInfo", "nvmlShutdown"],
+                         code)
+    gpu = telemetry.GpuTelemetry(FakeNvml(fail), handle=object())
+    assert gpu.energy_mj() is None and gpu.memory() == (None, None)
+    gpu.close()
+    assert set(gpu.reasons) == {"energy", "memory"}
+    healthy = telemetry.GpuTelemetry(FakeNvml(), handle=object())
+    assert healthy.energy_mj() == 123_456 and healthy.memory() == (5, 80) and healthy.reasons == {}
+
+
+def test_a_sampling_thread_that_fails_is_recorded_and_the_case_goes_on():
+    readings = iter([Sample(1900, 60, 0), Sample(1800, 62, 0)])
+
+    def read():
+        sample = next(readings, None)
+        if sample is None:
+            raise RuntimeError("device fell off the bus")
+        return sample
+
+    with telemetry.Sampler(read, interval_s=0.001) as sampler:
+        for _ in range(5000):
+            if "sampler" in sampler.reasons:
+                break
+            time.sleep(0.001)
+    assert [s.sm_clock_mhz for s in sampler.samples] == [1900, 1800]
+    columns = telemetry.summarize(sampler.samples, sampler.reasons)
+    assert columns["sm_clock_mhz_mean"] == 1850
+    assert columns["telemetry_reason"] == "sampler: sampling stopped: RuntimeError: device fell off the bus"
+
+
+def test_throughput_never_samples_during_the_timed_rounds(monkeypatch):
+    """The sampler's window and the timed rounds do not overlap (a reading on a thread can delay a
+    launch): checked on the CPU with a fake device reading."""
+    from harness import timing
+    from suites import throughput as tp
+    from tests.test_throughput import case
+
+    events = []
+
+    class Recorder(telemetry.Sampler):
+        def __enter__(self):
+            events.append("sampling")
+            return super().__enter__()
+
+        def __exit__(self, *exc):
+            events.append("sampling done")
+            return super().__exit__(*exc)
+
+    tp.peak_matmul_tflops("cpu")  # measured once per process, by the same timing engine
+    real_rounds = timing.time_rounds
+    monkeypatch.setattr(telemetry, "sampler", lambda gpu: Recorder(lambda: Sample(1, 2, 0)))
+    monkeypatch.setattr(timing, "time_rounds", lambda *a: (events.append("timed"), real_rounds(*a))[1])
+    row = tp.run_case(case())
+    assert events == ["timed", "sampling", "sampling done"]
+    assert row["sm_clock_mhz_mean"] == 1 and row["telemetry_reason"] is None
 
 
 def test_no_telemetry_on_cpu():
