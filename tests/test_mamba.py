@@ -1,5 +1,6 @@
 """Mamba (S6): mamba_ssm's parameterization, the PyTorch scan against the plain recurrence, decoding."""
 
+import inspect
 import math
 
 import pytest
@@ -340,3 +341,177 @@ def test_kernel_prefill_then_step_equals_forward_on_cuda():
         steps = torch.cat([mixer.step(x[:, t : t + 1], state)[0] for t in range(33, 40)], dim=1)
     assert state[1].dtype == torch.float32
     torch.testing.assert_close(steps, full[:, 33:], **TOLERANCE[torch.float32])
+
+
+# --- mamba-ssm's fused block and decode kernels: the call sites, against stand-ins on the CPU ---------
+# Signatures as in mamba-ssm 2.x (mamba_ssm/ops/selective_scan_interface.py, ops/triton/
+# selective_state_update.py) and causal-conv1d 1.x (causal_conv1d_interface.py). A stand-in binds each
+# call to the real signature, checks what the real code asserts, and computes with the reference.
+
+def mamba_inner_fn_signature(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
+                             out_proj_weight, out_proj_bias, A, B=None, C=None, D=None, delta_bias=None,
+                             B_proj_bias=None, C_proj_bias=None, delta_softplus=True):
+    pass
+
+
+def selective_state_update_signature(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                                     dt_softplus=False, state_batch_indices=None):
+    pass
+
+
+def causal_conv1d_fn_signature(x, weight, bias=None, seq_idx=None, initial_states=None,
+                               return_final_states=False, final_states_out=None, activation=None):
+    pass
+
+
+def causal_conv1d_update_signature(x, conv_state, weight, bias=None, activation=None):
+    pass
+
+
+def conv_reference(x, weight, bias, activation):
+    out = F.conv1d(x, weight.unsqueeze(1), bias, padding=weight.shape[1] - 1, groups=weight.shape[0])
+    out = out[..., : x.shape[-1]]
+    return F.silu(out) if activation in ("silu", "swish") else out
+
+
+class StandIns:
+    """mamba-ssm's and causal-conv1d's kernels, written from their documented semantics."""
+
+    def __init__(self, with_conv=True):
+        self.calls = []
+        self.causal_conv1d_fn = self._conv if with_conv else None
+        self.causal_conv1d_update = self._conv_update if with_conv else None
+        self.mamba_inner_fn = self._inner if with_conv else None  # it needs causal-conv1d
+
+    def _bind(self, signature, args, kwargs):
+        bound = inspect.signature(signature).bind(*args, **kwargs)
+        bound.apply_defaults()
+        self.calls.append((signature.__name__.removesuffix("_signature"), bound.arguments))
+        return bound.arguments
+
+    def _inner(self, *args, **kwargs):
+        a = self._bind(mamba_inner_fn_signature, args, kwargs)
+        xz, A, D = a["xz"], a["A"], a["D"]
+        d_inner = xz.shape[1] // 2
+        assert a["conv1d_weight"].shape == (d_inner, 1, a["conv1d_weight"].shape[-1])
+        assert a["B"] is None and a["C"] is None
+        assert A.dtype == D.dtype == a["delta_bias"].dtype == torch.float32
+        x, z = xz.chunk(2, dim=1)
+        x = conv_reference(x, a["conv1d_weight"][:, 0], a["conv1d_bias"], "silu")
+        rank, n = a["delta_proj_weight"].shape[1], A.shape[1]
+        dt, B, C = (x.transpose(1, 2) @ a["x_proj_weight"].T).split([rank, n, n], dim=-1)
+        delta = (dt @ a["delta_proj_weight"].T).transpose(1, 2)
+        y = selective_scan_reference(x, delta, A, B.transpose(1, 2), C.transpose(1, 2), D, z, a["delta_bias"],
+                                     a["delta_softplus"])
+        return F.linear(y.transpose(1, 2).to(xz.dtype), a["out_proj_weight"], a["out_proj_bias"])
+
+    def _conv(self, *args, **kwargs):
+        a = self._bind(causal_conv1d_fn_signature, args, kwargs)
+        assert a["weight"].dim() == 2 and a["activation"] in (None, "silu", "swish")
+        return conv_reference(a["x"], a["weight"], a["bias"], a["activation"])
+
+    def _conv_update(self, *args, **kwargs):
+        a = self._bind(causal_conv1d_update_signature, args, kwargs)
+        x, state, weight = a["x"], a["conv_state"], a["weight"]
+        assert state.shape == (*x.shape, weight.shape[1]) and weight.shape == (x.shape[1], state.shape[2])
+        state.copy_(torch.roll(state, shifts=-1, dims=-1))
+        state[:, :, -1] = x
+        out = (state * weight).sum(-1) + (0 if a["bias"] is None else a["bias"])
+        return (F.silu(out) if a["activation"] in ("silu", "swish") else out).to(x.dtype)
+
+    def selective_state_update(self, *args, **kwargs):
+        a = self._bind(selective_state_update_signature, args, kwargs)
+        state, x, dt, A, B, C = (a[k] for k in ("state", "x", "dt", "A", "B", "C"))
+        batch, dim, n = state.shape
+        assert x.shape == dt.shape == a["z"].shape == (batch, dim) and A.shape == (dim, n)
+        assert B.shape == C.shape == (batch, n) and a["D"].shape == a["dt_bias"].shape == (dim,)
+        delta = dt + a["dt_bias"]
+        delta = F.softplus(delta) if a["dt_softplus"] else delta
+        state.copy_(state * torch.exp(delta[..., None] * A) + (delta * x)[..., None] * B[:, None])
+        out = (state.to(C.dtype) * C[:, None]).sum(-1) + x * a["D"]
+        return (out * F.silu(a["z"])).to(x.dtype)
+
+
+def with_stand_ins(monkeypatch, **options):
+    import variants.mamba as mamba
+
+    kernels = StandIns(**options)
+    monkeypatch.setattr(mamba, "_kernels_for", lambda x: kernels)
+    return kernels
+
+
+def test_forward_runs_mamba_inner_fn_with_the_modules_own_weights(monkeypatch):
+    mixer = MambaMixer(32, 1)
+    x = torch.randn(2, 19, 32)
+    with torch.no_grad():
+        twin = mixer(x)
+        kernels = with_stand_ins(monkeypatch)
+        out = mixer(x)
+    assert [name for name, _ in kernels.calls] == ["mamba_inner_fn"]
+    args = kernels.calls[0][1]
+    assert args["conv1d_weight"] is mixer.conv1d.weight and args["x_proj_weight"] is mixer.x_proj.weight
+    assert args["delta_proj_weight"] is mixer.dt_proj.weight
+    assert args["out_proj_weight"] is mixer.out_proj.weight
+    assert args["delta_softplus"] is True and args["xz"].shape == (2, 2 * mixer.d_inner, 19)
+    torch.testing.assert_close(out, twin, **TOLERANCE[torch.float32])
+
+
+def test_without_causal_conv1d_the_block_is_not_fused(monkeypatch):
+    mixer = MambaMixer(32, 1).double()
+    x = torch.randn(1, 9, 32, dtype=torch.float64)
+    kernels = with_stand_ins(monkeypatch, with_conv=False)
+    with torch.no_grad():
+        mixer(x)
+    assert kernels.calls == []  # mamba_inner_fn needs causal-conv1d; the scan goes its own way
+
+
+@pytest.mark.parametrize("prompt", [2, 9])
+def test_prefill_and_decode_run_causal_conv1d_and_selective_state_update(monkeypatch, prompt):
+    mixer = MambaMixer(32, 1, d_conv=4).double()
+    x = torch.randn(2, 14, 32, dtype=torch.float64)
+    with torch.no_grad():
+        full = mixer(x)
+        kernels = with_stand_ins(monkeypatch)
+        _, state = mixer.prefill(x[:, :prompt])
+        assert [name for name, _ in kernels.calls] == ["causal_conv1d_fn"]
+        conv_state, ssm_state = state
+        for t in range(prompt, x.shape[1]):
+            y, state = mixer.step(x[:, t : t + 1], state)
+            torch.testing.assert_close(y, full[:, t : t + 1], **TOLERANCE[torch.float64])
+    assert state[0] is conv_state and state[1] is ssm_state  # updated in place
+    steps = [name for name, _ in kernels.calls[1:]]
+    assert steps == ["causal_conv1d_update", "selective_state_update"] * (x.shape[1] - prompt)
+    update = kernels.calls[-1][1]
+    assert update["state"] is ssm_state and update["dt_softplus"] is True
+    assert update["dt_bias"] is mixer.dt_proj.bias and update["D"] is mixer.D
+
+
+def test_backend_names_the_fused_path(monkeypatch):
+    import variants.mamba as mamba
+
+    monkeypatch.setattr(mamba, "_block_kernels", lambda: StandIns())
+    assert MAMBA.backend_for("cuda") == "mamba_ssm.mamba_inner_fn"
+    monkeypatch.setattr(mamba, "_block_kernels", lambda: StandIns(with_conv=False))
+    assert MAMBA.backend_for("cuda") == "mamba_ssm.selective_scan_fn"
+    assert MAMBA.backend_for("cpu") == "torch-scan"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_block_and_decode_match_the_pytorch_twin_on_cuda(dtype):
+    _mamba_ssm()
+    mixer = MambaMixer(64, 1)
+    x = torch.randn(2, 120, 64)
+    cpu_out = mixer.to(dtype)(x.to(dtype)).float()
+    cuda_mixer = mixer.cuda()
+    x_cuda = x.to(dtype).cuda().requires_grad_()
+    fused = cuda_mixer(x_cuda)
+    tol = TOLERANCE[torch.float32] if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(fused.float().cpu(), cpu_out, **tol)
+    fused.float().square().mean().backward()
+    assert torch.isfinite(x_cuda.grad).all() and all(torch.isfinite(p.grad).all() for p in mixer.parameters())
+    with torch.no_grad():
+        _, state = cuda_mixer.prefill(x_cuda[:, :100].detach())
+        tokens = x_cuda.detach()
+        steps = torch.cat([cuda_mixer.step(tokens[:, t : t + 1], state)[0] for t in range(100, 120)], 1)
+    torch.testing.assert_close(steps.float().cpu(), cpu_out[:, 100:], **tol)

@@ -1,15 +1,19 @@
 """Mamba (S6): a selective state-space sequence mixer, parameterized exactly like mamba_ssm's `Mamba`.
 
 Same parameter names, shapes and initialization as mamba_ssm/modules/mamba_simple.py, so a state_dict
-loads into either module. On CUDA with mamba-ssm installed the selective scan runs in its fused kernel
-(`selective_scan_fn`); everywhere else in PyTorch. `selective_scan_reference` is the plain recurrence
-the tests hold both to.
+loads into either module. On CUDA with mamba-ssm installed it runs mamba-ssm's own kernels as its
+`Mamba` does: the whole block in `mamba_inner_fn` when causal-conv1d is installed too (else the conv in
+PyTorch and the scan in `selective_scan_fn`), prefill through `selective_scan_fn` (it returns the last
+state), and decoding through causal-conv1d's `causal_conv1d_update` and mamba-ssm's Triton
+`selective_state_update`. Everywhere else in PyTorch, with the same state_dict.
+`selective_scan_reference` is the plain recurrence the tests hold both to.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +41,34 @@ def _fused_scan():
     except ImportError:
         return None
     return selective_scan_fn
+
+
+@functools.cache
+def _block_kernels() -> SimpleNamespace | None:
+    """mamba_ssm's fused block and decode kernels (None where mamba-ssm cannot run here), with
+    causal-conv1d's kernels where that package is installed. Call sites follow mamba_ssm 2.x
+    (selective_scan_interface.mamba_inner_fn, ops.triton.selective_state_update.selective_state_update)
+    and causal-conv1d 1.x (causal_conv1d_fn, causal_conv1d_update), as mamba_ssm's own `Mamba` calls them."""
+    if _fused_scan() is None:
+        return None
+    try:
+        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+    except ImportError:
+        return None
+    try:
+        from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+    except ImportError:
+        causal_conv1d_fn = causal_conv1d_update = None
+    # mamba_inner_fn runs causal-conv1d's kernel inside: without the package it cannot run.
+    return SimpleNamespace(mamba_inner_fn=mamba_inner_fn if causal_conv1d_fn else None,
+                           selective_state_update=selective_state_update,
+                           causal_conv1d_fn=causal_conv1d_fn, causal_conv1d_update=causal_conv1d_update)
+
+
+def _kernels_for(x: torch.Tensor) -> SimpleNamespace | None:
+    """The fused kernels for a tensor they can take (CUDA, a kernel dtype), else None."""
+    return _block_kernels() if x.is_cuda and x.dtype in KERNEL_DTYPES else None
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -154,7 +186,10 @@ def scan_inputs(batch: int, heads: int, seq_len: int, head_dim: int, generator: 
 
 
 def _backend(device: str) -> str:
-    return "mamba_ssm.selective_scan_fn" if device == "cuda" and _fused_scan() is not None else "torch-scan"
+    kernels = _block_kernels() if device == "cuda" else None
+    if kernels is None:
+        return "torch-scan"
+    return "mamba_ssm.mamba_inner_fn" if kernels.mamba_inner_fn else "mamba_ssm.selective_scan_fn"
 
 
 @mixer_variant(
@@ -223,12 +258,19 @@ class MambaMixer(nn.Module):
         delta = F.linear(dt, self.dt_proj.weight)  # the bias is applied inside the scan
         return delta.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
 
+    def _conv(self, x: torch.Tensor, kernels: SimpleNamespace | None) -> torch.Tensor:
+        """silu(causal depthwise conv) of x (batch, d_inner, L): causal-conv1d's kernel where it runs."""
+        if kernels is not None and kernels.causal_conv1d_fn is not None:
+            return kernels.causal_conv1d_fn(x=x, weight=self.conv1d.weight[:, 0], bias=self.conv1d.bias,
+                                            activation="silu")
+        return F.silu(self.conv1d(x)[..., : x.shape[-1]])
+
     def _mix(self, hidden_states: torch.Tensor, return_state: bool):
         length = hidden_states.shape[1]
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, L) each
         # The decode state: the last d_conv conv inputs, zero-padded when the context is shorter.
         conv_state = F.pad(x, (self.d_conv - length, 0)) if return_state else None
-        x = F.silu(self.conv1d(x)[..., :length])
+        x = self._conv(x, _kernels_for(hidden_states))
         delta, B, C = self._scan_inputs(x)
         acc = self._acc()
         out = selective_scan(x, delta, self.A, B, C, self.D.to(acc), z=z,
@@ -238,7 +280,18 @@ class MambaMixer(nn.Module):
         return self.out_proj(y.transpose(1, 2)), conv_state, ssm_state
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self._mix(hidden_states, return_state=False)[0]
+        """On CUDA with mamba-ssm and causal-conv1d: mamba_ssm's fused block (mamba_inner_fn: conv,
+        projections, scan and gate in one autograd function), called as mamba_ssm's `Mamba` calls it."""
+        kernels = _kernels_for(hidden_states)
+        if kernels is None or kernels.mamba_inner_fn is None:
+            return self._mix(hidden_states, return_state=False)[0]
+        xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 d_inner, L)
+        A = -torch.exp(self.A_log.float())  # float32, as the kernel takes it
+        return kernels.mamba_inner_fn(
+            xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+            self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),
+            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+        )
 
     def prefill(self, hidden_states: torch.Tensor, capacity: int | None = None):
         """Run a context; returns (out, state), state = (conv_state, ssm_state) as in mamba_ssm.
@@ -267,22 +320,39 @@ class MambaMixer(nn.Module):
         conv_state, ssm_state = state
         if hidden_states.shape[1] != 1:
             raise ValueError(f"step() decodes one token at a time, got {hidden_states.shape[1]}")
-        dtype, acc = hidden_states.dtype, ssm_state.dtype
+        kernels = _kernels_for(hidden_states)
         x, z = self.in_proj(hidden_states[:, 0]).chunk(2, dim=-1)  # (batch, d_inner)
+        x = self._conv_step(x, conv_state, kernels)
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)  # the bias is applied in the state update
+        if kernels is not None:  # mamba_ssm's Triton kernel: updates ssm_state in place
+            y = kernels.selective_state_update(ssm_state, x, dt, self.A, B, C, self.D, z=z,
+                                               dt_bias=self.dt_proj.bias, dt_softplus=True)
+        else:
+            y = self._state_update(ssm_state, x, dt, B, C, z)
+        return self.out_proj(y.to(hidden_states.dtype)).unsqueeze(1), (conv_state, ssm_state)
+
+    def _conv_step(self, x: torch.Tensor, conv_state: torch.Tensor, kernels) -> torch.Tensor:
+        """Shift x (batch, d_inner) into conv_state in place; silu of the conv over it."""
+        if kernels is not None and kernels.causal_conv1d_update is not None:
+            return kernels.causal_conv1d_update(x, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias,
+                                                "silu")
         conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
         conv_state[:, :, -1] = x
-        x = (conv_state * self.conv1d.weight[:, 0]).sum(-1)
+        x_conv = (conv_state * self.conv1d.weight[:, 0]).sum(-1)
         if self.conv1d.bias is not None:
-            x = x + self.conv1d.bias
-        x = F.silu(x).to(dtype)
-        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(F.linear(dt, self.dt_proj.weight).to(acc) + self.dt_proj.bias.to(acc))
+            x_conv = x_conv + self.conv1d.bias
+        return F.silu(x_conv).to(x.dtype)
+
+    def _state_update(self, ssm_state, x, dt, B, C, z) -> torch.Tensor:
+        """One step of the recurrence in PyTorch, in the state's dtype; updates ssm_state in place."""
+        acc = ssm_state.dtype
+        delta = F.softplus(dt.to(acc) + self.dt_proj.bias.to(acc))
         x, B, C = x.to(acc), B.to(acc), C.to(acc)
         decay = torch.exp(delta[..., None] * self.A.to(acc))
         ssm_state.copy_(decay * ssm_state + (delta * x)[..., None] * B[:, None])
         y = (ssm_state * C[:, None]).sum(-1) + self.D.to(acc) * x
-        y = y * F.silu(z.to(acc))
-        return self.out_proj(y.to(dtype)).unsqueeze(1), (conv_state, ssm_state)
+        return y * F.silu(z.to(acc))
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
