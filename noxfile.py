@@ -47,9 +47,13 @@ def bench(session: nox.Session) -> None:
     args = list(session.posargs)
     if "--out" not in args:
         args += ["--out", f"results/bench-{session.run('python', '-c', PROBE, silent=True).strip()}"]
+    out = args[args.index("--out") + 1]
+    device = args[args.index("--device"):][:2] if "--device" in args else []
+    # The doctor first: a broken library shows in one table, kept in the run's environment.json, and
+    # the suites run on (exit code 1 marks a failed variant, which the suites then record row by row).
+    session.run("attnbench", "doctor", "--out", out, *device, success_codes=[0, 1])
     for suite in ("throughput", "accuracy", "long-range"):
         session.run("attnbench", "run", "--suite", suite, *args)
-    out = args[args.index("--out") + 1]
     session.run("attnbench", "report", out)
 
 

@@ -107,6 +107,28 @@ def run(
         raise typer.Exit(130)
 
 
+@app.command("doctor")
+def doctor(
+    device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory to keep the result in")] = None,
+) -> None:
+    """Optional packages, GPU, driver and CUDA, and a parity smoke of every variant's fast path against
+    its reference. Exit code 1 when a supported variant fails."""
+    from harness import doctor as checkup
+
+    device = device or env.default_device()
+    if device not in ("cpu", "cuda"):
+        fail(f"unknown device {device!r}; use cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda but no CUDA device is visible; use --device cpu")
+    result = checkup.run(device)
+    Console(width=max(console.width, 160)).print(checkup.table(result))
+    if out is not None:
+        checkup.save(result, out)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
 @app.command("import-benchmark")
 def import_benchmark(
     json_file: Annotated[Path, typer.Argument(help="pytest-benchmark JSON of suites/bench_throughput.py")],

@@ -64,6 +64,11 @@ class RunStore:
     def environment(self) -> dict[str, Any]:
         return json.loads((self.root / ENVIRONMENT).read_text())
 
+    def update_environment(self, **fields: Any) -> None:
+        """Add fields to an opened run's environment.json (the doctor's findings, say)."""
+        payload = {**self.environment(), **fields}
+        _atomic_write(self.root / ENVIRONMENT, lambda f: f.write(json.dumps(payload, indent=2).encode()))
+
     def finished(self) -> set[str]:
         if not self.records.is_dir():
             return set()
