@@ -2,9 +2,10 @@
 
 It lists the optional packages and their versions, the device, driver and CUDA, then runs every
 registered variant once on the device, small, and compares its fast path with its reference:
-- exact attention: the float64 masked softmax under the variant's own mask (causal when it has none);
-- approximate attention (linear, performer): the variant's own CPU path in float64, its reference twin;
-- mixers (mamba): the same module, weights copied, on the CPU in float64.
+- attention: `attention_reference` in float64 on the CPU (softmax under the variant's own mask for the
+  exact ones, the declared naive twin for the others);
+- mixers (mamba, the recurrent families): the same module, weights copied, on the CPU in float64, and
+  the declared core `kernel` against its `kernel_reference`.
 Each variant passes, fails (with the error, or how far off it is) or is unsupported (with the reason).
 A failure is a broken library or a wrong call into one: `nox -s bench` runs the doctor first and keeps
 its result in the run's environment.json.
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from harness import env, masks, registry, store
+from harness import env, registry, store
 
 BATCH, HEADS, SEQ_LEN, HEAD_DIM = 1, 2, 256, 64
 # Largest |fast - reference| / max |reference| a pass allows, by the dtype the fast path runs in.
@@ -47,14 +48,6 @@ def machine(device: str) -> dict[str, Any]:
             "driver": env.nvidia_driver() if cuda else None, "cuda": torch.version.cuda}
 
 
-def masked_softmax64(q, k, v, mask: torch.Tensor) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d)) V in float64 under a bool mask; a row that sees nothing outputs zero."""
-    q, k, v = q.double(), k.double(), v.double()
-    scores = (q @ k.mT * q.shape[-1] ** -0.5).masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, -1).nan_to_num(0.0)
-    return probs @ v
-
-
 def _inputs(device: str, dtype: torch.dtype):
     g = torch.Generator().manual_seed(0)
     make = lambda: torch.randn(BATCH, HEADS, SEQ_LEN, HEAD_DIM, generator=g)  # noqa: E731
@@ -62,20 +55,14 @@ def _inputs(device: str, dtype: torch.dtype):
 
 
 def _attention_pair(v, device: str, dtype: torch.dtype):
+    """attention() on the device against attention_reference() on the CPU in float64."""
     q, k, val = _inputs(device, dtype)
     out = v.attention(q, k, val, causal=True)
-    q64, k64, v64 = (t.cpu().double() for t in (q, k, val))
-    if v.exact:
-        mask = (v.mask(SEQ_LEN, SEQ_LEN, causal=True, n_heads=HEADS) if v.mask is not None
-                else masks.dense(masks.causal(), SEQ_LEN, SEQ_LEN))
-        return out, masked_softmax64(q64, k64, v64, mask)
-    ok, reason = v.supports("cpu", torch.float64, HEAD_DIM, True)
-    if not ok:
-        raise registry.Unsupported(f"no CPU float64 twin to compare with ({reason})")
-    return out, v.attention(q64, k64, v64, causal=True)
+    return out, v.attention_reference(*(t.cpu().double() for t in (q, k, val)), causal=True)
 
 
 def _mixer_pair(v, device: str, dtype: torch.dtype):
+    """The mixer on the device against the same module (weights copied) on the CPU in float64."""
     d_model = HEADS * HEAD_DIM
     torch.manual_seed(0)
     mixer = v.mixer(d_model, HEADS, causal=True)
@@ -83,6 +70,18 @@ def _mixer_pair(v, device: str, dtype: torch.dtype):
     x = torch.randn(BATCH, SEQ_LEN, d_model, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return mixer.to(device=device, dtype=dtype)(x.to(device=device, dtype=dtype)), twin(x.double())
+
+
+def _kernel_pair(v, device: str, dtype: torch.dtype):
+    """A mixer family's core kernel against its naive twin in float64, on the same inputs."""
+    inputs = v.kernel_inputs(BATCH, HEADS, SEQ_LEN, HEAD_DIM, torch.Generator().manual_seed(0), dtype=dtype)
+    on_device = {k: t.to(device) if torch.is_tensor(t) else t for k, t in inputs.items()}
+    as64 = {k: t.cpu().double() if torch.is_tensor(t) else t for k, t in inputs.items()}
+    return v.kernel(**on_device), v.kernel_reference(**as64)
+
+
+def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.cpu().double() - ref).abs().max() / ref.abs().max().clamp(min=1e-12))
 
 
 def check(v, device: str) -> Check:
@@ -95,9 +94,12 @@ def check(v, device: str) -> Check:
     dtype = dtypes[0]
     try:
         with torch.no_grad():
-            pair = _attention_pair if v.attention_fn is not None else _mixer_pair
-            out, ref = pair(v, device, dtype)
-        error = float((out.cpu().double() - ref).abs().max() / ref.abs().max().clamp(min=1e-12))
+            if v.attention_fn is not None:
+                error = _relative_error(*_attention_pair(v, device, dtype))
+            else:  # the whole block, and the core kernel where the family declares one
+                error = _relative_error(*_mixer_pair(v, device, dtype))
+                if v.kernel is not None:
+                    error = max(error, _relative_error(*_kernel_pair(v, device, dtype)))
     except registry.Unsupported as e:
         return Check(v.name, "unsupported", str(e), backend, registry.dtype_name(dtype))
     except Exception as e:  # a broken kernel or a wrong call into a library: that is the finding

@@ -108,7 +108,9 @@ class Variant:
     baseline: bool = False
     trainable: bool = True
     description: str = ""
-    mask_fn: Callable[..., torch.Tensor] | None = None  # mask-based families: (n_q, n_k, causal, **params)
+    # Mask-based families: (n_q, n_k, causal, n_heads=1, **params) -> (n_q, n_k), or (n_heads, n_q, n_k)
+    # for a pattern that differs per head.
+    mask_fn: Callable[..., torch.Tensor] | None = None
     # The naive twin of attention_fn (same signature), run in float64 by the exactness checks.
     # None for exact variants: their reference is softmax attention under their mask.
     reference: Callable[..., torch.Tensor] | None = None
@@ -196,7 +198,7 @@ class Variant:
             return self.reference(q, k, v, causal=causal, **{**self.defaults, **params})
         n_q, n_k = q.shape[-2], k.shape[-2]
         if self.mask is not None:
-            mask = self.mask(n_q, n_k, causal=causal, **params).to(q.device)
+            mask = self.mask(n_q, n_k, causal=causal, n_heads=q.shape[1], **params).to(q.device)
         else:
             mask = attention.causal_mask(n_q, n_k, q.device) if causal else None
         return attention.softmax_attention(q, k, v, mask)

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import torch
 
-import variants
-from harness import doctor, store
+from harness import doctor, registry, store
 from tests.test_report_fixtures import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_every_variant_passes_or_says_why_not_on_the_cpu():
     result = doctor.run("cpu")
     checks = {c["variant"]: c for c in result["variants"]}
-    assert set(checks) == set(variants.names())
+    assert set(checks) == set(registry.names())
     assert result["ok"] and all(c["status"] in ("pass", "unsupported") for c in checks.values())
     assert {checks[n]["status"] for n in ("vanilla", "mamba", "sparse-bigbird", "performer")} == {"pass"}
     cudnn = checks["flash-cudnn"]
@@ -25,7 +24,7 @@ def test_every_variant_passes_or_says_why_not_on_the_cpu():
 
 
 def test_a_wrong_fast_path_fails_and_so_does_one_that_raises(monkeypatch):
-    vanilla, linear = variants.get("vanilla"), variants.get("linear")
+    vanilla, linear = registry.get("vanilla"), registry.get("linear")
     monkeypatch.setattr(vanilla, "attention_fn", lambda q, k, v, causal=False: v)  # not attention
     monkeypatch.setattr(linear, "attention_fn", lambda q, k, v, causal=False, **p: 1 / 0)
     checks = {c.variant: c for c in (doctor.check(vanilla, "cpu"), doctor.check(linear, "cpu"))}
@@ -42,7 +41,7 @@ def test_cli_prints_one_table_keeps_the_findings_and_exits_1_on_a_failure(monkey
     # A run into the same directory keeps them (the run checks the machine, it does not rewrite it).
     store.RunStore(tmp_path).open({"device": "cpu", "device_name": environment["device_name"]})
     assert "doctor" in json.loads((tmp_path / store.ENVIRONMENT).read_text())
-    monkeypatch.setattr(variants.get("vanilla"), "attention_fn", lambda q, k, v, causal=False: 2 * v)
+    monkeypatch.setattr(registry.get("vanilla"), "attention_fn", lambda q, k, v, causal=False: 2 * v)
     code, out, _ = run_cli(monkeypatch, capsys, "doctor", "--device", "cpu")
     assert code == 1 and "fail" in out
 

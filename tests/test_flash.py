@@ -119,7 +119,7 @@ def test_a_causal_decode_step_passes_no_mask(monkeypatch, name):
         return softmax_attention(q, k, v)
 
     monkeypatch.setattr(flash.F, "scaled_dot_product_attention", spy)
-    v = variants.get(name)
+    v = registry.get(name)
     q, k, val = qkv(n_q=1, n_k=40)
     out = v.attention_fn(q, k, val, causal=True)
     assert calls == [(1, 40, None, False)]
