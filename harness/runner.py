@@ -7,9 +7,11 @@ timeout, non-finite output and errors each become a row with a status and a one-
 
 from __future__ import annotations
 
+import errno
 import importlib
 import multiprocessing as mp
 import os
+import signal
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ from rich.progress import (
 from harness import env, registry
 from harness.config import Case
 from harness.registry import Unsupported
-from harness.store import RunStore
+from harness.store import STATUSES, RunStore
 
 STARTUP_TIMEOUT_S = 300.0
 
@@ -49,9 +51,18 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
 
 
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def is_oom(exc: BaseException) -> bool:
-    # MemoryError: a CPU allocation refused under a memory cap (RLIMIT_AS) is the CPU's OOM.
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
+    """CUDA's OutOfMemoryError, and the CPU's: MemoryError (an allocation refused under RLIMIT_AS),
+    ENOMEM, and torch's "DefaultCPUAllocator: can't allocate memory" RuntimeError."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+        return True
+    text = str(exc).lower()
+    return any(m in text for m in OOM_MESSAGES)
 
 
 def execute(suite_module: str, case: Case) -> tuple[str, str, dict[str, Any]]:
@@ -80,13 +91,24 @@ def execute(suite_module: str, case: Case) -> tuple[str, str, dict[str, Any]]:
 
 
 def _serve(conn, suite_module: str) -> None:
-    importlib.import_module(suite_module)
-    conn.send("ready")  # start-up (imports) is not charged to the first case's timeout
-    while True:
-        case = conn.recv()
-        if case is None:
-            return
-        conn.send(execute(suite_module, case))
+    # Ctrl-C reaches the whole process group: the parent decides what happens to the case in flight.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        importlib.import_module(suite_module)
+    except BaseException as e:  # reported by the parent: one line, and the traceback in its log
+        conn.send(("failed", f"{one_line(e)}\n{traceback.format_exc()}"))
+        return
+    conn.send(("ready", ""))  # start-up (imports) is not charged to the first case's timeout
+    try:
+        while (case := conn.recv()) is not None:
+            conn.send(execute(suite_module, case))
+    except (EOFError, OSError):  # the parent is gone: nothing to report to
+        return
+
+
+class WorkerStartError(RuntimeError):
+    """The worker process could not start (its suite failed to import); the message holds the child's
+    traceback after its first line."""
 
 
 class Worker:
@@ -103,22 +125,25 @@ class Worker:
         self.proc.start()
         child.close()
         try:
-            ready = self.conn.poll(STARTUP_TIMEOUT_S) and self.conn.recv() == "ready"
-        except (EOFError, ConnectionError):
-            ready = False
-        if not ready:
+            state, detail = self.conn.recv() if self.conn.poll(STARTUP_TIMEOUT_S) else ("silent", "")
+        except (EOFError, OSError):
+            state, detail = "died", ""
+        if state != "ready":
             self.close(kill=True)
-            raise RuntimeError(f"the worker process for {self.suite_module} failed to start "
-                               f"(exit code {self.proc.exitcode}); see the error above")
+            why = detail or f"no answer (exit code {self.proc.exitcode})"
+            raise WorkerStartError(f"the worker process for {self.suite_module} failed to start: {why}")
 
     def run(self, case: Case, timeout_s: float) -> tuple[str, str, dict[str, Any]]:
-        self.conn.send(case)
-        if not self.conn.poll(timeout_s):
+        if not self.proc.is_alive():  # killed between cases: the next case gets a new worker
             self.restart()
-            return "timeout", f"no result within the per-case timeout of {timeout_s:g} s", {}
         try:
+            self.conn.send(case)
+            if not self.conn.poll(timeout_s):
+                self.restart()
+                return "timeout", f"no result within the per-case timeout of {timeout_s:g} s", {}
             return self.conn.recv()
-        except (EOFError, ConnectionError):
+        except (EOFError, OSError):
+            self.proc.join(timeout=5)
             code = self.proc.exitcode
             self.restart()
             return "error", f"worker process died (exit code {code})", {}
@@ -132,7 +157,7 @@ class Worker:
             try:
                 self.conn.send(None)
                 self.proc.join(timeout=10)
-            except (BrokenPipeError, OSError):
+            except OSError:
                 pass
         if self.proc.is_alive():
             self.proc.kill()
@@ -140,11 +165,69 @@ class Worker:
         self.conn.close()
 
 
+# --- what to run, and the row a case leaves -----------------------------------------------------------
+
+# --retry: which statuses already on disk are measured again. `failed`: the harness could not measure the
+# case (an exception, a hang, a worker that died: all `error` or `timeout`). unsupported, oom and skipped
+# are answers about the variant, and so is nonfinite (its output held NaN/Inf): kept unless `all`.
+RETRY = {"failed": ("error", "timeout"), "none": (), "all": STATUSES}
+
+
+def unique(cases: list[Case]) -> list[Case]:
+    """The cases in order, each configuration once (the same case twice would be measured twice and
+    counted twice, but written once)."""
+    first: dict[str, Case] = {}
+    for case in cases:
+        first.setdefault(case.case_id, case)
+    return list(first.values())
+
+
+def cases_to_run(cases: list[Case], recorded: dict[str, str], retry: str = "failed") -> list[Case]:
+    """Cases with no record yet, and those whose recorded status `retry` measures again."""
+    if retry not in RETRY:
+        raise ValueError(f"unknown retry policy {retry!r}; use {', '.join(RETRY)}")
+    return [c for c in cases if recorded.get(c.case_id, "missing") in (*RETRY[retry], "missing")]
+
+
+class OomSkips:
+    """After a case of an OOM group runs out of memory, its larger sizes are `skipped`, not run."""
+
+    def __init__(self, cases: list[Case], recorded: dict[str, str]):
+        self.smallest: dict[Any, int] = {}  # OOM group -> smallest size that ran out of memory
+        for case in cases:  # OOMs of an earlier session of this run count too
+            if recorded.get(case.case_id) == "oom":
+                self.record(case, "oom")
+
+    @staticmethod
+    def key(case: Case):
+        return case.oom_key() if hasattr(case, "oom_key") else (None, None)
+
+    def reason(self, case: Case) -> str | None:
+        group, size = self.key(case)
+        if group is not None and group in self.smallest and size > self.smallest[group]:
+            return f"larger than {self.smallest[group]}, which ran out of memory"
+        return None
+
+    def record(self, case: Case, status: str) -> None:
+        group, size = self.key(case)
+        if status == "oom" and group is not None:
+            self.smallest[group] = min(size, self.smallest.get(group, size))
+
+
+def case_row(case: Case, status: str, reason: str, metrics: dict[str, Any], environment: dict[str, Any],
+             started: str, finished: str, run_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The store row of one case: its whole config, outcome, metrics and environment."""
+    return {"case_id": case.case_id, **case.flat(), **(run_fields or {}), "status": status,
+            "reason": reason, **metrics, **env.row_fields(environment), "started_at": started,
+            "finished_at": finished}
+
+
 @dataclass
 class RunSummary:
     out: Path
     counts: dict[str, int] = field(default_factory=dict)
-    skipped_as_done: int = 0
+    skipped_as_done: int = 0  # recorded already and kept
+    retried: int = 0  # recorded already and measured again (--retry)
     interrupted: bool = False
 
     def add(self, status: str) -> None:
@@ -157,45 +240,50 @@ def run(
     out: str | Path,
     timeout_s: float = 300.0,
     progress: bool = True,
+    retry: str = "failed",
+    fresh: bool = False,
+    run_fields: dict[str, Any] | None = None,
 ) -> RunSummary:
-    """Run every case not already in `out`, writing each row as soon as its case finishes."""
+    """Run the cases of `out` not recorded yet (and those `retry` measures again), writing each row as
+    soon as its case finishes. `fresh` clears the run directory first. The directory is locked for the
+    whole run (a RunDirError when another process holds it). `run_fields` go into every row (the
+    profile the cases came from)."""
+    cases = unique(cases)
     store = RunStore(out)
-    device = cases[0].device if cases else "cpu"
-    environment = env.describe(device)
-    store.open(environment)
-    done = store.finished()
     summary = RunSummary(out=Path(out))
-    todo = [c for c in cases if c.case_id not in done]
-    summary.skipped_as_done = len(cases) - len(todo)
-    oom_at: dict[Any, int] = {}  # OOM group -> smallest size that ran out of memory
-    row_env = env.row_fields(environment)
-    os.environ["ATTNBENCH_RUN_DIR"] = str(Path(out).resolve())  # suites cache per-run figures there
-    worker = Worker(suite_module) if todo else None
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn()]
-    try:
-        with Progress(*columns, disable=not progress, transient=False) as bar:
-            task = bar.add_task(cases[0].suite if cases else "nothing to do", total=len(todo))
-            for case in todo:
-                bar.update(task, description=f"{case.suite}: {case.describe()}")
-                started = env.now()
-                group, size = case.oom_key() if hasattr(case, "oom_key") else (None, None)
-                if group is not None and group in oom_at and size > oom_at[group]:
-                    reason = f"larger than {oom_at[group]}, which ran out of memory"
-                    status, metrics = "skipped", {}
-                else:
-                    status, reason, metrics = worker.run(case, timeout_s)
-                if status == "oom" and group is not None:
-                    oom_at[group] = min(size, oom_at.get(group, size))
-                store.write({
-                    "case_id": case.case_id, **case.flat(), "status": status, "reason": reason,
-                    **metrics, **row_env, "started_at": started, "finished_at": env.now(),
-                })
-                summary.add(status)
-                bar.advance(task)
-    except KeyboardInterrupt:
-        summary.interrupted = True
-    finally:
-        if worker is not None:
-            worker.close(kill=summary.interrupted)
+    with store.lock():
+        if fresh:
+            store.clear()
+        environment = env.describe(cases[0].device if cases else "cpu")
+        store.open(environment)
+        recorded = store.statuses()
+        todo = cases_to_run(cases, recorded, retry)
+        summary.skipped_as_done = len(cases) - len(todo)
+        summary.retried = sum(c.case_id in recorded for c in todo)
+        again = {c.case_id for c in todo}
+        skips = OomSkips([c for c in cases if c.case_id not in again], recorded)  # OOMs that stand
+        os.environ["ATTNBENCH_RUN_DIR"] = str(Path(out).resolve())  # suites cache per-run figures there
+        worker = Worker(suite_module) if todo else None
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn()]
+        try:
+            with Progress(*columns, disable=not progress, transient=False) as bar:
+                task = bar.add_task(cases[0].suite if cases else "nothing to do", total=len(todo))
+                for case in todo:
+                    bar.update(task, description=f"{case.suite}: {case.describe()}")
+                    started = env.now()
+                    if (why := skips.reason(case)) is not None:
+                        status, reason, metrics = "skipped", why, {}
+                    else:
+                        status, reason, metrics = worker.run(case, timeout_s)
+                    skips.record(case, status)
+                    store.write(case_row(case, status, reason, metrics, environment, started, env.now(),
+                                         run_fields))
+                    summary.add(status)
+                    bar.advance(task)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            if worker is not None:
+                worker.close(kill=summary.interrupted)
     return summary

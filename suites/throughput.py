@@ -294,12 +294,11 @@ def _peak_matmul_tflops(device: str, device_name: str, run_dir: str | None) -> f
     dtype, size = PEAK_MATMUL[torch.device(device).type]
     key = f"{device_name} {dtype_name(dtype)} {size}^3"
     path = Path(run_dir) / PEAK_FILE if run_dir else None
-    cached = json.loads(path.read_text()) if path and path.exists() else {}
-    if key not in cached:
+    cached = store.read_json_cache(path) if path else {}  # a corrupt file is moved aside and re-measured
+    if not isinstance(cached.get(key), (int, float)) or not math.isfinite(cached[key]) or cached[key] <= 0:
         cached[key] = timing.matmul_peak_tflops(device, dtype, size, PEAK_BUDGET_MS)
         if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(cached, indent=2))
+            store.write_json(path, cached)
     return cached[key]
 
 
@@ -434,11 +433,12 @@ def import_benchmark_json(path: str | Path, out: str | Path) -> int:
     report = json.loads(Path(path).read_text())
     if not report["benchmarks"]:
         return 0
+    rows = _rows_from_benchmark_report(report)  # every row converts before anything is written
     run = store.RunStore(out)
-    run.open(report["benchmarks"][0]["extra_info"]["environment"])
-    rows = _rows_from_benchmark_report(report)
-    for row in rows:
-        run.write(row)
+    with run.lock():
+        run.open(report["benchmarks"][0]["extra_info"]["environment"])
+        for row in rows:
+            run.write(row)
     return len(rows)
 
 

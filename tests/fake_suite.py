@@ -1,15 +1,22 @@
-"""A suite whose cases do what they are told: the runner's failure handling is tested with it."""
+"""A suite whose cases do what they are told: the runner's failure handling is tested with it.
+
+Like the throughput suite's peak_matmul.json, it keeps a per-run cache file (fake_cache.json) in the
+run directory, so that corrupting every kind of file a run holds can be tested.
+"""
 
 import os
 import signal
 import time
+from pathlib import Path
 
 import torch
 
+from harness import store
 from harness.config import Case as BaseCase
 from harness.runner import check_finite
 
 TIMEOUT_S = 5.0
+CACHE_FILE = "fake_cache.json"
 
 
 class Case(BaseCase):
@@ -27,7 +34,21 @@ class Case(BaseCase):
 
 
 def plan(profile, device, variants=None, seq_lens=None, dtypes=None):
-    return [Case(action="ok", seq_len=n) for n in (seq_lens or [8, 16])]
+    action = os.environ.get("ATTNBENCH_FAKE_ACTION", "ok")
+    return [Case(action=action, seq_len=n) for n in (seq_lens or [8, 16])]
+
+
+def cached_figure() -> float:
+    """A figure measured once per run and cached in the run directory (a corrupt cache is measured again)."""
+    run_dir = os.environ.get("ATTNBENCH_RUN_DIR")
+    if not run_dir:
+        return 1.0
+    path = Path(run_dir) / CACHE_FILE
+    cached = store.read_json_cache(path)
+    if not isinstance(cached.get("figure"), float):
+        cached["figure"] = 1.0
+        store.write_json(path, cached)
+    return cached["figure"]
 
 
 def run_case(case: Case) -> dict:
@@ -37,10 +58,19 @@ def run_case(case: Case) -> dict:
         check_finite("fake", torch.tensor([1.0, float("nan")]))
     if case.action == "oom" and case.seq_len >= 32:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    if case.action == "cpu_oom" and case.seq_len >= 32:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 68719476736 bytes. Error code 12 (Cannot allocate "
+                           "memory)")
     if case.action == "error":
         raise RuntimeError("boom\nsecond line")
     if case.action == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
+    if case.action == "die_once":  # the worker dies the first time this case runs, then it is fine
+        marker = Path(case.params["marker"])
+        if not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
     if case.action == "slow":
         time.sleep(0.3)
-    return {"value": float(case.seq_len) * 2, "curve": [1.0, 0.5]}
+    return {"value": float(case.seq_len) * 2, "curve": [1.0, 0.5], "figure": cached_figure()}
