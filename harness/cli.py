@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,11 +12,13 @@ import torch
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from harness import env, plugins, registry, runner
+from harness import env, errors, plugins, registry, runner, store, validate
 from harness.cli_report import recommend, report
 from harness.errors import ArgumentError
+from harness.registry import dtype_name
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark and profile attention architectures.")
@@ -56,55 +60,75 @@ def run(
     suite: Annotated[str, typer.Option(help="Suite to run: " + ", ".join(plugins.suite_names()))],
     device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
     profile: Annotated[str, typer.Option(help="quick, standard or full")] = "quick",
-    out: Annotated[Path | None, typer.Option(help="Run directory")] = None,
+    out: Annotated[str | None, typer.Option(
+        help="Run directory (default: results/SUITE-DEVICE-PROFILE)")] = None,
     variant: Annotated[list[str] | None, typer.Option("--variant", "-v", help="Only these variants")] = None,
     seq_len: Annotated[list[int] | None, typer.Option("--seq-len", "-n", help="Only these lengths")] = None,
     dtype: Annotated[list[str] | None, typer.Option("--dtype", help="Only these dtypes")] = None,
     timeout: Annotated[float | None, typer.Option(help="Per-case timeout in seconds")] = None,
+    retry: Annotated[str, typer.Option(
+        help="Which recorded cases to measure again: failed (error and timeout rows: an exception, a hang, "
+             "a worker that died), none, or all")] = "failed",
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Start OUT over: first delete its records (every suite's), report and JSON files")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Run a suite; rows land in OUT as each case finishes. Re-running with the same OUT resumes."""
-    device = device or env.default_device()
-    if device not in ("cpu", "cuda"):
-        fail(f"unknown device {device!r}; use cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda but no CUDA device is visible; use --device cpu")
-    if profile not in ("quick", "standard", "full"):
-        fail(f"unknown profile {profile!r}; use quick, standard or full")
+    module, cases, out = _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh)
+    timeout = validate.positive(timeout, "--timeout", validate.MAX_TIMEOUT_S, " s") or module.TIMEOUT_S
+    errors.log_to(out)
+    console.print(f"[bold]{suite}[/] on {cases[0].device}, profile {profile}: {len(cases)} cases -> "
+                  f"{escape(str(out))}")
+    summary = runner.run(cases, module.__name__, out, timeout_s=timeout, progress=progress, retry=retry,
+                         fresh=fresh, run_fields={"profile": profile})
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing new"
+    again = f" ({summary.retried} measured again, --retry {retry})" if summary.retried else ""
+    console.print(f"rows written: {counts}{again}; already done: {summary.skipped_as_done}; "
+                  f"results in {escape(str(out))}")
+    if hasattr(module, "summarize"):
+        module.summarize(out, console)
+    if summary.interrupted:
+        console.print(f"interrupted: every finished row is kept in {escape(str(out))}; run the same command "
+                      f"to resume")
+        raise typer.Exit(130)
+
+
+def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh):
+    """Every argument of `run` checked, then the suite's cases: (suite module, cases, run directory)."""
     try:
         module = plugins.suite(suite)
     except ValueError as e:
         fail(str(e))
-    for name in variant or []:
+    device = validate.choice(device or env.default_device(), "--device", ("cpu", "cuda"))
+    if device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda but no CUDA device is visible; use --device cpu")
+    profile = validate.choice(profile, "--profile", ("quick", "standard", "full"))
+    validate.choice(retry, "--retry", runner.RETRY)
+    names = validate.unique(variant or [])
+    for name in names:
         try:
             registry.get(name)
         except ValueError as e:
             fail(str(e))
-    if any(n <= 0 for n in seq_len or []):
-        fail(f"--seq-len must be positive, got {min(seq_len)}")
+    lengths = validate.unique(validate.seq_len(n) for n in seq_len or [])
     try:
-        cases = module.plan(profile=profile, device=device, variants=variant or None,
-                            seq_lens=seq_len or None, dtypes=dtype or None)
+        dtypes = validate.unique(dtype_name(d) for d in dtype or [])
+    except ValueError as e:
+        fail(f"--dtype: {e}")
+    out = validate.output_dir(out) or Path("results") / f"{suite}-{device}-{profile}"
+    if fresh and out.is_dir() and any(out.iterdir()) and not store.is_run_dir(out):
+        fail(f"--fresh: {out} is not a run directory (no records/ or environment.json); it is left alone")
+    try:
+        cases = module.plan(profile=profile, device=device, variants=names or None, seq_lens=lengths or None,
+                            dtypes=dtypes or None)
     except ValidationError as e:
         fail(one_line_validation(e))
     except ValueError as e:
         fail(str(e))
     if not cases:
         fail("the filters leave no case to run; loosen --variant/--seq-len/--dtype")
-    out = out or Path("results") / f"{suite}-{device}-{profile}"
-    console.print(f"[bold]{suite}[/] on {device}, profile {profile}: {len(cases)} cases -> {out}")
-    try:
-        summary = runner.run(cases, module.__name__, out, timeout_s=timeout or module.TIMEOUT_S,
-                             progress=progress)
-    except ValueError as e:
-        fail(str(e))
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing new"
-    console.print(f"rows written: {counts}; already done: {summary.skipped_as_done}; results in {out}")
-    if hasattr(module, "summarize"):
-        module.summarize(out, console)
-    if summary.interrupted:
-        console.print(f"interrupted: every finished row is kept in {out}; run the same command to resume")
-        raise typer.Exit(130)
+    return module, runner.unique(cases), out
 
 
 @app.command("doctor")
@@ -131,8 +155,8 @@ def doctor(
 
 @app.command("import-benchmark")
 def import_benchmark(
-    json_file: Annotated[Path, typer.Argument(help="pytest-benchmark JSON of suites/bench_throughput.py")],
-    out: Annotated[Path, typer.Option(help="Run directory to write the rows into")],
+    json_file: Annotated[str, typer.Argument(help="pytest-benchmark JSON of suites/bench_throughput.py")],
+    out: Annotated[str, typer.Option(help="Run directory to write the rows into")],
     suite: Annotated[str, typer.Option(help="The suite whose benchmark wrote the file")] = "throughput",
 ) -> None:
     """Turn a pytest-benchmark JSON file into results-store rows."""
@@ -142,9 +166,21 @@ def import_benchmark(
         fail(str(e))
     if not hasattr(module, "import_benchmark_json"):
         fail(f"suite {suite!r} has no pytest-benchmark route (no import_benchmark_json)")
-    if not json_file.is_file():
-        fail(f"no such file: {json_file}")
-    console.print(f"{module.import_benchmark_json(json_file, out)} rows -> {out}")
+    path = validate.input_path(json_file, "JSON_FILE", kind="file")
+    out_dir = validate.output_dir(out)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        fail(f"{path} is not JSON: {str(e).splitlines()[0]}")
+    if not isinstance(report, dict) or not isinstance(report.get("benchmarks"), list):
+        fail(f"{path} is not a pytest-benchmark JSON file (no list of 'benchmarks')")
+    errors.log_to(out_dir)
+    try:
+        written = module.import_benchmark_json(path, out_dir)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+        what = f"missing {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+        fail(f"{path} is not a JSON of suites/bench_throughput.py ({type(e).__name__}: {what})")
+    console.print(f"{written} rows -> {escape(str(out_dir))}")
 
 
 app.command("report")(report)
@@ -152,6 +188,9 @@ app.command("recommend")(recommend)
 
 
 def main() -> None:
+    """The entry point: exit 0 on success, 2 with one line on bad input, 130 on Ctrl-C. Anything else is
+    a bug: one line on the terminal, the traceback in a log file (the run directory's when known)."""
+    _warnings_as_lines()
     try:
         code = app(standalone_mode=False)
     except ArgumentError as e:
@@ -159,16 +198,28 @@ def main() -> None:
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
     except Exception as e:
-        if not hasattr(e, "format_message"):  # a usage error of typer's click: one line, exit 2
-            raise
-        message = e.format_message().strip()
-        if message:  # empty when typer already printed the help
-            print(f"attnbench: error: {message.splitlines()[-1]}", file=sys.stderr)
-        sys.exit(getattr(e, "exit_code", 2))
+        if hasattr(e, "format_message"):  # a usage error of typer's click: one line, exit 2
+            message = e.format_message().strip()
+            if message:  # empty when typer already printed the help
+                print(f"attnbench: error: {message.splitlines()[-1]}", file=sys.stderr)
+            sys.exit(getattr(e, "exit_code", 2))
+        log = errors.write_crash_log(e, sys.argv)
+        where = f"the traceback is in {log}" if log else "no log could be written"
+        print(f"attnbench: internal error: {runner.one_line(e)} ({where}; please report it)", file=sys.stderr)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _warnings_as_lines() -> None:
+    """The store's warnings (a corrupt file moved aside) as `attnbench: warning: ...` lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("attnbench: warning: %(message)s"))
+    logger = logging.getLogger("attnbench")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ seaborn) is imported only when one of these commands runs, to keep `attnbench` i
 
 from __future__ import annotations
 
+import math
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from harness import errors, validate
 from harness.errors import ArgumentError
 
 
@@ -22,19 +23,24 @@ def _usage(error: Exception) -> ArgumentError:
 
 
 def report(
-    results: Annotated[list[Path], typer.Argument(help="Run directories, or folders of runs")],
-    compare: Annotated[Path | None, typer.Option(help="A baseline run to set beside this one")] = None,
-    out: Annotated[Path | None, typer.Option(help="Report directory (default: RESULTS_DIR/report)")] = None,
+    results: Annotated[list[str], typer.Argument(help="Run directories, or folders of runs")],
+    compare: Annotated[str | None, typer.Option(help="A baseline run to set beside this one")] = None,
+    out: Annotated[str | None, typer.Option(help="Report directory (default: RESULTS_DIR/report)")] = None,
     threshold: Annotated[float, typer.Option(help="Regression threshold (0.05 = 5%)")] = 0.05,
     pareto_n: Annotated[int | None, typer.Option(help="Length of the quality-vs-throughput chart")] = None,
 ) -> None:
     """Render charts, report.html and summary.md; print the path of report.html."""
     from harness.report import render
 
-    if not 0 < threshold < 1:
+    paths = list({p.resolve(): p for p in (validate.input_path(r, "RESULTS") for r in results)}.values())
+    baseline = validate.input_path(compare, "--compare") if compare is not None else None
+    if not (math.isfinite(threshold) and 0 < threshold < 1):
         raise ArgumentError(f"--threshold must be between 0 and 1 (0.05 = 5%), got {threshold:g}")
+    validate.seq_len(pareto_n, "--pareto-n")
+    out_dir = validate.output_dir(out if out is not None else str(paths[0] / render.REPORT_DIR), "--out")
+    errors.log_to(out_dir)
     try:
-        built = render.build(results, out, baseline=compare, threshold=threshold, pareto_n=pareto_n)
+        built = render.build(paths, out_dir, baseline=baseline, threshold=threshold, pareto_n=pareto_n)
     except (FileNotFoundError, ValueError) as e:
         raise _usage(e) from None
     if built.comparison is not None:
@@ -44,7 +50,7 @@ def report(
 
 
 def recommend(
-    results: Annotated[Path, typer.Argument(help="A run directory (every suite that ran there is used)")],
+    results: Annotated[str, typer.Argument(help="A run directory (every suite that ran there is used)")],
     seq_len: Annotated[int, typer.Option("--seq-len", "-n", help="Sequence length to serve or train at")],
     memory_gb: Annotated[float | None, typer.Option(help="Peak memory limit in GiB at that length")] = None,
     latency_ms: Annotated[float | None, typer.Option(
@@ -61,23 +67,23 @@ def recommend(
     from harness.report import data
     from harness.report import recommend as ranking
 
-    if seq_len <= 0:
-        raise ArgumentError(f"--seq-len must be positive, got {seq_len}")
-    if mode not in ranking.MODES:
-        raise ArgumentError(f"unknown --mode {mode!r}; use train or infer")
-    if min_accuracy is not None and not 0 <= min_accuracy <= 1:
-        raise ArgumentError(f"--min-accuracy is a fraction in 0..1, got {min_accuracy:g}")
+    path = validate.input_path(results, "RESULTS")
+    validate.seq_len(seq_len)
+    validate.choice(mode, "--mode", ranking.MODES)
+    validate.positive(memory_gb, "--memory-gb", unit=" GiB")
+    validate.positive(latency_ms, "--latency-ms", unit=" ms")
+    validate.fraction(min_accuracy, "--min-accuracy")
     try:
         dtype = dtype_name(dtype) if dtype is not None else None
     except ValueError as e:
-        raise _usage(e) from None
+        raise ArgumentError(f"--dtype: {e}") from None
     request = ranking.Request(seq_len=seq_len, mode=mode, causal=causal, memory_gb=memory_gb,
                               latency_ms=latency_ms, min_accuracy=min_accuracy, dtype=dtype,
-                              results=str(results))
+                              results=str(path))
     try:
-        rows = data.Results.load(results).rows
+        rows = data.Results.load(path).rows
         if rows.empty:
-            raise ValueError(f"no result rows under {results}: run `attnbench run` first")
+            raise ValueError(f"no result rows under {path}: run `attnbench run` first")
         print(ranking.render(ranking.recommend(rows, request)))
     except (FileNotFoundError, ValueError) as e:  # MissingData is a ValueError
         raise _usage(e) from None
