@@ -10,20 +10,37 @@ import pandas as pd
 from harness.report import data
 
 MIN_FIT_POINTS = 3
+MIN_LENGTHS = 3  # a finding about scaling (largest feasible N, exponent, crossover) needs this many lengths
+SIZE_FAILURES = ("oom", "skipped", "timeout")  # what ends a sweep for being too large
+SMOKE_PART_NAMES = {"throughput": "throughput", "exactness": "exactness", "learned": "learned tasks"}
+LARGEST_COLUMNS = ["config", "variant", "largest_feasible_n", "first_failure", "measured_up_to", "lengths"]
 
 
 def largest_feasible(points: pd.DataFrame) -> pd.DataFrame:
-    """Per (config, series): the largest N that ran, and the first N that did not and why."""
+    """Per (config, series): the largest N that ran, when the sweep found one: a size failure (out of
+    memory, skipped after one, timeout) at a larger N, over at least MIN_LENGTHS lengths. Otherwise
+    largest_feasible_n is empty and first_failure says why (nothing failed, too few lengths, unsupported).
+    """
     rows = []
     for (config, series), group in points.groupby(["config", "series"], sort=True):
         ok = group[group.status == "ok"]
         largest = int(ok.seq_len.max()) if not ok.empty else None
         beyond = group[(group.status != "ok") & (group.seq_len > (largest or 0))].sort_values("seq_len")
-        first_failure = "" if beyond.empty else failure_label(beyond.iloc[0])
-        rows.append({"config": config, "variant": series, "largest_feasible_n": largest,
-                     "measured_up_to": int(group.seq_len.max()), "first_failure": first_failure})
-    return pd.DataFrame(rows, columns=["config", "variant", "largest_feasible_n", "measured_up_to",
-                                       "first_failure"])
+        lengths = group.seq_len.nunique()
+        top = int(group.seq_len.max())
+        if ok.empty and (group.status == "unsupported").all():
+            found, why = None, "unsupported"
+        elif beyond.empty:
+            found, why = None, f"no failure up to N = {top}"
+        elif beyond.iloc[0].status not in SIZE_FAILURES:
+            found, why = None, f"{failure_label(beyond.iloc[0])} (not a size limit)"
+        elif lengths < MIN_LENGTHS:
+            found, why = None, f"{failure_label(beyond.iloc[0])}; {lengths} lengths, too few to say"
+        else:
+            found, why = largest, failure_label(beyond.iloc[0])
+        rows.append({"config": config, "variant": series, "largest_feasible_n": found, "first_failure": why,
+                     "measured_up_to": top, "lengths": lengths})
+    return pd.DataFrame(rows, columns=LARGEST_COLUMNS)
 
 
 def failure_label(point) -> str:
@@ -80,7 +97,8 @@ class Crossover:
 
 
 def crossovers(points: pd.DataFrame) -> list[Crossover]:
-    """Pairs whose latency order flips once, for good, as N grows (on the lengths both ran)."""
+    """Pairs whose latency order flips once, for good, as N grows (on the lengths both ran, at least
+    MIN_LENGTHS of them: with two, any difference in slope reads as a crossover)."""
     found = []
     ok = points[(points.status == "ok") & points.latency_ms.notna()]
     for config, group in ok.groupby("config", sort=True):
@@ -91,7 +109,7 @@ def crossovers(points: pd.DataFrame) -> list[Crossover]:
                     continue
                 both = table[[a, b]].dropna()
                 faster = (both[a] < both[b]).to_numpy()
-                if len(both) < 2 or faster[0] or not faster[-1]:
+                if len(both) < MIN_LENGTHS or faster[0] or not faster[-1]:
                     continue
                 first = len(faster) - np.argmin(faster[::-1])  # start of the trailing run of wins
                 found.append(Crossover(config, a, b, int(both.index[first]), int(both.index[first - 1])))
@@ -164,6 +182,11 @@ def pareto(points: pd.DataFrame, best: pd.DataFrame, seq_len: int | None = None)
     return Pareto(table.sort_values("tokens_per_s", ignore_index=True), seq_len, config, tasks)
 
 
+def pareto_lengths(points: pd.DataFrame, best: pd.DataFrame) -> list[int]:
+    """The lengths a quality-vs-throughput chart can be drawn at (for --pareto-n)."""
+    return [int(n) for n in sorted(set(points.seq_len[points.status == "ok"])) if pareto(points, best, n)]
+
+
 @dataclass
 class Findings:
     """Everything the report shows, computed once from the rows."""
@@ -177,6 +200,7 @@ class Findings:
     primary: str | None  # the throughput config the Pareto chart and one-line summaries speak of
     headlines: list[str]  # one such config per device
     pareto: Pareto | None
+    smoke: dict[str, list[str]]  # part (throughput, exactness, learned) -> why it is a smoke run, if it is
 
     @classmethod
     def compute(cls, rows: pd.DataFrame, pareto_n: int | None = None) -> Findings:
@@ -184,7 +208,20 @@ class Findings:
         best = data.best_lr(data.learned(rows))
         return cls(points=pts, best=best, exactness=data.exactness(rows), largest=largest_feasible(pts),
                    exponents=scaling_exponents(pts), crossovers=crossovers(pts), primary=primary_config(pts),
-                   headlines=primary_configs(pts), pareto=pareto(pts, best, pareto_n))
+                   headlines=primary_configs(pts), pareto=pareto(pts, best, pareto_n),
+                   smoke=data.smoke_reasons(rows))
+
+    def smoke_sentence(self) -> str | None:
+        """'Smoke run (throughput: quick profile; learned tasks: one seed per model): ...', or None."""
+        parts = [f"{SMOKE_PART_NAMES[part]}: {', '.join(why)}" for part, why in self.smoke.items() if why]
+        if not parts:
+            return None
+        return (f"Smoke run ({'; '.join(parts)}): it shows that the pipeline works, not which architecture "
+                f"to choose.")
+
+    def smoke_for(self, *parts: str) -> list[str]:
+        """The smoke-run reasons of the given parts, each once."""
+        return list(dict.fromkeys(r for part in parts for r in self.smoke.get(part, [])))
 
     def variants(self) -> list[str]:
         return sorted(set(self.points.series) | set(self.best.get("variant", [])) |

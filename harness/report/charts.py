@@ -10,6 +10,7 @@ lengths where a series ran out of memory, `max-n:<name>` for its largest feasibl
 from __future__ import annotations
 
 import contextlib
+import io
 from pathlib import Path
 
 import matplotlib
@@ -19,10 +20,20 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import EngFormatter, FuncFormatter, LogFormatter, NullLocator  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    EngFormatter,
+    FixedLocator,
+    FuncFormatter,
+    LogFormatter,
+    NullLocator,
+)
+from matplotlib.transforms import Bbox  # noqa: E402
 
+from harness import store  # noqa: E402
 from harness.report import data  # noqa: E402
 from harness.report.analysis import Pareto  # noqa: E402
 
@@ -30,6 +41,9 @@ PANEL_SIZE = (4.2, 3.1)  # inches per facet
 LEGEND_WIDTH = 2.2
 MAX_COLUMNS = 3
 DPI = 110
+MIN_LABEL_GAP_LOG2 = 0.6
+SMOKE_LABEL = "smoke run"
+BAR_GROUP_WIDTH = 0.8  # seaborn's default: the bars of one x position share this width
 
 
 @contextlib.contextmanager
@@ -64,10 +78,23 @@ def _log_scale(ax, which: str = "y", engineering: bool = False) -> None:
     axis.set_minor_formatter(PlainLogFormatter(engineering, minor_thresholds=(1.5, 0.5)))
 
 
-def _length_axis(ax) -> None:
+def length_label(n: float) -> str:
+    return f"{n / 1024:g}k" if n >= 1024 and n % 1024 == 0 else f"{n:g}"
+
+
+def _length_axis(ax, lengths) -> None:
+    """A log2 axis with a tick at each measured length and nowhere else; a label where it has room (two
+    lengths closer than 2^0.6 keep one label)."""
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_minor_locator(NullLocator())  # lengths are powers of two: the major ticks say it all
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1024:g}k" if v >= 1024 else f"{v:g}"))
+    ticks = sorted({float(n) for n in lengths})
+    labelled, last = set(), None
+    for n in ticks:
+        if last is None or np.log2(n / last) >= MIN_LABEL_GAP_LOG2:
+            labelled.add(n)
+            last = n
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: length_label(v) if v in labelled else ""))
     ax.set_xlabel("sequence length N")
 
 
@@ -103,11 +130,12 @@ def _panels(frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def metric_vs_length(points: pd.DataFrame, metric: str, ylabel: str, title: str, scale: float = 1.0,
-                     log_y: bool = True, mark_largest: bool = False, band: tuple[str, str] | None = None,
+                     log_y: bool = True, largest: dict | None = None, band: tuple[str, str] | None = None,
                      decorate=None, colors: dict | None = None, engineering: bool = False):
     """One panel per configuration, one line per series; lengths that ran out of memory marked with X.
 
-    `decorate(ax, panel_points)`, when given, adds what a chart draws beside its lines.
+    `largest` maps (config, series) to the largest feasible N (analysis.largest_feasible): a star marks
+    it. `decorate(ax, panel_points)`, when given, adds what a chart draws beside its lines.
     """
     drawable = points[(points.status == "ok") & points[metric].notna()]
     if drawable.empty:
@@ -120,49 +148,60 @@ def metric_vs_length(points: pd.DataFrame, metric: str, ylabel: str, title: str,
     with _style():
         fig, axes = _grid(_panels(drawable), title)
         drawn: set[str] = set()
-        any_oom = False
+        any_oom = any_star = False
         for (row, col), ax in axes.items():
             panel = points[(points.panel_row == row) & (points.panel_col == col)]
+            lengths: set[int] = set()
             for series, group in panel.groupby("series", sort=True):
                 line = group[(group.status == "ok") & group[metric].notna()].sort_values("seq_len")
                 if not line.empty:
-                    _draw_line(ax, line, metric, scale, series, colors[series], band, mark_largest)
+                    star = (largest or {}).get((line.config.iloc[0], series))
+                    any_star |= _draw_line(ax, line, metric, scale, series, colors[series], band, star)
                     drawn.add(series)
+                    lengths.update(line.seq_len)
                 oom = group[group.status == "oom"].seq_len
                 if not oom.empty and series in marked:
                     any_oom = True
                     drawn.add(series)
+                    lengths.update(oom)
                     # At the top of the panel, in the series' colour: there is no value to plot.
                     ax.plot(oom, np.full(len(oom), 0.96), transform=ax.get_xaxis_transform(),
                             marker="X", markersize=9, linestyle="none", color=colors[series],
                             markeredgecolor="black", clip_on=False, gid=f"oom:{series}")
-            _length_axis(ax)
+            _length_axis(ax, lengths)
             if log_y:
                 _log_scale(ax, "y", engineering)
             ax.set_ylabel(ylabel)
             if decorate is not None:
                 decorate(ax, panel)
         markers = {"out of memory": "X"} if any_oom else {}
-        if mark_largest:
+        if any_star:
             markers["largest feasible N"] = "*"
         _legend(fig, colors, drawn, markers)
     return fig
 
 
-def _draw_line(ax, line, metric, scale, series, color, band, mark_largest) -> None:
+def _draw_line(ax, line, metric, scale, series, color, band, star: int | None) -> bool:
+    """The series' line (and percentile band); a star at its largest feasible N. True when starred."""
     x, y = line.seq_len.to_numpy(), line[metric].to_numpy(float) * scale
     ax.plot(x, y, color=color, marker="o", markersize=5, label=series, gid=f"series:{series}")
     if band and line[list(band)].notna().all().all():
         ax.fill_between(x, line[band[0]].to_numpy(float) * scale, line[band[1]].to_numpy(float) * scale,
                         color=color, alpha=0.15, linewidth=0)
-    if mark_largest:
-        ax.plot(x[-1:], y[-1:], marker="*", markersize=14, color=color, markeredgecolor="black",
-                linestyle="none", gid=f"max-n:{series}")
+    if star is None or pd.isna(star) or star not in x:
+        return False
+    ax.plot([star], y[x == star][:1], marker="*", markersize=14, color=color, markeredgecolor="black",
+            linestyle="none", gid=f"max-n:{series}")
+    return True
 
 
-def latency_chart(points, colors=None):
+def latency_chart(points, colors=None, largest: pd.DataFrame | None = None):
+    """Latency per configuration; `largest` (analysis.largest_feasible) puts a star where a sweep found
+    its largest feasible N."""
+    found = largest[largest.largest_feasible_n.notna()] if largest is not None else largest
+    stars = {} if found is None else {(r.config, r.variant): r.largest_feasible_n for r in found.itertuples()}
     return metric_vs_length(points, "latency_ms", "latency (ms, median)", "Latency vs sequence length",
-                            mark_largest=True, band=("latency_ms_p20", "latency_ms_p80"), colors=colors)
+                            largest=stars, band=("latency_ms_p20", "latency_ms_p80"), colors=colors)
 
 
 def memory_chart(points, colors=None):
@@ -213,12 +252,15 @@ def accuracy_chart(task_accuracy: pd.DataFrame, colors=None):
         ax = fig.subplots()
         names = sorted(task_accuracy.variant.unique())
         sns.barplot(data=task_accuracy, x="task", y="accuracy", hue="variant", order=tasks, hue_order=names,
-                    palette={v: colors[v] for v in names}, ax=ax)
+                    palette={v: colors[v] for v in names}, legend=False, ax=ax)
         for bars, variant in zip(ax.containers, names, strict=True):  # one container per hue level, in order
             bars.set_label(variant)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("accuracy (best learning rate)")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        # One entry per variant, built here: seaborn's own legend and the labelled containers would both
+        # list every variant.
+        handles = [Patch(color=colors[v], label=v) for v in names]
+        fig.legend(handles=handles, loc="outside right upper", frameon=False)
         fig.suptitle("Accuracy by task and variant", fontweight="bold")
     return fig
 
@@ -240,7 +282,7 @@ def long_range_chart(best: pd.DataFrame, colors=None):
                 line = line.sort_values("seq_len")
                 ax.plot(line.seq_len, line.accuracy, marker="o", markersize=5, color=colors[variant],
                         label=variant, gid=f"series:{variant}")
-            _length_axis(ax)
+            _length_axis(ax, curves[curves.task == task].seq_len)
             ax.set_ylim(-0.02, 1.05)
             ax.set_ylabel("accuracy (best learning rate)")
         _legend(fig, colors, set(curves.variant), {})
@@ -286,29 +328,92 @@ def pareto_chart(front: Pareto | None, colors=None):
         for p in table.itertuples():
             ax.scatter([p.tokens_per_s], [p.accuracy], s=70 if p.on_front else 40, color=colors[p.variant],
                        edgecolor="black" if p.on_front else "none", zorder=3, gid=f"point:{p.variant}")
-            ax.annotate(p.variant, (p.tokens_per_s, p.accuracy), textcoords="offset points", xytext=(5, 5),
-                        fontsize="small")
         on = table[table.on_front].sort_values("tokens_per_s")
         ax.plot(on.tokens_per_s, on.accuracy, color="0.3", linestyle="--", zorder=2, gid="pareto-front")
         _log_scale(ax, "x", engineering=True)
+        ax.margins(x=0.12, y=0.12)  # room for the labels of the outermost points
         ax.set_xlabel(f"tokens / s at N = {front.seq_len} ({front.config})")
         ax.set_ylabel("mean accuracy (best LR)\n" + ", ".join(front.tasks))
         fig.suptitle(f"Quality vs throughput at N = {front.seq_len}", fontweight="bold")
+        place_labels(fig, ax, [(p.tokens_per_s, p.accuracy, p.variant) for p in table.itertuples()])
     return fig
 
 
+# Where a point's label may go, nearest first: (direction x, direction y, horizontal, vertical alignment).
+_AROUND = ((1, 1, "left", "bottom"), (1, -1, "left", "top"), (-1, 1, "right", "bottom"),
+           (-1, -1, "right", "top"), (1, 0, "left", "center"), (-1, 0, "right", "center"),
+           (0, 1, "center", "bottom"), (0, -1, "center", "top"))
+_LABEL_DISTANCES = (4, 10, 18, 28, 40)  # points
+_MARKER_HALF = 8  # points: a label keeps this far off every marker (and so reads as its own point's)
+
+
+def place_labels(fig, ax, points: list[tuple[float, float, str]]) -> None:
+    """Name each point beside it, where the label overlaps no other label, no marker and stays inside
+    the axes: the first free spot of a few around the point, nearest first (a leader line joins a label
+    put further away). Run after the axes' limits and the figure's layout are final."""
+    renderer = FigureCanvasAgg(fig).get_renderer()  # measures text as the saved PNG will show it
+    fig.draw_without_rendering()  # the constrained layout: the axes' final size and limits
+    frame = ax.get_window_extent(renderer)
+    pad = _MARKER_HALF * fig.dpi / 72
+    taken = [Bbox.from_extents(px - pad, py - pad, px + pad, py + pad)
+             for px, py in ax.transData.transform([(x, y) for x, y, _ in points])]
+    for x, y, text in sorted(points, key=lambda p: (-p[1], p[0])):
+        best = None
+        for distance in _LABEL_DISTANCES:
+            for dx, dy, ha, va in _AROUND:
+                label = ax.annotate(text, (x, y), xytext=(dx * distance, dy * distance),
+                                    textcoords="offset points", ha=ha, va=va, fontsize="small",
+                                    annotation_clip=False, in_layout=False)
+                box = label.get_window_extent(renderer)
+                clash = sum(box.overlaps(other) for other in taken) + (not _inside(box, frame))
+                if best is None or clash < best[0]:
+                    if best is not None:
+                        best[1].remove()
+                    best = (clash, label, box, distance)
+                else:
+                    label.remove()
+                if clash == 0:
+                    break
+            if best[0] == 0:
+                break
+        _, label, box, distance = best
+        if distance > _LABEL_DISTANCES[0]:  # away from its point: a leader line says whose label it is
+            offset, ha, va = label.xyann, label.get_ha(), label.get_va()
+            label.remove()
+            ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", ha=ha, va=va,
+                        fontsize="small", annotation_clip=False, in_layout=False,
+                        arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6, "shrinkA": 0, "shrinkB": 4})
+        taken.append(box)
+
+
+def _inside(box, frame) -> bool:
+    return box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
+
+
 def exactness_chart(exact: pd.DataFrame):
-    """Relative error against the float64 reference, per variant and input kind (log scale)."""
+    """Relative error against the float64 reference, per variant and input kind (log scale). A pair that
+    was not measured (mamba takes no q, k for the peaked and near-duplicate inputs) says "n/a" where its
+    bar would be, and an error of exactly 0 says "0": neither has a height on a log axis."""
     if exact.empty or exact.rel_err.isna().all():
         return None
     worst = exact.groupby(["variant", "input_kind"]).rel_err.max().reset_index()
+    variants, kinds = sorted(worst.variant.unique()), sorted(worst.input_kind.unique())
     with _style():
-        fig = Figure(figsize=(max(5.5, 0.9 * worst.variant.nunique() + LEGEND_WIDTH), 3.6),
-                     layout="constrained")
+        fig = Figure(figsize=(max(5.5, 0.9 * len(variants) + LEGEND_WIDTH), 3.6), layout="constrained")
         ax = fig.subplots()
-        sns.barplot(data=worst, x="variant", y="rel_err", hue="input_kind",
-                    order=sorted(worst.variant.unique()), ax=ax)
+        sns.barplot(data=worst, x="variant", y="rel_err", hue="input_kind", order=variants, hue_order=kinds,
+                    ax=ax)
         _log_scale(ax)
+        width = BAR_GROUP_WIDTH / len(kinds)
+        value = worst.set_index(["variant", "input_kind"]).rel_err
+        for i, variant in enumerate(variants):
+            for j, kind in enumerate(kinds):
+                err = value.get((variant, kind), np.nan)
+                if np.isfinite(err) and err > 0:
+                    continue
+                x = i - BAR_GROUP_WIDTH / 2 + (j + 0.5) * width
+                ax.text(x, 0.02, "n/a" if not np.isfinite(err) else "0", transform=ax.get_xaxis_transform(),
+                        rotation=90, ha="center", va="bottom", fontsize="x-small", color="0.35")
         ax.set_ylabel("relative error (worst case)")
         ax.tick_params(axis="x", rotation=30)
         ax.legend(title="input", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
@@ -326,11 +431,22 @@ def ratio_chart(ratios: pd.DataFrame, threshold: float, colors=None):
                             log_y=False, decorate=threshold_band, colors=colors)
 
 
+def mark_smoke(fig: Figure, reasons: list[str]) -> None:
+    """Say under the chart's title that it shows a smoke run (quick profile, one seed), when it does."""
+    title = fig.get_suptitle()
+    if reasons and SMOKE_LABEL not in title:
+        fig.suptitle(f"{title}\n{SMOKE_LABEL} ({', '.join(reasons)}): not findings", fontweight="bold")
+
+
 def save(fig: Figure, out_dir: Path, name: str) -> Path:
-    """Write NAME.png and NAME.svg (fonts as paths: the SVG needs nothing from outside); return the PNG."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write NAME.png and NAME.svg (fonts as paths: the SVG needs nothing from outside), each atomically;
+    return the PNG."""
     png = out_dir / f"{name}.png"
-    fig.savefig(png, dpi=DPI)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    store.atomic_write(png, buffer.getvalue())
     fig.set_layout_engine("none")  # keep the layout the first save computed: the SVG needs no second pass
-    fig.savefig(out_dir / f"{name}.svg", metadata={"Date": None})
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    store.atomic_write(out_dir / f"{name}.svg", buffer.getvalue())
     return png

@@ -54,7 +54,11 @@ class Results:
         environments = {}
         for run in dirs:
             env_file = run / store.ENVIRONMENT
-            environments[str(run)] = json.loads(env_file.read_text()) if env_file.exists() else {}
+            try:
+                environments[str(run)] = store.read_json(env_file) if env_file.exists() else {}
+            except store.CorruptFile as e:  # the rows carry the essentials; `attnbench run` rewrites it
+                store.log.warning("corrupt %s; the report shows no environment for this run", e)
+                environments[str(run)] = {}
         return cls(rows, environments)
 
     def suites(self) -> set[str]:
@@ -213,6 +217,24 @@ def preferred_dtype(dtypes) -> str:
         if dtype in present:
             return dtype
     return present[0]
+
+
+def smoke_reasons(rows: pd.DataFrame) -> dict[str, list[str]]:
+    """Why each part of the results (throughput, exactness, learned tasks) is a smoke test of the pipeline
+    rather than findings: rows of the quick profile (tiny sizes), learned tasks trained with one seed per
+    model (no spread to judge a difference by). An empty list: nothing to say, or no rows."""
+    rows = with_columns(rows, ("profile", "task"))
+    parts = {"throughput": rows[rows.suite == "throughput"],
+             "exactness": rows[(rows.suite == "accuracy") & (rows.task == "exactness")],
+             "learned": learned(rows)}
+    reasons = {part: ["quick profile"] if (subset.profile == "quick").any() else []
+               for part, subset in parts.items()}
+    ok = parts["learned"][parts["learned"].status == "ok"]
+    if not ok.empty:
+        keys = [k for k in (*TRAINING_KEYS, "lr") if k in ok.columns]
+        if ok.groupby(keys, dropna=False).seed.nunique(dropna=False).max() <= 1:
+            reasons["learned"].append("one seed per model")
+    return reasons
 
 
 def status_counts(rows: pd.DataFrame) -> pd.DataFrame:

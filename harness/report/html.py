@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness import store
+
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1d2430; }
 header, section { max-width: 1700px; margin: 0 auto; padding: 0 24px; }
@@ -27,6 +29,7 @@ table.data th { background: #f3f5f9; }
 tr.regression td { background: #fde8e8; }
 tr.improvement td { background: #e6f6ea; }
 .missing { color: #8a5a00; background: #fff7e0; padding: 8px 12px; border-radius: 4px; }
+.smoke { color: #7a1f00; background: #ffe9dc; border: 1px solid #f0b89a; padding: 8px 12px; }
 ul.findings li { margin: 3px 0; }
 code { background: #f3f5f9; padding: 1px 4px; border-radius: 3px; }
 """
@@ -86,8 +89,8 @@ def bullets(items) -> str:
     return '<ul class="findings">' + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>"
 
 
-def page(title: str, subtitle: str, sections: list[tuple[str, str, str]]) -> str:
-    """A whole document from (anchor, title, body html) sections."""
+def page(title: str, subtitle: str, sections: list[tuple[str, str, str]], banner: str = "") -> str:
+    """A whole document from (anchor, title, body html) sections; `banner` (html) goes under the title."""
     nav = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t, _ in sections)
     body = "".join(section(a, t, b) for a, t, b in sections)
     return (
@@ -95,12 +98,10 @@ def page(title: str, subtitle: str, sections: list[tuple[str, str, str]]) -> str
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="icon" href="data:,">'  # no favicon request
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>"
-        f"<header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p><nav>{nav}</nav></header>"
+        f"<header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p>{banner}<nav>{nav}</nav></header>"
         f"{body}</body></html>\n"
     )
 
 
 def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+    return store.atomic_write(path, text.encode("utf-8"))

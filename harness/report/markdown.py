@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 
 from harness.report import data
-from harness.report.analysis import Findings
+from harness.report.analysis import MIN_LENGTHS, Findings
 from harness.report.compare import Comparison
 from harness.report.html import cell
 
-MAX_ROWS = 12
+MAX_ROWS = 24  # every registered variant fits
 MAX_CROSSOVERS = 6
 
 
@@ -47,19 +47,28 @@ def _throughput(findings: Findings) -> list[str]:
         ran_none = "_No throughput case ran ok: see the failures in the full report._"
         return [ran_none if len(findings.points) else "_No throughput results._"]
     lines = []
+    ok = findings.points[findings.points.status == "ok"]
     for config in findings.headlines:
         largest = findings.largest[findings.largest.config == config].set_index("variant")
         exponents = findings.exponents[findings.exponents.config == config].set_index("variant").exponent
+        fitted = ok[ok.config == config].groupby("series").seq_len.nunique()
+        exponent = [exponents[v] if v in exponents.index else f"n/a: {fitted.get(v, 0)} lengths ran"
+                    for v in largest.index]
         table = pd.DataFrame({"variant": largest.index,
                               "largest feasible N": largest.largest_feasible_n.values,
                               "then": largest.first_failure.values,
-                              "exponent k (latency ~ N^k)": largest.index.map(exponents).values})
-        lines += [f"### Throughput: {config}", *md_table(table), ""]
+                              "exponent k (latency ~ N^k)": exponent})
+        family = findings.points.drop_duplicates("series").set_index("series").family
+        baseline_first = table.variant.map(family).ne("vanilla")  # the reference row leads the table
+        table = table.assign(_order=baseline_first.values).sort_values(["_order", "variant"], kind="stable")
+        lines += [f"### Throughput: {config}", *md_table(table.drop(columns="_order")), ""]
     ordered = sorted(findings.crossovers, key=lambda c: c.config not in findings.headlines)
     if ordered:
         lines += ["**Crossovers**"] + [f"- {c.sentence}" for c in ordered[:MAX_CROSSOVERS]]
         if len(ordered) > MAX_CROSSOVERS:
             lines.append(f"- _{len(ordered) - MAX_CROSSOVERS} more in the full report_")
+    else:
+        lines.append(f"_No crossover: none measured over {MIN_LENGTHS} or more lengths._")
     return lines
 
 
@@ -86,7 +95,10 @@ def _comparison(comparison: Comparison) -> list[str]:
 
 
 def summary(results: data.Results, findings: Findings, comparison: Comparison | None, page: Path) -> str:
-    lines = ["## attnbench report", "", *_runs(results), "", f"Rows: {_statuses(results.rows)}", ""]
+    lines = ["## attnbench report", ""]
+    if (smoke := findings.smoke_sentence()) is not None:
+        lines += [f"> **{smoke}**", ""]
+    lines += [*_runs(results), "", f"Rows: {_statuses(results.rows)}", ""]
     lines += _throughput(findings) + [""] + _quality(findings) + [""]
     if comparison is not None:
         lines += _comparison(comparison) + [""]

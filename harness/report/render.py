@@ -9,21 +9,28 @@ from pathlib import Path
 import pandas as pd
 
 from harness.report import charts, data, html, markdown
-from harness.report.analysis import Findings
+from harness.report.analysis import Findings, pareto_lengths
 from harness.report.compare import Comparison, compare
 from harness.report.html import Chart
 
 CHARTS_DIR = "charts"
+REPORT_DIR = "report"  # the default report directory, inside the (first) run directory
+# The parts of the results (data.smoke_reasons) each chart shows: its smoke-run label comes from them.
+CHART_PARTS = {"latency": ("throughput",), "memory": ("throughput",), "tflops": ("throughput",),
+               "tokens": ("throughput",), "energy": ("throughput",), "exactness": ("exactness",),
+               "accuracy": ("learned",), "long_range": ("learned",), "passkey": ("learned",),
+               "pareto": ("throughput", "learned"), "ratio": ("throughput",)}
 CAPTIONS = {
     "latency": "Median latency of one call (batch x N tokens) per variant, log-log; shaded: 20th-80th "
-               "percentile; X at the top of a panel: out of memory at that N; star: the largest N that ran.",
+               "percentile; X at the top of a panel: out of memory at that N; star: the largest N that ran "
+               "where a larger one failed for its size (none where nothing failed).",
     "memory": "Peak memory allocated during one call; dashed: the device's memory.",
     "tflops": "Achieved TFLOP/s, for softmax kernels only (FLOPs of the visible query-key pairs; backward "
               "2.5x forward); right axis: percent of the matmul peak measured on the same device.",
     "tokens": "Tokens processed per second (batch x N / latency).",
     "energy": "Energy per token from the device's power readings during the timed calls.",
     "exactness": "Worst relative error against a float64 reference (under the variant's own mask for "
-                 "masked families), per input kind.",
+                 "masked families), per input kind; n/a: not measured for that variant.",
     "accuracy": "Accuracy on held-out data at each model's best learning rate, averaged over the task's "
                 "evaluations and seeds.",
     "long_range": "Accuracy against evaluation length (best learning rate per trained model).",
@@ -45,24 +52,42 @@ class Report:
 
 def build(paths: list[str | Path], out: str | Path | None = None, baseline: str | Path | None = None,
           threshold: float = 0.05, pareto_n: int | None = None) -> Report:
-    """Render the report of `paths` (run directories or folders of runs) into `out`."""
+    """Render the report of `paths` (run directories or folders of runs) into `out`.
+
+    ValueError (one line) when the request cannot be met: no rows, a --pareto-n where no chart can be
+    drawn, a baseline that shares nothing with the results.
+    """
     results = data.Results.load(*paths)
     if results.rows.empty:
         raise ValueError(f"no result rows under {', '.join(map(str, paths))}: run `attnbench run` first")
-    out = Path(out) if out is not None else Path(paths[0]) / "report"
+    out = Path(out) if out is not None else Path(paths[0]) / REPORT_DIR
     before = data.Results.load(baseline) if baseline is not None else None
     if before is not None and before.rows.empty:
         raise ValueError(f"no result rows under the baseline {baseline}")
     findings = Findings.compute(results.rows, pareto_n)
+    if pareto_n is not None and findings.pareto is None:
+        lengths = pareto_lengths(findings.points, findings.best)
+        raise ValueError(f"--pareto-n {pareto_n}: no quality-vs-throughput chart at that length; "
+                         + (f"lengths with both figures: {', '.join(map(str, lengths))}" if lengths else
+                            "the results need throughput and accuracy rows of the same variants"))
     comparison = compare(results, before, threshold, str(baseline)) if before is not None else None
+    if comparison is not None and comparison.changes.empty:
+        raise ValueError(f"--compare {baseline} shares no measured case with {', '.join(map(str, paths))} "
+                         f"(same suite, configuration and status ok in both): nothing to compare")
     drawn = draw(findings, comparison, out)
     sections = html_sections(results, findings, drawn, comparison, before, paths)
     subtitle = (f"{', '.join(map(str, paths))}; generated "
                 f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
-    page = html.write(out / "report.html", html.page("attnbench report", subtitle, sections))
+    page = html.write(out / "report.html", html.page("attnbench report", subtitle, sections,
+                                                     banner=smoke_banner(findings)))
     summary = markdown.summary(results, findings, comparison, page)
     md = html.write(out / "summary.md", summary)
     return Report(page, md, list(drawn.values()), findings, comparison)
+
+
+def smoke_banner(findings: Findings) -> str:
+    text = findings.smoke_sentence()
+    return f'<p class="smoke"><strong>{html.esc(text)}</strong></p>' if text else ""
 
 
 def draw(findings: Findings, comparison: Comparison | None, out: Path) -> dict[str, Chart]:
@@ -70,7 +95,7 @@ def draw(findings: Findings, comparison: Comparison | None, out: Path) -> dict[s
     colors = charts.palette(findings.variants())
     pts, best = findings.points, findings.best
     figures = {
-        "latency": ("Latency", charts.latency_chart(pts, colors)),
+        "latency": ("Latency", charts.latency_chart(pts, colors, findings.largest)),
         "memory": ("Peak memory", charts.memory_chart(pts, colors)),
         "tflops": ("TFLOP/s and % of peak", charts.tflops_chart(pts, colors)),
         "tokens": ("Tokens per second", charts.tokens_chart(pts, colors)),
@@ -90,6 +115,7 @@ def draw(findings: Findings, comparison: Comparison | None, out: Path) -> dict[s
     drawn = {}
     for name, (title, fig) in figures.items():
         if fig is not None:
+            charts.mark_smoke(fig, findings.smoke_for(*CHART_PARTS[name]))
             png = charts.save(fig, out / CHARTS_DIR, name)
             drawn[name] = Chart(name, title, CAPTIONS[name], f"{CHARTS_DIR}/{png.name}",
                                 f"{CHARTS_DIR}/{png.with_suffix('.svg').name}")
@@ -140,8 +166,9 @@ def _overview(results, findings: Findings) -> str:
     body = html.table(counts)
     for config in findings.headlines:
         largest = findings.largest[findings.largest.config == config]
-        items = [f"{r.variant}: largest feasible N = {html.cell(r.largest_feasible_n) or 'none'}"
-                 + (f" ({r.first_failure})" if r.first_failure else "") for r in largest.itertuples()]
+        items = [f"{r.variant}: largest feasible N = {html.cell(r.largest_feasible_n)} ({r.first_failure})"
+                 if pd.notna(r.largest_feasible_n) else f"{r.variant}: {r.first_failure}"
+                 for r in largest.itertuples()]
         items += [c.sentence for c in findings.crossovers if c.config == config]
         body += f"<h3>{html.esc(config)}</h3>" + html.bullets(items)
     return body
