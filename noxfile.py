@@ -41,24 +41,48 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Every suite on the default device (cuda when present), then the report.
 
-    `nox -s bench -- --profile standard --out results/my-run` passes options to every suite.
+    `nox -s bench -- --profile standard --out results/my-run` passes options to every suite. The run
+    directory defaults to results/bench-<device>-<profile>, so running the same command again resumes
+    it (finished cases are kept, failed ones measured again); `nox -s bench -- --fresh` starts it over.
     """
     install(session)
-    args = list(session.posargs)
-    if "--out" not in args:
-        args += ["--out", f"results/bench-{session.run('python', '-c', PROBE, silent=True).strip()}"]
-    out = args[args.index("--out") + 1]
-    device = args[args.index("--device"):][:2] if "--device" in args else []
-    # The doctor first: a broken library shows in one table, kept in the run's environment.json, and
-    # the suites run on (exit code 1 marks a failed variant, which the suites then record row by row).
-    session.run("attnbench", "doctor", "--out", out, *device, success_codes=[0, 1])
-    for suite in ("throughput", "accuracy", "long-range"):
-        session.run("attnbench", "run", "--suite", suite, *args)
-    session.run("attnbench", "report", out)
+    device = _option(session.posargs, "--device") or session.run("python", "-c", PROBE, silent=True).strip()
+    for command in bench_commands(list(session.posargs), device):
+        # The doctor exits 1 when a variant fails its parity smoke: the suites then record it row by row.
+        session.run(*command, success_codes=[0, 1] if command[1] == "doctor" else [0])
 
 
-# Names a run directory after the device and the time: results/bench-<device>-<yyyymmdd-hhmm>.
-PROBE = (
-    "import torch, time; print(('cuda' if torch.cuda.is_available() else 'cpu') + "
-    "time.strftime('-%Y%m%d-%H%M'))"
-)
+SUITES = ("throughput", "accuracy", "long-range")
+# The default device where --device is not given: cuda when torch sees one.
+PROBE = "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The value of `--name VALUE` or `--name=VALUE` in args (the last one given), else None."""
+    found = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            found = args[i + 1]
+        elif arg.startswith(name + "="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def bench_commands(args: list[str], device: str) -> list[list[str]]:
+    """The commands of `nox -s bench -- ARGS`: the doctor, each suite into one run directory, the report.
+
+    The doctor goes first (a broken library shows in one table, kept in the run's environment.json).
+    `--fresh` goes to the first suite only (it clears the directory the other suites then add to), and
+    the doctor then runs right after it, so that its findings are not cleared away.
+    """
+    fresh = "--fresh" in args
+    args = [a for a in args if a != "--fresh"]
+    out = _option(args, "--out")
+    if out is None:
+        out = f"results/bench-{device}-{_option(args, '--profile') or 'quick'}"
+        args += ["--out", out]
+    doctor = ["attnbench", "doctor", "--out", out, "--device", device]
+    runs = [["attnbench", "run", "--suite", suite, *args, *(["--fresh"] if fresh and i == 0 else [])]
+            for i, suite in enumerate(SUITES)]
+    first = [runs[0], doctor] if fresh else [doctor, runs[0]]
+    return [*first, *runs[1:], ["attnbench", "report", out]]
