@@ -100,7 +100,7 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
         module = plugins.suite(suite)
     except ValueError as e:
         fail(str(e))
-    device = validate.choice(device or env.default_device(), "--device", ("cpu", "cuda"))
+    device = validate.choice(env.default_device() if device is None else device, "--device", ("cpu", "cuda"))
     if device == "cuda" and not torch.cuda.is_available():
         fail("--device cuda but no CUDA device is visible; use --device cpu")
     profile = validate.choice(profile, "--profile", ("quick", "standard", "full"))
@@ -172,13 +172,16 @@ def import_benchmark(
         report = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         fail(f"{path} is not JSON: {str(e).splitlines()[0]}")
+    except RecursionError:
+        fail(f"{path} is not JSON: nested too deeply to read")
     if not isinstance(report, dict) or not isinstance(report.get("benchmarks"), list):
         fail(f"{path} is not a pytest-benchmark JSON file (no list of 'benchmarks')")
     errors.log_to(out_dir)
     try:
         written = module.import_benchmark_json(path, out_dir)
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
-        what = f"missing {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError, ArithmeticError) as e:
+        what = (f"missing {e}" if isinstance(e, KeyError) else one_line_validation(e)
+                if isinstance(e, ValidationError) else str(e).splitlines()[0])
         fail(f"{path} is not a JSON of suites/bench_throughput.py ({type(e).__name__}: {what})")
     console.print(f"{written} rows -> {escape(str(out_dir))}")
 
@@ -194,7 +197,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except ArgumentError as e:
-        print(f"attnbench: error: {e}", file=sys.stderr)
+        print(f"attnbench: error: {printable(str(e))}", file=sys.stderr)
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -204,19 +207,30 @@ def main() -> None:
         if hasattr(e, "format_message"):  # a usage error of typer's click: one line, exit 2
             message = e.format_message().strip()
             if message:  # empty when typer already printed the help
-                print(f"attnbench: error: {message.splitlines()[-1]}", file=sys.stderr)
+                print(f"attnbench: error: {printable(message.splitlines()[-1])}", file=sys.stderr)
             sys.exit(getattr(e, "exit_code", 2))
         log = errors.write_crash_log(e, sys.argv)
         where = f"the traceback is in {log}" if log else "no log could be written"
-        print(f"attnbench: internal error: {runner.one_line(e)} ({where}; please report it)", file=sys.stderr)
+        print(f"attnbench: internal error: {printable(runner.one_line(e))} ({where}; please report it)",
+              file=sys.stderr)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def printable(text: str) -> str:
+    """One line whatever a path or value held: control characters (a newline in a file name) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
 
 
 def _warnings_as_lines() -> None:
     """The store's warnings (a corrupt file moved aside) as `attnbench: warning: ...` lines."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("attnbench: warning: %(message)s"))
+    handler.setFormatter(_OneLine("attnbench: warning: %(message)s"))
     logger = logging.getLogger("attnbench")
     logger.handlers[:] = [handler]
     logger.propagate = False

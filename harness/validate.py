@@ -46,7 +46,7 @@ def seq_len(value: int | None, option: str = "--seq-len") -> int | None:
 def choice(value: str, option: str, choices: Iterable[str]) -> str:
     choices = list(choices)
     if value not in choices:
-        raise ArgumentError(f"unknown {option} {value!r}; use {', '.join(choices)}")
+        raise ArgumentError(f"unknown {option.lstrip('-')} {value!r} ({option}); use {', '.join(choices)}")
     return value
 
 

@@ -34,8 +34,10 @@ class Case(BaseCase):
 
 
 def plan(profile, device, variants=None, seq_lens=None, dtypes=None):
+    """For the command line: every case does $ATTNBENCH_FAKE_ACTION (die_once: $ATTNBENCH_FAKE_MARKER)."""
     action = os.environ.get("ATTNBENCH_FAKE_ACTION", "ok")
-    return [Case(action=action, seq_len=n) for n in (seq_lens or [8, 16])]
+    params = {"marker": os.environ["ATTNBENCH_FAKE_MARKER"]} if action == "die_once" else {}
+    return [Case(action=action, seq_len=n, params=params) for n in (seq_lens or [8, 16])]
 
 
 def cached_figure() -> float:

@@ -175,7 +175,7 @@ def attnbench(*args: str) -> subprocess.Popen:
 def test_bad_arguments_exit_2_with_one_line(tmp_path):
     bad = {
         "unknown variant": ["--device", "cpu", "-v", "nope"],
-        "must be positive": ["--device", "cpu", "-n", "0"],
+        "--seq-len must be between 1 and": ["--device", "cpu", "-n", "0"],
         "float16 is not a throughput dtype on cpu": ["--device", "cpu", "--dtype", "fp16"],
     }
     procs = {message: attnbench(*args, "--out", str(tmp_path / "x")) for message, args in bad.items()}
