@@ -49,6 +49,9 @@ REQUIRED = pa.schema([
     pa.field("device", pa.string(), nullable=False),
     pa.field("dtype", pa.string(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
+])
+# Columns the runner always writes, typed as declared when a row has them (rows written by hand may not).
+TYPED = pa.schema([
     pa.field("reason", pa.string()),
     pa.field("started_at", pa.string()),
     pa.field("finished_at", pa.string()),
@@ -149,11 +152,11 @@ def _arrow_type_ok(actual: pa.DataType, field: pa.Field) -> bool:
 
 
 def validate_record(table: pa.Table, file: Path) -> None:
-    """Raise CorruptFile unless the table is one row that has every REQUIRED column, typed as declared,
-    a known status, this schema version, and the case_id its file is named after."""
+    """Raise CorruptFile unless the table is one row that has every REQUIRED column (and any TYPED one),
+    typed as declared, a known status, this schema version, and the case_id its file is named after."""
     if table.num_rows != 1:
         raise CorruptFile(f"{file}: {table.num_rows} rows, a record holds one")
-    for field in REQUIRED:
+    for field in [*REQUIRED, *(f for f in TYPED if f.name in table.column_names)]:
         if field.name not in table.column_names:
             raise CorruptFile(f"{file}: no {field.name!r} column (not a record of this store)")
         actual = table.schema.field(field.name).type

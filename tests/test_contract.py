@@ -1,11 +1,13 @@
 """The registry contract that every variant honours, whatever its family."""
 
+import itertools
+
 import pytest
 import torch
 
 from harness import masks, registry
 from harness.attention import softmax_attention
-from harness.registry import Unsupported
+from harness.registry import ALL_FLOAT, Unsupported, package_available
 from tests.conftest import TOLERANCE, attention_variants, qkv, skip_unless_cpu_runnable
 
 ALL = registry.names()
@@ -39,16 +41,50 @@ def test_exactly_one_baseline():
     assert [v.name for v in registry.all_variants() if v.baseline] == ["vanilla"]
 
 
-@pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-@pytest.mark.parametrize("head_dim", [16, 64, 128, 256, 512])
-@pytest.mark.parametrize("causal", [False, True])
-def test_supports_answers_without_crashing(name, device, dtype, head_dim, causal):
-    ok, reason = registry.get(name).supports(device=device, dtype=dtype, head_dim=head_dim, causal=causal)
-    assert isinstance(ok, bool) and isinstance(reason, str) and reason
+def declared_reason(v, device: str, dtype: torch.dtype, head_dim: int, causal: bool) -> str | None:
+    """What the variant's declaration rules out, worked out here from its Support fields (None: nothing)."""
+    s = v.support
+    if device not in s.dtypes:
+        return "runs on"
     if device == "cuda" and not torch.cuda.is_available():
-        assert not ok
+        return "no CUDA device"
+    if any(not package_available(m) for m in s.requires):
+        return "not installed"
+    if dtype not in s.dtypes[device]:
+        return f"{str(dtype).removeprefix('torch.')} not supported on {device}"
+    if s.max_head_dim is not None and head_dim > s.max_head_dim:
+        return f"head_dim {head_dim} > {s.max_head_dim}"
+    if head_dim % s.head_dim_multiple:
+        return f"multiple of {s.head_dim_multiple}"
+    if causal and not s.causal:
+        return "causal masking not supported"
+    if not causal and not s.non_causal:
+        return "causal only"
+    return None
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_supports_follows_the_declaration_and_every_yes_on_cpu_runs(name):
+    """supports() says no, naming the constraint, wherever the declaration rules a combination out; and
+    every combination it accepts on the CPU computes a finite output of the asked dtype."""
+    v = registry.get(name)
+    accepted = 0
+    for device, dtype, head_dim, causal in itertools.product(
+            ("cpu", "cuda"), ALL_FLOAT, (16, 40, 64, 128, 256, 512), (False, True)):
+        ok, reason = v.supports(device=device, dtype=dtype, head_dim=head_dim, causal=causal)
+        expected = declared_reason(v, device, dtype, head_dim, causal)
+        if expected is not None:
+            assert not ok and expected in reason, (device, dtype, head_dim, causal, reason)
+            continue
+        check = v.support.check(device, dtype, head_dim, causal) if v.support.check else None
+        assert (ok, reason) == ((False, check) if check else (True, "ok")), (device, dtype, head_dim, causal)
+        if ok and device == "cpu" and v.attention_fn is not None:
+            q, k, val = qkv(b=1, h=2, n_q=24, d=head_dim, dtype=dtype)
+            out = v.attention(q, k, val, causal=causal)
+            assert out.shape == q.shape and out.dtype == dtype, (dtype, head_dim)
+            assert torch.isfinite(out).all(), (dtype, head_dim, causal)
+            accepted += 1
+    assert accepted > 0 or v.attention_fn is None or "cpu" not in v.support.dtypes
 
 
 @pytest.mark.parametrize("name", ALL)

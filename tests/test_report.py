@@ -5,6 +5,7 @@ Expected values come from the laws the synthetic results were written with (test
 not from the report's own tables.
 """
 
+import itertools
 import re
 from pathlib import Path
 
@@ -243,9 +244,9 @@ def small_run(path, rows):
     return fx.write_run(path, rows)
 
 
-def forward_rows(variants=("vanilla", "flash-sdpa")):
+def forward_rows(variants=("vanilla", "flash-sdpa"), max_n=4096):
     return [r for r in fx.throughput_rows() if r["mode"] == "fwd" and r["dtype"] == "bfloat16" and r["causal"]
-            and r["variant"] in variants and r["seq_len"] <= 4096]
+            and r["variant"] in variants and r["seq_len"] <= max_n]
 
 
 def test_runs_from_several_devices_are_drawn_and_summarized_apart(tmp_path):
@@ -341,3 +342,141 @@ def test_report_command_bad_input_is_one_line_and_exit_code_2(args, tmp_path, mo
     args = [{"RUN": run, "EMPTY": tmp_path / "empty"}.get(a, a) for a in args]
     code, _, err = fx.run_cli(monkeypatch, capsys, *args)
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("attnbench: error: ")
+
+
+# --- honest about what the results can say ---------------------------------------------------------
+
+def test_a_quick_profile_run_is_labelled_a_smoke_run_everywhere(tmp_path):
+    from harness.report import build
+
+    rows = [{**r, "profile": "quick"} for r in forward_rows() + fx.accuracy_rows()]
+    report = build([small_run(tmp_path / "run", rows)])
+    assert report.findings.smoke == {"throughput": ["quick profile"], "exactness": ["quick profile"],
+                                     "learned": ["quick profile"]}  # the accuracy rows have two seeds
+    sentence = ("Smoke run (throughput: quick profile; exactness: quick profile; learned tasks: quick "
+                "profile): it shows that the pipeline works, not which architecture to choose.")
+    assert f'<p class="smoke"><strong>{sentence}</strong></p>' in report.html.read_text()
+    assert report.markdown.read_text().splitlines()[2] == f"> **{sentence}**"
+    for chart in report.charts:
+        svg = (report.html.parent / chart.svg).read_text()
+        assert "<!-- smoke run (quick profile): not findings -->" in svg or (
+            "smoke run (quick profile): not findings" in svg), chart.name
+
+
+def test_one_seed_labels_the_learned_charts_only(tmp_path):
+    from harness.report import build
+
+    rows = forward_rows() + [r for r in fx.accuracy_rows() if r.get("seed", 0) == 0]
+    report = build([small_run(tmp_path / "run", rows)])
+    assert report.findings.smoke == {"throughput": [], "exactness": [], "learned": ["one seed per model"]}
+    labelled = {c.name for c in report.charts
+                if "smoke run (one seed per model)" in (report.html.parent / c.svg).read_text()}
+    assert labelled == {"accuracy", "pareto"} and {"latency", "exactness"} <= {c.name for c in report.charts}
+    assert "Smoke run (learned tasks: one seed per model)" in report.markdown.read_text()
+
+
+def test_a_run_with_two_seeds_and_no_profile_is_not_labelled(findings):
+    assert findings.smoke_sentence() is None
+    assert "Smoke run" not in fx.built_report().html.read_text()
+
+
+def two_variant_rows(lengths, oom_at=None):
+    """vanilla slower than linear from the second length on; vanilla out of memory at `oom_at`."""
+    rows = []
+    for r in forward_rows(("vanilla", "linear"), max_n=16384):
+        if r["seq_len"] not in lengths:
+            continue
+        r = dict(r)
+        if r["variant"] == "vanilla":
+            r.update(status="ok", reason="", latency_ms=1e-3 * r["seq_len"])
+            if oom_at is not None and r["seq_len"] >= oom_at:
+                r.update(status="oom", reason="OutOfMemoryError", latency_ms=None)
+        rows.append(r)
+    return rows
+
+
+@pytest.mark.parametrize("lengths, crossover", [((1024, 4096), False), ((1024, 4096, 8192), True)])
+def test_a_crossover_needs_three_lengths(tmp_path, lengths, crossover):
+    found = Findings.compute(data.Results.load(small_run(tmp_path / "run", two_variant_rows(lengths))).rows)
+    assert [c.sentence.split(" on ")[0] for c in found.crossovers] == (
+        ["linear beats vanilla from N = 4096"] if crossover else [])
+
+
+def test_largest_feasible_n_only_where_a_sweep_of_three_lengths_hit_a_size_limit(tmp_path):
+    def largest(lengths, oom_at):
+        rows = two_variant_rows(lengths, oom_at)
+        found = Findings.compute(data.Results.load(small_run(tmp_path / f"{lengths}-{oom_at}", rows)).rows)
+        table = found.largest.set_index("variant")
+        return table.loc["vanilla", "largest_feasible_n"], table.loc["vanilla", "first_failure"]
+
+    assert largest((1024, 2048, 4096, 8192), 8192) == (4096, "oom at N = 8192")
+    n, why = largest((1024, 2048, 4096, 8192), None)
+    assert np.isnan(n) and why == "no failure up to N = 8192"  # nothing failed: no limit found
+    n, why = largest((1024, 4096), 4096)
+    assert np.isnan(n) and why == "oom at N = 4096; 2 lengths, too few to say"
+
+
+def test_length_ticks_are_the_measured_lengths(findings):
+    for ax in panels(charts.latency_chart(findings.points)).values():
+        assert [int(t) for t in ax.get_xticks()] == list(fx.SEQ_LENS)
+    rows = [r for r in forward_rows() if r["seq_len"] != 2048]  # a gap in the sweep: no tick there
+    found = Findings.compute(data.Results.load(small_run(Path(fx._scratch()) / "gap", rows)).rows)
+    ax = panels(charts.latency_chart(found.points))[FWD]
+    assert [int(t) for t in ax.get_xticks()] == [1024, 4096]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1k", "4k"]
+
+
+def test_accuracy_legend_lists_each_variant_once(findings):
+    fig = charts.accuracy_chart(data.task_accuracy(findings.best))
+    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    entries = [t.get_text() for legend in legends for t in legend.get_texts()]
+    assert entries == sorted(fx.LEARNED)
+
+
+def test_exactness_chart_says_na_where_a_pair_was_not_measured(tmp_path):
+    rows = [r for r in fx.accuracy_rows() if r["task"] == "exactness"
+            and not (r["variant"] == "linear" and r["input_kind"] == "peaked")]
+    exact = data.exactness(data.Results.load(small_run(tmp_path / "run", rows)).rows)
+    ax = charts.exactness_chart(exact).axes[0]
+    notes = [(t.get_text(), t.get_position()[0]) for t in ax.texts]
+    assert [n for n, _ in notes] == ["n/a"]
+    variants = [t.get_text() for t in ax.get_xticklabels()]
+    # Where linear's peaked bar would be: the second of its two bars (input kinds peaked, random).
+    linear_random = [p for c in ax.containers for p in c.patches if p.get_height() > 0
+                     and abs(p.get_x() + p.get_width() / 2 - variants.index("linear")) < 0.5]
+    assert len(linear_random) == 1
+    missing_x = variants.index("linear") - 0.2
+    assert notes[0][1] == pytest.approx(missing_x)
+    assert linear_random[0].get_x() + linear_random[0].get_width() / 2 == pytest.approx(missing_x + 0.4)
+
+
+def test_pareto_labels_overlap_no_label_and_no_other_point(findings):
+    fig = charts.pareto_chart(findings.pareto)
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+    assert set(boxes) == set(findings.pareto.points.variant)
+    for a, b in itertools.combinations(boxes, 2):
+        assert not boxes[a].overlaps(boxes[b]), (a, b)
+    points = {p.get_gid().split(":", 1)[1]: ax.transData.transform(p.get_offsets()[0])
+              for p in ax.collections if (p.get_gid() or "").startswith("point:")}
+    for name, box in boxes.items():
+        for other, (x, y) in points.items():
+            assert other == name or not box.contains(x, y), (name, other)
+
+
+def test_summary_table_leads_with_the_baseline_and_fills_every_column(tmp_path):
+    from harness.report import build
+
+    rows = [{**r, "variant": v} for r in forward_rows(("flash-sdpa",)) for v in
+            ("flash-sdpa", "linear", "longformer", "mamba", "performer", "sparse-bigbird", "sparse-strided",
+             "longformer-banded", "flash-cudnn", "flash-efficient", "flash-xformers", "longformer-xformers")]
+    rows = [{**r, "case_id": fx.case_id({**r, "k": 1})} for r in rows] + forward_rows(("vanilla",))
+    text = build([small_run(tmp_path / "run", rows)]).markdown.read_text()
+    lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    table = lines[1:14]  # the rows of the first table
+    assert table[0].startswith("| vanilla | ") and len(table) == 13 and "more rows" not in text
+    assert "| vanilla |  | no failure up to N = 4096 | 1 |" in text
+    for line in table:
+        assert all(cell.strip() for cell in line.strip("|").split("|")[2:]), line  # then, exponent

@@ -1,17 +1,26 @@
-"""The HTML report in a real headless Chromium, offline: every image loads and the console stays clean.
+"""The HTML report in a real headless Chromium, offline: every image loads, the console stays clean, and
+no label of any chart overlaps another (measured on the SVG as the browser lays it out).
 
 Chromium and its driver come from Debian's packages (`bash .ci/install-chromium.sh`). Without them the
 test is skipped, except under CI (CI=true), where it must run.
 """
 
+import functools
+import itertools
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
+from harness.report import charts, render
 from tests import test_report_fixtures as fx
+
+REFERENCE_RUN = Path(__file__).resolve().parent.parent / "results" / "reference" / "cpu-quick-amd-epyc-2core"
+OVERLAP_PX = 0.5  # boxes that share less than this (anti-aliasing, touching edges) do not overlap
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -72,3 +81,80 @@ def test_a_missing_image_is_caught(browser, tmp_path):
     browser.get(page.as_uri())
     assert [i["width"] for i in images(browser)] == [0]
     assert any("missing.png" in entry["message"] for entry in browser.get_log("browser"))
+
+
+# --- labels that overlap --------------------------------------------------------------------------------
+
+# Every text of a matplotlib SVG is a <g id="text_N"> holding a comment with the text and one transformed
+# group of glyph paths per line. A line's box is its glyphs' bounding box in their own space, mapped by
+# their transform to the screen: rotated labels keep their true (oriented) outline.
+TEXT_BOXES = """
+return Array.from(document.querySelectorAll('g[id^="text_"]')).map(g => {
+  const label = Array.from(g.childNodes).filter(n => n.nodeType === 8).map(n => n.nodeValue.trim()).join(' ');
+  const lines = Array.from(g.children).map(line => {
+    const b = line.getBBox(), m = line.getScreenCTM();
+    if (b.width === 0 || b.height === 0) return null;
+    return [[b.x, b.y], [b.x + b.width, b.y], [b.x + b.width, b.y + b.height], [b.x, b.y + b.height]]
+      .map(([x, y]) => [m.a * x + m.c * y + m.e, m.b * x + m.d * y + m.f]);
+  }).filter(q => q !== null);
+  return {label: label, lines: lines};
+}).filter(t => t.lines.length > 0);
+"""
+
+
+def _separated(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two convex quadrilaterals are apart when, on one of their edges' normals, their projections
+    overlap by less than OVERLAP_PX (the separating axis theorem)."""
+    for quad in (a, b):
+        for i in range(4):
+            edge = quad[(i + 1) % 4] - quad[i]
+            normal = np.array([-edge[1], edge[0]]) / (np.hypot(*edge) or 1.0)
+            pa, pb = a @ normal, b @ normal
+            if min(pa.max(), pb.max()) - max(pa.min(), pb.min()) < OVERLAP_PX:
+                return True
+    return False
+
+
+def overlapping_labels(driver, svg: Path) -> list[tuple[str, str]]:
+    driver.get(svg.resolve().as_uri())
+    texts = driver.execute_script(TEXT_BOXES)
+    assert texts, f"no text found in {svg}"
+    found = []
+    for a, b in itertools.combinations(texts, 2):
+        if any(not _separated(np.array(qa), np.array(qb)) for qa in a["lines"] for qb in b["lines"]):
+            found.append((a["label"], b["label"]))
+    return found
+
+
+@functools.cache
+def reference_report() -> render.Report:
+    """The committed CPU quick run: every registered variant, long names, real numbers."""
+    return render.build([REFERENCE_RUN], Path(tempfile.mkdtemp(prefix="attnbench-browser-")) / "report")
+
+
+def every_chart() -> list[tuple[str, Path]]:
+    built = [("fixture", fx.built_report())]
+    if REFERENCE_RUN.is_dir():
+        built.append(("reference", reference_report()))
+    return [(f"{name}-{c.name}", r.html.parent / c.svg) for name, r in built for c in r.charts]
+
+
+def test_no_label_of_any_chart_overlaps_another(browser):
+    charts_seen = every_chart()
+    assert len(charts_seen) >= 11 + 8  # the fixture's 11, the reference run's 8
+    overlaps = {name: found for name, svg in charts_seen if (found := overlapping_labels(browser, svg))}
+    assert overlaps == {}
+
+
+def test_the_overlap_check_finds_overlapping_labels_and_spares_rotated_neighbours(browser, tmp_path):
+    """The check above can fail: two labels on one spot overlap; two rotated ones side by side, whose
+    upright bounding boxes would overlap, do not."""
+    fig = Figure(figsize=(4, 3))
+    ax = fig.subplots()
+    ax.set_axis_off()
+    ax.text(0.2, 0.8, "sparse-bigbird", transform=ax.transAxes)
+    ax.text(0.25, 0.8, "vanilla", transform=ax.transAxes)
+    for x in (0.2, 0.3):
+        ax.text(x, 0.1, "longformer-banded", rotation=45, transform=ax.transAxes)
+    charts.save(fig, tmp_path, "labels")
+    assert overlapping_labels(browser, tmp_path / "labels.svg") == [("sparse-bigbird", "vanilla")]

@@ -40,7 +40,8 @@ def largest_feasible(points: pd.DataFrame) -> pd.DataFrame:
             found, why = largest, failure_label(beyond.iloc[0])
         rows.append({"config": config, "variant": series, "largest_feasible_n": found, "first_failure": why,
                      "measured_up_to": top, "lengths": lengths})
-    return pd.DataFrame(rows, columns=LARGEST_COLUMNS)
+    table = pd.DataFrame(rows, columns=LARGEST_COLUMNS)
+    return table.assign(largest_feasible_n=pd.to_numeric(table.largest_feasible_n).astype(float))
 
 
 def failure_label(point) -> str:
