@@ -3,6 +3,10 @@
 Cases run in a worker process so that a hang can be stopped by a per-case timeout and a crash (or a
 corrupted CUDA context) costs one case, not the run. Failures are data: unsupported, out of memory,
 timeout, non-finite output and errors each become a row with a status and a one-line reason.
+
+One case is `execute(suite_module, case) -> (status, reason, metrics)` (in any process) and
+`case_row(...)` (the row it leaves); `cases_to_run` and `OomSkips` decide what runs. `run` is the local
+loop that schedules them through a `Worker`; another executor can reuse the same pieces.
 """
 
 from __future__ import annotations

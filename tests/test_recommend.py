@@ -126,3 +126,14 @@ def test_recommend_command_unusable_input_is_one_line_and_exit_code_2(args, cli_
     code, out, err = fx.run_cli(monkeypatch, capsys, "recommend", *args)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("attnbench: error: ")
+
+
+def test_a_smoke_run_says_so_in_the_recommendation(tmp_path):
+    def advice(run):
+        return rec.render(rec.recommend(Results.load(run).rows, rec.Request(seq_len=4096, causal=True)))
+
+    forward = [r for r in fx.throughput_rows() if r["mode"] == "fwd"]
+    quick = fx.write_run(tmp_path / "quick", [{**r, "profile": "quick"} for r in forward])
+    note = "Note: smoke run (throughput: quick profile): these figures show the pipeline works"
+    assert note in advice(quick)
+    assert "smoke run" not in advice(fx.write_run(tmp_path / "plain", forward))

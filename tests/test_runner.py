@@ -425,3 +425,16 @@ def test_a_run_killed_at_any_point_with_a_file_corrupted_completes_on_rerun(tmp_
     runner.run(cases, SUITE, tmp_path, progress=False)
     assert_complete(tmp_path, cases)
     assert render.build([tmp_path]).html.is_file()
+
+
+def test_a_truncated_peak_matmul_file_is_measured_again_not_an_error_in_every_case(tmp_path, caplog):
+    """The throughput suite's per-run cache: truncated, it used to make every throughput case an error."""
+    from suites import throughput
+
+    peak = tmp_path / throughput.PEAK_FILE
+    peak.write_text('{"AMD EPYC float32 1024^3": 0.1')
+    with caplog.at_level(logging.WARNING, logger="attnbench"):
+        figure = throughput._peak_matmul_tflops.__wrapped__("cpu", "test CPU", str(tmp_path))
+    assert figure > 0 and store.read_json(peak) == {"test CPU float32 1024^3": figure}
+    assert (tmp_path / "records" / store.CORRUPT / throughput.PEAK_FILE).is_file()
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [f"corrupt {peak}"]

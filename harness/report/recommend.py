@@ -110,6 +110,13 @@ def recommend(rows: pd.DataFrame, request: Request) -> Recommendation:
     rec.ranked.sort(key=lambda r: r.latency_ms)
     if decode:
         rec.notes.append("decode: latency of one generation step with a context of N (KV cache or state)")
+    smoke = data.smoke_reasons(rows)
+    parts = [f"throughput: {', '.join(smoke['throughput'])}"] if smoke["throughput"] else []
+    if smoke["learned"] and not accuracy.empty:
+        parts.append(f"learned tasks: {', '.join(smoke['learned'])}")
+    if parts:
+        rec.notes.append(f"smoke run ({'; '.join(parts)}): these figures show the pipeline works, not which "
+                         f"architecture to choose")
     return rec
 
 
