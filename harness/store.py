@@ -245,7 +245,8 @@ class RunStore:
         """Create the run, or check that a resumed one was measured on the same kind of machine.
 
         A corrupt environment.json is moved aside and written again, after checking the device against
-        the rows already on disk instead; a corrupt cache file beside it is moved aside.
+        the rows already on disk instead; a corrupt cache file beside it is moved aside, and temp files
+        of writes a kill cut short are removed.
         """
         env_path = self.root / ENVIRONMENT
         previous = None
@@ -266,6 +267,8 @@ class RunStore:
         if not env_path.exists():
             self._write(env_path, lambda: write_json(env_path, {"schema_version": SCHEMA_VERSION,
                                                                 **environment}))
+        for leftover in [*self.root.glob(".*.tmp"), *self.records.glob(".*.tmp")]:
+            leftover.unlink(missing_ok=True)  # a write cut short by a kill; we hold the lock: nobody writes
         for cache in sorted(self.root.glob("*.json")):  # per-run caches (peak_matmul.json): a corrupt one
             if cache.name != ENVIRONMENT:                # is moved aside now, and measured again when needed
                 read_json_cache(cache)
