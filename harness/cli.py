@@ -100,7 +100,8 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
         module = plugins.suite(suite)
     except ValueError as e:
         fail(str(e))
-    device = validate.choice(env.default_device() if device is None else device, "--device", ("cpu", "cuda"))
+    device = env.default_device() if device is None else device
+    device = validate.choice(device, "--device", ("cpu", "cuda"))
     if device == "cuda" and not torch.cuda.is_available():
         fail("--device cuda but no CUDA device is visible; use --device cpu")
     profile = validate.choice(profile, "--profile", ("quick", "standard", "full"))

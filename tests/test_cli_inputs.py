@@ -8,6 +8,7 @@ would start one, `runner.run` is replaced by a stub that records what it was ask
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -19,8 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import suites
-from harness import cli, errors, runner, store
+from harness import cli, errors, plugins, runner, store
 from harness.report import charts
 from tests import test_report_fixtures as fx
 
@@ -90,6 +90,16 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
         paths[f"JSON:{name}"] = path
     return paths
+
+
+def use_fake_suite(monkeypatch) -> None:
+    """`--suite fake` is tests/fake_suite.py (the real suites come through entry points)."""
+    real = plugins.suite
+
+    def suite(name):
+        return importlib.import_module("tests.fake_suite") if name == "fake" else real(name)
+
+    monkeypatch.setattr(plugins, "suite", suite)
 
 
 def run_cli(monkeypatch, capsys, args) -> tuple[int, str, str]:
@@ -376,7 +386,7 @@ def test_a_corrupt_environment_is_named_and_the_report_still_renders(inputs, tmp
 
 def test_records_that_turn_read_only_during_a_run_end_in_one_line(tmp_path, monkeypatch, capsys):
     """As root a chmod does not stop a write: the store's write is made to fail as it would then."""
-    monkeypatch.setitem(suites.SUITES, "fake", "tests.fake_suite")
+    use_fake_suite(monkeypatch)
     real = store.atomic_write
 
     def refuse_records(path, write):
@@ -394,7 +404,7 @@ def test_records_that_turn_read_only_during_a_run_end_in_one_line(tmp_path, monk
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory (the test above "
                     "fails the write instead)")
 def test_a_read_only_run_directory_ends_in_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(suites.SUITES, "fake", "tests.fake_suite")
+    use_fake_suite(monkeypatch)
     (tmp_path / "run").mkdir()
     (tmp_path / "run").chmod(0o555)
     code, _, err = run_cli(monkeypatch, capsys, ["run", "--suite", "fake", "--out", tmp_path / "run"])
@@ -404,7 +414,7 @@ def test_a_read_only_run_directory_ends_in_one_line(tmp_path, monkeypatch, capsy
 def test_a_second_run_on_the_same_out_exits_2_naming_the_holder(tmp_path, monkeypatch, capsys):
     from tests.test_runner import hold_lock
 
-    monkeypatch.setitem(suites.SUITES, "fake", "tests.fake_suite")
+    use_fake_suite(monkeypatch)
     holder = hold_lock(tmp_path)
     try:
         code, _, err = run_cli(monkeypatch, capsys, ["run", "--suite", "fake", "--out", tmp_path])
@@ -416,7 +426,7 @@ def test_a_second_run_on_the_same_out_exits_2_naming_the_holder(tmp_path, monkey
 
 
 def test_a_run_directory_of_another_device_exits_2(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(suites.SUITES, "fake", "tests.fake_suite")
+    use_fake_suite(monkeypatch)
     store.write_json(tmp_path / store.ENVIRONMENT, {"device": "cuda", "device_name": "NVIDIA H100"})
     code, _, err = run_cli(monkeypatch, capsys, ["run", "--suite", "fake", "--out", tmp_path])
     assert code == 2 and ONE_LINE.fullmatch(err) and "holds a run on NVIDIA H100 (cuda)" in err
@@ -426,7 +436,7 @@ def test_rerunning_the_same_command_after_damage_completes_the_run_and_its_repor
                                                                                  capsys):
     """The command line end to end: a worker dies, a record is corrupted; the same command again
     completes the run, and the report renders."""
-    monkeypatch.setitem(suites.SUITES, "fake", "tests.fake_suite")
+    use_fake_suite(monkeypatch)
     monkeypatch.setenv("ATTNBENCH_FAKE_ACTION", "die_once")  # the first case to run kills its worker
     monkeypatch.setenv("ATTNBENCH_FAKE_MARKER", str(tmp_path / "died"))
     command = ["run", "--suite", "fake", "--out", tmp_path / "run", "-n", "8", "-n", "16", "-n", "32",
@@ -465,7 +475,7 @@ def test_an_unexpected_error_before_a_run_directory_is_known_logs_to_a_temp_file
                                                                                  capsys):
     monkeypatch.setattr(errors, "_log_dir", [])
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    monkeypatch.setattr(cli.variants, "all_variants", lambda: 1 / 0)
+    monkeypatch.setattr(cli.registry, "all_variants", lambda: 1 / 0)
     code, _, err = run_cli(monkeypatch, capsys, ["list"])
     assert code == 1 and "ZeroDivisionError" in err and str(tmp_path) in err
     assert len(err.splitlines()) == 1
