@@ -135,17 +135,18 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
 @app.command("doctor")
 def doctor(
     device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run directory to keep the result in")] = None,
+    out: Annotated[str | None, typer.Option(help="Run directory to keep the result in")] = None,
 ) -> None:
     """Optional packages, GPU, driver and CUDA, and a parity smoke of every variant's fast path against
     its reference. Exit code 1 when a supported variant fails."""
     from harness import doctor as checkup
 
-    device = device or env.default_device()
-    if device not in ("cpu", "cuda"):
-        fail(f"unknown device {device!r}; use cpu or cuda")
+    device = validate.choice(env.default_device() if device is None else device, "--device", ("cpu", "cuda"))
     if device == "cuda" and not torch.cuda.is_available():
         fail("--device cuda but no CUDA device is visible; use --device cpu")
+    out = validate.output_dir(out)
+    if out is not None:
+        errors.log_to(out)
     result = checkup.run(device)
     Console(width=max(console.width, 160)).print(checkup.table(result))
     if out is not None:

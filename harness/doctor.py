@@ -140,5 +140,6 @@ def table(result: dict[str, Any]):
 def save(result: dict[str, Any], out) -> None:
     """Keep the findings in run directory `out`'s environment.json (creating the run if need be)."""
     run = store.RunStore(out)
-    run.open(env.describe(result["device"]))
-    run.update_environment(doctor=result)
+    with run.lock("attnbench doctor"):
+        run.open(env.describe(result["device"]))
+        run.update_environment(doctor=result)

@@ -288,8 +288,9 @@ class RunStore:
 
     def update_environment(self, **fields: Any) -> None:
         """Add fields to an opened run's environment.json (the doctor's findings, say)."""
+        env_path = self.root / ENVIRONMENT
         payload = {**self.environment(), **fields}
-        _atomic_write(self.root / ENVIRONMENT, lambda f: f.write(json.dumps(payload, indent=2).encode()))
+        self._write(env_path, lambda: write_json(env_path, payload))
 
     def finished(self) -> set[str]:
         return set(self.statuses())

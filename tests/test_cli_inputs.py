@@ -111,6 +111,17 @@ def run_cli(monkeypatch, capsys, args) -> tuple[int, str, str]:
     return exit_info.value.code, captured.out, captured.err
 
 
+def no_doctor(monkeypatch) -> None:
+    """The doctor's parity smoke of every variant takes half a minute: here it finds nothing wrong at once
+    (its own tests run it for real)."""
+    from harness import doctor
+
+    def healthy(device):
+        return {**doctor.machine(device), "packages": doctor.packages(), "variants": [], "ok": True}
+
+    monkeypatch.setattr(doctor, "run", healthy)
+
+
 class NoRun:
     """Stands in for runner.run: a test that reaches it with bad input has found a hole in validation."""
 
@@ -295,6 +306,14 @@ BATTERY = [
     ("recommend-accuracy-without-rows",
      ["recommend", "{RUN}", "-n", "1024", "--causal", "--min-accuracy", "0.5"], "accuracy"),
     ("recommend-only-accuracy", ["recommend", "{ACC}", "-n", "1024"], "throughput"),
+    # -- doctor -------------------------------------------------------------------------------------------
+    ("doctor-device-unknown", ["doctor", "--device", "tpu"], r"unknown device 'tpu' \(--device\)"),
+    ("doctor-device-empty", ["doctor", "--device", ""], "unknown device ''"),
+    ("doctor-out-file", ["doctor", "--device", "cpu", "--out", "{FILE}"], "--out .*file.txt is a file"),
+    ("doctor-out-empty", ["doctor", "--device", "cpu", "--out", ""], "--out is empty"),
+    ("doctor-out-under-file", ["doctor", "--device", "cpu", "--out", "{FILE}/x"],
+     "is a file, not a directory"),
+    ("doctor-extra-argument", ["doctor", "extra"], r"Got unexpected extra argument\(s\) \(extra\)"),
     # -- the app ----------------------------------------------------------------------------------------
     ("command-unknown", ["frobnicate"], "No such command 'frobnicate'"),
     ("command-typo", ["reprot", "{RUN}"], "No such command 'reprot'"),
@@ -318,6 +337,7 @@ def test_bad_input_exits_2_with_one_line(args, expected, inputs, tmp_path, monke
     stub = NoRun()
     if "/proc/" not in " ".join(args):  # that one fails in the runner, when it takes the directory
         monkeypatch.setattr(runner, "run", stub)
+    no_doctor(monkeypatch)
     code, out, err = run_cli(monkeypatch, capsys, expand(args, inputs, tmp_path))
     assert TRACEBACK not in out + err
     assert (code, stub.calls) == (2, []), err
@@ -520,6 +540,7 @@ FUZZ = os.environ.get("ATTNBENCH_FUZZ_EXAMPLES")
 def test_any_argument_list_exits_0_or_2_without_a_traceback(args, inputs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(runner, "run", NoRun())
+    no_doctor(monkeypatch)
     monkeypatch.setattr(charts, "save", lambda fig, out_dir, name: Path(out_dir) / f"{name}.png")  # speed
     code, out, err = run_cli(monkeypatch, capsys, expand(args, inputs, tmp_path))
     assert code in (0, 2), (args, err)
@@ -532,5 +553,5 @@ def test_any_argument_list_exits_0_or_2_without_a_traceback(args, inputs, tmp_pa
 def test_property_inputs_reach_every_command():
     """The property test covers every command there is, `list` to whatever was added last."""
     options = command_options()
-    assert {"list", "run", "import-benchmark", "report", "recommend"} <= set(options)
+    assert {"list", "run", "import-benchmark", "report", "recommend", "doctor"} <= set(options)
     assert {"--suite", "--out", "--retry", "--fresh", "--timeout", "-n"} <= set(options["run"])

@@ -7,6 +7,7 @@ def test_the_default_run_directory_is_named_by_device_and_profile():
     commands = noxfile.bench_commands(["--profile", "standard"], "cuda")
     out = "results/bench-cuda-standard"
     assert commands == [
+        ["attnbench", "doctor", "--out", out, "--device", "cuda"],
         ["attnbench", "run", "--suite", "throughput", "--profile", "standard", "--out", out],
         ["attnbench", "run", "--suite", "accuracy", "--profile", "standard", "--out", out],
         ["attnbench", "run", "--suite", "long-range", "--profile", "standard", "--out", out],
@@ -19,6 +20,8 @@ def test_the_default_run_directory_is_named_by_device_and_profile():
 def test_the_same_command_twice_gives_the_same_directory_and_fresh_goes_to_the_first_suite_only():
     assert noxfile.bench_commands([], "cpu") == noxfile.bench_commands([], "cpu")
     commands = noxfile.bench_commands(["--fresh", "--out", "results/mine"], "cpu")
-    assert [c.count("--fresh") for c in commands] == [1, 0, 0, 0]
+    assert [c.count("--fresh") for c in commands] == [1, 0, 0, 0, 0]
+    # The doctor right after the suite that clears the directory: its findings are kept.
+    assert [c[1] for c in commands] == ["run", "doctor", "run", "run", "report"]
     assert commands[-1] == ["attnbench", "report", "results/mine"]
-    assert all(c[c.index("--out") + 1] == "results/mine" for c in commands[:3])
+    assert all(c[c.index("--out") + 1] == "results/mine" for c in commands[:4])
