@@ -94,16 +94,21 @@ def run(
         raise typer.Exit(130)
 
 
+def checked_device(device: str | None) -> str:
+    """--device, or the default one (cuda when present); a CUDA device asked for must be visible."""
+    device = validate.choice(env.default_device() if device is None else device, "--device", ("cpu", "cuda"))
+    if device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda but no CUDA device is visible; use --device cpu")
+    return device
+
+
 def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh):
     """Every argument of `run` checked, then the suite's cases: (suite module, cases, run directory)."""
     try:
         module = plugins.suite(suite)
     except ValueError as e:
         fail(str(e))
-    device = env.default_device() if device is None else device
-    device = validate.choice(device, "--device", ("cpu", "cuda"))
-    if device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda but no CUDA device is visible; use --device cpu")
+    device = checked_device(device)
     profile = validate.choice(profile, "--profile", ("quick", "standard", "full"))
     validate.choice(retry, "--retry", runner.RETRY)
     names = validate.unique(variant or [])
@@ -141,9 +146,7 @@ def doctor(
     its reference. Exit code 1 when a supported variant fails."""
     from harness import doctor as checkup
 
-    device = validate.choice(env.default_device() if device is None else device, "--device", ("cpu", "cuda"))
-    if device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda but no CUDA device is visible; use --device cpu")
+    device = checked_device(device)
     out = validate.output_dir(out)
     if out is not None:
         errors.log_to(out)

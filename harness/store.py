@@ -253,7 +253,10 @@ class RunStore:
         if env_path.exists():
             try:
                 previous = read_json(env_path)
+                if not isinstance(previous.get("device"), str):
+                    raise CorruptFile(f"{env_path}: no 'device'")
             except CorruptFile as e:
+                previous = None
                 quarantine(env_path, self.records / CORRUPT, f"corrupt {e}; written again")
         if previous is None:
             previous = self._environment_from_rows()

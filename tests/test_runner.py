@@ -353,6 +353,10 @@ def empty(path):
     path.write_bytes(b"")
 
 
+def empty_object(path):
+    path.write_text("{}")
+
+
 def foreign_parquet(path):
     pq.write_table(pa.table({"x": [1, 2], "y": ["a", "b"]}), path)
 
@@ -375,7 +379,7 @@ def record(run):
 
 CORRUPTIONS = {
     "record": (record, [garbage, truncate, empty, foreign_parquet, other_case, bad_status]),
-    "environment": (lambda run: run / store.ENVIRONMENT, [garbage, truncate, empty]),
+    "environment": (lambda run: run / store.ENVIRONMENT, [garbage, truncate, empty, empty_object]),
     "cache": (lambda run: run / fake_suite.CACHE_FILE, [garbage, truncate, empty]),
     "lock": (lambda run: run / store.LOCK, [garbage, empty]),
 }
