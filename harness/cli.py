@@ -19,6 +19,7 @@ from harness import env, errors, plugins, registry, runner, store, validate
 from harness.cli_report import recommend, report
 from harness.errors import ArgumentError
 from harness.registry import dtype_name
+from harness.shard import Shard, select
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark and profile attention architectures.")
@@ -73,13 +74,28 @@ def run(
         "--fresh", help="Start OUT over: first delete its records (every suite's), report and JSON files")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+    shard: Annotated[str | None, typer.Option(
+        help="Run part I of N of the plan (e.g. 2/4): the same parts on every machine, balanced by the "
+             "suite's case_cost; merge the parts with `attnbench merge`")] = None,
 ) -> None:
     """Run a suite; rows land in OUT as each case finishes. Re-running with the same OUT resumes."""
+    part = None
+    if shard is not None:
+        try:
+            part = Shard.parse(shard)
+        except ValueError as e:
+            fail(str(e))
     module, cases, out = _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh)
     timeout = validate.positive(timeout, "--timeout", validate.MAX_TIMEOUT_S, " s") or module.TIMEOUT_S
+    what = f"{len(cases)} cases"
+    if part is not None:
+        planned, cases = len(cases), select(cases, part, getattr(module, "case_cost", None))
+        what = f"shard {part}: {len(cases)} of {planned} cases"
+        if not cases:
+            console.print(f"{suite}: shard {part} holds none of the {planned} cases; nothing to run")
+            return
     errors.log_to(out)
-    console.print(f"[bold]{suite}[/] on {cases[0].device}, profile {profile}: {len(cases)} cases -> "
-                  f"{escape(str(out))}")
+    console.print(f"[bold]{suite}[/] on {cases[0].device}, profile {profile}: {what} -> {escape(str(out))}")
     summary = runner.run(cases, module.__name__, out, timeout_s=timeout, progress=progress, retry=retry,
                          fresh=fresh, run_fields={"profile": profile})
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing new"
@@ -189,6 +205,29 @@ def import_benchmark(
                 if isinstance(e, ValidationError) else str(e).splitlines()[0])
         fail(f"{path} is not a JSON of suites/bench_throughput.py ({type(e).__name__}: {what})")
     console.print(f"{written} rows -> {escape(str(out_dir))}")
+
+
+@app.command("merge")
+def merge(
+    out: Annotated[Path, typer.Argument(help="New run directory to write the merged run into")],
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (shards, machines) or folders of runs")],
+    allow_mixed: Annotated[bool, typer.Option(
+        "--allow-mixed", help="Merge runs of different commits or torch versions too")] = False,
+) -> None:
+    """Combine runs into OUT: one row per case (an ok row first, then the latest), sources named in
+    OUT/environment.json."""
+    from harness import merge as merging
+
+    try:
+        merged = merging.merge(out, runs, allow_mixed=allow_mixed)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e).splitlines()[0])
+    console.print(f"{merged.rows} rows from {len(merged.sources)} runs -> {out} "
+                  f"({merged.duplicates} duplicate rows left out)", soft_wrap=True)
+    if len(merged.devices) > 1:
+        devices = ", ".join(merged.devices)
+        console.print(f"note: rows from {len(merged.devices)} different devices ({devices}); the report "
+                      f"draws each apart", highlight=False, soft_wrap=True)
 
 
 app.command("report")(report)

@@ -28,12 +28,16 @@ def report(
     out: Annotated[str | None, typer.Option(help="Report directory (default: RESULTS_DIR/report)")] = None,
     threshold: Annotated[float, typer.Option(help="Regression threshold (0.05 = 5%)")] = 0.05,
     pareto_n: Annotated[int | None, typer.Option(help="Length of the quality-vs-throughput chart")] = None,
+    fail_on_regression: Annotated[bool, typer.Option(
+        "--fail-on-regression", help="Exit with code 1 when --compare finds a regression (for CI)")] = False,
 ) -> None:
     """Render charts, report.html and summary.md; print the path of report.html."""
     from harness.report import render
 
     paths = list({p.resolve(): p for p in (validate.input_path(r, "RESULTS") for r in results)}.values())
     baseline = validate.input_path(compare, "--compare") if compare is not None else None
+    if fail_on_regression and compare is None:
+        raise ArgumentError("--fail-on-regression needs --compare BASELINE_RUN")
     if not (math.isfinite(threshold) and 0 < threshold < 1):
         raise ArgumentError(f"--threshold must be between 0 and 1 (0.05 = 5%), got {threshold:g}")
     validate.seq_len(pareto_n, "--pareto-n")
@@ -47,6 +51,8 @@ def report(
         n = len(built.comparison.regressions)
         print(f"{n} regression{'s' * (n != 1)} beyond {threshold:.0%} against {compare}", file=sys.stderr)
     print(built.html)
+    if fail_on_regression and len(built.comparison.regressions):
+        raise typer.Exit(1)
 
 
 def recommend(

@@ -72,8 +72,9 @@ def nvidia_driver() -> str | None:
         return None
 
 
-# The environment columns every result row carries (the whole environment sits beside the run).
-ROW_FIELDS = ("device_name", "driver", "cuda", "torch", "commit")
+# The environment columns every result row carries (the whole environment sits beside the run): the
+# machine a case ran on, so that merged runs and cluster runs still say where each row was measured.
+ROW_FIELDS = ("hostname", "device_name", "driver", "cuda", "torch", "commit")
 
 
 def row_fields(environment: dict) -> dict:

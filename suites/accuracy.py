@@ -572,6 +572,13 @@ def flex_compilations(case, device: str) -> list[tuple]:
             ((case.variant, case.dtype, "fwd", True), case.seq_len)]
 
 
+def evaluation_seconds(case: TaskCase) -> float:
+    """Evaluating a trained model: linear in the test tokens plus the attention's quadratic part."""
+    tokens = case.n_test * case.seq_len
+    quadratic = case.n_test * case.seq_len**2 * case.d_model * 4 * case.n_layers
+    return tokens / EVAL_TOKENS_PER_S[case.device] + quadratic / ATTENTION_FLOPS[case.device]
+
+
 def estimated_seconds(cases: list, device: str) -> float:
     """Upper estimate of a plan's wall time: training is bounded by each case's time budget; evaluation,
     compilation and data generation are estimated from the rates above."""
@@ -589,15 +596,25 @@ def estimated_seconds(cases: list, device: str) -> float:
             if (case.train_task(), case.train_pool, case.n_test, case.seed) not in data:
                 data.add((case.train_task(), case.train_pool, case.n_test, case.seed))
                 total += data_seconds(case)
-            tokens = case.n_test * case.seq_len
-            quadratic = case.n_test * case.seq_len**2 * case.d_model * 4 * case.n_layers
-            total += tokens / EVAL_TOKENS_PER_S[device] + quadratic / ATTENTION_FLOPS[device]
+            total += evaluation_seconds(case)
         for key, shape in flex_compilations(case, device):
             seen = shapes.setdefault(key, set())
             if shape not in seen:
                 total += FLEX_RECOMPILE_S if seen else FLEX_COMPILE_S
             seen.add(shape)
     return total
+
+
+def case_cost(case: AccuracyCase) -> float:
+    """Estimated seconds of one case, for `attnbench run --shard` to balance its parts (a model and its
+    evaluations share an OOM group, so one shard). A model's training is charged to its evaluation at the
+    training length and the first depth, which the profiles all plan; the others cost their evaluation."""
+    device, seconds = case.device, CASE_OVERHEAD_S[case.device]
+    if isinstance(case, ExactnessCase):
+        return seconds + EXACTNESS_S[device]
+    if case.seq_len == case.train_seq_len and case.depth in (None, 0.0):
+        seconds += case.time_budget_s + WARMUP_S[device] + data_seconds(case)
+    return seconds + evaluation_seconds(case)
 
 
 def summarize(out_dir, console) -> None:

@@ -14,6 +14,7 @@ from suites.accuracy import (
     AccuracyCase,
     TaskCase,
     TaskSpec,
+    case_cost,
     check_profile,
     estimated_seconds,
     filtered,
@@ -71,4 +72,4 @@ def run_case(case: TaskCase) -> dict:
     return run_task(case)
 
 
-__all__ = ["TIMEOUT_S", "Case", "plan", "run_case", "summarize", "estimated_seconds"]
+__all__ = ["TIMEOUT_S", "Case", "plan", "run_case", "summarize", "estimated_seconds", "case_cost"]

@@ -174,6 +174,20 @@ def _case(grid: Grid, variant, device, dtype, head_dim, level, mode, causal, seq
                 warmup_ms=grid.warmup_ms, energy_ms=grid.energy_ms)
 
 
+# Rough seconds per case beyond its warm-up, timed rounds and energy phase (inputs, the memory pass, cache
+# flushes, the row): the CPU figure from the quick profile here (156 cases in 12 s); CUDA a guess.
+CASE_OVERHEAD_S = {"cpu": 0.05, "cuda": 0.5}
+FLEX_COMPILE_S = 15.0  # torch.compile of a FlexAttention kernel for a new shape, CUDA only (a guess)
+
+
+def case_cost(case: Case) -> float:
+    """Estimated seconds of one case, for `attnbench run --shard` to balance its parts."""
+    seconds = (case.warmup_ms + case.budget_ms + case.energy_ms) / 1000 + CASE_OVERHEAD_S[case.device]
+    if case.device == "cuda" and registry.get(case.variant).backend_for("cuda").startswith("flex"):
+        seconds += FLEX_COMPILE_S
+    return seconds
+
+
 # --- workloads --------------------------------------------------------------------------------------
 
 @dataclass

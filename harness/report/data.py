@@ -85,7 +85,33 @@ def fill_family(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def short_device(name) -> str:
+    if isinstance(name, list):  # a merged run's environment lists the devices of its sources
+        return ", ".join(map(short_device, name))
     return str(name).removeprefix("NVIDIA ") if isinstance(name, str) and name else "unknown device"
+
+
+HARDWARE_KEYS = ("device_name", "driver", "hostname")
+
+
+def hardware(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows per run and machine (device, driver, host): where each result was measured."""
+    if rows.empty:
+        return pd.DataFrame(columns=["run_dir", *HARDWARE_KEYS, "suites", "rows"])
+    rows = with_columns(rows, HARDWARE_KEYS)
+    for key in HARDWARE_KEYS:  # a CPU run has no driver: an empty cell, not NaN (groupby would drop it)
+        rows[key] = rows[key].astype(object).where(rows[key].notna(), "")
+    grouped = rows.groupby(["run_dir", *HARDWARE_KEYS], sort=True)
+    return grouped.agg(suites=("suite", lambda s: ", ".join(sorted(set(s.dropna())))),
+                       rows=("case_id", "size")).reset_index()
+
+
+def mixed_devices(rows: pd.DataFrame) -> dict[str, list[str]]:
+    """Runs whose rows were measured on more than one kind of device (shards merged from different GPUs,
+    a cluster of mixed nodes): their timings are comparable only per device."""
+    if rows.empty or "device_name" not in rows:
+        return {}
+    names = rows.dropna(subset=["device_name"]).groupby("run_dir").device_name.agg(lambda s: sorted(set(s)))
+    return {run: list(devices) for run, devices in names.items() if len(devices) > 1}
 
 
 def params_label(params) -> str:

@@ -32,7 +32,12 @@ def _runs(results: data.Results) -> list[str]:
         if env.get("cuda"):
             facts.append(f"CUDA {env['cuda']}")
         facts.append(f"commit {env.get('commit')}")
+        if env.get("merged_from"):
+            facts.append(f"merged from {len(env['merged_from'])} runs")
         lines.append(f"- `{run}`: " + ", ".join(facts))
+    for run, devices in data.mixed_devices(results.rows).items():
+        lines.append(f"- **Mixed hardware**: `{run}` holds rows from {len(devices)} devices "
+                     f"({', '.join(map(data.short_device, devices))}); compare timings per device.")
     return lines
 
 

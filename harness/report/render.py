@@ -131,7 +131,7 @@ def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparis
         return "".join(html.figure(drawn[n]) for n in names if n in drawn)
 
     sections = [("overview", "Overview", _overview(results, findings)),
-                ("environment", "Environment", html.table(environment_table(results, before)))]
+                ("environment", "Environment", _environment(results, before))]
     if findings.points.empty:
         sections.append(("throughput", "Throughput", html.missing(_run_suite("throughput"))))
     else:
@@ -171,6 +171,16 @@ def _overview(results, findings: Findings) -> str:
                  for r in largest.itertuples()]
         items += [c.sentence for c in findings.crossovers if c.config == config]
         body += f"<h3>{html.esc(config)}</h3>" + html.bullets(items)
+    return body
+
+
+def _environment(results, before) -> str:
+    body = html.table(environment_table(results, before))
+    body += "<h3>Hardware</h3><p>Where the rows were measured, per run.</p>" + html.table(
+        data.hardware(results.rows))
+    for run, devices in data.mixed_devices(results.rows).items():
+        body += html.missing(f"Mixed hardware: {run} holds rows from {len(devices)} devices "
+                             f"({', '.join(devices)}); its timings are comparable per device only.")
     return body
 
 

@@ -1,0 +1,118 @@
+"""`attnbench merge OUT RUN...`: runs measured apart (CI shards, several machines) as one run directory.
+
+Record files are copied as they are. A case recorded by several runs keeps one row: an `ok` row before a
+failed one, then the one that finished last. Runs of different commits or torch versions measured
+different code, so they are refused unless `allow_mixed`. OUT's environment.json keeps what every run
+agrees on, lists the values of what differs, and names its sources under `merged_from`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from harness import store
+
+MUST_MATCH = ("commit", "torch")  # differing values mean different code was measured
+OWN_KEYS = ("schema_version", "merged_from")  # written by the store and by merge, not carried over
+SOURCE_FACTS = ("commit", "torch", "device", "device_name", "driver", "hostname", "shard")
+
+
+@dataclass
+class Record:
+    file: Path
+    status: str
+    finished_at: str
+    device_name: str | None
+
+    def rank(self) -> tuple[bool, str]:
+        """Larger is preferred: an ok row, then the latest."""
+        return self.status == "ok", self.finished_at
+
+
+@dataclass
+class Merged:
+    out: Path
+    rows: int
+    duplicates: int  # rows of a case that another run's row replaced
+    sources: list[dict[str, Any]]
+    devices: list[str] = field(default_factory=list)  # distinct device names among the kept rows
+
+
+def read_record(file: Path) -> Record:
+    row = pq.read_table(file).slice(0, 1).to_pylist()[0]
+    return Record(file, row.get("status", ""), str(row.get("finished_at") or ""), row.get("device_name"))
+
+
+def environment_of(run: Path) -> dict[str, Any]:
+    path = run / store.ENVIRONMENT
+    if not path.is_file():
+        raise ValueError(f"{run} has no {store.ENVIRONMENT}: not a run directory written by attnbench run")
+    return json.loads(path.read_text())
+
+
+def check_compatible(environments: dict[Path, dict[str, Any]]) -> None:
+    for key in MUST_MATCH:
+        seen: dict[Any, Path] = {}
+        for run, environment in environments.items():
+            seen.setdefault(environment.get(key), run)
+        if len(seen) > 1:
+            (a, run_a), (b, run_b) = list(seen.items())[:2]
+            raise ValueError(f"runs of different {key}s ({run_a}: {a}, {run_b}: {b}); merge runs of one "
+                             f"{key}, or pass --allow-mixed")
+
+
+def merged_environment(environments: dict[Path, dict[str, Any]], kept: dict[Path, int]) -> dict[str, Any]:
+    """What every run agrees on; for the rest the distinct values; and the sources, merged ones unfolded."""
+    envs = list(environments.values())
+    keys = [k for k in dict.fromkeys(k for e in envs for k in e) if k not in OWN_KEYS]
+    combined: dict[str, Any] = {"schema_version": store.SCHEMA_VERSION}
+    for key in keys:
+        values = list({json.dumps(e.get(key), sort_keys=True): e.get(key) for e in envs}.values())
+        combined[key] = values[0] if len(values) == 1 else values
+    sources = []
+    for run, environment in environments.items():
+        here = {"run": str(run), "rows_kept": kept.get(run, 0),
+                **{k: environment.get(k) for k in SOURCE_FACTS if k in environment}}
+        sources += [{**s, "via": str(run)} for s in environment.get("merged_from", [])] or [here]
+    combined["merged_from"] = sources
+    return combined
+
+
+def merge(out: str | Path, runs: list[str | Path], allow_mixed: bool = False) -> Merged:
+    out = Path(out)
+    dirs = []
+    for path in runs:
+        found = store.run_dirs([path])  # FileNotFoundError names a missing path
+        if not found:
+            raise ValueError(f"{path} holds no run (no records/ at or below it)")
+        dirs += [d for d in found if d not in dirs]
+    if any(d.resolve() == out.resolve() for d in dirs):
+        raise ValueError(f"{out} is one of the runs to merge; merge into a new directory")
+    if (out / store.RECORDS).exists() or (out / store.ENVIRONMENT).exists():
+        raise ValueError(f"{out} already holds a run; merge into a new directory")
+    environments = {run: environment_of(run) for run in dirs}
+    if not allow_mixed:
+        check_compatible(environments)
+    best: dict[str, Record] = {}
+    total = 0
+    for run in dirs:
+        for file in sorted((run / store.RECORDS).glob("*.parquet")):
+            record, total = read_record(file), total + 1
+            if file.stem not in best or record.rank() > best[file.stem].rank():
+                best[file.stem] = record
+    kept: dict[Path, int] = {}
+    for case_id, record in sorted(best.items()):
+        data = record.file.read_bytes()
+        store._atomic_write(out / store.RECORDS / f"{case_id}.parquet", lambda f, data=data: f.write(data))
+        run = record.file.parent.parent
+        kept[run] = kept.get(run, 0) + 1
+    environment = merged_environment(environments, kept)
+    payload = json.dumps(environment, indent=2).encode()
+    store._atomic_write(out / store.ENVIRONMENT, lambda f: f.write(payload))
+    devices = sorted({r.device_name for r in best.values() if r.device_name})
+    return Merged(out, len(best), total - len(best), environment["merged_from"], devices)
