@@ -77,6 +77,12 @@ def run(
     shard: Annotated[str | None, typer.Option(
         help="Run part I of N of the plan (e.g. 2/4): the same parts on every machine, balanced by the "
              "suite's case_cost; merge the parts with `attnbench merge`")] = None,
+    executor: Annotated[str, typer.Option(
+        help="local (a worker process here) or ray (Ray tasks on a cluster; pip install attnbench[cluster])")
+    ] = "local",
+    ray_address: Annotated[str | None, typer.Option(
+        help="With --executor ray: the cluster's head, HOST:PORT, or auto (the cluster on this machine)")
+    ] = None,
 ) -> None:
     """Run a suite; rows land in OUT as each case finishes. Re-running with the same OUT resumes."""
     part = None
@@ -85,7 +91,34 @@ def run(
             part = Shard.parse(shard)
         except ValueError as e:
             fail(str(e))
-    module, cases, out = _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh)
+    if executor not in ("local", "ray"):
+        fail(f"unknown --executor {executor!r}; use local or ray")
+    if ray_address is not None and executor != "ray":
+        fail("--ray-address needs --executor ray")
+    where = _executor(executor, ray_address)
+    try:
+        _run(where, suite, device, profile, out, variant, seq_len, dtype, timeout, retry, fresh, progress,
+             part)
+    finally:
+        where.close()
+
+
+def _executor(name: str, ray_address: str | None):
+    if name == "local":
+        return runner.LocalExecutor()
+    from harness import cluster
+
+    try:
+        return cluster.RayExecutor(ray_address or "auto")
+    except ValueError as e:
+        fail(str(e))
+
+
+def _run(executor, suite, device, profile, out, variant, seq_len, dtype, timeout, retry, fresh, progress,
+         part):
+    """`run` once its executor is ready."""
+    module, cases, out = _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh,
+                                   executor)
     timeout = validate.positive(timeout, "--timeout", validate.MAX_TIMEOUT_S, " s") or module.TIMEOUT_S
     what = f"{len(cases)} cases"
     if part is not None:
@@ -97,7 +130,7 @@ def run(
     errors.log_to(out)
     console.print(f"[bold]{suite}[/] on {cases[0].device}, profile {profile}: {what} -> {escape(str(out))}")
     summary = runner.run(cases, module.__name__, out, timeout_s=timeout, progress=progress, retry=retry,
-                         fresh=fresh, run_fields={"profile": profile})
+                         fresh=fresh, run_fields={"profile": profile}, executor=executor)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing new"
     again = f" ({summary.retried} measured again, --retry {retry})" if summary.retried else ""
     console.print(f"rows written: {counts}{again}; already done: {summary.skipped_as_done}; "
@@ -110,21 +143,26 @@ def run(
         raise typer.Exit(130)
 
 
-def checked_device(device: str | None) -> str:
-    """--device, or the default one (cuda when present); a CUDA device asked for must be visible."""
-    device = validate.choice(env.default_device() if device is None else device, "--device", ("cpu", "cuda"))
-    if device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda but no CUDA device is visible; use --device cpu")
+def checked_device(device: str | None, executor=None) -> str:
+    """--device, or the default one (cuda where there is a GPU: here, or on the Ray cluster of `executor`);
+    a CUDA device asked for must be there."""
+    on_ray = executor is not None and executor.name == "ray"
+    gpus = executor.gpus() if on_ray else float(torch.cuda.is_available())
+    default = ("cuda" if gpus else "cpu") if on_ray else env.default_device()
+    device = validate.choice(default if device is None else device, "--device", ("cpu", "cuda"))
+    if device == "cuda" and not gpus:
+        fail("--device cuda but the Ray cluster has no GPU; use --device cpu or add GPU nodes" if on_ray
+             else "--device cuda but no CUDA device is visible; use --device cpu")
     return device
 
 
-def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh):
+def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh, executor):
     """Every argument of `run` checked, then the suite's cases: (suite module, cases, run directory)."""
     try:
         module = plugins.suite(suite)
     except ValueError as e:
         fail(str(e))
-    device = checked_device(device)
+    device = checked_device(device, executor)
     profile = validate.choice(profile, "--profile", ("quick", "standard", "full"))
     validate.choice(retry, "--retry", runner.RETRY)
     names = validate.unique(variant or [])

@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import signal
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,11 +220,71 @@ class OomSkips:
 
 
 def case_row(case: Case, status: str, reason: str, metrics: dict[str, Any], environment: dict[str, Any],
-             started: str, finished: str, run_fields: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The store row of one case: its whole config, outcome, metrics and environment."""
+             started: str, finished: str, run_fields: dict[str, Any] | None = None,
+             where: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The store row of one case: its whole config, outcome, metrics and environment (`where`: the machine
+    it ran on when that is not this one, a Ray node)."""
     return {"case_id": case.case_id, **case.flat(), **(run_fields or {}), "status": status,
-            "reason": reason, **metrics, **env.row_fields(environment), "started_at": started,
-            "finished_at": finished}
+            "reason": reason, **metrics, **env.row_fields(environment), **(where or {}),
+            "started_at": started, "finished_at": finished}
+
+
+# --- executors: where cases run. Both walk their cases with `walk` and report these events; the runner
+# --- alone writes rows, wherever the cases ran.
+
+@dataclass
+class Started:
+    case: Case
+    at: str  # UTC ISO-8601, on the machine that runs it
+    where: dict[str, Any] = field(default_factory=dict)  # row columns naming that machine (Ray: its node)
+
+
+@dataclass
+class Finished:
+    case: Case
+    status: str
+    reason: str
+    metrics: dict[str, Any]
+    started_at: str
+    finished_at: str
+    where: dict[str, Any] = field(default_factory=dict)
+
+
+def walk(cases: list[Case], skips: OomSkips, run_one) -> Iterator[Started | Finished]:
+    """The cases in order: a case larger than a size of its OOM group that ran out of memory is `skipped`,
+    every other one is run by `run_one(case) -> (status, reason, metrics)`."""
+    for case in cases:
+        started = env.now()
+        yield Started(case, started)
+        why = skips.reason(case)
+        status, reason, metrics = ("skipped", why, {}) if why is not None else run_one(case)
+        skips.record(case, status)
+        yield Finished(case, status, reason, metrics, started, env.now())
+
+
+class LocalExecutor:
+    """The default: one worker process on this machine runs the cases one after another, in plan order."""
+
+    name = "local"
+
+    def gpus(self) -> float:
+        return float(torch.cuda.device_count())
+
+    def environment(self) -> dict[str, Any]:
+        return {"executor": self.name}
+
+    def events(self, cases: list[Case], suite_module: str, timeout_s: float,
+               skips: OomSkips) -> Iterator[Started | Finished]:
+        worker = Worker(suite_module)
+        finished = False
+        try:
+            yield from walk(cases, skips, lambda case: worker.run(case, timeout_s))
+            finished = True
+        finally:
+            worker.close(kill=not finished)  # interrupted: the case in flight is abandoned
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -247,47 +308,60 @@ def run(
     retry: str = "failed",
     fresh: bool = False,
     run_fields: dict[str, Any] | None = None,
+    executor=None,
 ) -> RunSummary:
-    """Run the cases of `out` not recorded yet (and those `retry` measures again), writing each row as
-    soon as its case finishes. `fresh` clears the run directory first. The directory is locked for the
-    whole run (a RunDirError when another process holds it). `run_fields` go into every row (the
-    profile the cases came from)."""
+    """Run the cases of `out` not recorded yet (and those `retry` measures again) on `executor` (default:
+    a LocalExecutor), writing each row as soon as its case finishes. `fresh` clears the run directory
+    first. The directory is locked for the whole run (a RunDirError when another process holds it).
+    `run_fields` go into every row (the profile the cases came from)."""
+    executor = executor or LocalExecutor()
     cases = unique(cases)
     store = RunStore(out)
     summary = RunSummary(out=Path(out))
-    with store.lock():
-        if fresh:
-            store.clear()
-        environment = env.describe(cases[0].device if cases else "cpu")
-        store.open(environment)
-        recorded = store.statuses()
-        todo = cases_to_run(cases, recorded, retry)
-        summary.skipped_as_done = len(cases) - len(todo)
-        summary.retried = sum(c.case_id in recorded for c in todo)
-        again = {c.case_id for c in todo}
-        skips = OomSkips([c for c in cases if c.case_id not in again], recorded)  # OOMs that stand
-        os.environ["ATTNBENCH_RUN_DIR"] = str(Path(out).resolve())  # suites cache per-run figures there
-        worker = Worker(suite_module) if todo else None
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn()]
-        try:
-            with Progress(*columns, disable=not progress, transient=False) as bar:
-                task = bar.add_task(cases[0].suite if cases else "nothing to do", total=len(todo))
-                for case in todo:
-                    bar.update(task, description=f"{case.suite}: {case.describe()}")
-                    started = env.now()
-                    if (why := skips.reason(case)) is not None:
-                        status, reason, metrics = "skipped", why, {}
-                    else:
-                        status, reason, metrics = worker.run(case, timeout_s)
-                    skips.record(case, status)
-                    store.write(case_row(case, status, reason, metrics, environment, started, env.now(),
-                                         run_fields))
-                    summary.add(status)
-                    bar.advance(task)
-        except KeyboardInterrupt:
-            summary.interrupted = True
-        finally:
-            if worker is not None:
-                worker.close(kill=summary.interrupted)
+    try:
+        with store.lock():
+            if fresh:
+                store.clear()
+            environment = {**env.describe(cases[0].device if cases else "cpu"), **executor.environment()}
+            store.open(environment)
+            recorded = store.statuses()
+            todo = cases_to_run(cases, recorded, retry)
+            summary.skipped_as_done = len(cases) - len(todo)
+            summary.retried = sum(c.case_id in recorded for c in todo)
+            again = {c.case_id for c in todo}
+            skips = OomSkips([c for c in cases if c.case_id not in again], recorded)  # OOMs that stand
+            os.environ["ATTNBENCH_RUN_DIR"] = str(Path(out).resolve())  # suites cache per-run figures there
+            _drive(executor.events(todo, suite_module, timeout_s, skips) if todo else iter(()), store,
+                   environment, run_fields, summary, progress, len(todo), cases[0].suite if cases else None)
+    finally:
+        executor.close()
     return summary
+
+
+def _drive(events, store: RunStore, environment, run_fields, summary: RunSummary, progress: bool, total: int,
+           suite: str | None) -> None:
+    """The one loop of every executor: each Finished event is a row written now; the bar counts them."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn()]
+    running: dict[str, Case] = {}
+    try:
+        with Progress(*columns, disable=not progress, transient=False) as bar:
+            task = bar.add_task(suite or "nothing to do", total=total)
+            for event in events:
+                if isinstance(event, Started):
+                    running[event.case.case_id] = event.case
+                else:
+                    running.pop(event.case.case_id, None)
+                    store.write(case_row(event.case, event.status, event.reason, event.metrics, environment,
+                                         event.started_at, event.finished_at, run_fields, event.where))
+                    summary.add(event.status)
+                    bar.advance(task)
+                if running:
+                    latest = next(reversed(running.values()))
+                    more = f" (+{len(running) - 1} running)" if len(running) > 1 else ""
+                    bar.update(task, description=f"{latest.suite}: {latest.describe()}{more}")
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        if hasattr(events, "close"):
+            events.close()  # an interrupted executor stops what is in flight

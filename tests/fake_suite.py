@@ -54,7 +54,7 @@ def cached_figure() -> float:
 
 
 def run_case(case: Case) -> dict:
-    if case.action == "hang":
+    if case.action == "hang" or (case.action == "hang_first" and case.seq_len == 8):
         time.sleep(3600)
     if case.action == "nan":
         check_finite("fake", torch.tensor([1.0, float("nan")]))
@@ -75,4 +75,6 @@ def run_case(case: Case) -> dict:
             os.kill(os.getpid(), signal.SIGKILL)
     if case.action == "slow":
         time.sleep(0.3)
+    if case.action == "sleep":  # seq_len milliseconds
+        time.sleep(case.seq_len / 1000)
     return {"value": float(case.seq_len) * 2, "curve": [1.0, 0.5], "figure": cached_figure()}
