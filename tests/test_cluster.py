@@ -71,6 +71,15 @@ def test_a_hanging_case_is_a_timeout_row_and_its_chain_goes_on(cluster, tmp_path
     assert rows.loc[("hang_first", 16), "status"] == "ok"
 
 
+def test_a_case_lost_on_every_try_is_an_error_row_naming_the_loss(cluster, tmp_path):
+    cases = [Case(action="crash", seq_len=8)]  # SIGKILLs its worker process, on every try
+    summary = runner.run(cases, SUITE, tmp_path, progress=False,
+                         executor=ray_executor.RayExecutor(cluster.address, max_retries=1))
+    row = store.load(tmp_path).iloc[0]
+    assert summary.counts == {"error": 1} and row.attempts == 2
+    assert row.reason.startswith("worker process died on each of 2 attempts (WorkerCrashedError")
+
+
 def test_resume_sends_only_the_cases_without_a_row(cluster, tmp_path):
     first = [Case(action="ok", seq_len=n) for n in (8, 16)]
     runner.run(first, SUITE, tmp_path, progress=False, executor=ray_executor.RayExecutor(cluster.address))
