@@ -247,8 +247,8 @@ def import_benchmark(
 
 @app.command("merge")
 def merge(
-    out: Annotated[Path, typer.Argument(help="New run directory to write the merged run into")],
-    runs: Annotated[list[Path], typer.Argument(help="Run directories (shards, machines) or folders of runs")],
+    out: Annotated[str, typer.Argument(help="New run directory to write the merged run into")],
+    runs: Annotated[list[str], typer.Argument(help="Run directories (shards, machines) or folders of runs")],
     allow_mixed: Annotated[bool, typer.Option(
         "--allow-mixed", help="Merge runs of different commits or torch versions too")] = False,
 ) -> None:
@@ -256,11 +256,14 @@ def merge(
     OUT/environment.json."""
     from harness import merge as merging
 
+    paths = [validate.input_path(r, "RUN") for r in runs]
+    out = validate.output_dir(out, "OUT")
+    errors.log_to(out)
     try:
-        merged = merging.merge(out, runs, allow_mixed=allow_mixed)
+        merged = merging.merge(out, paths, allow_mixed=allow_mixed)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e).splitlines()[0])
-    console.print(f"{merged.rows} rows from {len(merged.sources)} runs -> {out} "
+    console.print(f"{merged.rows} rows from {len(merged.sources)} runs -> {escape(str(out))} "
                   f"({merged.duplicates} duplicate rows left out)", soft_wrap=True)
     if len(merged.devices) > 1:
         devices = ", ".join(merged.devices)

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from harness import store
 
 MUST_MATCH = ("commit", "torch")  # differing values mean different code was measured
@@ -43,9 +41,14 @@ class Merged:
     devices: list[str] = field(default_factory=list)  # distinct device names among the kept rows
 
 
-def read_record(file: Path) -> Record:
-    row = pq.read_table(file).slice(0, 1).to_pylist()[0]
-    return Record(file, row.get("status", ""), str(row.get("finished_at") or ""), row.get("device_name"))
+def read_record(file: Path) -> Record | None:
+    """The facts merge needs of a record; None (with a warning) for a file the store cannot read."""
+    try:
+        row = store.read_record(file).slice(0, 1).to_pylist()[0]
+    except store.CorruptFile as e:
+        store.log.warning("%s; left out of the merge", e)
+        return None
+    return Record(file, row["status"], str(row.get("finished_at") or ""), row.get("device_name"))
 
 
 def environment_of(run: Path) -> dict[str, Any]:
@@ -102,17 +105,19 @@ def merge(out: str | Path, runs: list[str | Path], allow_mixed: bool = False) ->
     total = 0
     for run in dirs:
         for file in sorted((run / store.RECORDS).glob("*.parquet")):
-            record, total = read_record(file), total + 1
+            record = read_record(file)
+            if record is None:
+                continue
+            total += 1
             if file.stem not in best or record.rank() > best[file.stem].rank():
                 best[file.stem] = record
     kept: dict[Path, int] = {}
-    for case_id, record in sorted(best.items()):
-        data = record.file.read_bytes()
-        store._atomic_write(out / store.RECORDS / f"{case_id}.parquet", lambda f, data=data: f.write(data))
-        run = record.file.parent.parent
-        kept[run] = kept.get(run, 0) + 1
-    environment = merged_environment(environments, kept)
-    payload = json.dumps(environment, indent=2).encode()
-    store._atomic_write(out / store.ENVIRONMENT, lambda f: f.write(payload))
+    with store.RunStore(out).lock("attnbench merge"):
+        for case_id, record in sorted(best.items()):
+            store.atomic_write(out / store.RECORDS / f"{case_id}.parquet", record.file.read_bytes())
+            run = record.file.parent.parent
+            kept[run] = kept.get(run, 0) + 1
+        environment = merged_environment(environments, kept)
+        store.write_json(out / store.ENVIRONMENT, environment)
     devices = sorted({r.device_name for r in best.values() if r.device_name})
     return Merged(out, len(best), total - len(best), environment["merged_from"], devices)
