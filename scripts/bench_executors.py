@@ -3,10 +3,11 @@
 1. Overhead per case: trivial cases (tests.fake_suite, action ok: no work) through each executor. Each
    case is its own chain, so under Ray each is one task. Per-case cost = (wall(N_LARGE) - wall(N_SMALL)) /
    (N_LARGE - N_SMALL): worker and cluster start-up cancel out.
-2. Cases per minute: the CPU quick throughput plan through the local executor, a one-node Ray cluster and
-   a two-node Ray cluster on this machine (each node --num-cpus 1; a case takes one CPU).
+2. Cases per minute: the CPU quick throughput plan through the local executor (torch's default threads,
+   and one thread as a Ray task has), a one-node Ray cluster and a two-node Ray cluster on this machine
+   (each node --num-cpus 1; a case takes one CPU, one torch thread).
 
-    python scripts/bench_executors.py [--repeats 3] [--skip-plan]
+    python scripts/bench_executors.py [--repeats 3] [--skip-plan | --skip-overhead]
 
 Prints one line per measurement and a summary (median, min-max) with the machine's load average.
 """
@@ -62,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-plan", action="store_true", help="only the per-case overhead")
+    parser.add_argument("--skip-overhead", action="store_true", help="only the quick throughput plan")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="attnbench-bench-"))
     results: dict[str, list[float]] = {}
@@ -79,6 +81,8 @@ def main() -> None:
                      "ray, 2 nodes": lambda: cluster.RayExecutor(with_two.address)}
         for repeat in range(args.repeats):
             for name, make in executors.items():
+                if args.skip_overhead:
+                    break
                 small = timed(trivial(N_SMALL), "tests.fake_suite", make(), root)
                 large = timed(trivial(N_LARGE), "tests.fake_suite", make(), root)
                 per_case_ms = (large - small) / (N_LARGE - N_SMALL) * 1000
@@ -87,8 +91,15 @@ def main() -> None:
                       f"{per_case_ms:.1f} ms/case; load {os.getloadavg()[0]:.1f}", flush=True)
             if args.skip_plan:
                 continue
-            for name, make in executors.items():
-                wall = timed(plan, throughput.__name__, make(), root)
+            for name, make in {**executors, "local, 1 thread": executors["local"]}.items():
+                one_thread = name == "local, 1 thread"
+                if one_thread:
+                    os.environ["OMP_NUM_THREADS"] = "1"  # read by torch in the spawned worker
+                try:
+                    wall = timed(plan, throughput.__name__, make(), root)
+                finally:
+                    if one_thread:
+                        del os.environ["OMP_NUM_THREADS"]
                 rate = len(plan) / wall * 60
                 results.setdefault(f"CPU quick throughput plan ({len(plan)} cases), {name} (cases/min)",
                                    []).append(rate)
