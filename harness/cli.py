@@ -83,8 +83,20 @@ def run(
     ray_address: Annotated[str | None, typer.Option(
         help="With --executor ray: the cluster's head, HOST:PORT, or auto (the cluster on this machine)")
     ] = None,
+    find_max_n: Annotated[bool, typer.Option(
+        "--find-max-n", help="Throughput: bisect each variant's largest N (B=1, 16 heads of 64, forward) "
+                             "under the memory cap, instead of the sweep")] = False,
+    memory_gb: Annotated[float | None, typer.Option(
+        help="With --find-max-n: the memory cap in GiB (default: 90% of the memory available)")] = None,
 ) -> None:
     """Run a suite; rows land in OUT as each case finishes. Re-running with the same OUT resumes."""
+    if memory_gb is not None and not find_max_n:
+        fail("--memory-gb applies to --find-max-n")
+    if find_max_n:
+        if shard is not None or executor != "local":
+            fail("--find-max-n runs here, one probe at a time: it takes no --shard or --executor")
+        _find_max_n(suite, device, profile, out, variant, dtype, memory_gb, timeout)
+        return
     part = None
     if shard is not None:
         try:
@@ -210,6 +222,34 @@ def doctor(
         checkup.save(result, out)
     if not result["ok"]:
         raise typer.Exit(1)
+
+
+def _find_max_n(suite, device, profile, out, variant, dtype, memory_gb, timeout) -> None:
+    """`run --find-max-n`: the suite's frontier search (throughput), its arguments checked first."""
+    try:
+        module = plugins.suite(suite)
+    except ValueError as e:
+        fail(str(e))
+    if not hasattr(module, "find_max_n"):
+        fail(f"--find-max-n applies to --suite throughput, not {suite}")
+    device = checked_device(device)
+    profile = validate.choice(profile, "--profile", ("quick", "standard", "full"))
+    memory_gb = validate.positive(memory_gb, "--memory-gb")
+    timeout = validate.positive(timeout, "--timeout", validate.MAX_TIMEOUT_S, " s")
+    names = validate.unique(variant or [])
+    for name in names:
+        try:
+            registry.get(name)
+        except ValueError as e:
+            fail(str(e))
+    out = validate.output_dir(out) or Path("results") / f"frontier-{device}-{profile}"
+    try:
+        module.find_max_n(device, profile, out, variants=names or None, dtypes=validate.unique(dtype or []) or None,
+                          memory_gb=memory_gb, time_cap_s=timeout or module.DEFAULT_FRONTIER_TIME_CAP_S,
+                          console=console)
+    except ValueError as e:
+        fail(str(e))
+    console.print(f"frontier rows in {escape(str(out))}")
 
 
 @app.command("import-benchmark")

@@ -58,6 +58,23 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_governor() -> str | None:
+    """The CPU frequency governor(s) (`performance`, `powersave`, ...), None where the kernel hides them
+    (containers and many VMs have no cpufreq directory)."""
+    found = set()
+    for path in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_governor"):
+        try:
+            found.add(path.read_text().strip())
+        except OSError:
+            continue
+    return ",".join(sorted(found)) or None
+
+
+def cpu_threads() -> int:
+    """Threads torch's CPU kernels use in this process (what a CPU measurement ran on)."""
+    return torch.get_num_threads()
+
+
 def nvidia_driver() -> str | None:
     try:
         import pynvml
@@ -88,7 +105,8 @@ def describe(device: str = "cpu") -> dict:
         "device": torch.device(device).type,
         "device_name": device_name(device),
         "device_count": torch.cuda.device_count() if cuda else 1,
-        "cpu_threads": torch.get_num_threads(),
+        "cpu_threads": cpu_threads(),
+        "cpu_governor": cpu_governor(),
         "driver": nvidia_driver() if cuda else None,
         "cuda": torch.version.cuda,
         "torch": torch.__version__,

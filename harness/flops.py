@@ -137,6 +137,16 @@ def softmax(pairs: PairCounter | None = None, per_head: bool = False) -> Softmax
     return SoftmaxFlops(pairs or (lambda n_q, n_k, causal, **_: dense_pairs(n_q, n_k, causal)), per_head)
 
 
+def matmul_precision(device: str, dtype: str, tf32: bool = False) -> str:
+    """What a case's FLOPs run at, so its TF/s is set against the matmul peak of the same precision: its
+    dtype, plus '+tf32' for float32 on CUDA with TF32 matmuls allowed (about 8x the IEEE fp32 rate)."""
+    return f"{dtype}+tf32" if device == "cuda" and dtype == "float32" and tf32 else dtype
+
+
+def percent_of_peak(tflops: float | None, peak_tflops: float | None) -> float | None:
+    return 100 * tflops / peak_tflops if tflops and peak_tflops else None
+
+
 def projection_flops(mode: str, tokens: int, d_model: int) -> int:
     """FLOPs of the attention layer's projections: QKV (d -> 3d) and output (d -> d), 8 tokens d^2."""
     return round(8 * tokens * d_model**2 * PROJECTION_MODE_FACTOR[mode])

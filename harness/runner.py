@@ -195,10 +195,13 @@ def cases_to_run(cases: list[Case], recorded: dict[str, str], retry: str = "fail
 
 
 class OomSkips:
-    """After a case of an OOM group runs out of memory, its larger sizes are `skipped`, not run."""
+    """After a case of an OOM group runs out of memory, its larger sizes are `skipped`, not run. A case may
+    also rule itself out from the cases of its group run before it in this session: its
+    `skip_reason(history)`, history = [(case, status, metrics)] (the throughput suite's time cap)."""
 
     def __init__(self, cases: list[Case], recorded: dict[str, str]):
         self.smallest: dict[Any, int] = {}  # OOM group -> smallest size that ran out of memory
+        self.history: dict[Any, list[tuple[Case, str, dict[str, Any]]]] = {}  # group -> cases run
         for case in cases:  # OOMs of an earlier session of this run count too
             if recorded.get(case.case_id) == "oom":
                 self.record(case, "oom")
@@ -211,12 +214,15 @@ class OomSkips:
         group, size = self.key(case)
         if group is not None and group in self.smallest and size > self.smallest[group]:
             return f"larger than {self.smallest[group]}, which ran out of memory"
-        return None
+        own = getattr(case, "skip_reason", None)
+        return own(self.history.get(group, [])) if own is not None and group is not None else None
 
-    def record(self, case: Case, status: str) -> None:
+    def record(self, case: Case, status: str, metrics: dict[str, Any] | None = None) -> None:
         group, size = self.key(case)
         if status == "oom" and group is not None:
             self.smallest[group] = min(size, self.smallest.get(group, size))
+        if metrics is not None and group is not None:
+            self.history.setdefault(group, []).append((case, status, metrics))
 
 
 def case_row(case: Case, status: str, reason: str, metrics: dict[str, Any], environment: dict[str, Any],
@@ -251,14 +257,15 @@ class Finished:
 
 
 def walk(cases: list[Case], skips: OomSkips, run_one) -> Iterator[Started | Finished]:
-    """The cases in order: a case larger than a size of its OOM group that ran out of memory is `skipped`,
-    every other one is run by `run_one(case) -> (status, reason, metrics)`."""
+    """The cases in order: a case larger than a size of its OOM group that ran out of memory (or one its
+    own rule rules out, OomSkips) is `skipped`, every other one is run by `run_one(case) -> (status,
+    reason, metrics)`."""
     for case in cases:
         started = env.now()
         yield Started(case, started)
         why = skips.reason(case)
         status, reason, metrics = ("skipped", why, {}) if why is not None else run_one(case)
-        skips.record(case, status)
+        skips.record(case, status, metrics)
         yield Finished(case, status, reason, metrics, started, env.now())
 
 

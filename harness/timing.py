@@ -7,14 +7,25 @@ Every round's setup flushes the L2 cache, and a device timer brackets the call: 
 (the wait for the end event is outside the measured interval), `time.perf_counter` on the CPU. The
 number of rounds follows from a time budget in milliseconds, never from an iteration count. No CUDA
 graphs, for any variant.
+
+Noise is measured, not hidden: each measurement reports its spread (IQR / median) and a distribution-free
+95% confidence interval of its median. A measurement whose spread exceeds a limit is re-measured (more
+rounds of the same loop) until the interval is within +-precision of the median or its extra time is
+spent; one still outside is `noisy`.
+
+A timer that checks itself: `independent_median_ms` times the same call with a timer that shares no
+code with ours (`torch.utils.benchmark.Timer.blocked_autorange` on the CPU, `triton.testing.do_bench`
+on CUDA); the suites store the ratio of the two medians.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,6 +37,7 @@ from harness.registry import device_type
 MIN_ROUNDS = 3
 MAX_ROUNDS = 10_000
 L2_FLUSH_MIN_BYTES = 64 * 2**20
+CONFIDENCE = 0.95  # of the median's interval
 
 
 class EventStamp:
@@ -145,6 +157,81 @@ def time_rounds(benchmark, target: Callable[[], Any], setup: Callable[[], None],
     return benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=0, iterations=1)
 
 
+def spread(data: Sequence[float]) -> float:
+    """Interquartile range over the median: the relative spread of the rounds (0 for one round)."""
+    q1, median, q3 = np.quantile(np.asarray(data, float), [0.25, 0.5, 0.75])
+    return float((q3 - q1) / median) if median > 0 else 0.0
+
+
+def median_interval(data: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median: the order statistics around rank n/2.
+
+    The rank of the median of n draws is Binomial(n, 1/2); its normal approximation gives the ranks
+    n/2 -+ z sqrt(n) / 2 (clipped to the sample: with few rounds the interval is the whole range).
+    """
+    ordered = np.sort(np.asarray(data, float))
+    n = len(ordered)
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    low = max(math.floor(n / 2 - z * math.sqrt(n) / 2), 1)
+    high = min(math.ceil(1 + n / 2 + z * math.sqrt(n) / 2), n)
+    return float(ordered[low - 1]), float(ordered[high - 1])
+
+
+def interval_halfwidth(data: Sequence[float]) -> float:
+    """Half the median's confidence interval, relative to the median (0.02 = +-2%)."""
+    low, high = median_interval(data)
+    median = float(np.median(data))
+    return (high - low) / 2 / median if median > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class NoisePolicy:
+    """When a measurement is re-measured, and how far: see `measure_stably`."""
+
+    spread_limit: float = 0.05  # IQR / median above which more rounds are taken
+    precision: float = 0.02  # the target: the median's confidence interval within +-precision
+    extra_ms: float = 0.0  # time allowed for the extra rounds (0: never re-measure)
+
+
+@dataclass(frozen=True)
+class Stability:
+    spread: float  # IQR / median over every round
+    interval: float  # half-width of the median's 95% interval, relative
+    extra_rounds: int  # rounds taken beyond the first batch
+    noisy: bool  # spread above the limit, and the interval still wider than the precision
+
+    def columns(self) -> dict[str, Any]:
+        """What a row needs beyond latency_summary (which recomputes spread and interval from the data)."""
+        return {"extra_rounds": self.extra_rounds, "noisy": self.noisy}
+
+
+def measure_stably(benchmark, target: Callable[[], Any], setup: Callable[[], None], rounds: int,
+                   policy: NoisePolicy, timer: Callable[[], Any]) -> Stability:
+    """`rounds` rounds into `benchmark`; re-measure while the spread is above the limit.
+
+    Extra rounds go through the same pedantic loop (a private fixture per batch, as the given one can
+    run once) and are appended to `benchmark`'s stats, so its record holds every round. Each batch
+    doubles the rounds taken so far, within the time left (counted in the extra rounds' own durations).
+    """
+    time_rounds(benchmark, target, setup, rounds)
+    data = benchmark.stats.stats.data  # plain list: appending before any statistic is read is safe
+    first = len(data)
+
+    def unsettled() -> bool:
+        return spread(data) > policy.spread_limit and interval_halfwidth(data) > policy.precision
+
+    while unsettled():
+        left_ms = policy.extra_ms - sum(data[first:]) * 1e3  # the extra rounds' own time
+        batch = min(len(data), MAX_ROUNDS - len(data), int(left_ms / (1e3 * float(np.median(data)))))
+        if batch < 1:
+            break
+        extra = make_fixture("remeasure", timer)
+        time_rounds(extra, target, setup, batch)
+        for duration in extra.stats.stats.data:
+            benchmark.stats.stats.update(duration)
+    return Stability(spread(data), interval_halfwidth(data), len(data) - first, unsettled())
+
+
 def latency_summary(stats: dict[str, Any]) -> dict[str, Any]:
     """Median and 20/80 quantiles in ms from pytest-benchmark stats (seconds, with per-round `data`)."""
     if not stats.get("data"):
@@ -156,7 +243,49 @@ def latency_summary(stats: dict[str, Any]) -> dict[str, Any]:
         "latency_ms_p20": float(np.quantile(data, 0.2)) * 1e3,
         "latency_ms_p80": float(np.quantile(data, 0.8)) * 1e3,
         "rounds": int(stats["rounds"]),
+        "spread_iqr": spread(data),
+        "median_ci": interval_halfwidth(data),
     }
+
+
+# --- an independent timer ---------------------------------------------------------------------------
+
+def independent_median_ms(target: Callable[[], Any], setup: Callable[[], None], device: str,
+                          budget_ms: float, grad_to_none: Sequence[torch.Tensor] | None = None) -> dict:
+    """The median of `target` by a timer that shares no code with ours: reference_latency_ms, and the
+    per-call times where the timer gives them (reference_times_ms).
+
+    CPU: torch.utils.benchmark.Timer.blocked_autorange, on as many threads as ours (its default is one).
+    Its rounds are blocks of calls; `setup` runs once, before them. CUDA: triton.testing.do_bench, which
+    warms up, flushes the L2 cache before each call and times it with CUDA events; `grad_to_none` are
+    the tensors whose gradients it resets before each call (a forward+backward call).
+    """
+    if device_type(device) == "cuda":
+        return _do_bench_median_ms(target, budget_ms, grad_to_none)
+    return _blocked_autorange_median_ms(target, setup, budget_ms)
+
+
+def _blocked_autorange_median_ms(target, setup, budget_ms: float) -> dict:
+    from torch.utils.benchmark import Timer
+
+    setup()
+    timer = Timer(stmt="target()", globals={"target": target}, num_threads=torch.get_num_threads())
+    measured = timer.blocked_autorange(min_run_time=budget_ms / 1e3)
+    return {"reference_latency_ms": measured.median * 1e3,
+            "reference_times_ms": [t * 1e3 for t in measured.times],
+            "reference_timer": "torch.utils.benchmark.Timer.blocked_autorange"}
+
+
+def _do_bench_median_ms(target, budget_ms: float, grad_to_none) -> dict:
+    from triton.testing import do_bench
+
+    # quantiles= exists in every triton release with do_bench's time-based warmup/rep (2.1 on);
+    # return_mode="median" came later. A list of three quantiles comes back as a list.
+    p20, median, p80 = do_bench(target, warmup=max(1, round(budget_ms / 4)), rep=max(1, round(budget_ms)),
+                                grad_to_none=list(grad_to_none) if grad_to_none else None,
+                                quantiles=[0.2, 0.5, 0.8])
+    return {"reference_latency_ms": float(median), "reference_times_ms": None,
+            "reference_timer": "triton.testing.do_bench"}
 
 
 def matmul_peak_tflops(device: str, dtype: torch.dtype, size: int, budget_ms: float) -> float:

@@ -6,7 +6,15 @@ registry's prefill/decode and the mixers' prefill/step). Levels: `kernel` (atten
 has none and is recorded "unsupported") and `layer` (the mixer with its projections). No variant is
 captured in a CUDA graph: launch overhead counts alike for every one.
 
-Sequence sweeps keep the total tokens constant: batch = max(1, total_tokens // N).
+Sequence sweeps keep the total tokens constant: batch = max(1, total_tokens // N) (beyond N =
+total_tokens the batch is 1). Mamba's kernel level is its selective scan over n_heads * head_dim channels.
+
+Each row carries its noise: the spread of its rounds (IQR / median), the confidence interval of its
+median, and `noisy` when re-measuring did not bring that interval within +-2% (harness.timing). A case
+whose whole measurement took longer than the grid's time cap stops the longer lengths of its group
+(they are recorded `skipped` with the reason). Three kinds of case: `sweep` (the grid), `fidelity`
+(a sweep point timed side by side by our loop and an independent timer) and `frontier` (one call of a
+`--find-max-n` bisection under a memory cap).
 
 Timing is pytest-benchmark's pedantic loop (harness.timing) in both entry points: `attnbench run
 --suite throughput` builds the fixture itself in `run_case`; `pytest suites/bench_throughput.py
@@ -16,6 +24,7 @@ rows of the results store. Both derive the row from the same benchmark record (`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -26,20 +35,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
-from harness import compiling, env, flops, memory, registry, store, telemetry, timing
+from harness import compiling, env, flops, memory, registry, runner, store, telemetry, timing
 from harness.config import Case as BaseCase
 from harness.registry import Unsupported, as_dtype, dtype_name
-from harness.runner import check_finite
 
 TIMEOUT_S = 300.0  # per case: the first call may compile FlexAttention or autotune a Triton kernel
 MODES = ("fwd", "fwd_bwd", "decode")
 LEVELS = ("kernel", "layer")
-DEVICE_DTYPES = {"cpu": ("float32",), "cuda": ("bfloat16", "float16", "float32")}
-PEAK_MATMUL = {"cuda": (torch.bfloat16, 8192), "cpu": (torch.float32, 1024)}  # dtype, size
+DEVICE_DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("bfloat16", "float16", "float32")}
+PEAK_MATMUL_SIZE = {"cuda": 8192, "cpu": 2048}  # n of the n^3 matmul whose rate is the peak
 PEAK_BUDGET_MS = 200.0
+NOISE_SPREAD_LIMIT = 0.05  # IQR / median above which a case is re-measured
+NOISE_PRECISION = 0.02  # ... until its median's 95% interval is within +-2%
 RUN_DIR_ENV = "ATTNBENCH_RUN_DIR"  # where the peak matmul figure is cached for the run
 PEAK_FILE = "peak_matmul.json"
 
@@ -49,11 +60,35 @@ def powers_of_two(low: int, high: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """The lengths one level sweeps in some modes; `dtypes` None: every dtype of the grid."""
+
+    level: str
+    modes: tuple[str, ...]
+    seq_lens: tuple[int, ...]
+    dtypes: tuple[str, ...] | None = None
+
+
+def both_levels(kernel: Sequence[int], layer: Sequence[int]) -> tuple[Sweep, ...]:
+    """Every mode at both levels: kernel lengths and layer lengths."""
+    return Sweep("kernel", MODES, tuple(kernel)), Sweep("layer", MODES, tuple(layer))
+
+
+@dataclass(frozen=True)
+class FidelityPoint:
+    """A sweep point that is also timed by an independent timer (a `fidelity` row)."""
+
+    variant: str
+    level: str
+    mode: str
+    seq_len: int
+
+
+@dataclass(frozen=True)
 class Grid:
     """What a profile sweeps on a device."""
 
-    kernel_seq_lens: tuple[int, ...]
-    layer_seq_lens: tuple[int, ...]
+    sweeps: tuple[Sweep, ...]
     dtypes: tuple[str, ...]
     head_dims: tuple[int, ...]
     causal: tuple[bool, ...]
@@ -62,19 +97,57 @@ class Grid:
     budget_ms: float  # timed rounds
     warmup_ms: float
     energy_ms: float  # back-to-back calls under NVML's energy counter (CUDA only)
+    time_cap_ms: float | None = None  # a case that takes longer stops the longer lengths of its group
+    remeasure_ms: float = 0.0  # extra time a noisy case may spend on more rounds
+    fidelity: tuple[FidelityPoint, ...] = ()  # timed twice, in the grid's first dtype
+    fidelity_budget_ms: float = 0.0  # per timer
 
+
+# CPU standard: the scaling curves to 64K tokens in about 10 minutes on 2 cores (results/README.md).
+# One head of 64 keeps the quadratic kernels affordable to N = 8-16K; 16K tokens per call up to N = 16K,
+# then batch 1. The forward kernel sweep is the dense one (the fits and crossovers read it: three lengths
+# from 2048 on for the quadratic kernels); bf16, decode and the layer level are sparser, and
+# forward+backward stops at 4096 (batch 4): at batch 1 SDPA's CPU backward runs on one thread of the
+# two, 20x slower than its forward, and one such case would cost a tenth of the budget.
+# A case predicted to take more than the time cap is skipped with the reason, as are longer ones.
+CPU_STANDARD_FIDELITY = tuple(FidelityPoint(v, "kernel", "fwd", n) for v, n in (
+    ("flash-sdpa", 1024), ("flash-sdpa", 8192), ("linear", 4096), ("vanilla", 2048)))
+CPU_STANDARD = Grid(
+    sweeps=(
+        Sweep("kernel", ("fwd",), (256, 1024, 2048, 4096, 8192, 16384, 65536), ("float32",)),
+        Sweep("kernel", ("fwd",), (1024, 4096, 16384, 65536), ("bfloat16",)),
+        Sweep("kernel", ("decode",), (256, 1024, 4096, 16384, 65536), ("float32",)),
+        Sweep("layer", ("fwd", "decode"), (1024, 4096, 16384), ("float32",)),
+        Sweep("kernel", ("fwd_bwd",), (256, 1024, 4096), ("float32",)),
+        Sweep("layer", ("fwd_bwd",), (256, 1024, 4096), ("float32",)),
+    ),
+    dtypes=("float32", "bfloat16"), head_dims=(64,), causal=(True,), width=64, total_tokens=16384,
+    budget_ms=100, warmup_ms=0, energy_ms=0, time_cap_ms=20000, remeasure_ms=300,
+    fidelity=CPU_STANDARD_FIDELITY, fidelity_budget_ms=600,
+)
 
 GRIDS = {
-    ("cuda", "quick"): Grid((1024, 8192), (4096,), ("bfloat16",), (64,), (True,), 2048, 16384, 50, 25, 100),
-    ("cuda", "standard"): Grid((512, 2048, 8192, 32768, 131072), (2048, 16384), ("bfloat16",), (64,), (True,),
-                               2048, 16384, 100, 25, 200),
-    ("cuda", "full"): Grid(powers_of_two(512, 131072), powers_of_two(512, 131072), ("bfloat16", "float16"),
-                           (64, 128), (True, False), 2048, 16384, 200, 50, 200),
-    ("cpu", "quick"): Grid((128, 512), (128, 512), ("float32",), (64,), (True,), 256, 1024, 30, 0, 0),
-    ("cpu", "standard"): Grid(powers_of_two(128, 4096), (256, 1024, 4096), ("float32",), (64,), (True,),
-                              256, 4096, 100, 0, 0),
-    ("cpu", "full"): Grid(powers_of_two(128, 4096), powers_of_two(128, 4096), ("float32",), (64, 128),
-                          (True, False), 256, 4096, 200, 0, 0),
+    ("cuda", "quick"): Grid(both_levels((1024, 8192), (4096,)), ("bfloat16",), (64,), (True,), 2048, 16384,
+                            50, 25, 100, fidelity=(FidelityPoint("flash-sdpa", "kernel", "fwd", 8192),),
+                            fidelity_budget_ms=100),
+    ("cuda", "standard"): Grid(both_levels((512, 2048, 8192, 32768, 131072), (2048, 16384)), ("bfloat16",),
+                               (64,), (True,), 2048, 16384, 100, 25, 200, remeasure_ms=500,
+                               fidelity=tuple(FidelityPoint(v, "kernel", "fwd", 8192)
+                                              for v in ("flash-sdpa", "vanilla", "linear")),
+                               fidelity_budget_ms=200),
+    ("cuda", "full"): Grid(both_levels(powers_of_two(512, 131072), powers_of_two(512, 131072)),
+                           ("bfloat16", "float16"), (64, 128), (True, False), 2048, 16384, 200, 50, 200,
+                           remeasure_ms=1000, fidelity=tuple(FidelityPoint(v, "kernel", "fwd", 8192)
+                                                             for v in ("flash-sdpa", "vanilla", "linear")),
+                           fidelity_budget_ms=200),
+    ("cpu", "quick"): Grid(both_levels((128, 512), (128, 512)), ("float32",), (64,), (True,), 256, 1024,
+                           30, 0, 0, fidelity=(FidelityPoint("flash-sdpa", "kernel", "fwd", 512),),
+                           fidelity_budget_ms=30),
+    ("cpu", "standard"): CPU_STANDARD,
+    ("cpu", "full"): Grid(both_levels(powers_of_two(128, 65536), powers_of_two(128, 65536)),
+                          ("float32", "bfloat16"), (64, 128), (True, False), 256, 16384, 200, 0, 0,
+                          time_cap_ms=30000, remeasure_ms=1000, fidelity=CPU_STANDARD_FIDELITY,
+                          fidelity_budget_ms=500),
 }
 
 
@@ -96,6 +169,9 @@ class Case(BaseCase):
     warmup_ms: NonNegativeFloat = 25.0
     energy_ms: NonNegativeFloat = 0.0
     memory_cap_mb: PositiveInt | None = None  # simulate a smaller device (see harness.memory)
+    kind: Literal["sweep", "fidelity", "frontier"] = "sweep"
+    time_cap_ms: PositiveFloat | None = None  # a case slower than this stops the longer lengths of its group
+    remeasure_ms: NonNegativeFloat = 0.0  # extra time to re-measure a case whose rounds spread widely
 
     @model_validator(mode="after")
     def _consistent(self) -> Case:
@@ -115,17 +191,63 @@ class Case(BaseCase):
         group = self.model_dump(mode="json", exclude={"seq_len", "batch"})
         return json.dumps(group, sort_keys=True), self.seq_len
 
+    def skip_reason(self, history: list[tuple[Case, str, dict[str, Any]]]) -> str | None:
+        """Why this case is skipped, from the shorter lengths of its group run before it (the runner asks):
+        one timed out; or one took longer than the time cap; or this one is predicted to
+        (`predicted_wall_s` from the last two).
+        """
+        shorter = [(c, status, m) for c, status, m in history if c.seq_len < self.seq_len]
+        timed_out = [c.seq_len for c, status, _ in shorter if status == "timeout"]
+        if timed_out:
+            return f"longer than N = {min(timed_out)}, which timed out"
+        done = [(c, m) for c, status, m in shorter if status == "ok" and m.get("case_wall_ms") is not None]
+        if self.time_cap_ms is None or not done:
+            return None
+        cap_s, (last, metrics) = self.time_cap_ms / 1e3, done[-1]
+        took_s = metrics["case_wall_ms"] / 1e3
+        if took_s > cap_s:
+            return (f"longer than N = {last.seq_len}, whose measurement took {took_s:.1f} s "
+                    f"(time cap {cap_s:g} s)")
+        if len(done) < 2:
+            return None
+        predicted_s = predicted_wall_s(done[-2], done[-1], self)
+        if predicted_s > cap_s:
+            return (f"predicted to take {predicted_s:.0f} s from N = {done[-2][0].seq_len} and "
+                    f"{last.seq_len} (time cap {cap_s:g} s)")
+        return None
+
     def describe(self) -> str:
         shape = f"N={self.seq_len} B={self.batch} hd={self.head_dim} {self.dtype}"
-        return f"{self.variant} {self.level} {self.mode} {shape}" + ("" if self.causal else " full")
+        kind = "" if self.kind == "sweep" else f" [{self.kind}]"
+        return f"{self.variant} {self.level} {self.mode} {shape}" + ("" if self.causal else " full") + kind
 
     def slug(self) -> str:
         """A test id: variant-level-mode-N-dtype-hd-mask."""
         mask = "causal" if self.causal else "full"
         shape = f"N{self.seq_len}-{self.dtype}-hd{self.head_dim}-{mask}"
-        return f"{self.variant}-{self.level}-{self.mode}-{shape}"
+        kind = "" if self.kind == "sweep" else f"-{self.kind}"
+        return f"{self.variant}-{self.level}-{self.mode}-{shape}{kind}"
+
+def predicted_wall_s(before: tuple[Case, dict], last: tuple[Case, dict], case: Case) -> float:
+    """The wall time of `case` from two shorter cases of its group ((case, metrics) each, metrics with
+    `case_wall_ms`): time per sequence (wall / batch) ~ N^k, k from the two, at least 1 (a sequence of
+    N tokens costs at least N), times this case's batch."""
+    (c0, m0), (c1, m1) = before, last
+    t0, t1 = m0["case_wall_ms"] / c0.batch, m1["case_wall_ms"] / c1.batch
+    k = max(math.log(t1 / t0) / math.log(c1.seq_len / c0.seq_len), 1.0) if t0 > 0 and t1 > 0 else 1.0
+    return t1 * (case.seq_len / c1.seq_len) ** k * case.batch / 1e3
+
 
 # --- planning ---------------------------------------------------------------------------------------
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU has native bf16 matmuls (oneDNN's check: AVX512-BF16 or AMX); without them torch
+    emulates bf16, which measures the emulation."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
 
 def _dtypes(device: str, requested: Sequence[str] | None, default: Sequence[str]) -> list[str]:
     names = [dtype_name(as_dtype(d)) for d in requested] if requested else list(default)
@@ -137,12 +259,19 @@ def _dtypes(device: str, requested: Sequence[str] | None, default: Sequence[str]
         if requested and "bfloat16" in names:
             raise ValueError(f"bfloat16 is not supported by {torch.cuda.get_device_name()}; use --dtype fp16")
         names = [n for n in names if n != "bfloat16"] or ["float16"]
+    if device == "cpu" and not requested and not cpu_bf16_supported():
+        names = [n for n in names if n != "bfloat16"] or ["float32"]  # a default grid skips emulated bf16
     return names
 
 
 def plan(profile: str, device: str, variants: Sequence[str] | None = None,
          seq_lens: Sequence[int] | None = None, dtypes: Sequence[str] | None = None) -> list[Case]:
-    """Every case of a profile on a device, smallest N first within each group (for OOM skipping)."""
+    """Every case of a profile on a device, smallest N first within each group (for OOM and time-cap
+    skipping), then the grid's fidelity cases.
+
+    `dtypes` runs every sweep of the grid in those dtypes (a grid may sweep its second dtype sparser);
+    `seq_lens` replaces every sweep's lengths.
+    """
     if (device, profile) not in GRIDS:
         raise ValueError(f"no throughput profile {profile!r} on {device!r}; "
                          f"profiles: quick, standard, full; devices: cpu, cuda")
@@ -152,26 +281,36 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
         registry.get(name)  # ValueError naming the valid variants
     if seq_lens is not None and any(n <= 0 for n in seq_lens):
         raise ValueError(f"sequence lengths must be positive, got {min(seq_lens)}")
-    cases = []
+    run_dtypes = _dtypes(device, dtypes, grid.dtypes)
+    cases: dict[str, Case] = {}
     for name in names:
-        for dtype in _dtypes(device, dtypes, grid.dtypes):
-            for head_dim in grid.head_dims:
-                for level in LEVELS:
-                    lengths = seq_lens or (grid.kernel_seq_lens if level == "kernel" else grid.layer_seq_lens)
-                    for mode in MODES:
+        for sweep in grid.sweeps:
+            own = run_dtypes if dtypes else sweep.dtypes or run_dtypes  # --dtype: every sweep in those
+            sweep_dtypes = [d for d in own if d in run_dtypes]
+            for dtype in sweep_dtypes:
+                for head_dim in grid.head_dims:
+                    for mode in sweep.modes:
                         for causal in grid.causal:
                             if mode == "decode" and not causal:
                                 continue
-                            cases += [_case(grid, name, device, dtype, head_dim, level, mode, causal, n)
-                                      for n in sorted(set(lengths))]
-    return cases
+                            for n in sorted(set(seq_lens or sweep.seq_lens)):
+                                c = _case(grid, name, device, dtype, head_dim, sweep.level, mode, causal, n)
+                                cases.setdefault(c.case_id, c)
+    for point in grid.fidelity:
+        if point.variant in names and (seq_lens is None or point.seq_len in seq_lens):
+            c = _case(grid, point.variant, device, run_dtypes[0], grid.head_dims[0], point.level, point.mode,
+                      True, point.seq_len, kind="fidelity", budget_ms=grid.fidelity_budget_ms)
+            cases.setdefault(c.case_id, c)
+    return list(cases.values())
 
 
-def _case(grid: Grid, variant, device, dtype, head_dim, level, mode, causal, seq_len) -> Case:
-    return Case(variant=variant, device=device, dtype=dtype, mode=mode, level=level, seq_len=seq_len,
-                batch=batch_for(grid.total_tokens, seq_len), total_tokens=grid.total_tokens,
-                n_heads=grid.width // head_dim, head_dim=head_dim, causal=causal, budget_ms=grid.budget_ms,
-                warmup_ms=grid.warmup_ms, energy_ms=grid.energy_ms)
+def _case(grid: Grid, variant, device, dtype, head_dim, level, mode, causal, seq_len, **fields) -> Case:
+    return Case(**{
+        "variant": variant, "device": device, "dtype": dtype, "mode": mode, "level": level,
+        "seq_len": seq_len, "batch": batch_for(grid.total_tokens, seq_len), "total_tokens": grid.total_tokens,
+        "n_heads": grid.width // head_dim, "head_dim": head_dim, "causal": causal,
+        "budget_ms": grid.budget_ms, "warmup_ms": grid.warmup_ms, "energy_ms": grid.energy_ms,
+        "time_cap_ms": grid.time_cap_ms, "remeasure_ms": grid.remeasure_ms, **fields})
 
 
 # Rough seconds per case beyond its warm-up, timed rounds and energy phase (inputs, the memory pass, cache
@@ -199,16 +338,23 @@ class Workload:
     leaves: list[torch.Tensor]  # inputs whose gradients a fwd_bwd call produces
     tokens: int  # tokens processed per call (new tokens in decode)
     flops: int | None
+    state_bytes: int | None = None  # decode: the bytes of the state after the context (KV cache or recurrent)
 
 
 def _no_reset() -> None:
     pass
 
 
-def _training_call(forward: Callable[[], torch.Tensor], grad_out: torch.Tensor) -> Callable[[], torch.Tensor]:
+def _training_call(forward: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """Forward, then backward of a random output gradient (drawn in the first call, which no timed round
+    is: the warm-up or the sizing call)."""
+    grad_out: list[torch.Tensor] = []
+
     def call() -> torch.Tensor:
         out = forward()
-        out.backward(grad_out)
+        if not grad_out:
+            grad_out.append(torch.randn_like(out))
+        out.backward(grad_out[0])
         return out
 
     return call
@@ -227,12 +373,42 @@ def _inference(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
 
 
 def check_level(case: Case) -> None:
-    if case.level == "kernel" and registry.get(case.variant).attention_fn is None:
+    v = registry.get(case.variant)
+    if case.level != "kernel" or v.attention_fn is not None:
+        return
+    if v.kernel is None:
         raise Unsupported(f"{case.variant} has no attention(q, k, v) kernel; it competes at the layer level")
+    if case.mode == "decode":
+        raise Unsupported(f"{case.variant} decodes through its mixer's step(): decode is measured at the "
+                          "layer level")
+
+
+def _training_or_inference(case: Case, forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor],
+                           tokens: int, flops_: int | None) -> Workload:
+    """fwd: the forward without autograd; fwd_bwd: forward + backward of a random output gradient, the
+    gradients of `leaves` reset in each round's setup."""
+    if case.mode == "fwd_bwd":
+        return Workload(_training_call(forward), _clear_grads(leaves), leaves, tokens, flops_)
+    return Workload(_inference(forward), _no_reset, [], tokens, flops_)
+
+
+def mixer_kernel_workload(case: Case) -> Workload:
+    """A mixer-only family's kernel (`v.kernel`: mamba's selective scan, the SSD, delta-rule, GLA or
+    retention core) on the inputs its `kernel_inputs` draws for (batch, heads, N, head_dim) in the
+    case's dtype; fwd_bwd differentiates the inputs of that dtype (the activations)."""
+    v = registry.get(case.variant)
+    inputs = v.kernel_inputs(case.batch, case.n_heads, case.seq_len, case.head_dim,
+                             torch.Generator().manual_seed(0), dtype=case.torch_dtype)
+    inputs = {k: t.to(case.device) if torch.is_tensor(t) else t for k, t in inputs.items()}
+    leaves = [t.requires_grad_(case.mode == "fwd_bwd") for t in inputs.values()
+              if torch.is_tensor(t) and t.dtype == case.torch_dtype]
+    return _training_or_inference(case, lambda: v.kernel(**inputs), leaves, case.batch * case.seq_len, None)
 
 
 def kernel_workload(case: Case) -> Workload:
     v = registry.get(case.variant)
+    if v.attention_fn is None:
+        return mixer_kernel_workload(case)
     b, h, n, d = case.batch, case.n_heads, case.seq_len, case.head_dim
 
     def make(length: int, grad: bool = False) -> torch.Tensor:
@@ -248,15 +424,11 @@ def kernel_workload(case: Case) -> Workload:
         q, k, vv = make(1), make(1), make(1)
         # The returned state is dropped: every round decodes token N + 1 against the same context.
         call = _inference(lambda: v.decode(q, k, vv, state, **case.params)[0])
-        return Workload(call, _no_reset, [], b, count(1, n + 1))
+        return Workload(call, _no_reset, [], b, count(1, n + 1), memory.tensor_bytes(state))
     grad = case.mode == "fwd_bwd"
     q, k, vv = make(n, grad), make(n, grad), make(n, grad)
     forward = lambda: v.attention(q, k, vv, causal=case.causal, **case.params)  # noqa: E731
-    if grad:
-        leaves = [q, k, vv]
-        return Workload(_training_call(forward, torch.randn_like(q)), _clear_grads(leaves), leaves, b * n,
-                        count(n, n))
-    return Workload(_inference(forward), _no_reset, [], b * n, count(n, n))
+    return _training_or_inference(case, forward, [q, k, vv], b * n, count(n, n))
 
 
 def layer_workload(case: Case) -> Workload:
@@ -277,13 +449,9 @@ def layer_workload(case: Case) -> Workload:
         x_new = torch.randn(b, 1, d_model, device=case.device, dtype=case.torch_dtype)
         # As at kernel level; a state updated in place (mamba's) moves on, at the same cost per step.
         call = _inference(lambda: mixer.step(x_new, state)[0])
-        return Workload(call, _no_reset, [], b, count(1, n + 1, b))
-    if case.mode == "fwd_bwd":
-        x.requires_grad_(True)
-        leaves = [x, *mixer.parameters()]
-        return Workload(_training_call(lambda: mixer(x), torch.randn_like(x)), _clear_grads(leaves), leaves,
-                        b * n, count(n, n, b * n))
-    return Workload(_inference(lambda: mixer(x)), _no_reset, [], b * n, count(n, n, b * n))
+        return Workload(call, _no_reset, [], b, count(1, n + 1, b), memory.tensor_bytes(state))
+    x.requires_grad_(case.mode == "fwd_bwd")
+    return _training_or_inference(case, lambda: mixer(x), [x, *mixer.parameters()], b * n, count(n, n, b * n))
 
 
 def build_workload(case: Case) -> Workload:
@@ -293,27 +461,49 @@ def build_workload(case: Case) -> Workload:
 
 # --- measuring --------------------------------------------------------------------------------------
 
-def peak_matmul_tflops(device: str) -> float:
-    """The device's matmul peak (bf16 on CUDA, fp32 on CPU), measured once per run.
+def tf32_enabled(device: str) -> bool:
+    return torch.device(device).type == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
 
-    Cached in the run directory named by $ATTNBENCH_RUN_DIR when set (the runner's worker), else once
-    per process.
+
+def peak_matmul_tflops(device: str, dtype: str) -> tuple[str, float]:
+    """(precision, TFLOP/s): the matmul peak a case of this dtype is set against, measured once per run.
+
+    One peak per precision (harness.flops.matmul_precision): fp32 (and fp32 with TF32 on CUDA), fp16,
+    bf16. Cached in the run directory named by $ATTNBENCH_RUN_DIR when set (the runner's worker), else
+    once per process.
     """
-    run_dir = os.environ.get(RUN_DIR_ENV)
-    return _peak_matmul_tflops(device, env.device_name(device), run_dir)
+    precision = flops.matmul_precision(torch.device(device).type, dtype, tf32_enabled(device))
+    return precision, _peak_matmul_tflops(device, env.device_name(device), precision,
+                                          os.environ.get(RUN_DIR_ENV))
 
 
 @functools.cache
-def _peak_matmul_tflops(device: str, device_name: str, run_dir: str | None) -> float:
-    dtype, size = PEAK_MATMUL[torch.device(device).type]
-    key = f"{device_name} {dtype_name(dtype)} {size}^3"
+def _peak_matmul_tflops(device: str, device_name: str, precision: str, run_dir: str | None) -> float:
+    size = PEAK_MATMUL_SIZE[torch.device(device).type]
+    key = f"{device_name} {precision} {size}^3"
     path = Path(run_dir) / PEAK_FILE if run_dir else None
     cached = store.read_json_cache(path) if path else {}  # a corrupt file is moved aside and re-measured
     if not isinstance(cached.get(key), (int, float)) or not math.isfinite(cached[key]) or cached[key] <= 0:
-        cached[key] = timing.matmul_peak_tflops(device, dtype, size, PEAK_BUDGET_MS)
+        dtype, tf32 = as_dtype(precision.removesuffix("+tf32")), precision.endswith("+tf32")
+        with _tf32(tf32):
+            cached[key] = timing.matmul_peak_tflops(device, dtype, size, PEAK_BUDGET_MS)
         if path:
             store.write_json(path, cached)
     return cached[key]
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool):
+    """TF32 matmuls on (CUDA) for the peak of `float32+tf32`; the previous setting is restored."""
+    if not enabled:
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def _energy_phase(work: Workload, gpu: telemetry.GpuTelemetry | None, case: Case, estimate_ms: float):
@@ -335,34 +525,45 @@ def _energy_phase(work: Workload, gpu: telemetry.GpuTelemetry | None, case: Case
     return {"power_w_mean": joules / seconds, "energy_j_per_token": joules / (calls * work.tokens)}
 
 
+def cap_mb(case: Case) -> int | None:
+    """The case's memory cap, else on the CPU the safety cap (harness.memory.safety_cap_mb)."""
+    return case.memory_cap_mb or memory.safety_cap_mb(case.device)
+
+
 def measure_case(case: Case, benchmark) -> None:
     """Measure one case into `benchmark`, a pytest-benchmark fixture (from pytest or make_fixture).
 
     Its stats hold the timed rounds; every other figure goes into its extra_info. Order: peak matmul
-    (cached), build, warm-up (compile, autotune), one timed call under fresh peak-memory stats (checked
-    for NaN/Inf, sizes the number of rounds), the timed rounds with an L2 flush in each setup, then the
-    energy phase (NVML samples taken then, not during the timed rounds).
+    of the case's precision (cached), build, warm-up (compile, autotune), one timed call under fresh
+    peak-memory stats (checked for NaN/Inf, sizes the number of rounds), the timed rounds with an L2
+    flush in each setup (re-measured while they spread widely; a fidelity case alternates them with an
+    independent timer), then the energy phase (NVML samples taken then, not during the timed rounds).
     """
-    started = env.now()
+    started, clock = env.now(), time.perf_counter()
     check_level(case)  # before the peak matmul, which an unsupported case does not need
-    peak = peak_matmul_tflops(case.device)
+    precision, peak = peak_matmul_tflops(case.device, case.dtype)
     compiling.allow_recompiles(case.device, reset=True)
     gpu = telemetry.GpuTelemetry.open(case.device)
+    timer = timing.timer_for(case.device)
     try:
-        with memory.memory_cap(case.device, case.memory_cap_mb):
+        with memory.memory_cap(case.device, cap_mb(case)):
+            resident_before = memory.resident_bytes()
             work = build_workload(case)
             compiled = compiling.counts()
-            warmup_calls, first_call_ms = timing.warm_up(work.call, work.reset, case.device,
-                                                         case.warmup_ms)
+            # No warm-up budget (the CPU profiles: nothing compiles or autotunes there): the sizing call
+            # below is the first call.
+            warmup_calls, first_call_ms = (timing.warm_up(work.call, work.reset, case.device, case.warmup_ms)
+                                           if case.warmup_ms > 0 else (0, None))
             if compiling.fallback_since(compiled):
                 raise compiling.EagerFallback("a compiled kernel ran eagerly in the warm-up (dynamo's "
                                               "recompile limit was reached): not timed")
             compiled = compiling.counts()
-            memory.reset_peaks(case.device)  # the steady-state call: memory, NaN check, round planning
+            measuring = memory.reset_peaks(case.device)  # the steady-state call: memory, NaN check, rounds
             work.reset()
             out, estimate_ms = timing.timed_call(work.call, case.device)
-            figures = memory.read_peaks(case.device)
-            check_finite(case.variant, out, *(t.grad for t in work.leaves if t.grad is not None))
+            first_call_ms = estimate_ms if first_call_ms is None else first_call_ms
+            figures = memory.read_peaks(case.device, resident_before if measuring else None)
+            runner.check_finite(case.variant, out, *(t.grad for t in work.leaves if t.grad is not None))
             del out
             flush = timing.L2Flush(case.device)
 
@@ -370,8 +571,14 @@ def measure_case(case: Case, benchmark) -> None:
                 work.reset()
                 flush()
 
-            rounds = timing.rounds_for(case.budget_ms, estimate_ms)
-            timing.time_rounds(benchmark, work.call, setup, rounds)
+            if case.kind == "fidelity":
+                rounds = timing.rounds_for(case.budget_ms / 2, estimate_ms)
+                figures |= _side_by_side(benchmark, work, setup, rounds, case)
+            else:
+                rounds = timing.rounds_for(case.budget_ms, estimate_ms)
+                policy = timing.NoisePolicy(NOISE_SPREAD_LIMIT, NOISE_PRECISION, case.remeasure_ms)
+                stability = timing.measure_stably(benchmark, work.call, setup, rounds, policy, timer)
+                figures |= stability.columns()
             with telemetry.sampler(gpu) as sampler:  # never during the timed rounds
                 figures |= _energy_phase(work, gpu, case, estimate_ms)
             used, total = gpu.memory() if gpu else (None, None)
@@ -383,18 +590,40 @@ def measure_case(case: Case, benchmark) -> None:
         "case": case.model_dump(mode="json"),
         "environment": env.describe(case.device),
         "tokens_per_call": work.tokens, "flops": work.flops, "peak_matmul_tflops": peak,
+        "peak_precision": precision, "decode_state_bytes": work.state_bytes,
         **figures, "nvml_mem_used_bytes": used, "device_mem_total_bytes": total,
         **telemetry.summarize(sampler.samples, sampler.reasons),
         "first_call_ms": first_call_ms, "warmup_calls": warmup_calls, "l2_flush_bytes": flush.nbytes,
-        "timer": timing.timer_for(case.device).__name__, "started_at": started, "finished_at": env.now(),
+        "timer": timer.__name__, "threads": env.cpu_threads(), "cpu_governor": env.cpu_governor(),
+        "started_at": started, "finished_at": env.now(), "case_wall_ms": (time.perf_counter() - clock) * 1e3,
     })
 
 
-# Figures measure_case leaves in extra_info that become row columns as they are.
+def _side_by_side(benchmark, work: Workload, setup: Callable[[], None], rounds: int, case: Case) -> dict:
+    """Our rounds and an independent timer's, alternated (ours, theirs, ours, theirs) so that a drift of
+    the machine falls on both; each timer's median is over both of its turns."""
+    references = []
+    for turn in range(2):
+        fixture = benchmark if turn == 0 else timing.make_fixture(case.slug(), timing.timer_for(case.device))
+        timing.time_rounds(fixture, work.call, setup, rounds)
+        if turn:
+            for duration in fixture.stats.stats.data:
+                benchmark.stats.stats.update(duration)
+        references.append(timing.independent_median_ms(work.call, setup, case.device, case.budget_ms / 2,
+                                                       work.leaves))
+    times = [t for r in references for t in r["reference_times_ms"] or []]
+    medians = [r["reference_latency_ms"] for r in references]
+    median = float(np.median(times)) if times else float(np.mean(medians))
+    return {"reference_latency_ms": median, "reference_timer": references[0]["reference_timer"]}
+
+
+# Figures measure_case leaves in extra_info that become row columns as they are (null when absent).
 FIGURES = (
-    "flops", "peak_matmul_tflops", "mem_alloc_peak_bytes", "mem_reserved_peak_bytes", "nvml_mem_used_bytes",
-    "device_mem_total_bytes", "power_w_mean", "energy_j_per_token", "sm_clock_mhz_mean", "temperature_c_max",
-    "throttled", "throttle_reasons", "first_call_ms", "warmup_calls", "l2_flush_bytes", "timer",
+    "flops", "peak_matmul_tflops", "peak_precision", "mem_alloc_peak_bytes", "mem_reserved_peak_bytes",
+    "mem_rss_peak_bytes", "nvml_mem_used_bytes", "device_mem_total_bytes", "power_w_mean",
+    "energy_j_per_token", "sm_clock_mhz_mean", "temperature_c_max", "throttled", "throttle_reasons",
+    "first_call_ms", "warmup_calls", "l2_flush_bytes", "timer", "threads", "cpu_governor", "extra_rounds",
+    "noisy", "decode_state_bytes", "reference_latency_ms", "reference_timer", "case_wall_ms",
     "eager_fallback", "telemetry_reason",
 )
 
@@ -405,20 +634,270 @@ def metrics_from_benchmark(bench: dict[str, Any]) -> dict[str, Any]:
     latency = timing.latency_summary(bench["stats"])
     seconds = latency["latency_ms"] / 1e3
     tflops = info["flops"] / seconds / 1e12 if info["flops"] else None
+    state, reference = info.get("decode_state_bytes"), info.get("reference_latency_ms")
     return {
         **latency,
         "tokens_per_s": info["tokens_per_call"] / seconds,
         "tflops": tflops,
-        "pct_of_peak": 100 * tflops / info["peak_matmul_tflops"] if tflops else None,
-        **{k: info[k] for k in FIGURES},
+        "pct_of_peak": flops.percent_of_peak(tflops, info["peak_matmul_tflops"]),
+        **{k: info.get(k) for k in FIGURES},
+        "decode_state_bytes_per_seq": None if state is None else state / info["case"]["batch"],
+        "fidelity_ratio": None if not reference else latency["latency_ms"] / reference,
     }
 
 
 def run_case(case: Case) -> dict[str, Any]:
-    """The runner's entry point: the pedantic loop on a fixture made here, then the same conversion."""
+    """The runner's entry point: the pedantic loop on a fixture made here, then the same conversion (a
+    frontier case is one call instead)."""
+    if case.kind == "frontier":
+        return probe_frontier(case)
     fixture = timing.make_fixture(case.slug(), timing.timer_for(case.device))
     measure_case(case, fixture)
     return metrics_from_benchmark(fixture.stats.as_dict())
+
+
+def probe_frontier(case: Case) -> dict[str, Any]:
+    """One call of the case under its memory cap: does it run, in how long, with how much memory."""
+    clock = time.perf_counter()
+    check_level(case)
+    with memory.memory_cap(case.device, cap_mb(case)):
+        resident_before = memory.resident_bytes()
+        work = build_workload(case)
+        measuring = memory.reset_peaks(case.device)
+        out, call_ms = timing.timed_call(work.call, case.device)
+        timing.synchronize(case.device)
+        figures = memory.read_peaks(case.device, resident_before if measuring else None)
+        runner.check_finite(case.variant, out)
+        del out, work
+    return {"latency_ms": call_ms, "tokens_per_s": case.batch * case.seq_len / (call_ms / 1e3), **figures,
+            "predicted_peak_bytes": predicted_peak_bytes(case), "threads": env.cpu_threads(),
+            "case_wall_ms": (time.perf_counter() - clock) * 1e3}
+
+
+# --- memory model and the memory frontier -----------------------------------------------------------
+
+RUNTIME_BYTES = 64 * memory.MIB  # code and buffers a first call maps (oneDNN, torch's thread pool)
+SEGMENT_TOKENS = 64 * 64  # variants.linear: SEGMENT_CHUNKS chunks of CHUNK_SIZE tokens
+
+
+def predicted_peak_bytes(case: Case) -> int | None:
+    """Arithmetic memory model of one kernel-level forward call: the bytes its live buffers peak at.
+
+    X = batch * heads * N * head_dim elements (one of q, k, v), S = batch * heads * N^2 (one score
+    matrix), e = the dtype's size, a = the accumulation dtype's size. The buffer counts are read off
+    each code path and checked against the measured peak resident memory in tests/test_throughput.py:
+    materialized softmax (vanilla; masked families on the CPU) keeps 3 score matrices alive (scores,
+    masked scores, probabilities); fused kernels hold q, k, v and the output; linear attention's
+    chunked path its feature maps of q and k, v in float32, the output, and one segment's temporaries
+    (variants.linear.SEGMENT_CHUNKS chunks: padded chunks, chunk states and their prefix, intra-chunk
+    scores); performer, on nb_features features, also the feature computation's temporaries; the banded
+    longformer 2.5 copies of its (N, 3 window) chunk scores (masked scores, probabilities; the raw scores
+    are freed part-way); mamba's PyTorch scan 4 (L, batch, dim,
+    d_state) tensors (decay, drive, the states and their stack). None for other levels and modes.
+    """
+    if case.level != "kernel" or case.mode != "fwd":
+        return None
+    v = registry.get(case.variant)
+    backend = v.backend_for(case.device)
+    params = {**v.defaults, **case.params}
+    e = case.torch_dtype.itemsize
+    a = max(e, 4)
+    rows = case.batch * case.n_heads * case.seq_len  # (query or key) rows over batch and heads
+    x = rows * case.head_dim
+    upcast = 3 * x * a if e < a else 0  # q, k, v converted to the accumulation dtype
+    if backend in ("vanilla", "dense-masked-softmax"):
+        peak = 4 * x * e + upcast + 3 * rows * case.seq_len * a + 2 * case.seq_len**2
+    elif backend == "torch-chunked":  # linear attention's core, on head_dim or nb_features features
+        features = params.get("nb_features", case.head_dim)
+        segment = case.batch * case.n_heads * min(case.seq_len, SEGMENT_TOKENS) * (features + case.head_dim)
+        peak = 3 * x * e + x * (a if e < a else 0) + rows * a * (2 * features + 2 * case.head_dim)
+        peak += 4 * segment * a + (rows * a * features if "nb_features" in params else 0)
+    elif backend == "sliding-chunks":
+        peak = 3 * x * e + upcast + rows * a * (5 * case.head_dim + 7.5 * params["window"])
+    elif backend == "torch-scan":
+        peak = 3 * x * e + x * a * (4 * params["d_state"] + 5)
+    else:  # fused kernels: inputs, output and per-row statistics
+        peak = 4 * x * e + 4 * rows
+    return int(peak + RUNTIME_BYTES)
+
+
+FRONTIER_HEADS, FRONTIER_HEAD_DIM = 16, 64
+FRONTIER_START = 1024
+FRONTIER_MAX = 1 << 26  # 64M tokens: a bound on the doubling, far beyond any device of today
+FRONTIER_RESOLUTION = 1 / 16  # bisect until the gap is within 1/16 of the largest length that ran
+DEFAULT_FRONTIER_TIME_CAP_S = 120.0
+
+
+def available_memory_bytes(device: str) -> int:
+    """Memory a frontier search may use: the device's free memory on CUDA, MemAvailable on the CPU."""
+    if torch.device(device).type == "cuda":
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return free
+    available = memory.available_bytes()
+    if available is None:
+        raise ValueError("--find-max-n on the CPU needs /proc/meminfo to know the memory available")
+    return available
+
+
+def frontier_level(variant: str) -> str:
+    v = registry.get(variant)
+    return "kernel" if v.attention_fn is not None or v.kernel is not None else "layer"
+
+
+def frontier_case(variant: str, device: str, dtype: str, seq_len: int, cap_mb: int) -> Case:
+    """B = 1, 16 heads of 64, forward, at the variant's kernel level (its layer when it has none)."""
+    return Case(variant=variant, device=device, dtype=dtype, mode="fwd", level=frontier_level(variant),
+                seq_len=seq_len, batch=1, total_tokens=seq_len, n_heads=FRONTIER_HEADS,
+                head_dim=FRONTIER_HEAD_DIM, causal=True, budget_ms=1, warmup_ms=0, memory_cap_mb=cap_mb,
+                kind="frontier")
+
+
+def predicted_max_n(variant: str, device: str, dtype: str, cap_bytes: int) -> int | None:
+    """The largest N whose predicted peak fits under `cap_bytes` (None: the model does not cover it)."""
+    def fits(n: int) -> bool | None:
+        peak = predicted_peak_bytes(frontier_case(variant, device, dtype, n, 1))
+        return None if peak is None else peak <= cap_bytes
+
+    if fits(1) is None or not fits(1):
+        return None if fits(1) is None else 0
+    low, high = 1, 2
+    while high <= FRONTIER_MAX and fits(high):
+        low, high = high, high * 2
+    if high > FRONTIER_MAX:
+        return low
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
+
+
+@dataclass
+class Frontier:
+    variant: str
+    largest_ok: int | None = None
+    first_failure: int | None = None
+    failure_status: str = ""
+    failure_reason: str = ""
+
+
+def bisect_frontier(probe: Callable[[int], tuple[str, str]], start: int = FRONTIER_START,
+                    maximum: int = FRONTIER_MAX, resolution: float = FRONTIER_RESOLUTION) -> Frontier:
+    """Largest N for which probe(N) is 'ok': double from `start` until a failure, then bisect until the
+    gap to the first failure is within `resolution` of the largest N that ran (lengths stay multiples of
+    64, so the result is a length a kernel would be given)."""
+    found = Frontier("")
+
+    def fail(n: int, status: str, reason: str) -> None:
+        found.first_failure, found.failure_status, found.failure_reason = n, status, reason
+
+    n = start
+    while n <= maximum:
+        status, reason = probe(n)
+        if status != "ok":
+            fail(n, status, reason)
+            break
+        found.largest_ok, n = n, n * 2
+    if found.largest_ok is None or found.first_failure is None:
+        return found
+    while found.first_failure - found.largest_ok > max(64, found.largest_ok * resolution):
+        mid = (found.largest_ok + found.first_failure) // 2 // 64 * 64
+        status, reason = probe(mid)
+        if status == "ok":
+            found.largest_ok = mid
+        else:
+            fail(mid, status, reason)
+    return found
+
+
+def frontier_cap_bytes(device: str, memory_gb: float | None) -> tuple[int, str]:
+    """The memory a frontier search may use, and a note when a requested cap was lowered to it.
+
+    Never more than 90% of the memory available now: the machine is shared, and a probe must fail
+    cleanly (out of memory under the cap) before it exhausts the machine.
+    """
+    available = int(available_memory_bytes(device) * memory.SAFETY_FRACTION)
+    if memory_gb is None:
+        return available, ""
+    requested = int(memory_gb * 2**30)
+    if requested > available:
+        return available, (f"--memory-gb {memory_gb:g} is more than the {available / 2**30:.1f} GiB "
+                           "available here: capped at that")
+    return requested, ""
+
+
+def find_max_n(device: str, profile: str, out: str | Path, variants: Sequence[str] | None = None,
+               dtypes: Sequence[str] | None = None, memory_gb: float | None = None,
+               time_cap_s: float = DEFAULT_FRONTIER_TIME_CAP_S, console=None) -> list[Frontier]:
+    """Bisect, per variant, the largest N one forward call runs at (B = 1, 16 heads of 64, the profile's
+    first dtype) under the memory cap; every probe is a `frontier` row of `out`, its failure (oom, or
+    timeout at the time cap) included. Rows carry the model's predicted frontier (`predicted_max_n`).
+
+    Probes run in a worker process under RLIMIT_AS (harness.memory), restarted after each failure.
+    A re-run with the same `out` reuses the probes already recorded.
+    """
+    if memory_gb is not None and memory_gb <= 0:
+        raise ValueError(f"--memory-gb must be positive, got {memory_gb:g}")
+    if time_cap_s <= 0:
+        raise ValueError(f"the time cap must be positive, got {time_cap_s:g} s")
+    grid = GRIDS.get((device, profile))
+    if grid is None:
+        raise ValueError(f"no throughput profile {profile!r} on {device!r}")
+    dtype = _dtypes(device, dtypes, grid.dtypes)[0]
+    names = list(variants) if variants else registry.names()
+    runnable = [n for n in names if registry.get(n).supports(device, dtype, FRONTIER_HEAD_DIM, True)[0]]
+    if not runnable:
+        raise ValueError(f"--find-max-n: no variant among {', '.join(names)} runs on {device} in {dtype}")
+    cap_bytes, note = frontier_cap_bytes(device, memory_gb)
+    cap_mb = cap_bytes // memory.MIB
+    say = console.print if console is not None else (lambda *a, **k: None)
+    if note:
+        say(note)
+    say(f"memory frontier on {device} ({dtype}, B=1, H={FRONTIER_HEADS}, D={FRONTIER_HEAD_DIM}, forward): "
+        f"cap {cap_bytes / 2**30:.1f} GiB, time cap {time_cap_s:g} s per probe")
+    run = store.RunStore(out)
+    found = []
+    with run.lock():
+        environment = env.describe(device)
+        run.open(environment)
+        done = _recorded_outcomes(run)
+        os.environ[RUN_DIR_ENV] = str(Path(out).resolve())
+        worker = runner.Worker(__name__)
+        try:
+            for name in runnable:
+                predicted = predicted_max_n(name, device, dtype, cap_bytes)
+
+                def probe(n: int, name=name, predicted=predicted) -> tuple[str, str]:
+                    case = frontier_case(name, device, dtype, n, cap_mb)
+                    if case.case_id in done:
+                        return done[case.case_id]
+                    started = env.now()
+                    status, reason, metrics = worker.run(case, time_cap_s)
+                    if status == "timeout":
+                        reason = f"time cap: one call did not finish within {time_cap_s:g} s"
+                    elif status != "ok":
+                        worker.restart()  # the next probe starts from a clean address space
+                    say(f"  {name} N={n}: {status} {reason}".rstrip())
+                    run.write(runner.case_row(case, status, reason, {**metrics, "predicted_max_n": predicted},
+                                              environment, started, env.now(), {"profile": profile}))
+                    done[case.case_id] = (status, reason)
+                    return status, reason
+
+                frontier = bisect_frontier(probe)
+                frontier.variant = name
+                found.append(frontier)
+                say(f"{name}: largest N {frontier.largest_ok} (predicted {predicted}); "
+                    f"{frontier.failure_status or 'no failure'} at {frontier.first_failure}")
+        finally:
+            worker.close()
+    return found
+
+
+def _recorded_outcomes(run: store.RunStore) -> dict[str, tuple[str, str]]:
+    """case_id -> (status, reason) of the probes a run directory holds already (a resumed search)."""
+    if not run.finished():
+        return {}
+    rows = store.load(run.root)
+    return {r.case_id: (r.status, r.reason if isinstance(r.reason, str) else "") for r in rows.itertuples()}
 
 
 # --- pytest-benchmark JSON -> results store ---------------------------------------------------------
@@ -475,6 +954,7 @@ def summarize(out_dir: str | Path, console) -> None:
 
     df = store.load(out_dir)
     df = df[df.suite == "throughput"] if "suite" in df else df.iloc[0:0]
+    df = df[df["kind"].fillna("sweep") == "sweep"] if "kind" in df else df
     if df.empty:
         return
     found = largest_feasible(df)

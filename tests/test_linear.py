@@ -46,6 +46,23 @@ def test_chunked_prefix_sums_equal_definition_for_any_chunk(chunk_size, shape):
     torch.testing.assert_close(out, linear_attention_reference(q, k, v, causal=True), atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_segments_of_the_causal_path_carry_the_state_exactly(monkeypatch, grad):
+    """Many segments of few chunks (the path long sequences take) give the one-segment result."""
+    q, k, v = qkv(n_q=100, requires_grad=grad)
+    whole = linear_attention(q, k, v, causal=True, chunk_size=8)
+    monkeypatch.setattr(linear, "SEGMENT_CHUNKS", 2)  # 100 tokens: 7 segments of 2 chunks of 8
+    segmented = linear_attention(q, k, v, causal=True, chunk_size=8)
+    torch.testing.assert_close(segmented, whole, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(segmented, linear_attention_reference(q, k, v, causal=True),
+                               **TOLERANCE[torch.float32])
+    if grad:
+        grads = torch.autograd.grad(segmented.sum(), (q, k, v))
+        expected = torch.autograd.grad(linear_attention_reference(q, k, v, causal=True).sum(), (q, k, v))
+        for g, e in zip(grads, expected, strict=True):
+            torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
 def test_causal_alignment_is_bottom_right():
     q, k, v = qkv(b=1, h=1, n_q=4, n_k=6, dtype=torch.float64)
     out = linear_attention(q, k, v, causal=True, chunk_size=3)

@@ -296,7 +296,8 @@ def test_html_report_is_self_contained():
 def test_html_report_has_environment_tables_and_findings():
     page = fx.built_report().html.read_text()
     for text in ("NVIDIA H100 80GB HBM3", "550.54", "Largest feasible N", "Scaling exponents",
-                 "linear beats flash-sdpa from N = 8192", "25 regressions", "backward not implemented",
+                 "linear beats flash-sdpa on H100 80GB HBM3, bfloat16, forward, causal from N ~",
+                 "(slower at 4096, faster from 8192)", "25 regressions", "backward not implemented",
                  'id="chart-passkey"', 'id="chart-pareto"', "baseline: "):
         assert text in page, text
 
@@ -305,8 +306,9 @@ def test_markdown_summary_is_short_and_says_what_matters():
     report = fx.built_report()
     text = report.markdown.read_text()
     assert len(text.splitlines()) < 70 and len(text) < 6000
-    assert "linear beats flash-sdpa from N = 8192" in text
-    assert "| vanilla | 8192 | oom at N = 16384 | 1 |" in text
+    assert "linear beats flash-sdpa on H100 80GB HBM3, bfloat16, forward, causal from N ~" in text
+    # Time per sequence: 1e-3 N ms at batch 16384 / N is N^2 per sequence, exactly.
+    assert "| vanilla | 8192 | oom at N = 16384 | 2.00 [2.00, 2.00] |" in text
     assert "**25 regression(s)**" in text
     assert text.rstrip().endswith(f"`{report.html}`")
 

@@ -16,7 +16,7 @@ import torch
 from pydantic import ValidationError
 from rich.console import Console
 
-from harness import registry, runner, store
+from harness import flops, memory, registry, runner, store, timing
 from suites import throughput as tp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,20 +105,65 @@ def test_rows_carry_family_exact_and_backend_from_the_registry():
     assert (row["family"], row["exact"], row["backend"]) == ("linear", False, "torch-chunked")
 
 
-def test_peak_matmul_is_cached_in_the_run_directory(tmp_path, monkeypatch):
+def test_peak_matmul_is_measured_per_precision_and_cached_in_the_run_directory(tmp_path, monkeypatch):
     monkeypatch.setenv(tp.RUN_DIR_ENV, str(tmp_path))
-    measured = tp.peak_matmul_tflops("cpu")
+    monkeypatch.setitem(tp.PEAK_MATMUL_SIZE, "cpu", 256)
+    measured = []
+    rates = {torch.float32: 0.3, torch.bfloat16: 2.5}
+    monkeypatch.setattr(tp.timing, "matmul_peak_tflops",
+                        lambda device, dtype, size, budget: measured.append(dtype) or rates[dtype])
+    tp._peak_matmul_tflops.cache_clear()
+    assert tp.peak_matmul_tflops("cpu", "float32") == ("float32", 0.3)
+    assert tp.peak_matmul_tflops("cpu", "bfloat16") == ("bfloat16", 2.5)
+    assert tp.peak_matmul_tflops("cpu", "float32") == ("float32", 0.3)
+    assert measured == [torch.float32, torch.bfloat16]  # once per precision
     cached = json.loads((tmp_path / tp.PEAK_FILE).read_text())
-    assert list(cached.values()) == [measured]
+    assert sorted(cached.values()) == [0.3, 2.5] and all("256^3" in k for k in cached)
     (tmp_path / tp.PEAK_FILE).write_text(json.dumps({k: 123.0 for k in cached}))
     tp._peak_matmul_tflops.cache_clear()  # a new worker process of the same run
-    assert tp.peak_matmul_tflops("cpu") == 123.0
+    assert tp.peak_matmul_tflops("cpu", "bfloat16") == ("bfloat16", 123.0)
+    tp._peak_matmul_tflops.cache_clear()
+
+
+def test_the_cuda_fp32_peak_follows_the_tf32_setting(monkeypatch):
+    assert flops.matmul_precision("cuda", "float32", tf32=True) == "float32+tf32"
+    assert flops.matmul_precision("cuda", "float32", tf32=False) == "float32"
+    assert flops.matmul_precision("cpu", "float32", tf32=True) == "float32"  # TF32 is a GPU format
+    assert flops.matmul_precision("cuda", "bfloat16", tf32=True) == "bfloat16"
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 allowed, as a user may set it
+    try:
+        assert tp.tf32_enabled("cuda") and not tp.tf32_enabled("cpu")
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert not tp.tf32_enabled("cuda")
+    seen = []
+    monkeypatch.setattr(tp.timing, "matmul_peak_tflops",
+                        lambda device, dtype, size, budget: seen.append(torch.get_float32_matmul_precision())
+                        or 1.0)
+    tp._peak_matmul_tflops.cache_clear()
+    tp._peak_matmul_tflops("cuda", "GPU", "float32+tf32", None)
+    tp._peak_matmul_tflops("cuda", "GPU", "float32", None)
+    # TF32 on for its own peak only, and the setting restored.
+    assert seen == ["high", before] and torch.get_float32_matmul_precision() == before
+    tp._peak_matmul_tflops.cache_clear()
+
+
+def test_each_row_is_compared_with_the_peak_of_its_own_dtype():
+    bench = {"stats": {"median": 0.01, "rounds": 3, "data": [0.01, 0.01, 0.01]},
+             "extra_info": {"flops": 10**10, "tokens_per_call": 100, "peak_matmul_tflops": 2.0,
+                            "case": {"batch": 1}}}
+    metrics = tp.metrics_from_benchmark(bench)
+    assert metrics["tflops"] == pytest.approx(1.0) and metrics["pct_of_peak"] == pytest.approx(50.0)
 
 
 # --- failures are data ------------------------------------------------------------------------------
 
-def test_mamba_has_no_kernel_level():
-    status, reason, _ = runner.execute(SUITE, case(variant="mamba", level="kernel"))
+def test_mamba_kernel_is_its_scan_and_it_decodes_at_the_layer_level():
+    status, reason, metrics = runner.execute(SUITE, case(variant="mamba", level="kernel", seq_len=64))
+    assert status == "ok", reason
+    assert metrics["tokens_per_s"] > 0 and metrics["flops"] is None
+    status, reason, _ = runner.execute(SUITE, case(variant="mamba", level="kernel", mode="decode"))
     assert status == "unsupported" and "layer level" in reason
 
 
@@ -276,3 +321,241 @@ def test_a_cuda_case_fills_every_gpu_column(tmp_path):
     assert row.mem_alloc_peak_bytes <= row.mem_reserved_peak_bytes <= row.device_mem_total_bytes
     assert row.timer == "cuda_event_timer" and row.l2_flush_bytes > 0
     assert 0 < row.pct_of_peak < 100 and torch.cuda.is_available()
+
+
+# --- the CPU standard grid ------------------------------------------------------------------------------
+
+LINEAR_TIME = ("linear", "performer", "mamba", "longformer-banded", "flash-sdpa")
+
+
+def test_cpu_standard_sweeps_every_linear_time_family_to_64k_tokens_at_constant_tokens(monkeypatch):
+    monkeypatch.setattr(tp, "cpu_bf16_supported", lambda: True)
+    cases = tp.plan("standard", "cpu")
+    sweep = [c for c in cases if c.kind == "sweep"]
+    assert min(c.seq_len for c in sweep) == 256
+    for name in LINEAR_TIME:
+        longest = {(c.level, c.mode, c.dtype): c.seq_len for c in sweep if c.variant == name}
+        assert longest[("kernel", "fwd", "float32")] >= 65536, name
+        assert longest[("kernel", "fwd", "bfloat16")] >= 65536, name
+    assert {c.mode for c in sweep} == set(tp.MODES) and {c.level for c in sweep} == set(tp.LEVELS)
+    grid = tp.GRIDS["cpu", "standard"]
+    assert all(c.total_tokens == grid.total_tokens and c.batch == max(1, grid.total_tokens // c.seq_len)
+               for c in cases)
+    assert all(c.time_cap_ms == grid.time_cap_ms and c.remeasure_ms > 0 for c in sweep)
+    fidelity = [c for c in cases if c.kind == "fidelity"]
+    assert len(fidelity) == len(grid.fidelity) and all(c.mode == "fwd" for c in fidelity)
+    assert any(c.seq_len >= 1024 for c in fidelity)
+
+
+def test_cpu_bf16_only_where_the_cpu_has_it(monkeypatch):
+    monkeypatch.setattr(tp, "cpu_bf16_supported", lambda: False)
+    assert {c.dtype for c in tp.plan("standard", "cpu")} == {"float32"}
+    asked = tp.plan("standard", "cpu", variants=["linear"], dtypes=["bf16"])  # asked for: measured anyway
+    assert {c.dtype for c in asked} == {"bfloat16"}
+    assert {(c.level, c.mode) for c in asked} == {(lv, m) for lv in tp.LEVELS for m in tp.MODES}
+
+
+def timed(c: tp.Case, wall_s: float) -> tuple[tp.Case, str, dict]:
+    return c, "ok", {"case_wall_ms": wall_s * 1e3}
+
+
+def test_time_cap_prediction_extends_time_per_sequence():
+    group = [case(seq_len=n, total_tokens=16384, time_cap_ms=5_000) for n in (1024, 2048, 4096, 8192)]
+    history = [timed(group[0], 1.0), timed(group[1], 2.0)]
+    pairs = [(c, m) for c, _, m in history]
+    # per sequence: 1 s / 16 and 2 s / 8 -> k = 2; at 4096 (batch 4): 0.25 s * 4 * 4 = 4 s
+    assert tp.predicted_wall_s(*pairs, group[2]) == pytest.approx(4.0)
+    assert group[2].skip_reason(history) is None
+    # at 8192 (batch 2): 0.25 s * 16 * 2 = 8 s, over the 5 s cap
+    assert "predicted to take 8 s from N = 1024 and 2048 (time cap 5 s)" in group[3].skip_reason(history)
+    # Linear-time: k clamps at 1, a constant-token case costs the same at every length.
+    flat = [(group[0], {"case_wall_ms": 1000.0}), (group[1], {"case_wall_ms": 500.0})]
+    assert tp.predicted_wall_s(*flat, group[3]) == pytest.approx(0.5)
+
+
+def test_time_cap_and_timeouts_skip_the_longer_lengths():
+    short, long = case(seq_len=1024, time_cap_ms=1000), case(seq_len=2048, time_cap_ms=1000)
+    reason = long.skip_reason([timed(short, 1.5)])
+    assert "longer than N = 1024, whose measurement took 1.5 s (time cap 1 s)" == reason
+    assert long.skip_reason([timed(short, 0.5)]) is None  # one point: no prediction yet
+    assert "timed out" in long.skip_reason([(short, "timeout", {})])
+    assert case(seq_len=2048).skip_reason([timed(short, 99.0)]) is None  # no cap
+
+
+def test_the_runner_skips_what_the_time_cap_rules_out(tmp_path):
+    capped = [case(seq_len=n, time_cap_ms=1) for n in (64, 128, 256)]
+    runner.run(capped, SUITE, tmp_path, progress=False)
+    df = store.load(tmp_path).set_index("seq_len")
+    assert df.loc[64, "status"] == "ok" and df.loc[64, "case_wall_ms"] > 1
+    assert (df.loc[[128, 256], "status"] == "skipped").all()
+    assert df.loc[128, "reason"].startswith("longer than N = 64, whose measurement took")
+
+
+# --- noise, threads, fidelity ----------------------------------------------------------------------------
+
+def test_a_row_carries_its_spread_interval_threads_and_governor():
+    status, reason, m = runner.execute(SUITE, case(remeasure_ms=50))
+    assert status == "ok", reason
+    assert m["rounds"] >= timing.MIN_ROUNDS and m["spread_iqr"] >= 0 and m["median_ci"] >= 0
+    assert isinstance(m["noisy"], bool) and m["extra_rounds"] >= 0
+    assert m["threads"] == torch.get_num_threads() and "cpu_governor" in m
+    assert m["noisy"] == (m["spread_iqr"] > tp.NOISE_SPREAD_LIMIT and m["median_ci"] > tp.NOISE_PRECISION)
+
+
+def test_a_fidelity_case_times_the_same_call_with_an_independent_timer():
+    status, reason, m = runner.execute(SUITE, case(kind="fidelity", seq_len=256, budget_ms=40))
+    assert status == "ok", reason
+    assert m["reference_timer"] == "torch.utils.benchmark.Timer.blocked_autorange"
+    assert m["reference_latency_ms"] > 0 and m["latency_ms"] > 0
+    assert m["fidelity_ratio"] == pytest.approx(m["latency_ms"] / m["reference_latency_ms"])
+    assert m["rounds"] >= 2 * timing.MIN_ROUNDS  # ours, twice (alternated with theirs)
+
+
+# --- decode state ------------------------------------------------------------------------------------------
+
+def decode_state(**fields) -> int:
+    c = case(mode="decode", seq_len=96, total_tokens=192, **fields)  # batch 2
+    return tp.build_workload(c).state_bytes
+
+
+def test_decode_state_bytes_match_the_arithmetic_of_each_state():
+    b, h, d, n = 2, 4, 64, 96
+    kv = 2 * b * h * (n + 1) * d  # keys and values, room for the decoded token
+    assert decode_state(variant="vanilla") == kv * 4
+    assert decode_state(variant="flash-sdpa", dtype="bfloat16") == kv * 2
+    assert decode_state(variant="vanilla", level="layer") == kv * 4  # the mixer's state wraps the same cache
+    # linear: S = phi(K)^T V (d x d), z = sum phi(k) (d), the shift (1): per head, in float32.
+    assert decode_state(variant="linear") == b * h * (d * d + d + 1) * 4
+    m = registry.get("performer").defaults["nb_features"]
+    assert decode_state(variant="performer") == b * h * (m * d + m + 1) * 4
+    # mamba: the conv window (d_inner x d_conv, the model's dtype) and the SSM state (d_inner x d_state).
+    p = registry.get("mamba").defaults
+    d_inner = p["expand"] * h * d
+    assert decode_state(variant="mamba", level="layer") == b * d_inner * (p["d_conv"] + p["d_state"]) * 4
+    assert decode_state(variant="mamba", level="layer", dtype="bfloat16") == \
+        b * d_inner * (p["d_conv"] * 2 + p["d_state"] * 4)  # the SSM state stays float32
+
+
+def test_tensor_bytes_walks_any_state_and_counts_a_storage_once():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Cache:
+        k: torch.Tensor
+        view: torch.Tensor
+
+    class Holder:
+        def __init__(self):
+            self.caches = {"a": Cache(torch.zeros(10), torch.zeros(1))}
+            self.caches["a"].view = self.caches["a"].k[2:5]  # a view of k: no extra bytes
+            self.pair = (torch.zeros(3, dtype=torch.float64), 7, "name")
+            self.me = self  # cycles end
+
+    assert memory.tensor_bytes(Holder()) == 10 * 4 + 3 * 8
+    assert memory.tensor_bytes(None) == 0
+
+
+def test_decode_rows_carry_the_state_per_sequence():
+    status, reason, m = runner.execute(SUITE, case(mode="decode", variant="linear"))
+    assert status == "ok", reason
+    assert m["decode_state_bytes_per_seq"] * 8 == m["decode_state_bytes"] == 8 * 4 * (64 * 64 + 64 + 1) * 4
+
+
+# --- the memory frontier -----------------------------------------------------------------------------------
+
+def test_bisection_finds_the_largest_length_within_its_resolution():
+    tried = []
+
+    def probe(n):
+        tried.append(n)
+        return ("ok", "") if n <= 300_000 else ("oom", "MemoryError: out of memory under a cap of 1 MiB")
+
+    found = tp.bisect_frontier(probe, start=1024)
+    assert found.largest_ok <= 300_000 < found.first_failure
+    assert found.first_failure - found.largest_ok <= max(64, found.largest_ok / 16)
+    assert found.failure_status == "oom" and "MemoryError" in found.failure_reason
+    assert tried[:9] == [1024 * 2**i for i in range(9)] and all(n % 64 == 0 for n in tried)
+    never = tp.bisect_frontier(lambda n: ("ok", ""), start=1024, maximum=8192)
+    assert never.largest_ok == 8192 and never.first_failure is None
+    at_once = tp.bisect_frontier(lambda n: ("timeout", "time cap"), start=1024)
+    assert at_once.largest_ok is None and at_once.first_failure == 1024
+
+
+def test_the_predicted_frontier_of_materialized_attention_is_its_n_squared_wall():
+    cap = 20 * 2**30
+    n = tp.predicted_max_n("vanilla", "cpu", "float32", cap)
+    peak = lambda m: tp.predicted_peak_bytes(tp.frontier_case("vanilla", "cpu", "float32", m, 1))  # noqa: E731
+    assert peak(n) <= cap < peak(n + 1)
+    # 3 score matrices of 16 heads in float32 dominate: 192 N^2 bytes.
+    assert n == pytest.approx((cap / 192) ** 0.5, rel=0.02)
+    assert tp.predicted_max_n("linear", "cpu", "float32", cap) > 50 * n  # linear in N: 700K here
+
+
+MODEL_CHECKS = {  # variant -> (N, heads): the modelled buffers are most of a GiB, the call short (B=1)
+    "vanilla": (2048, 16), "sparse-strided": (2048, 16), "flash-sdpa": (4096, 128), "linear": (32768, 16),
+    "performer": (8192, 16), "longformer-banded": (8192, 16), "mamba": (1024, 32),
+}
+MEASURE_PEAK = """
+import json, sys
+from suites import throughput as tp
+variant, n, heads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+case = tp.Case(variant=variant, device="cpu", dtype="float32", mode="fwd", level=tp.frontier_level(variant),
+               seq_len=n, batch=1, total_tokens=n, n_heads=heads, head_dim=64, budget_ms=1, warmup_ms=0,
+               kind="frontier", memory_cap_mb=4096)
+print(json.dumps(tp.probe_frontier(case)))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(MODEL_CHECKS))
+def test_the_memory_model_predicts_the_measured_peak(variant):
+    """The arithmetic of predicted_peak_bytes against the resident peak one call reaches in a fresh
+    process (in a warm one, freed pages are reused and the peak reads low): within 25%."""
+    if not memory.reset_peaks("cpu"):
+        pytest.skip("no resident-peak measurement here (/proc/self/clear_refs)")
+    n, heads = MODEL_CHECKS[variant]
+    proc = subprocess.run([sys.executable, "-c", MEASURE_PEAK, variant, str(n), str(heads)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    predicted, peak = measured["predicted_peak_bytes"], measured["mem_rss_peak_bytes"]
+    assert peak > 400 * memory.MIB  # the modelled buffers dominate
+    assert predicted == pytest.approx(peak, rel=0.25)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", "run", "--suite", "throughput", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--find-max-n", "--memory-gb", "-1"], "--memory-gb must be positive, got -1"),
+    (["--memory-gb", "2"], "--memory-gb applies to --find-max-n"),
+    (["--find-max-n", "-v", "flash-cudnn", "-v", "flash-efficient"], "no variant among flash-cudnn, "
+                                                                     "flash-efficient runs on cpu"),
+])
+def test_frontier_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    proc = cli("--device", "cpu", *args, "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_find_max_n_records_the_frontier_beside_the_prediction(tmp_path):
+    out = tmp_path / "frontier"
+    proc = cli("--device", "cpu", "--find-max-n", "--memory-gb", "0.5", "-v", "vanilla", "--out", str(out),
+               "--timeout", "120")
+    assert proc.returncode == 0, proc.stderr
+    df = store.load(out)
+    assert (df.kind == "frontier").all() and (df.batch == 1).all() and (df.n_heads == 16).all()
+    ok, failed = df[df.status == "ok"], df[df.status != "ok"]
+    largest = ok.seq_len.max()
+    above = failed[failed.seq_len > largest]
+    assert len(above) and set(above.status) == {"oom"} and above.reason.str.contains("MemoryError").all()
+    assert above.seq_len.min() - largest <= max(64, largest / 16)
+    predicted = df.predicted_max_n.iloc[0]
+    assert (df.predicted_max_n == predicted).all()
+    # The N^2 wall: measured and predicted within a factor 1.5 of each other under the same cap.
+    assert predicted / 1.5 <= largest <= predicted * 1.5
+    assert (ok.mem_rss_peak_bytes <= 0.5 * 2**30).all()
+    assert "vanilla: largest N" in proc.stdout

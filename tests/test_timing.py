@@ -1,9 +1,13 @@
 """The timing engine (pytest-benchmark's pedantic loop driven by harness.timing) and the memory cap."""
 
+import inspect
 import math
+import sys
 import time
+import types
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,8 +17,9 @@ from harness import memory, timing
 def test_latency_summary_reads_pytest_benchmark_stats():
     stats = {"median": 0.002, "rounds": 5, "data": [0.001, 0.002, 0.003, 0.004, 0.0015]}
     summary = timing.latency_summary(stats)
+    # IQR: numpy's linear quantiles 0.0015 and 0.003, over the median 0.002.
     assert summary == pytest.approx({"latency_ms": 2.0, "latency_ms_p20": 1.4, "latency_ms_p80": 3.2,
-                                     "rounds": 5})
+                                     "rounds": 5, "spread_iqr": 0.75, "median_ci": 0.75})
     with pytest.raises(ValueError, match="per-round data"):
         timing.latency_summary({"median": 0.002, "rounds": 5})
 
@@ -81,9 +86,132 @@ def test_the_cuda_cap_allows_the_cap_more_than_the_allocator_holds(monkeypatch):
         assert fractions == [(1.0, "cuda:0")]
 
 
-def test_cpu_memory_figures_are_null():
-    memory.reset_peaks("cpu")
-    assert memory.read_peaks("cpu") == {"mem_alloc_peak_bytes": None, "mem_reserved_peak_bytes": None}
+def test_cpu_peak_memory_is_the_resident_high_water_mark_of_the_call():
+    before = memory.resident_bytes()
+    if not memory.reset_peaks("cpu"):
+        pytest.skip("/proc/self/clear_refs cannot be written here")
+    block = torch.ones(256 * memory.MIB, dtype=torch.uint8)  # touched: resident
+    del block
+    peaks = memory.read_peaks("cpu", before)
+    assert peaks["mem_alloc_peak_bytes"] is None and peaks["mem_reserved_peak_bytes"] is None
+    assert 250 * memory.MIB <= peaks["mem_rss_peak_bytes"] < 512 * memory.MIB  # give or take pages freed
+    assert memory.read_peaks("cpu", None)["mem_rss_peak_bytes"] is None  # no baseline: no figure
+
+
+# --- noise ----------------------------------------------------------------------------------------------
+
+def test_spread_and_the_median_interval():
+    assert timing.spread([1.0, 1.0, 1.0]) == 0.0
+    data = np.arange(1.0, 101.0)  # 1..100: ranks 50 -+ 1.96 * 10 / 2 -> order statistics 40 and 61
+    assert timing.median_interval(data) == (40.0, 61.0)
+    assert timing.interval_halfwidth(data) == pytest.approx((61 - 40) / 2 / 50.5)
+    assert timing.median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)  # few rounds: the whole range
+
+
+class ScriptedClock:
+    """A timer whose rounds last what the script says: target() advances it by the next duration."""
+
+    def __init__(self, durations):
+        self.now, self.durations = 0.0, iter(durations)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def target(self) -> None:
+        self.now += next(self.durations)
+
+
+def test_a_quiet_measurement_is_not_remeasured():
+    clock = ScriptedClock([1e-3] * 10)
+    fixture = timing.make_fixture("quiet", clock)
+    policy = timing.NoisePolicy(spread_limit=0.05, precision=0.02, extra_ms=1000)
+    result = timing.measure_stably(fixture, clock.target, lambda: None, 5, policy, clock)
+    assert result == timing.Stability(0.0, 0.0, 0, False)
+    assert len(fixture.stats.stats.data) == 5
+
+
+def test_a_noisy_measurement_takes_rounds_until_its_interval_is_tight():
+    # 5 rounds spread widely, then a steady 1 ms: the median's interval narrows as rounds accumulate.
+    clock = ScriptedClock([1e-3, 2e-3, 1e-3, 3e-3, 1e-3] + [1e-3] * 1000)
+    fixture = timing.make_fixture("noisy", clock)
+    policy = timing.NoisePolicy(spread_limit=0.05, precision=0.02, extra_ms=1000)
+    result = timing.measure_stably(fixture, clock.target, lambda: None, 5, policy, clock)
+    data = fixture.stats.stats.data
+    assert result.extra_rounds == len(data) - 5 > 0 and not result.noisy
+    assert timing.interval_halfwidth(data) <= 0.02 or timing.spread(data) <= 0.05
+    assert fixture.stats.stats.median == pytest.approx(1e-3)  # the appended rounds are in the record
+
+
+def test_a_measurement_still_noisy_when_its_budget_runs_out_is_flagged():
+    clock = ScriptedClock([1e-3, 3e-3] * 100)  # alternating: no number of rounds settles it
+    fixture = timing.make_fixture("noisy", clock)
+    policy = timing.NoisePolicy(spread_limit=0.05, precision=0.02, extra_ms=20)
+    result = timing.measure_stably(fixture, clock.target, lambda: None, 4, policy, clock)
+    assert result.noisy and result.spread > 0.05
+    assert 0 < result.extra_rounds and sum(fixture.stats.stats.data[4:]) <= 0.020 + 1e-12  # within budget
+
+
+def test_no_remeasuring_without_a_budget():
+    clock = ScriptedClock([1e-3, 3e-3] * 10)
+    fixture = timing.make_fixture("noisy", clock)
+    result = timing.measure_stably(fixture, clock.target, lambda: None, 4, timing.NoisePolicy(), clock)
+    assert result.noisy and result.extra_rounds == 0
+
+
+# --- the independent timers ------------------------------------------------------------------------------
+
+def test_blocked_autorange_times_on_our_thread_count():
+    seen = []
+    target = lambda: seen.append(torch.get_num_threads())  # noqa: E731
+    measured = timing.independent_median_ms(target, lambda: None, "cpu", budget_ms=5)
+    assert measured["reference_timer"] == "torch.utils.benchmark.Timer.blocked_autorange"
+    assert seen and set(seen) == {torch.get_num_threads()}  # its default would be one thread
+    assert measured["reference_latency_ms"] > 0 and len(measured["reference_times_ms"]) >= 1
+
+
+def triton_do_bench_3_9(fn, warmup=25, rep=100, grad_to_none=None, quantiles=None, return_mode="mean"):
+    """triton 3.9's signature (triton/testing.py), its argument checks, and a scripted result."""
+    assert return_mode in ["min", "max", "mean", "median", "all"]
+    return _fake_bench(fn, warmup, rep, grad_to_none, quantiles)
+
+
+def triton_do_bench_2_1(fn, warmup=25, rep=100, grad_to_none=None, quantiles=None, fast_flush=True,
+                        return_mode="mean"):
+    """triton 2.1's signature: `fast_flush` sits before `return_mode`, which has no "all"."""
+    assert return_mode in ["min", "max", "mean", "median"]
+    return _fake_bench(fn, warmup, rep, grad_to_none, quantiles)
+
+
+FAKE_CALLS = []
+
+
+def _fake_bench(fn, warmup, rep, grad_to_none, quantiles):
+    assert isinstance(warmup, int) and isinstance(rep, int) and warmup >= 1 and rep >= 1
+    assert grad_to_none is None or all(isinstance(t, torch.Tensor) for t in grad_to_none)
+    fn()
+    FAKE_CALLS.append({"warmup": warmup, "rep": rep, "grad_to_none": grad_to_none, "quantiles": quantiles})
+    return [1.0, 2.0, 4.0] if len(quantiles) == 3 else 2.0  # ms, like triton: a list for a list
+
+
+@pytest.mark.parametrize("do_bench", [triton_do_bench_3_9, triton_do_bench_2_1])
+def test_do_bench_is_called_with_its_real_signature(monkeypatch, do_bench):
+    testing = types.ModuleType("triton.testing")
+    testing.do_bench = do_bench
+    triton = types.ModuleType("triton")
+    triton.testing = testing
+    monkeypatch.setitem(sys.modules, "triton", triton)
+    monkeypatch.setitem(sys.modules, "triton.testing", testing)
+    FAKE_CALLS.clear()
+    called, leaf = [], torch.zeros(3, requires_grad=True)
+    measured = timing.independent_median_ms(lambda: called.append(1), lambda: None, "cuda", budget_ms=200,
+                                            grad_to_none=[leaf])
+    assert measured == {"reference_latency_ms": 2.0, "reference_times_ms": None,
+                        "reference_timer": "triton.testing.do_bench"}
+    (call,) = FAKE_CALLS
+    assert call["warmup"] == 50 and call["rep"] == 200 and call["quantiles"] == [0.2, 0.5, 0.8]
+    assert call["grad_to_none"] == [leaf] and called == [1]
+    assert list(inspect.signature(do_bench).parameters)[:5] == ["fn", "warmup", "rep", "grad_to_none",
+                                                                  "quantiles"]
 
 
 # --- CUDA ---------------------------------------------------------------------------------------------

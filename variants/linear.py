@@ -82,17 +82,46 @@ def _align_bottom_right(phi_q, phi_k, v):
     return phi_q, phi_k, v
 
 
+SEGMENT_CHUNKS = 64  # chunks per segment of the causal path: its temporaries scale with this, not with N
+
+
 def _chunked_prefix_sums(phi_q, phi_k, v, chunk_size: int):
-    """Causal numerator and denominator, chunk by chunk; stores one (m, e) state per chunk."""
+    """Causal numerator and denominator, chunk by chunk; stores one (m, e) state per chunk.
+
+    Segments of SEGMENT_CHUNKS chunks run one after another, each starting from the sum of the states
+    before it, so the temporaries (padded chunks, chunk states, intra-chunk scores) are a segment's, and
+    the memory of a long sequence is its inputs and output.
+    """
+    n = phi_q.shape[-2]
+    span = chunk_size * SEGMENT_CHUNKS
+    carry = phi_k.new_zeros(*phi_k.shape[:-2], phi_k.shape[-1], v.shape[-1] + 1)  # states of earlier keys
+    # Without autograd each segment is written into the output (no list of parts to concatenate).
+    out = None if _needs_grad(phi_q, phi_k, v) else v.new_empty(*v.shape[:-1], v.shape[-1] + 1)
+    parts = []
+    for start in range(0, n, span):
+        part, carry = _segment(*(t[..., start:start + span, :] for t in (phi_q, phi_k, v)), carry, chunk_size)
+        if out is None:
+            parts.append(part)
+        else:
+            out[..., start:start + span, :] = part
+    return _split_numerator(torch.cat(parts, dim=-2) if out is None else out)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _segment(phi_q, phi_k, v, carry, chunk_size: int):
+    """One segment of the causal sums given the state `carry` of the keys before it: (out, new carry)."""
     n = phi_q.shape[-2]
     pad = -n % chunk_size  # zero tail: padded keys add nothing, padded queries are dropped
     q, k, v1 = (F.pad(t, (0, 0, 0, pad)).unflatten(-2, (-1, chunk_size))
                 for t in (phi_q, phi_k, _with_ones(v)))
     states = torch.einsum("...cnm,...cne->...cme", k, v1)
-    before = torch.cat([torch.zeros_like(states[..., :1, :, :]), states[..., :-1, :, :]], dim=-3).cumsum(-3)
+    before = torch.cat([carry.unsqueeze(-3), states[..., :-1, :, :]], dim=-3).cumsum(-3)
     inter = torch.einsum("...cnm,...cme->...cne", q, before)
     intra = (q @ k.transpose(-1, -2)).tril() @ v1
-    return _split_numerator((inter + intra).flatten(-3, -2)[..., :n, :])
+    return (inter + intra).flatten(-3, -2)[..., :n, :], before[..., -1, :, :] + states[..., -1, :, :]
 
 
 def _fla_prefix_sums(phi_q, phi_k, v):
@@ -124,7 +153,9 @@ def normalized_linear_attention(
             num, den = _fla_prefix_sums(phi_q, phi_k, v)
         else:
             num, den = _chunked_prefix_sums(*_to_accumulation(phi_q, phi_k, v), chunk_size)
-    return num[..., -n_q:, :] / (den[..., -n_q:, :] + eps)
+    num, den = num[..., -n_q:, :], den[..., -n_q:, :] + eps
+    # num is this function's own buffer: without autograd it is divided in place (one output less).
+    return num / den if _needs_grad(num) else num.div_(den)
 
 
 def quadratic_linear_attention(phi_q, phi_k, v, *, causal: bool, eps: float | torch.Tensor) -> torch.Tensor:

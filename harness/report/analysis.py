@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -117,6 +118,153 @@ def crossovers(points: pd.DataFrame) -> list[Crossover]:
     return found
 
 
+# --- scaling fits and crossovers with their uncertainty ------------------------------------------------
+
+FIT_FROM_N = 2048  # fits read the lengths from here on (fixed costs flatten shorter ones) when 3 are there
+CONFIDENCE = 0.95
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Quantile of Student's t with `df` degrees of freedom (numeric integration of its density)."""
+    if df <= 0:
+        return math.inf
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        grid = np.linspace(0.0, x, 4001)
+        density = np.exp(log_norm - (df + 1) / 2 * np.log1p(grid**2 / df))
+        return 0.5 + float(np.sum((density[1:] + density[:-1]) / 2 * np.diff(grid)))
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        low, high = high, high * 2
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
+
+
+def fit_with_interval(seq_lens, latencies, confidence: float = CONFIDENCE):
+    """(k, k_low, k_high, r2) of log latency = k log N + c by least squares, with the t interval of the
+    slope; None for fewer than 3 lengths. Two points fix a line: they give no interval."""
+    x, y = np.log(np.asarray(seq_lens, float)), np.log(np.asarray(latencies, float))
+    n = len(x)
+    if n < MIN_FIT_POINTS or np.ptp(x) == 0:
+        return None
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = y - (slope * x + intercept)
+    spread = ((y - y.mean()) ** 2).sum()
+    r2 = 1.0 - (residual**2).sum() / spread if spread > 0 else 1.0
+    se = math.sqrt((residual**2).sum() / (n - 2) / ((x - x.mean()) ** 2).sum())
+    half = t_quantile(0.5 + confidence / 2, n - 2) * se
+    return float(slope), float(slope - half), float(slope + half), float(r2)
+
+
+def fit_tail(seq_lens) -> list[int]:
+    """The lengths a fit reads: those >= FIT_FROM_N when there are 3 of them, else the larger half."""
+    lengths = sorted(set(int(n) for n in seq_lens))
+    tail = [n for n in lengths if n >= FIT_FROM_N]
+    if len(tail) >= MIN_FIT_POINTS:
+        return tail
+    return lengths[-max(MIN_FIT_POINTS, (len(lengths) + 1) // 2):]
+
+
+def scaling_fits(points: pd.DataFrame) -> pd.DataFrame:
+    """Per (config, series): k in time per sequence ~ N^k, with its 95% interval.
+
+    Time per sequence is latency / batch: in a constant-token sweep the batch shrinks as N grows, so
+    per sequence quadratic attention shows k = 2 and linear-time mixers k = 1, as at a fixed batch.
+    `noisy_points` counts the fitted points flagged noisy.
+    """
+    columns = ["config", "variant", "exponent", "k_low", "k_high", "r2", "points", "fit_from_n", "fit_to_n",
+               "noisy_points"]
+    rows = []
+    ok = points[(points.status == "ok") & points.latency_ms.notna()]
+    for (config, series), group in ok.groupby(["config", "series"], sort=True):
+        tail = group[group.seq_len.isin(fit_tail(group.seq_len))].sort_values("seq_len")
+        per_sequence = tail.latency_ms / tail.batch.fillna(1).clip(lower=1)
+        fit = fit_with_interval(tail.seq_len, per_sequence)
+        if fit is None:
+            continue
+        rows.append({"config": config, "variant": series, "exponent": round(fit[0], 3),
+                     "k_low": round(fit[1], 3), "k_high": round(fit[2], 3), "r2": round(fit[3], 4),
+                     "points": len(tail), "fit_from_n": int(tail.seq_len.iloc[0]),
+                     "fit_to_n": int(tail.seq_len.iloc[-1]), "noisy_points": int((tail.noisy > 0).sum())})
+    return pd.DataFrame(rows, columns=columns)
+
+
+NOISE_FLOOR = 0.01  # a point's relative uncertainty is at least this (rows without an interval: exact)
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """`faster` is measurably faster than `slower` at every length from `faster_from` on, and was
+    measurably slower at `slower_at` (the last such length); `estimate` interpolates where the medians
+    cross. Lengths between the two where neither is measurably faster are `within_noise`."""
+
+    config: str
+    faster: str
+    slower: str
+    slower_at: int
+    faster_from: int
+    estimate: float
+    within_noise: tuple[int, ...] = field(default=())
+
+    @property
+    def sentence(self) -> str:
+        tie = (f"; within noise at N = {', '.join(map(str, self.within_noise))}" if self.within_noise else "")
+        return (f"{self.faster} beats {self.slower} on {self.config} from N ~ {self.estimate:.0f} "
+                f"(slower at {self.slower_at}, faster from {self.faster_from}{tie})")
+
+
+def _uncertainty(frame: pd.DataFrame) -> pd.Series:
+    ci = frame.median_ci if "median_ci" in frame else pd.Series(np.nan, index=frame.index)
+    return ci.fillna(0.0).clip(lower=NOISE_FLOOR)
+
+
+def crossings(points: pd.DataFrame) -> list[Crossing]:
+    """Pairs whose order flips for good as N grows, each length judged with the medians' intervals.
+
+    At each length both ran, A is measurably faster than B when A's median plus its interval is below
+    B's median minus its interval (and measurably slower the other way round); otherwise the two are
+    within noise there. A crossing needs a length where A was measurably slower, then only lengths where
+    it is not, ending in measurably faster: its interval is (slower_at, faster_from].
+    """
+    found = []
+    ok = points[(points.status == "ok") & points.latency_ms.notna()]
+    for config, group in ok.groupby("config", sort=True):
+        latency = group.pivot_table(index="seq_len", columns="series", values="latency_ms")
+        noise = group.assign(u=_uncertainty(group)).pivot_table(index="seq_len", columns="series", values="u")
+        for a in latency.columns:
+            for b in latency.columns:
+                if a != b:
+                    crossing = _crossing(config, a, b, latency[[a, b]].dropna(), noise)
+                    if crossing is not None:
+                        found.append(crossing)
+    return found
+
+
+def _crossing(config: str, a: str, b: str, both: pd.DataFrame, noise: pd.DataFrame) -> Crossing | None:
+    if len(both) < MIN_LENGTHS:  # with two lengths any difference in slope reads as a crossover
+        return None
+    n = both.index.to_numpy()
+    ua, ub = noise.loc[n, a].to_numpy(), noise.loc[n, b].to_numpy()
+    la, lb = both[a].to_numpy(), both[b].to_numpy()
+    state = np.where(la * (1 + ua) < lb * (1 - ub), 1, np.where(la * (1 - ua) > lb * (1 + ub), -1, 0))
+    slower = np.flatnonzero(state == -1)
+    if not len(slower) or state[-1] != 1:
+        return None
+    last_slower = slower[-1]
+    first_faster = last_slower + 1 + int(np.argmax(state[last_slower + 1:] == 1))
+    ratio = np.log(la / lb)
+    # Where log(A / B) crosses 0, between the last length A's median was slower and the next one.
+    above = last_slower + int(np.flatnonzero(ratio[last_slower:first_faster + 1] > 0)[-1])
+    x0, x1, r0, r1 = np.log(n[above]), np.log(n[above + 1]), ratio[above], ratio[above + 1]
+    estimate = float(np.exp(x0 + (x1 - x0) * r0 / (r0 - r1))) if r0 != r1 else float(n[above + 1])
+    ties = tuple(int(v) for v in n[last_slower + 1:first_faster])
+    return Crossing(config, a, b, int(n[last_slower]), int(n[first_faster]), estimate, ties)
+
+
 def primary_config(points: pd.DataFrame) -> str | None:
     """The config a one-line summary speaks of: forward, preferred dtype, causal, most variants."""
     ok = points[points.status == "ok"]
@@ -198,6 +346,8 @@ class Findings:
     largest: pd.DataFrame
     exponents: pd.DataFrame
     crossovers: list[Crossover]
+    fits: pd.DataFrame  # exponents of time per sequence, with intervals
+    crossings: list[Crossing]  # crossovers judged against the medians' intervals
     primary: str | None  # the throughput config the Pareto chart and one-line summaries speak of
     headlines: list[str]  # one such config per device
     pareto: Pareto | None
@@ -208,7 +358,8 @@ class Findings:
         pts = data.points(data.throughput(rows))
         best = data.best_lr(data.learned(rows))
         return cls(points=pts, best=best, exactness=data.exactness(rows), largest=largest_feasible(pts),
-                   exponents=scaling_exponents(pts), crossovers=crossovers(pts), primary=primary_config(pts),
+                   exponents=scaling_exponents(pts), crossovers=crossovers(pts), fits=scaling_fits(pts),
+                   crossings=crossings(pts), primary=primary_config(pts),
                    headlines=primary_configs(pts), pareto=pareto(pts, best, pareto_n),
                    smoke=data.smoke_reasons(rows))
 

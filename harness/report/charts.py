@@ -4,7 +4,8 @@ to draw, so that tests can inspect what was drawn and the report can skip what i
 Figures are built on `matplotlib.figure.Figure` (Agg canvas, no pyplot state) and drawn with seaborn.
 Artists carry gids that say what they are: `series:<name>` for a data line, `oom:<name>` for the
 lengths where a series ran out of memory, `max-n:<name>` for its largest feasible length,
-`device-memory`, `pareto-front`.
+`noisy:<name>` for its points whose median's interval stayed wider than +-2%, `device-memory`,
+`pareto-front`.
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def _grid(panels: list[tuple[str, str]], title: str, legend: bool = True):
 
 def _legend(fig, colors: dict[str, tuple], drawn: set[str], markers: dict[str, str]) -> None:
     handles = [Line2D([], [], color=colors[s], marker="o", label=s) for s in sorted(drawn)]
-    handles += [Line2D([], [], color="0.2", marker=m, linestyle="none", markersize=9, label=label)
-                for label, m in markers.items()]
+    handles += [Line2D([], [], color="0.2", linestyle="none", markersize=9, label=label,
+                       **(m if isinstance(m, dict) else {"marker": m})) for label, m in markers.items()]
     if handles:
         fig.legend(handles=handles, loc="outside right upper", frameon=False)
 
@@ -131,11 +132,13 @@ def _panels(frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 def metric_vs_length(points: pd.DataFrame, metric: str, ylabel: str, title: str, scale: float = 1.0,
                      log_y: bool = True, largest: dict | None = None, band: tuple[str, str] | None = None,
-                     decorate=None, colors: dict | None = None, engineering: bool = False):
+                     decorate=None, colors: dict | None = None, engineering: bool = False,
+                     timed: bool = False):
     """One panel per configuration, one line per series; lengths that ran out of memory marked with X.
 
     `largest` maps (config, series) to the largest feasible N (analysis.largest_feasible): a star marks
-    it. `decorate(ax, panel_points)`, when given, adds what a chart draws beside its lines.
+    it. `decorate(ax, panel_points)`, when given, adds what a chart draws beside its lines. `timed`: the
+    metric comes from the latency, so noisy points are ringed.
     """
     drawable = points[(points.status == "ok") & points[metric].notna()]
     if drawable.empty:
@@ -156,7 +159,7 @@ def metric_vs_length(points: pd.DataFrame, metric: str, ylabel: str, title: str,
                 line = group[(group.status == "ok") & group[metric].notna()].sort_values("seq_len")
                 if not line.empty:
                     star = (largest or {}).get((line.config.iloc[0], series))
-                    any_star |= _draw_line(ax, line, metric, scale, series, colors[series], band, star)
+                    any_star |= _draw_line(ax, line, metric, scale, series, colors[series], band, star, timed)
                     drawn.add(series)
                     lengths.update(line.seq_len)
                 oom = group[group.status == "oom"].seq_len
@@ -177,14 +180,24 @@ def metric_vs_length(points: pd.DataFrame, metric: str, ylabel: str, title: str,
         markers = {"out of memory": "X"} if any_oom else {}
         if any_star:
             markers["largest feasible N"] = "*"
+        if timed and "noisy" in drawable and (drawable.noisy > 0).any():
+            markers[NOISY_LABEL] = {"marker": "o", "markerfacecolor": "none", "markeredgewidth": 1.2}
         _legend(fig, colors, drawn, markers)
     return fig
 
 
-def _draw_line(ax, line, metric, scale, series, color, band, star: int | None) -> bool:
-    """The series' line (and percentile band); a star at its largest feasible N. True when starred."""
+NOISY_LABEL = "noisy (interval wider than +-2%)"
+
+
+def _draw_line(ax, line, metric, scale, series, color, band, star: int | None, timed: bool = False) -> bool:
+    """The series' line (and percentile band); a star at its largest feasible N (True when starred); when
+    `timed`, a ring around each noisy point."""
     x, y = line.seq_len.to_numpy(), line[metric].to_numpy(float) * scale
     ax.plot(x, y, color=color, marker="o", markersize=5, label=series, gid=f"series:{series}")
+    noisy = (line.noisy > 0).to_numpy() if timed and "noisy" in line else np.zeros(len(line), bool)
+    if noisy.any():  # a wide ring around the point: its median is uncertain
+        ax.plot(x[noisy], y[noisy], marker="o", markersize=11, markerfacecolor="none", linestyle="none",
+                markeredgecolor="0.2", markeredgewidth=1.2, gid=f"noisy:{series}")
     if band and line[list(band)].notna().all().all():
         ax.fill_between(x, line[band[0]].to_numpy(float) * scale, line[band[1]].to_numpy(float) * scale,
                         color=color, alpha=0.15, linewidth=0)
@@ -201,7 +214,8 @@ def latency_chart(points, colors=None, largest: pd.DataFrame | None = None):
     found = largest[largest.largest_feasible_n.notna()] if largest is not None else largest
     stars = {} if found is None else {(r.config, r.variant): r.largest_feasible_n for r in found.itertuples()}
     return metric_vs_length(points, "latency_ms", "latency (ms, median)", "Latency vs sequence length",
-                            largest=stars, band=("latency_ms_p20", "latency_ms_p80"), colors=colors)
+                            largest=stars, band=("latency_ms_p20", "latency_ms_p80"), colors=colors,
+                            timed=True)
 
 
 def memory_chart(points, colors=None):
@@ -212,7 +226,7 @@ def memory_chart(points, colors=None):
             ax.annotate(f"device memory {total:.0f} GiB", (0.02, total), xycoords=ax.get_yaxis_transform(),
                         va="bottom", fontsize="small", color="0.25")
 
-    return metric_vs_length(points, "mem_alloc_peak_bytes", "peak memory allocated (GiB)",
+    return metric_vs_length(points, "mem_peak_bytes", "peak memory (GiB)",
                             "Peak memory vs sequence length", scale=1 / data.GIB, decorate=device_memory,
                             colors=colors)
 
@@ -228,12 +242,19 @@ def tflops_chart(points, colors=None):
             right.set_ylabel(f"% of matmul peak ({peak:.3g} TFLOP/s)")
 
     return metric_vs_length(points, "tflops", "TFLOP/s", "Achieved TFLOP/s (softmax kernels)", log_y=False,
-                            decorate=percent_of_peak, colors=colors)
+                            decorate=percent_of_peak, colors=colors, timed=True)
 
 
 def tokens_chart(points, colors=None):
     return metric_vs_length(points, "tokens_per_s", "tokens / s", "Throughput vs sequence length",
-                            colors=colors, engineering=True)
+                            colors=colors, engineering=True, timed=True)
+
+
+def decode_state_chart(points, colors=None):
+    """Bytes of decoding state per sequence against the context length (decode rows)."""
+    decode = points[points["mode"] == "decode"]
+    return metric_vs_length(decode, "decode_state_bytes_per_seq", "state per sequence (bytes)",
+                            "Decode state per sequence vs context length", colors=colors, engineering=True)
 
 
 def energy_chart(points, colors=None):

@@ -27,8 +27,14 @@ CONFIG_KEYS = ("device_name", "mode", "level", "dtype", "causal", "head_dim", "n
 THROUGHPUT_METRICS = (
     "batch", "latency_ms", "latency_ms_p20", "latency_ms_p80", "tokens_per_s", "flops", "tflops",
     "pct_of_peak", "peak_matmul_tflops", "mem_alloc_peak_bytes", "mem_reserved_peak_bytes",
-    "device_mem_total_bytes", "power_w_mean", "energy_j_per_token",
+    "device_mem_total_bytes", "power_w_mean", "energy_j_per_token", "rounds", "spread_iqr", "median_ci",
+    "noisy", "mem_rss_peak_bytes", "mem_peak_bytes", "decode_state_bytes", "decode_state_bytes_per_seq",
 )
+FIDELITY_COLUMNS = ("device_name", "variant", "level", "mode", "dtype", "seq_len", "batch", "latency_ms",
+                    "reference_latency_ms", "fidelity_ratio", "reference_timer", "rounds", "threads")
+FRONTIER_COLUMNS = ("device_name", "variant", "level", "dtype", "n_heads", "head_dim", "seq_len", "status",
+                    "reason", "latency_ms", "mem_rss_peak_bytes", "mem_alloc_peak_bytes",
+                    "predicted_peak_bytes", "predicted_max_n", "memory_cap_mb")
 THROUGHPUT_COLUMNS = (*CONFIG_KEYS, "seq_len", "params", "family", "exact", "backend", "reason",
                       *THROUGHPUT_METRICS)
 LEARNED_COLUMNS = ("task", "seq_len", "train_seq_len", "d_model", "n_layers", "n_heads", "kv_pairs",
@@ -153,9 +159,21 @@ def _describe(row, varying: set[str], with_mode: bool, with_device: bool) -> str
     return ", ".join(parts)
 
 
+def _throughput_kind(rows: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Throughput rows of one kind: `sweep` (rows written before kinds existed are sweep rows), `fidelity`
+    or `frontier`."""
+    tp = rows[rows.suite == "throughput"]
+    kinds = tp["kind"].fillna("sweep") if "kind" in tp else pd.Series("sweep", index=tp.index)
+    return tp[kinds == kind]
+
+
 def throughput(rows: pd.DataFrame) -> pd.DataFrame:
-    """Throughput rows with a `series` (line), `config` (full description) and panel labels."""
-    tp = with_columns(rows[rows.suite == "throughput"], THROUGHPUT_COLUMNS)
+    """Sweep rows with a `series` (line), `config` (full description) and panel labels. `mem_peak_bytes`:
+    torch's allocated peak on CUDA, the peak resident memory on the CPU."""
+    tp = with_columns(_throughput_kind(rows, "sweep"), THROUGHPUT_COLUMNS)
+    tp["mem_peak_bytes"] = pd.to_numeric(tp.mem_alloc_peak_bytes, errors="coerce").fillna(
+        pd.to_numeric(tp.mem_rss_peak_bytes, errors="coerce"))
+    tp["noisy"] = tp.noisy.astype(float)  # bool, or null in rows written before noise was measured
     if tp.empty:
         return tp.assign(series=[], config=[], panel_row=[], panel_col=[])
     tp = _numeric(tp, ("seq_len", "head_dim", "n_heads", "total_tokens", *THROUGHPUT_METRICS))
@@ -188,6 +206,58 @@ def points(tp: pd.DataFrame) -> pd.DataFrame:
     columns = [*keys, "status", "reason", *THROUGHPUT_METRICS]
     return pd.concat([measured[columns], failed[columns]], ignore_index=True).sort_values(
         ["config", "series", "seq_len"], ignore_index=True)
+
+
+def fidelity(rows: pd.DataFrame) -> pd.DataFrame:
+    """The timer checks: our median beside an independent timer's, per case (ok rows)."""
+    df = with_columns(_throughput_kind(rows, "fidelity"), FIDELITY_COLUMNS)
+    df = df[df.status == "ok"]
+    return _numeric(df, ("seq_len", "batch", "latency_ms", "reference_latency_ms", "fidelity_ratio",
+                         "rounds"))[list(FIDELITY_COLUMNS)].sort_values(["device_name", "variant", "seq_len"])
+
+
+def frontier(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (device, variant, dtype, level, cap): the largest N one call ran at, the first N above it that
+    did not (and why), beside the memory model's prediction."""
+    df = with_columns(_throughput_kind(rows, "frontier"), FRONTIER_COLUMNS)
+    if df.empty:
+        return pd.DataFrame(columns=["device_name", "variant", "dtype", "level", "memory_cap_gib",
+                                     "largest_n", "peak_gib_at_largest", "predicted_peak_gib",
+                                     "predicted_max_n", "next_n", "next_status", "next_reason"])
+    df = _numeric(df, ("seq_len", "mem_rss_peak_bytes", "mem_alloc_peak_bytes", "predicted_peak_bytes",
+                       "predicted_max_n", "memory_cap_mb"))
+    table = []
+    keys = ["device_name", "variant", "dtype", "level", "memory_cap_mb"]
+    for key, group in df.groupby(keys, sort=True, dropna=False):
+        ok = group[group.status == "ok"].sort_values("seq_len")
+        largest = ok.iloc[-1] if len(ok) else None
+        above = group[(group.status != "ok") & (group.seq_len > (0 if largest is None else largest.seq_len))]
+        first = above.sort_values("seq_len").iloc[0] if len(above) else None
+        peak = None if largest is None else largest.mem_alloc_peak_bytes
+        peak = largest.mem_rss_peak_bytes if largest is not None and pd.isna(peak) else peak
+        table.append({
+            **dict(zip(keys[:-1], key[:-1], strict=True)), "memory_cap_gib": key[-1] * 2**20 / GIB,
+            "largest_n": None if largest is None else int(largest.seq_len),
+            "peak_gib_at_largest": None if peak is None else peak / GIB,
+            "predicted_peak_gib": None if largest is None else largest.predicted_peak_bytes / GIB,
+            "predicted_max_n": group.predicted_max_n.dropna().iloc[0] if group.predicted_max_n.notna().any()
+            else None,
+            "next_n": None if first is None else int(first.seq_len),
+            "next_status": "" if first is None else first.status,
+            "next_reason": "" if first is None else first.reason,
+        })
+    return pd.DataFrame(table)
+
+
+def matmul_peaks(rows: pd.DataFrame) -> pd.DataFrame:
+    """The measured matmul peak per device and precision that rows' % of peak refers to."""
+    tp = with_columns(_throughput_kind(rows, "sweep"), ("peak_precision", "peak_matmul_tflops"))
+    tp = tp[tp.peak_matmul_tflops.notna()]
+    if tp.empty:
+        return pd.DataFrame(columns=["device_name", "precision", "peak_tflops"])
+    tp = tp.assign(precision=tp.peak_precision.astype(object).fillna("unrecorded"))
+    peaks = tp.groupby(["device_name", "precision"]).peak_matmul_tflops.median()
+    return peaks.rename("peak_tflops").reset_index()
 
 
 def learned(rows: pd.DataFrame) -> pd.DataFrame:

@@ -55,25 +55,42 @@ def _throughput(findings: Findings) -> list[str]:
     ok = findings.points[findings.points.status == "ok"]
     for config in findings.headlines:
         largest = findings.largest[findings.largest.config == config].set_index("variant")
-        exponents = findings.exponents[findings.exponents.config == config].set_index("variant").exponent
+        fits = findings.fits[findings.fits.config == config].set_index("variant")
         fitted = ok[ok.config == config].groupby("series").seq_len.nunique()
-        exponent = [exponents[v] if v in exponents.index else f"n/a: {fitted.get(v, 0)} lengths ran"
-                    for v in largest.index]
+        exponent = [f"{fits.exponent[v]:.2f} [{fits.k_low[v]:.2f}, {fits.k_high[v]:.2f}]"
+                    + (" (noisy points)" if fits.noisy_points[v] > 0 else "") if v in fits.index
+                    else f"n/a: {fitted.get(v, 0)} lengths ran" for v in largest.index]
         table = pd.DataFrame({"variant": largest.index,
                               "largest feasible N": largest.largest_feasible_n.values,
                               "then": largest.first_failure.values,
-                              "exponent k (latency ~ N^k)": exponent})
+                              "k: time per sequence ~ N^k [95%]": exponent})
         family = findings.points.drop_duplicates("series").set_index("series").family
         baseline_first = table.variant.map(family).ne("vanilla")  # the reference row leads the table
         table = table.assign(_order=baseline_first.values).sort_values(["_order", "variant"], kind="stable")
         lines += [f"### Throughput: {config}", *md_table(table.drop(columns="_order")), ""]
-    ordered = sorted(findings.crossovers, key=lambda c: c.config not in findings.headlines)
+    ordered = sorted(findings.crossings, key=lambda c: c.config not in findings.headlines)
     if ordered:
         lines += ["**Crossovers**"] + [f"- {c.sentence}" for c in ordered[:MAX_CROSSOVERS]]
         if len(ordered) > MAX_CROSSOVERS:
             lines.append(f"- _{len(ordered) - MAX_CROSSOVERS} more in the full report_")
     else:
         lines.append(f"_No crossover: none measured over {MIN_LENGTHS} or more lengths._")
+    return lines
+
+
+def _timer_and_frontier(rows: pd.DataFrame) -> list[str]:
+    lines = []
+    checks = data.fidelity(rows)
+    if not checks.empty:
+        shown = checks[["variant", "level", "mode", "dtype", "seq_len", "latency_ms", "reference_latency_ms",
+                        "fidelity_ratio", "reference_timer"]]
+        lines += ["**Timer fidelity** (our median / an independent timer's, side by side)", *md_table(shown),
+                  ""]
+    frontier = data.frontier(rows)
+    if not frontier.empty:
+        shown = frontier[["variant", "dtype", "level", "memory_cap_gib", "largest_n", "predicted_max_n",
+                          "next_n", "next_status"]]
+        lines += ["**Memory frontier** (one forward call, batch 1)", *md_table(shown), ""]
     return lines
 
 
@@ -104,7 +121,7 @@ def summary(results: data.Results, findings: Findings, comparison: Comparison | 
     if (smoke := findings.smoke_sentence()) is not None:
         lines += [f"> **{smoke}**", ""]
     lines += [*_runs(results), "", f"Rows: {_statuses(results.rows)}", ""]
-    lines += _throughput(findings) + [""] + _quality(findings) + [""]
+    lines += _throughput(findings) + [""] + _timer_and_frontier(results.rows) + _quality(findings) + [""]
     if comparison is not None:
         lines += _comparison(comparison) + [""]
     lines.append(f"Full report: `{page}`")

@@ -49,6 +49,8 @@ class Ranked:
     tasks: str
     decode_ms: float | None
     exact: bool | None
+    noisy: bool = False  # a measurement behind latency_ms kept a median interval wider than +-2%
+    interval: float = 0.0  # half-width of that median's 95% interval, relative (0: not measured)
 
     def figures(self) -> str:
         parts = [f"{self.latency_ms:.3g} ms", f"{_si(self.tokens_per_s)} tokens/s"]
@@ -60,6 +62,8 @@ class Ranked:
             parts.append(f"accuracy {self.accuracy:.3f} ({self.tasks})")
         if self.exact is not None:
             parts.append("exact" if self.exact else "approximate")
+        if self.noisy:
+            parts.append("noisy")
         return ", ".join(parts)
 
 
@@ -108,6 +112,7 @@ def recommend(rows: pd.DataFrame, request: Request) -> Recommendation:
         else:
             rec.ranked.append(Ranked(variant, decode_ms=decode.get(variant), **figures))
     rec.ranked.sort(key=lambda r: r.latency_ms)
+    rec.notes += noise_notes(rec.ranked)
     if decode:
         rec.notes.append("decode: latency of one generation step with a context of N (KV cache or state)")
     smoke = data.smoke_reasons(rows)
@@ -118,6 +123,21 @@ def recommend(rows: pd.DataFrame, request: Request) -> Recommendation:
         rec.notes.append(f"smoke run ({'; '.join(parts)}): these figures show the pipeline works, not which "
                          f"architecture to choose")
     return rec
+
+
+def noise_notes(ranked: list[Ranked]) -> list[str]:
+    """Say when the ranking rests on noisy measurements, or on neighbours within each other's noise."""
+    notes = []
+    noisy = [r for r in ranked if r.noisy]
+    if noisy:
+        notes.append("the ranking rests on noisy measurements (median interval wider than +-2% after "
+                     "re-measuring): " + ", ".join(f"{r.variant} (+-{r.interval:.0%})" for r in noisy))
+    ties = [(a, b) for a, b in zip(ranked, ranked[1:], strict=False) if (a.interval or b.interval)
+            and a.latency_ms * (1 + a.interval) >= b.latency_ms * (1 - b.interval)]
+    if ties:
+        notes.append("within noise of each other, so their order is not established: "
+                     + "; ".join(f"{a.variant} and {b.variant}" for a, b in ties))
+    return notes
 
 
 def _select(tp: pd.DataFrame, request: Request, main_mode: str):
@@ -209,9 +229,12 @@ def _judge(variant, main: pd.DataFrame, memory, accuracy: pd.DataFrame, request:
             reasons.append(f"accuracy {quality:.3f} < {request.min_accuracy:g} "
                            f"({accuracy.tasks.get(variant)})")
     exact = ok.exact.iloc[0] if "exact" in ok and pd.notna(ok.exact.iloc[0]) else None
+    noisy = bool((ok.noisy > 0).any()) if "noisy" in ok else False
+    interval = ok.median_ci.max() if "median_ci" in ok else np.nan
     figures = {"latency_ms": float(latency), "tokens_per_s": float(tokens), "memory_gib": memory,
                "accuracy": None if quality is None else float(quality),
-               "tasks": accuracy.tasks.get(variant, ""), "exact": None if exact is None else bool(exact)}
+               "tasks": accuracy.tasks.get(variant, ""), "exact": None if exact is None else bool(exact),
+               "noisy": noisy, "interval": float(interval) if np.isfinite(interval) else 0.0}
     return reasons, figures
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report import charts, data, html, markdown
+from harness.report import analysis, charts, data, html, markdown
 from harness.report.analysis import Findings, pareto_lengths
 from harness.report.compare import Comparison, compare
 from harness.report.html import Chart
@@ -23,10 +23,13 @@ CHART_PARTS = {"latency": ("throughput",), "memory": ("throughput",), "tflops": 
 CAPTIONS = {
     "latency": "Median latency of one call (batch x N tokens) per variant, log-log; shaded: 20th-80th "
                "percentile; X at the top of a panel: out of memory at that N; star: the largest N that ran "
-               "where a larger one failed for its size (none where nothing failed).",
-    "memory": "Peak memory allocated during one call; dashed: the device's memory.",
+               "where a larger one failed for its size (none where nothing failed); ring: a noisy point (its "
+               "median's 95% interval stayed wider than +-2%).",
+    "memory": "Peak memory of one call: torch's allocated peak on CUDA, the peak resident memory the case "
+              "added on the CPU (inputs included); dashed: the device's memory.",
     "tflops": "Achieved TFLOP/s, for softmax kernels only (FLOPs of the visible query-key pairs; backward "
-              "2.5x forward); right axis: percent of the matmul peak measured on the same device.",
+              "2.5x forward); right axis: percent of the matmul peak measured on the same device in the "
+              "panel's precision.",
     "tokens": "Tokens processed per second (batch x N / latency).",
     "energy": "Energy per token from the device's power readings during the timed calls.",
     "exactness": "Worst relative error against a float64 reference (under the variant's own mask for "
@@ -38,6 +41,10 @@ CAPTIONS = {
     "pareto": "Mean accuracy (tasks every plotted variant has) against tokens/s at one length; dashed: "
               "the Pareto front, the variants no other beats on both.",
     "ratio": "This run's latency over the baseline's, per case; shaded: within the regression threshold.",
+    "decode_state": "Bytes of state one sequence carries into decoding at context N: the KV cache of the "
+                    "attention families (grows with N), the recurrent state of linear, performer and mamba "
+                    "(constant); measured by walking the state's tensors after prefill. The attention "
+                    "families share one line: the same KV cache.",
 }
 
 
@@ -100,6 +107,7 @@ def draw(findings: Findings, comparison: Comparison | None, out: Path) -> dict[s
         "tflops": ("TFLOP/s and % of peak", charts.tflops_chart(pts, colors)),
         "tokens": ("Tokens per second", charts.tokens_chart(pts, colors)),
         "energy": ("Energy per token", charts.energy_chart(pts, colors)),
+        "decode_state": ("Decode state per sequence", charts.decode_state_chart(pts, colors)),
         "exactness": ("Exactness", charts.exactness_chart(findings.exactness)),
         "accuracy": ("Accuracy by task", charts.accuracy_chart(data.task_accuracy(best), colors)),
         "long_range": ("Long-range accuracy", charts.long_range_chart(best, colors)),
@@ -135,14 +143,21 @@ def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparis
     if findings.points.empty:
         sections.append(("throughput", "Throughput", html.missing(_run_suite("throughput"))))
     else:
-        body = figs("latency", "memory", "tflops", "tokens", "energy")
+        body = _conditions(results.rows) + figs("latency", "memory", "tflops", "tokens", "energy",
+                                                "decode_state")
         body += "<h3>Largest feasible N</h3>" + html.table(findings.largest)
-        body += ("<h3>Scaling exponents</h3><p>k in latency ~ N<sup>k</sup>, fit over the larger half of the "
-                 "lengths that ran. In a constant-token sweep (batch = total tokens / N) quadratic attention "
-                 "shows k near 1 and linear-time mixers k near 0; at a fixed batch, add 1.</p>")
-        body += html.table(findings.exponents)
-        body += "<h3>Crossovers</h3>" + (html.bullets(c.sentence for c in findings.crossovers)
-                                         if findings.crossovers else "<p>No latency crossover measured.</p>")
+        body += ("<h3>Scaling exponents</h3><p>k in time per sequence ~ N<sup>k</sup> (latency / batch: 2 "
+                 "for quadratic attention, 1 for linear-time mixers), least squares on log-log over the "
+                 f"lengths from N = {analysis.FIT_FROM_N} (the larger half when fewer than 3 are there), "
+                 "with the 95% t interval of the slope. <code>noisy_points</code>: fitted points whose "
+                 "median's interval stayed wider than &plusmn;2%.</p>")
+        body += html.table(findings.fits)
+        body += ("<h3>Crossovers</h3><p>Judged against each median's 95% interval: a crossover needs a "
+                 "length where the winner was measurably slower and, from then on, no length where it was "
+                 "measurably slower, ending measurably faster.</p>")
+        body += (html.bullets(c.sentence for c in findings.crossings) if findings.crossings
+                 else "<p>No latency crossover beyond the noise.</p>")
+        body += _timer_checks(results.rows) + _frontier(results.rows)
         sections.append(("throughput", "Throughput", body))
     quality = figs("exactness")
     if not findings.exactness.empty:
@@ -169,7 +184,7 @@ def _overview(results, findings: Findings) -> str:
         items = [f"{r.variant}: largest feasible N = {html.cell(r.largest_feasible_n)} ({r.first_failure})"
                  if pd.notna(r.largest_feasible_n) else f"{r.variant}: {r.first_failure}"
                  for r in largest.itertuples()]
-        items += [c.sentence for c in findings.crossovers if c.config == config]
+        items += [c.sentence for c in findings.crossings if c.config == config]
         body += f"<h3>{html.esc(config)}</h3>" + html.bullets(items)
     return body
 
@@ -182,6 +197,48 @@ def _environment(results, before) -> str:
         body += html.missing(f"Mixed hardware: {run} holds rows from {len(devices)} devices "
                              f"({', '.join(devices)}); its timings are comparable per device only.")
     return body
+
+
+def _conditions(rows: pd.DataFrame) -> str:
+    """How the throughput rows were measured: the matmul peaks, threads, governor, noisy points."""
+    tp = data.throughput(rows)
+    if tp.empty:
+        return ""
+    ok = tp[tp.status == "ok"]
+    facts = []
+    if "threads" in rows and rows.threads.notna().any():
+        facts.append("threads " + ", ".join(f"{t:g}" for t in sorted(rows.threads.dropna().unique())))
+    if "cpu_governor" in rows:
+        governors = sorted(set(rows.cpu_governor.dropna()))
+        governor = html.esc(", ".join(governors)) if governors else "not readable"
+        facts.append(f"CPU frequency governor {governor}")
+    if ok.noisy.notna().any():
+        facts.append(f"{int((ok.noisy > 0).sum())} of {len(ok)} measurements noisy (spread above "
+                     "5% and the median's interval wider than &plusmn;2% after re-measuring)")
+    body = f"<p>{'; '.join(facts)}.</p>" if facts else ""
+    peaks = data.matmul_peaks(rows)
+    if not peaks.empty:
+        body += ("<p>% of peak compares each row with the measured matmul peak of its own precision:</p>"
+                 + html.table(peaks))
+    return body
+
+
+def _timer_checks(rows: pd.DataFrame) -> str:
+    checks = data.fidelity(rows)
+    if checks.empty:
+        return ""
+    return ("<h3>Timer fidelity</h3><p>Cases timed side by side by our loop and by an independent timer "
+            "(alternated twice); <code>fidelity_ratio</code> = our median / theirs.</p>" + html.table(checks))
+
+
+def _frontier(rows: pd.DataFrame) -> str:
+    table = data.frontier(rows)
+    if table.empty:
+        return ""
+    return ("<h3>Memory frontier</h3><p>The largest N one forward call ran at (batch 1), found by bisection "
+            "under the memory cap, and the next length tried above it with why it failed; beside it, the "
+            "memory model's predicted peak and predicted largest N under the same cap.</p>"
+            + html.table(table))
 
 
 def environment_table(results, before) -> pd.DataFrame:
