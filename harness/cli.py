@@ -244,9 +244,9 @@ def _find_max_n(suite, device, profile, out, variant, dtype, memory_gb, timeout)
             fail(str(e))
     out = validate.output_dir(out) or Path("results") / f"frontier-{device}-{profile}"
     try:
-        module.find_max_n(device, profile, out, variants=names or None, dtypes=validate.unique(dtype or []) or None,
-                          memory_gb=memory_gb, time_cap_s=timeout or module.DEFAULT_FRONTIER_TIME_CAP_S,
-                          console=console)
+        module.find_max_n(device, profile, out, variants=names or None,
+                          dtypes=validate.unique(dtype or []) or None, memory_gb=memory_gb,
+                          time_cap_s=timeout or module.DEFAULT_FRONTIER_TIME_CAP_S, console=console)
     except ValueError as e:
         fail(str(e))
     console.print(f"frontier rows in {escape(str(out))}")

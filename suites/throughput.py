@@ -825,16 +825,18 @@ def frontier_cap_bytes(device: str, memory_gb: float | None) -> tuple[int, str]:
     return requested, ""
 
 
-def find_max_n(device: str, profile: str, out: str | Path, variants: Sequence[str] | None = None,
-               dtypes: Sequence[str] | None = None, memory_gb: float | None = None,
-               time_cap_s: float = DEFAULT_FRONTIER_TIME_CAP_S, console=None) -> list[Frontier]:
-    """Bisect, per variant, the largest N one forward call runs at (B = 1, 16 heads of 64, the profile's
-    first dtype) under the memory cap; every probe is a `frontier` row of `out`, its failure (oom, or
-    timeout at the time cap) included. Rows carry the model's predicted frontier (`predicted_max_n`).
+@dataclass(frozen=True)
+class FrontierPlan:
+    dtype: str
+    variants: list[str]  # the ones that run on the device in that dtype
+    cap_bytes: int
+    note: str  # why the cap is lower than asked, if it is
 
-    Probes run in a worker process under RLIMIT_AS (harness.memory), restarted after each failure.
-    A re-run with the same `out` reuses the probes already recorded.
-    """
+
+def frontier_plan(device: str, profile: str, variants: Sequence[str] | None = None,
+                  dtypes: Sequence[str] | None = None, memory_gb: float | None = None,
+                  time_cap_s: float = DEFAULT_FRONTIER_TIME_CAP_S) -> FrontierPlan:
+    """What `find_max_n` would search, every argument checked (ValueError with one line)."""
     if memory_gb is not None and memory_gb <= 0:
         raise ValueError(f"--memory-gb must be positive, got {memory_gb:g}")
     if time_cap_s <= 0:
@@ -847,11 +849,25 @@ def find_max_n(device: str, profile: str, out: str | Path, variants: Sequence[st
     runnable = [n for n in names if registry.get(n).supports(device, dtype, FRONTIER_HEAD_DIM, True)[0]]
     if not runnable:
         raise ValueError(f"--find-max-n: no variant among {', '.join(names)} runs on {device} in {dtype}")
-    cap_bytes, note = frontier_cap_bytes(device, memory_gb)
+    return FrontierPlan(dtype, runnable, *frontier_cap_bytes(device, memory_gb))
+
+
+def find_max_n(device: str, profile: str, out: str | Path, variants: Sequence[str] | None = None,
+               dtypes: Sequence[str] | None = None, memory_gb: float | None = None,
+               time_cap_s: float = DEFAULT_FRONTIER_TIME_CAP_S, console=None) -> list[Frontier]:
+    """Bisect, per variant, the largest N one forward call runs at (B = 1, 16 heads of 64, the profile's
+    first dtype) under the memory cap; every probe is a `frontier` row of `out`, its failure (oom, or
+    timeout at the time cap) included. Rows carry the model's predicted frontier (`predicted_max_n`).
+
+    Probes run in a worker process under RLIMIT_AS (harness.memory), restarted after each failure.
+    A re-run with the same `out` reuses the probes already recorded.
+    """
+    plan = frontier_plan(device, profile, variants, dtypes, memory_gb, time_cap_s)
+    dtype, runnable, cap_bytes = plan.dtype, plan.variants, plan.cap_bytes
     cap_mb = cap_bytes // memory.MIB
     say = console.print if console is not None else (lambda *a, **k: None)
-    if note:
-        say(note)
+    if plan.note:
+        say(plan.note)
     say(f"memory frontier on {device} ({dtype}, B=1, H={FRONTIER_HEADS}, D={FRONTIER_HEAD_DIM}, forward): "
         f"cap {cap_bytes / 2**30:.1f} GiB, time cap {time_cap_s:g} s per probe")
     run = store.RunStore(out)

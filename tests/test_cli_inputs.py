@@ -122,6 +122,19 @@ def no_doctor(monkeypatch) -> None:
     monkeypatch.setattr(doctor, "run", healthy)
 
 
+def no_frontier(monkeypatch) -> None:
+    """`run --find-max-n` probes the machine's memory for minutes: here its arguments are checked as for
+    real (frontier_plan) and nothing is probed (its own tests run it)."""
+    from suites import throughput
+
+    def plan_only(device, profile, out, variants=None, dtypes=None, memory_gb=None, time_cap_s=120.0,
+                  console=None):
+        throughput.frontier_plan(device, profile, variants, dtypes, memory_gb, time_cap_s)
+        return []
+
+    monkeypatch.setattr(throughput, "find_max_n", plan_only)
+
+
 class NoRun:
     """Stands in for runner.run: a test that reaches it with bad input has found a hole in validation."""
 
@@ -541,6 +554,7 @@ def test_any_argument_list_exits_0_or_2_without_a_traceback(args, inputs, tmp_pa
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(runner, "run", NoRun())
     no_doctor(monkeypatch)
+    no_frontier(monkeypatch)
     monkeypatch.setattr(charts, "save", lambda fig, out_dir, name: Path(out_dir) / f"{name}.png")  # speed
     code, out, err = run_cli(monkeypatch, capsys, expand(args, inputs, tmp_path))
     assert code in (0, 2), (args, err)

@@ -529,7 +529,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--find-max-n", "--memory-gb", "-1"], "--memory-gb must be positive, got -1"),
+    (["--find-max-n", "--memory-gb", "-1"], "--memory-gb must be a number greater than 0, got -1"),
     (["--memory-gb", "2"], "--memory-gb applies to --find-max-n"),
     (["--find-max-n", "-v", "flash-cudnn", "-v", "flash-efficient"], "no variant among flash-cudnn, "
                                                                      "flash-efficient runs on cpu"),
