@@ -61,12 +61,21 @@ def powers_of_two(low: int, high: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Sweep:
-    """The lengths one level sweeps in some modes; `dtypes` None: every dtype of the grid."""
+    """The lengths one level sweeps in some modes; `dtypes` None: every dtype of the grid.
+
+    `dense_masks` False leaves out the variants whose code path on the device is the dense masked
+    softmax (their reference: vanilla's N x N scores under their mask, e.g. the sparse and sliding-window
+    families on the CPU, where FlexAttention does not run): one curve of them is enough to show it.
+    """
 
     level: str
     modes: tuple[str, ...]
     seq_lens: tuple[int, ...]
     dtypes: tuple[str, ...] | None = None
+    dense_masks: bool = True
+
+
+DENSE_MASK_BACKEND = "dense-masked-softmax"  # the backend name of a masked family's reference path
 
 
 def both_levels(kernel: Sequence[int], layer: Sequence[int]) -> tuple[Sweep, ...]:
@@ -105,21 +114,21 @@ class Grid:
 
 # CPU standard: the scaling curves to 64K tokens in about 10 minutes on 2 cores (results/README.md).
 # One head of 64 keeps the quadratic kernels affordable to N = 8-16K; 16K tokens per call up to N = 16K,
-# then batch 1. The forward kernel sweep is the dense one (the fits and crossovers read it: three lengths
-# from 2048 on for the quadratic kernels); bf16, decode and the layer level are sparser, and
-# forward+backward stops at 4096 (batch 4): at batch 1 SDPA's CPU backward runs on one thread of the
-# two, 20x slower than its forward, and one such case would cost a tenth of the budget.
-# A case predicted to take more than the time cap is skipped with the reason, as are longer ones.
+# then batch 1. The forward kernel sweep is the dense one, for every variant (the fits and crossovers
+# read it: three lengths from 2048 on for the quadratic kernels); bf16, decode, forward+backward and
+# the layer level are sparser and leave out the masked families' dense reference paths (the CPU has no
+# FlexAttention: they compute vanilla's scores under a mask). Forward+backward stops at 4096 (batch 4):
+# at batch 1 SDPA's CPU backward runs on one thread of the two, 20x slower than its forward. A case
+# predicted to take more than the time cap is skipped with the reason, as are longer ones.
 CPU_STANDARD_FIDELITY = tuple(FidelityPoint(v, "kernel", "fwd", n) for v, n in (
     ("flash-sdpa", 1024), ("flash-sdpa", 8192), ("linear", 4096), ("vanilla", 2048)))
 CPU_STANDARD = Grid(
     sweeps=(
         Sweep("kernel", ("fwd",), (256, 1024, 2048, 4096, 8192, 16384, 65536), ("float32",)),
-        Sweep("kernel", ("fwd",), (1024, 4096, 16384, 65536), ("bfloat16",)),
-        Sweep("kernel", ("decode",), (256, 1024, 4096, 16384, 65536), ("float32",)),
-        Sweep("layer", ("fwd", "decode"), (1024, 4096, 16384), ("float32",)),
-        Sweep("kernel", ("fwd_bwd",), (256, 1024, 4096), ("float32",)),
-        Sweep("layer", ("fwd_bwd",), (256, 1024, 4096), ("float32",)),
+        Sweep("kernel", ("fwd",), (1024, 16384, 65536), ("bfloat16",), dense_masks=False),
+        Sweep("kernel", ("decode",), (256, 4096, 16384, 65536), ("float32",), dense_masks=False),
+        Sweep("layer", ("fwd", "decode"), (1024, 4096, 16384), ("float32",), dense_masks=False),
+        Sweep("kernel", ("fwd_bwd",), (256, 1024, 4096), ("float32",), dense_masks=False),
     ),
     dtypes=("float32", "bfloat16"), head_dims=(64,), causal=(True,), width=64, total_tokens=16384,
     budget_ms=100, warmup_ms=0, energy_ms=0, time_cap_ms=20000, remeasure_ms=300,
@@ -284,7 +293,10 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
     run_dtypes = _dtypes(device, dtypes, grid.dtypes)
     cases: dict[str, Case] = {}
     for name in names:
+        dense_mask = registry.get(name).backend_for(device) == DENSE_MASK_BACKEND
         for sweep in grid.sweeps:
+            if dense_mask and not sweep.dense_masks:
+                continue
             own = run_dtypes if dtypes else sweep.dtypes or run_dtypes  # --dtype: every sweep in those
             sweep_dtypes = [d for d in own if d in run_dtypes]
             for dtype in sweep_dtypes:
@@ -678,6 +690,9 @@ def probe_frontier(case: Case) -> dict[str, Any]:
 
 RUNTIME_BYTES = 64 * memory.MIB  # code and buffers a first call maps (oneDNN, torch's thread pool)
 SEGMENT_TOKENS = 64 * 64  # variants.linear: SEGMENT_CHUNKS chunks of CHUNK_SIZE tokens
+FUSED_BACKENDS = ("sdpa-flash-cpu", "sdpa-flash-cuda", "sdpa-cudnn", "sdpa-mem-efficient",
+                  "xformers-memory-efficient-attention", "xformers-local-attention",
+                  "flex-attention-compiled", "fla-chunk", "mamba_ssm.selective_scan_fn")
 
 
 def predicted_peak_bytes(case: Case) -> int | None:
@@ -693,7 +708,8 @@ def predicted_peak_bytes(case: Case) -> int | None:
     scores); performer, on nb_features features, also the feature computation's temporaries; the banded
     longformer 2.5 copies of its (N, 3 window) chunk scores (masked scores, probabilities; the raw scores
     are freed part-way); mamba's PyTorch scan 4 (L, batch, dim,
-    d_state) tensors (decay, drive, the states and their stack). None for other levels and modes.
+    d_state) tensors (decay, drive, the states and their stack). None for other levels and modes, and for
+    code paths it has no model of (the newer state-space and recurrent families: measured, not predicted).
     """
     if case.level != "kernel" or case.mode != "fwd":
         return None
@@ -707,7 +723,7 @@ def predicted_peak_bytes(case: Case) -> int | None:
     upcast = 3 * x * a if e < a else 0  # q, k, v converted to the accumulation dtype
     if backend in ("vanilla", "dense-masked-softmax"):
         peak = 4 * x * e + upcast + 3 * rows * case.seq_len * a + 2 * case.seq_len**2
-    elif backend == "torch-chunked":  # linear attention's core, on head_dim or nb_features features
+    elif backend == "torch-chunked" and v.family in ("linear", "performer"):  # on head_dim or m features
         features = params.get("nb_features", case.head_dim)
         segment = case.batch * case.n_heads * min(case.seq_len, SEGMENT_TOKENS) * (features + case.head_dim)
         peak = 3 * x * e + x * (a if e < a else 0) + rows * a * (2 * features + 2 * case.head_dim)
@@ -716,8 +732,10 @@ def predicted_peak_bytes(case: Case) -> int | None:
         peak = 3 * x * e + upcast + rows * a * (5 * case.head_dim + 7.5 * params["window"])
     elif backend == "torch-scan":
         peak = 3 * x * e + x * a * (4 * params["d_state"] + 5)
-    else:  # fused kernels: inputs, output and per-row statistics
+    elif backend in FUSED_BACKENDS:  # inputs, output and per-row statistics
         peak = 4 * x * e + 4 * rows
+    else:
+        return None  # no model of this code path (yet): the frontier is measured, not predicted
     return int(peak + RUNTIME_BYTES)
 
 

@@ -444,9 +444,9 @@ def test_a_truncated_peak_matmul_file_is_measured_again_not_an_error_in_every_ca
     from suites import throughput
 
     peak = tmp_path / throughput.PEAK_FILE
-    peak.write_text('{"AMD EPYC float32 1024^3": 0.1')
+    peak.write_text('{"AMD EPYC float32 2048^3": 0.1')
     with caplog.at_level(logging.WARNING, logger="attnbench"):
-        figure = throughput._peak_matmul_tflops.__wrapped__("cpu", "test CPU", str(tmp_path))
-    assert figure > 0 and store.read_json(peak) == {"test CPU float32 1024^3": figure}
+        figure = throughput._peak_matmul_tflops.__wrapped__("cpu", "test CPU", "float32", str(tmp_path))
+    assert figure > 0 and store.read_json(peak) == {"test CPU float32 2048^3": figure}
     assert (tmp_path / "records" / store.CORRUPT / throughput.PEAK_FILE).is_file()
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [f"corrupt {peak}"]

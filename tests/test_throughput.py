@@ -325,7 +325,8 @@ def test_a_cuda_case_fills_every_gpu_column(tmp_path):
 
 # --- the CPU standard grid ------------------------------------------------------------------------------
 
-LINEAR_TIME = ("linear", "performer", "mamba", "longformer-banded", "flash-sdpa")
+LINEAR_TIME = ("linear", "performer", "mamba", "longformer-banded", "flash-sdpa", "mamba2", "gla", "retnet",
+               "deltanet", "gated-deltanet")
 
 
 def test_cpu_standard_sweeps_every_linear_time_family_to_64k_tokens_at_constant_tokens(monkeypatch):
@@ -345,6 +346,10 @@ def test_cpu_standard_sweeps_every_linear_time_family_to_64k_tokens_at_constant_
     fidelity = [c for c in cases if c.kind == "fidelity"]
     assert len(fidelity) == len(grid.fidelity) and all(c.mode == "fwd" for c in fidelity)
     assert any(c.seq_len >= 1024 for c in fidelity)
+    # A masked family's dense reference path (no FlexAttention on the CPU): the forward curve only.
+    dense = {c.variant for c in sweep if registry.get(c.variant).backend_for("cpu") == tp.DENSE_MASK_BACKEND}
+    assert dense >= {"longformer", "sparse-bigbird"}
+    assert {(c.level, c.mode, c.dtype) for c in sweep if c.variant in dense} == {("kernel", "fwd", "float32")}
 
 
 def test_cpu_bf16_only_where_the_cpu_has_it(monkeypatch):

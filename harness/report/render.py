@@ -19,7 +19,7 @@ REPORT_DIR = "report"  # the default report directory, inside the (first) run di
 CHART_PARTS = {"latency": ("throughput",), "memory": ("throughput",), "tflops": ("throughput",),
                "tokens": ("throughput",), "energy": ("throughput",), "exactness": ("exactness",),
                "accuracy": ("learned",), "long_range": ("learned",), "passkey": ("learned",),
-               "pareto": ("throughput", "learned"), "ratio": ("throughput",)}
+               "pareto": ("throughput", "learned"), "ratio": ("throughput",), "decode_state": ("throughput",)}
 CAPTIONS = {
     "latency": "Median latency of one call (batch x N tokens) per variant, log-log; shaded: 20th-80th "
                "percentile; X at the top of a panel: out of memory at that N; star: the largest N that ran "
