@@ -266,7 +266,10 @@ def _crossing(config: str, a: str, b: str, both: pd.DataFrame, noise: pd.DataFra
 
 
 def primary_config(points: pd.DataFrame) -> str | None:
-    """The config a one-line summary speaks of: forward, preferred dtype, causal, most variants."""
+    """The config a one-line summary speaks of: forward, the most variants, preferred dtype, causal.
+
+    Most variants before the dtype: a CPU sweep runs every variant in fp32 and only the fast paths in
+    bf16, so its headline is the fp32 sweep."""
     ok = points[points.status == "ok"]
     if ok.empty:
         return None
@@ -274,9 +277,9 @@ def primary_config(points: pd.DataFrame) -> str | None:
     mode_rank = {m: i for i, m in enumerate(data.MODE_NAMES)}
     summary = ok.groupby("config").agg(mode=("mode", "first"), dtype=("dtype", "first"),
                                        causal=("causal", "first"), variants=("series", "nunique"))
-    summary["key"] = list(zip(summary["mode"].map(mode_rank).fillna(9),
-                              summary.dtype.map(dtype_rank).fillna(9),
-                              ~summary.causal.astype(bool), -summary.variants, strict=True))
+    summary["key"] = list(zip(summary["mode"].map(mode_rank).fillna(9), -summary.variants,
+                              summary.dtype.map(dtype_rank).fillna(9), ~summary.causal.astype(bool),
+                              strict=True))
     return summary.sort_values("key").index[0]
 
 
