@@ -566,14 +566,14 @@ def measure_case(case: Case, benchmark) -> None:
             # below is the first call.
             warmup_calls, first_call_ms = (timing.warm_up(work.call, work.reset, case.device, case.warmup_ms)
                                            if case.warmup_ms > 0 else (0, None))
-            if compiling.fallback_since(compiled):
-                raise compiling.EagerFallback("a compiled kernel ran eagerly in the warm-up (dynamo's "
-                                              "recompile limit was reached): not timed")
-            compiled = compiling.counts()
             measuring = memory.reset_peaks(case.device)  # the steady-state call: memory, NaN check, rounds
             work.reset()
             out, estimate_ms = timing.timed_call(work.call, case.device)
             first_call_ms = estimate_ms if first_call_ms is None else first_call_ms
+            if compiling.fallback_since(compiled):
+                raise compiling.EagerFallback("a compiled kernel ran eagerly before the timed rounds "
+                                              "(dynamo's recompile limit was reached): not timed")
+            compiled = compiling.counts()
             figures = memory.read_peaks(case.device, resident_before if measuring else None)
             runner.check_finite(case.variant, out, *(t.grad for t in work.leaves if t.grad is not None))
             del out

@@ -479,6 +479,7 @@ def test_summary_table_leads_with_the_baseline_and_fills_every_column(tmp_path):
     lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
     table = lines[1:14]  # the rows of the first table
     assert table[0].startswith("| vanilla | ") and len(table) == 13 and "more rows" not in text
-    assert "| vanilla |  | no failure up to N = 4096 | 1 |" in text
+    # time per sequence: 1e-3 N ms at batch 16384 / N is N^2 per sequence, exactly
+    assert "| vanilla |  | no failure up to N = 4096 | 2.00 [2.00, 2.00] |" in text
     for line in table:
         assert all(cell.strip() for cell in line.strip("|").split("|")[2:]), line  # then, exponent

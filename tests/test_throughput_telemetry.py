@@ -179,7 +179,7 @@ def test_throughput_never_samples_during_the_timed_rounds(monkeypatch):
             events.append("sampling done")
             return super().__exit__(*exc)
 
-    tp.peak_matmul_tflops("cpu")  # measured once per process, by the same timing engine
+    tp.peak_matmul_tflops("cpu", "float32")  # measured once per process, by the same timing engine
     real_rounds = timing.time_rounds
     monkeypatch.setattr(telemetry, "sampler", lambda gpu: Recorder(lambda: Sample(1, 2, 0)))
     monkeypatch.setattr(timing, "time_rounds", lambda *a: (events.append("timed"), real_rounds(*a))[1])
