@@ -483,3 +483,9 @@ def test_summary_table_leads_with_the_baseline_and_fills_every_column(tmp_path):
     assert "| vanilla |  | no failure up to N = 4096 | 2.00 [2.00, 2.00] |" in text
     for line in table:
         assert all(cell.strip() for cell in line.strip("|").split("|")[2:]), line  # then, exponent
+
+
+@pytest.mark.parametrize("n", [3, 10, 17, 20, 21, 40])
+def test_every_variant_gets_its_own_colour(n):
+    colors = charts.palette([f"variant-{i}" for i in range(n)])
+    assert len(set(colors.values())) == n

@@ -56,7 +56,9 @@ def _style():
 def palette(names) -> dict[str, tuple]:
     """A fixed colour per name, so a variant has the same colour in every chart."""
     names = sorted(set(names))
-    colors = sns.color_palette("tab10" if len(names) <= 10 else "tab20", len(names))
+    # tab10/tab20 cycle beyond their size (two variants would share a colour): evenly spaced hues then.
+    scheme = "tab10" if len(names) <= 10 else "tab20" if len(names) <= 20 else "husl"
+    colors = sns.color_palette(scheme, len(names))
     return dict(zip(names, colors, strict=True))
 
 
