@@ -168,6 +168,17 @@ def checked_device(device: str | None, executor=None) -> str:
     return device
 
 
+def checked_variants(names: list[str] | None) -> list[str]:
+    """-v/--variant, each registered (a name given twice counts once)."""
+    names = validate.unique(names or [])
+    for name in names:
+        try:
+            registry.get(name)
+        except ValueError as e:
+            fail(str(e))
+    return names
+
+
 def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh, executor):
     """Every argument of `run` checked, then the suite's cases: (suite module, cases, run directory)."""
     try:
@@ -177,12 +188,7 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
     device = checked_device(device, executor)
     profile = validate.choice(profile, "--profile", ("quick", "standard", "full"))
     validate.choice(retry, "--retry", runner.RETRY)
-    names = validate.unique(variant or [])
-    for name in names:
-        try:
-            registry.get(name)
-        except ValueError as e:
-            fail(str(e))
+    names = checked_variants(variant)
     lengths = validate.unique(validate.seq_len(n) for n in seq_len or [])
     try:
         dtypes = validate.unique(dtype_name(d) for d in dtype or [])
@@ -236,12 +242,7 @@ def _find_max_n(suite, device, profile, out, variant, dtype, memory_gb, timeout)
     profile = validate.choice(profile, "--profile", ("quick", "standard", "full"))
     memory_gb = validate.positive(memory_gb, "--memory-gb")
     timeout = validate.positive(timeout, "--timeout", validate.MAX_TIMEOUT_S, " s")
-    names = validate.unique(variant or [])
-    for name in names:
-        try:
-            registry.get(name)
-        except ValueError as e:
-            fail(str(e))
+    names = checked_variants(variant)
     out = validate.output_dir(out) or Path("results") / f"frontier-{device}-{profile}"
     try:
         module.find_max_n(device, profile, out, variants=names or None,
