@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from harness import registry
 from harness.registry import Unsupported
 from tests.conftest import TOLERANCE
-from variants.mamba import MambaMixer, selective_scan_reference, torch_selective_scan
+from variants import mamba
+from variants.mamba import MambaMixer, selective_scan_loop, selective_scan_reference, torch_selective_scan
 
 MAMBA = registry.get("mamba")
 
@@ -263,6 +264,75 @@ def test_scan_gradcheck_float64(groups):
     names, tensors = list(inputs), tuple(t.requires_grad_() for t in inputs.values())
     scan = lambda *args: MAMBA.kernel(**dict(zip(names, args, strict=True)), delta_softplus=True)  # noqa: E731
     assert torch.autograd.gradcheck(scan, tensors)
+
+
+def _output_and_grads(scan, inputs):
+    leaves = {k: t.detach().clone().requires_grad_() for k, t in inputs.items() if t is not None}
+    y = scan(**leaves, delta_softplus=True)
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    (y * weights).sum().backward()
+    return y.detach(), {k: t.grad for k, t in leaves.items()}
+
+
+def _assert_twins(inputs, tol=1e-5):
+    """The chunked scan against the loop: output and every input gradient within tol of their scale."""
+    y_loop, g_loop = _output_and_grads(selective_scan_loop, inputs)
+    y, g = _output_and_grads(torch_selective_scan, inputs)
+    torch.testing.assert_close(y, y_loop, rtol=tol, atol=tol * float(y_loop.abs().max()))
+    assert g.keys() == g_loop.keys()
+    for name in g:
+        scale = float(g_loop[name].abs().max())
+        torch.testing.assert_close(g[name], g_loop[name], rtol=tol, atol=tol * scale,
+                                   msg=lambda m, name=name: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 96, 10**9], ids=["1-step", "4-steps", "64-steps"])
+@pytest.mark.parametrize("length", [1, 7, 64, 131])
+@pytest.mark.parametrize("groups", [None, 2])
+def test_chunked_scan_matches_the_loop_in_float32(monkeypatch, chunk_elements, length, groups):
+    monkeypatch.setattr(mamba, "CHUNK_ELEMENTS", chunk_elements)
+    assert mamba.chunk_length(2, 6, 4) == {1: 1, 96: 2, 10**9: 64}[chunk_elements]  # 48 states a step
+    _assert_twins({k: t.float() for k, t in scan_inputs(length=length, groups=groups).items()})
+
+
+def test_chunked_scan_matches_the_loop_at_mamba_sizes():
+    """The layer's shapes (dim 128, N 16, batch 3) at a length that does not fill the last chunk."""
+    _assert_twins({k: t.float() for k, t in scan_inputs(batch=3, dim=128, n=16, length=300).items()})
+
+
+def test_chunked_scan_with_b_and_c_grouped_differently():
+    inputs = scan_inputs(dim=6, groups=2, length=19)
+    inputs["C"] = scan_inputs(dim=6, groups=3, length=19)["C"]  # B in 2 groups, C in 3
+    torch.testing.assert_close(torch_selective_scan(**inputs), selective_scan_reference(**inputs),
+                               **TOLERANCE[torch.float64])
+    _assert_twins({k: t.float() for k, t in inputs.items()})
+
+
+def test_chunked_scan_is_stable_where_decays_underflow():
+    """Steps of delta * A down to -1000: decays are exp of non-positive numbers only, so states stay
+    finite (a cumulative-product formulation would divide by exp(-1000) here)."""
+    inputs = {k: t.float() for k, t in scan_inputs(length=90, groups=2).items()}
+    inputs["delta"] = inputs["delta"] * 0 + torch.linspace(-3.0, 60.0, 90)  # softplus up to 60
+    inputs["A"] = inputs["A"] * 16
+    y, grads = _output_and_grads(torch_selective_scan, inputs)
+    assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads.values())
+    _assert_twins(inputs)
+
+
+def test_chunked_scan_last_state_matches_the_loop_and_carries_no_gradient():
+    inputs = {k: t.float() for k, t in scan_inputs(length=40, groups=2).items()}
+    _, state_loop = selective_scan_loop(**inputs, delta_softplus=True, return_last_state=True)
+    y, state = torch_selective_scan(**{k: t.requires_grad_() for k, t in inputs.items()},
+                                    delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(state, state_loop.detach(), rtol=1e-5, atol=1e-6)
+    assert y.requires_grad and not state.requires_grad  # mamba_ssm's selective_scan_fn does the same
+
+
+@pytest.mark.parametrize("batch,dim,n", [(1, 1, 1), (1, 128, 16), (4, 128, 16), (64, 256, 16)])
+def test_chunk_length_is_a_power_of_two_near_the_cache_target(batch, dim, n):
+    steps = mamba.chunk_length(batch, dim, n)
+    assert steps in (1, 2, 4, 8, 16, 32, 64)
+    assert steps == 64 or steps == 1 or 0.5 <= steps * batch * dim * n / mamba.CHUNK_ELEMENTS <= 2
 
 
 # --- CUDA parity with mamba_ssm (skipped without a CUDA device; needs mamba-ssm installed) ---

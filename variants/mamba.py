@@ -90,20 +90,163 @@ def _discretization_step(delta, delta_bias, delta_softplus):
     return F.softplus(delta) if delta_softplus else delta
 
 
+def _prepared(u, delta, A, B, C, delta_bias, delta_softplus):
+    """Inputs in the accumulation dtype, delta discretized, B and C as (batch, groups, N, L)."""
+    acc = _accumulation_dtype(u.dtype)
+    dim = u.shape[1]
+    delta = _discretization_step(delta.to(acc), None if delta_bias is None else delta_bias.to(acc),
+                                 delta_softplus)
+    return u.to(acc), delta, A.to(acc), _grouped(B.to(acc), dim), _grouped(C.to(acc), dim)
+
+
+def _gated(y, u, D, z):
+    if D is not None:
+        y = y + u * D.to(y.dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y
+
+
 def torch_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                          return_last_state=False):
-    """`selective_scan_fn` in PyTorch: a loop over L, vectorized over batch, channels and state.
+    """`selective_scan_fn` in PyTorch: a chunked scan with a hand-written backward (`_ChunkedScan`).
 
     u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L) or (batch, G, N, L); D, delta_bias:
     (dim,). Returns y (batch, dim, L) in u's dtype, and with `return_last_state` also the final state
-    (batch, dim, N) in the accumulation dtype.
+    (batch, dim, N) in the accumulation dtype, which (as in mamba_ssm) carries no gradient.
     """
-    out_dtype, acc = u.dtype, _accumulation_dtype(u.dtype)
+    out_dtype = u.dtype
+    u, delta, A, B, C = _prepared(u, delta, A, B, C, delta_bias, delta_softplus)
+    groups = math.lcm(B.shape[1], C.shape[1])  # channel d reads group d // (dim // groups) of each
+    B, C = (M.repeat_interleave(groups // M.shape[1], dim=1) for M in (B, C))
+    differentiable = torch.is_grad_enabled() and any(t.requires_grad for t in (delta, u, A, B, C))
+    y, last_state = _ChunkedScan.apply(delta, u, A, B, C, differentiable)
+    y = _gated(y, u, D, z).to(out_dtype)
+    return (y, last_state) if return_last_state else y
+
+
+CHUNK_ELEMENTS = 2**17  # states per chunk (batch x dim x N x steps): about 512 KiB in float32, cache-sized
+
+
+def chunk_length(batch: int, dim: int, d_state: int) -> int:
+    """Time steps per chunk: a power of two giving chunks of about CHUNK_ELEMENTS states, 1 to 64."""
+    steps = CHUNK_ELEMENTS / (batch * dim * d_state)
+    return int(2 ** min(6, max(0, round(math.log2(max(steps, 1.0))))))
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """The scan's core, y_t = C_t . h_t with h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t, chunk by chunk.
+
+    Time-major chunks of a few steps keep each (steps, batch, groups, N, dim / groups) tensor in cache
+    (channels innermost, so that broadcasts over N run along contiguous memory): a chunk's decays and
+    drives are computed in bulk, then a loop over its steps (no autograd) turns the drives into states,
+    starting from the previous chunk's last state. Decays are exp of non-positive numbers only (no
+    cumulative products to divide by), so large steps underflow to zero instead of overflowing.
+
+    When a gradient is needed the forward keeps every decay and state (what the loop under autograd keeps
+    too); the backward then runs the adjoint recurrence
+        lambda_t = C_t dy_t + exp(delta_{t+1} A) lambda_{t+1}
+    backwards, chunk by chunk, and the gradients follow from lambda: d(drive_t) = lambda_t and
+    d(delta_t A) = lambda_t * exp(delta_t A) * h_{t-1}. Without a gradient only one chunk is held.
+    """
+
+    @staticmethod
+    def forward(ctx, delta, u, A, B, C, differentiable: bool):
+        batch, dim, length = u.shape
+        groups, d_state = B.shape[1], B.shape[2]
+        steps = chunk_length(batch, dim, d_state)
+        delta_t, u_t = (_time_major(x, groups) for x in (delta, u))  # (L, batch, G, P)
+        B_t, C_t = (M.permute(3, 0, 1, 2).contiguous() for M in (B, C))  # (L, batch, G, N)
+        A_t = A.reshape(groups, -1, d_state).transpose(1, 2).contiguous()  # (G, N, P)
+        y = u_t.new_empty(u_t.shape)
+        kept = length if differentiable else min(length, steps)
+        decay, states = (u_t.new_empty(kept, batch, groups, d_state, dim // groups) for _ in range(2))
+        state = torch.zeros_like(states[0])
+        for start in range(0, length, steps):
+            chunk = slice(start, start + steps)
+            into = chunk if differentiable else slice(0, min(steps, length - start))
+            _chunk_states(delta_t[chunk], u_t[chunk], B_t[chunk], A_t, state, decay[into], states[into])
+            _vecmat(C_t[chunk], states[into], out=y[chunk])
+            state = states[into][-1]
+        if differentiable:
+            ctx.save_for_backward(delta_t, u_t, B_t, C_t, A_t, decay, states)
+            ctx.steps = steps
+        last_state = state.transpose(-1, -2).reshape(batch, dim, d_state)  # a copy
+        ctx.mark_non_differentiable(last_state)
+        return _batch_major(y), last_state
+
+    @staticmethod
+    def backward(ctx, dy, _d_last_state):
+        delta_t, u_t, B_t, C_t, A_t, decay, states = ctx.saved_tensors
+        steps, length, groups = ctx.steps, delta_t.shape[0], A_t.shape[0]
+        dy_t = _time_major(dy, groups)
+        d_delta, d_u, d_B, d_C = (torch.empty_like(x) for x in (delta_t, u_t, B_t, C_t))
+        d_A = torch.zeros_like(A_t)
+        carried = torch.zeros_like(states[0])  # exp(delta A) * lambda at the first step of the next chunk
+        for start in reversed(range(0, length, steps)):
+            chunk = slice(start, start + steps)
+            delta_c, u_c, dy_c, decay_c, states_c = delta_t[chunk], u_t[chunk], dy_t[chunk], decay[chunk], \
+                states[chunk]
+            adjoint = C_t[chunk].unsqueeze(-1) * dy_c.unsqueeze(-2)  # C_t dy_t, then lambda_t
+            adjoint[-1] += carried
+            adjoints, decays = adjoint.unbind(0), decay_c.unbind(0)  # views: no indexing per step
+            for t in range(len(adjoints) - 2, -1, -1):
+                adjoints[t].addcmul_(decays[t + 1], adjoints[t + 1])
+            carried = decays[0] * adjoints[0]
+            _vecmat(dy_c, states_c.transpose(-1, -2), out=d_C[chunk])  # sum over channels of dy h
+            _vecmat(delta_c * u_c, adjoint.transpose(-1, -2), out=d_B[chunk])
+            d_delta_u = _vecmat(B_t[chunk], adjoint)  # sum over N of B lambda
+            adjoint.mul_(decay_c)  # now d(delta A): lambda_t * decay_t * h_{t-1}
+            adjoint[1:].mul_(states_c[:-1])
+            if start == 0:
+                adjoint[0].zero_()  # h_0 = 0
+            else:
+                adjoint[0].mul_(states[start - 1])
+            torch.sum(adjoint * A_t, dim=-2, out=d_delta[chunk])
+            d_delta[chunk].addcmul_(d_delta_u, u_c)
+            d_A += (adjoint * delta_c.unsqueeze(-2)).sum((0, 1))
+            torch.mul(d_delta_u, delta_c, out=d_u[chunk])
+        d_B, d_C = (M.permute(1, 2, 3, 0).contiguous() for M in (d_B, d_C))
+        return _batch_major(d_delta), _batch_major(d_u), d_A.transpose(1, 2).flatten(0, 1), d_B, d_C, None
+
+
+def _vecmat(vectors: torch.Tensor, matrices: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """vectors (steps, batch, G, K) times matrices (steps, batch, G, K, M) -> (steps, batch, G, M), as one
+    bmm over flattened views (torch.matmul broadcasting 5-d operands copies them first)."""
+    into = None if out is None else out.flatten(0, 2).unsqueeze(1)
+    result = torch.bmm(vectors.flatten(0, 2).unsqueeze(1), matrices.flatten(0, 2), out=into)
+    return result.view(*vectors.shape[:3], -1)
+
+
+def _time_major(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(batch, dim, L) -> contiguous (L, batch, groups, dim // groups)."""
+    return x.permute(2, 0, 1).unflatten(2, (groups, -1)).contiguous()
+
+
+def _batch_major(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of _time_major."""
+    return x.flatten(2, 3).permute(1, 2, 0).contiguous()
+
+
+def _chunk_states(delta, u, B, A, entering, decay, states) -> None:
+    """One chunk's decays exp(delta A) and states h, from the state entering it, written into decay and
+    states (steps, batch, G, N, P). delta, u: (steps, batch, G, P); B: (steps, batch, G, N); A: (G, N, P);
+    entering: (batch, G, N, P)."""
+    torch.mul(delta.unsqueeze(-2), A, out=decay).exp_()
+    torch.mul(B.unsqueeze(-1), (delta * u).unsqueeze(-2), out=states)  # the drives, turned into states
+    steps, decays = states.unbind(0), decay.unbind(0)  # views: no indexing per step
+    steps[0].addcmul_(decays[0], entering)
+    for t in range(1, len(steps)):
+        steps[t].addcmul_(decays[t], steps[t - 1])
+
+
+def selective_scan_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                        return_last_state=False):
+    """`selective_scan_fn` in PyTorch as a plain loop over L under autograd, vectorized over batch,
+    channels and state: the twin `torch_selective_scan` is tested against (output and gradients)."""
+    out_dtype = u.dtype
+    u, delta, A, B, C = _prepared(u, delta, A, B, C, delta_bias, delta_softplus)
     dim = u.shape[1]
-    u, A = u.to(acc), A.to(acc)
-    delta = _discretization_step(delta.to(acc), None if delta_bias is None else delta_bias.to(acc),
-                                 delta_softplus)
-    B, C = _grouped(B.to(acc), dim), _grouped(C.to(acc), dim)
     per_group = dim // B.shape[1]
     # Time-major layout: each step reads one contiguous (batch, dim, N) slice.
     decay = torch.exp(torch.einsum("bdl,dn->lbdn", delta, A))
@@ -116,11 +259,8 @@ def torch_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
         states.append(state)
     per_group = dim // C.shape[1]
     y = torch.einsum("lbghn,bgnl->bghl", torch.stack(states).unflatten(2, (-1, per_group)), C).flatten(1, 2)
-    if D is not None:
-        y = y + u * D.to(acc)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(acc))
-    return (y.to(out_dtype), state) if return_last_state else y.to(out_dtype)
+    y = _gated(y, u, D, z).to(out_dtype)
+    return (y, state) if return_last_state else y
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
