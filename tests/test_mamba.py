@@ -300,6 +300,22 @@ def test_chunked_scan_matches_the_loop_at_mamba_sizes():
     _assert_twins({k: t.float() for k, t in scan_inputs(batch=3, dim=128, n=16, length=300).items()})
 
 
+@pytest.mark.parametrize("length", [5, 64, 131])
+def test_chunked_scan_without_gradient_equals_the_one_with(monkeypatch, length):
+    """Without autograd the scan reuses one chunk's buffers: the state carried into the next chunk
+    must not be overwritten by it (a 4-step chunk here, so several chunks)."""
+    monkeypatch.setattr(mamba, "CHUNK_ELEMENTS", 4 * 2 * 6 * 4)
+    inputs = {k: t.float() for k, t in scan_inputs(length=length, groups=2).items()}
+    with torch.no_grad():
+        y, state = torch_selective_scan(**inputs, delta_softplus=True, return_last_state=True)
+    y_grad, state_grad = torch_selective_scan(**{k: t.requires_grad_() for k, t in inputs.items()},
+                                              delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(y, y_grad.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(state, state_grad, rtol=0, atol=0)
+    torch.testing.assert_close(y.double(), selective_scan_reference(**inputs, delta_softplus=True).double(),
+                               **TOLERANCE[torch.float32])
+
+
 def test_chunked_scan_with_b_and_c_grouped_differently():
     inputs = scan_inputs(dim=6, groups=2, length=19)
     inputs["C"] = scan_inputs(dim=6, groups=3, length=19)["C"]  # B in 2 groups, C in 3

@@ -167,7 +167,7 @@ class _ChunkedScan(torch.autograd.Function):
             into = chunk if differentiable else slice(0, min(steps, length - start))
             _chunk_states(delta_t[chunk], u_t[chunk], B_t[chunk], A_t, state, decay[into], states[into])
             _vecmat(C_t[chunk], states[into], out=y[chunk])
-            state = states[into][-1]
+            state = states[into][-1] if differentiable else states[into][-1].clone()  # the buffer is reused
         if differentiable:
             ctx.save_for_backward(delta_t, u_t, B_t, C_t, A_t, decay, states)
             ctx.steps = steps
