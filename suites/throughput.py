@@ -707,8 +707,9 @@ def predicted_peak_bytes(case: Case) -> int | None:
     (variants.linear.SEGMENT_CHUNKS chunks: padded chunks, chunk states and their prefix, intra-chunk
     scores); performer, on nb_features features, also the feature computation's temporaries; the banded
     longformer 2.5 copies of its (N, 3 window) chunk scores (masked scores, probabilities; the raw scores
-    are freed part-way); mamba's PyTorch scan 4 (L, batch, dim,
-    d_state) tensors (decay, drive, the states and their stack). None for other levels and modes, and for
+    are freed part-way); mamba's chunked PyTorch scan, without a gradient, about 5 accumulation-dtype
+    copies of (batch, dim, L) (softplus'd and time-major delta and u, the output and its gating) and one
+    chunk of states (cache-sized). None for other levels and modes, and for
     code paths it has no model of (the newer state-space and recurrent families: measured, not predicted).
     """
     if case.level != "kernel" or case.mode != "fwd":
@@ -731,7 +732,7 @@ def predicted_peak_bytes(case: Case) -> int | None:
     elif backend == "sliding-chunks":
         peak = 3 * x * e + upcast + rows * a * (5 * case.head_dim + 7.5 * params["window"])
     elif backend == "torch-scan":
-        peak = 3 * x * e + x * a * (4 * params["d_state"] + 5)
+        peak = 3 * x * e + 5 * x * a
     elif backend in FUSED_BACKENDS:  # inputs, output and per-row statistics
         peak = 4 * x * e + 4 * rows
     else:
