@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -88,11 +89,20 @@ def run(
                              "under the memory cap, instead of the sweep")] = False,
     memory_gb: Annotated[float | None, typer.Option(
         help="With --find-max-n: the memory cap in GiB (default: 90% of the memory available)")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Learned tasks: seeds per configuration")] = None,
+    finding: Annotated[list[str] | None, typer.Option(
+        "--finding", help="Learned tasks: only the experiments of these findings")] = None,
+    criterion: Annotated[float | None, typer.Option(
+        help="Learned tasks: the validation accuracy that ends training, in (0, 1]")] = None,
 ) -> None:
     """Run a suite; rows land in OUT as each case finishes. Re-running with the same OUT resumes."""
     if memory_gb is not None and not find_max_n:
         fail("--memory-gb applies to --find-max-n")
+    learned = {k: v for k, v in dict(seeds=seeds, findings=finding or None, criterion=criterion).items()
+               if v is not None}
     if find_max_n:
+        if learned:
+            fail("--find-max-n takes no --seeds, --finding or --criterion (they are for learned tasks)")
         if shard is not None or executor != "local":
             fail("--find-max-n runs here, one probe at a time: it takes no --shard or --executor")
         _find_max_n(suite, device, profile, out, variant, dtype, memory_gb, timeout)
@@ -110,7 +120,7 @@ def run(
     where = _executor(executor, ray_address)
     try:
         _run(where, suite, device, profile, out, variant, seq_len, dtype, timeout, retry, fresh, progress,
-             part)
+             part, learned)
     finally:
         where.close()
 
@@ -127,10 +137,10 @@ def _executor(name: str, ray_address: str | None):
 
 
 def _run(executor, suite, device, profile, out, variant, seq_len, dtype, timeout, retry, fresh, progress,
-         part):
+         part, learned):
     """`run` once its executor is ready."""
     module, cases, out = _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh,
-                                   executor)
+                                   executor, learned)
     timeout = validate.positive(timeout, "--timeout", validate.MAX_TIMEOUT_S, " s") or module.TIMEOUT_S
     what = f"{len(cases)} cases"
     if part is not None:
@@ -179,7 +189,7 @@ def checked_variants(names: list[str] | None) -> list[str]:
     return names
 
 
-def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh, executor):
+def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh, executor, learned):
     """Every argument of `run` checked, then the suite's cases: (suite module, cases, run directory)."""
     try:
         module = plugins.suite(suite)
@@ -197,9 +207,12 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
     out = validate.output_dir(out) or Path("results") / f"{suite}-{device}-{profile}"
     if fresh and out.is_dir() and any(out.iterdir()) and not store.is_run_dir(out):
         fail(f"--fresh: {out} is not a run directory (no records/ or environment.json); it is left alone")
+    for name in sorted(set(learned) - set(inspect.signature(module.plan).parameters)):
+        option = {"seeds": "--seeds", "findings": "--finding", "criterion": "--criterion"}[name]
+        fail(f"{option} applies to the learned-task suites (accuracy, long-range), not to {suite}")
     try:
         cases = module.plan(profile=profile, device=device, variants=names or None, seq_lens=lengths or None,
-                            dtypes=dtypes or None)
+                            dtypes=dtypes or None, **learned)
     except ValidationError as e:
         fail(one_line_validation(e))
     except ValueError as e:

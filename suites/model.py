@@ -1,15 +1,25 @@
-"""The small language model every learned task trains, and its training loop.
+"""The small models every learned task trains, and their training loop.
 
-token embedding -> n_layers x [norm -> mixer -> residual -> norm -> MLP -> residual] -> norm -> head
+token embedding -> n_layers x [norm -> (short conv) -> mixer -> residual -> norm -> MLP -> residual]
+                -> norm -> head
 
-The mixer is any registered variant (`v.mixer(d_model, n_heads, causal=True, **params)`); attention
-mixers get rotary position embeddings (rope=True), mamba needs none. The head shares the embedding
-matrix. Parameter counts are matched across variants by the MLP width: a mixer larger than the
-attention block (mamba) gets a narrower MLP, so every model has the same number of parameters up to a
-few per layer (`mlp_width_for`).
+The mixer is any registered variant (`v.mixer(d_model, n_heads, causal=..., **params)`); attention
+mixers get rotary position embeddings (rope=True), mamba needs none. Two heads:
+- `LanguageModel` (causal mixers): next-token logits from the embedding matrix (tied), taken only at
+  labelled positions (the head runs there alone, which keeps large vocabularies cheap);
+- `Classifier` (non-causal mixers, LRA's posing of ListOps): the mean of the final states over the
+  non-padding tokens, then a linear layer to the classes. A mixer that is causal only (mamba) runs
+  bidirectionally there (`Bidirectional`: a forward and a reversed pass, summed).
+The optional short convolution (`short_conv` taps, 0 for none) is the depthwise causal convolution that
+H3, Based and Mamba put before their mixers: it hands every position its few predecessors, which
+attention otherwise learns to fetch with a previous-token head in a late jump (MQAR, induction heads).
+It mixes only a few neighbours, so recall over longer distances still goes through the mixer.
+Parameter counts are matched across variants by the MLP width: a mixer larger than the attention block
+(mamba) gets a narrower MLP, so every model has the same number of parameters up to a few per layer
+(`mlp_width_for`).
 
-Training is bounded by steps and by wall time; the loss is taken only at labelled positions (the head
-runs there alone, which keeps large vocabularies cheap).
+Training is bounded by steps and by wall time, and stops early once the accuracy on a validation set,
+measured every `validate_every` steps, reaches a criterion.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -28,8 +38,6 @@ from harness import registry
 from suites.tasks import IGNORE, Batch
 
 MLP_RATIO = 4  # MLP width of the attention model: MLP_RATIO * d_model
-CONVERGED_ACCURACY = 0.9  # a run converged when its training accuracy ends at or above this
-SOLVED_ACCURACY = 0.99  # training stops early once the recent training accuracy reaches this
 RECENT_STEPS = 20  # window of the running training accuracy
 CURVE_POINTS = 64  # loss curve resolution: about this many points over max_steps
 
@@ -49,12 +57,31 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def mixer_parameters(variant_name: str, d_model: int, n_heads: int, params: dict) -> int:
+class Bidirectional(nn.Module):
+    """A causal mixer run both ways: over x, and over x reversed (its output flipped back), summed.
+    The two directions have their own parameters."""
+
+    def __init__(self, make: Callable[[], nn.Module]):
+        super().__init__()
+        self.forward_mixer, self.backward_mixer = make(), make()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_mixer(x) + self.backward_mixer(x.flip(1)).flip(1)
+
+
+def make_mixer(variant_name: str, d_model: int, n_heads: int, params: dict, *, causal: bool = True,
+               rope: bool | None = None) -> nn.Module:
+    """The variant's mixer; non-causal for a variant that has only a causal one: `Bidirectional`."""
+    v, kwargs = registry.get(variant_name), mixer_kwargs(variant_name, params, rope)
+    if causal or v.support.non_causal:
+        return v.mixer(d_model, n_heads, causal=causal, **kwargs)
+    return Bidirectional(lambda: v.mixer(d_model, n_heads, causal=True, **kwargs))
+
+
+def mixer_parameters(variant_name: str, d_model: int, n_heads: int, params: dict, causal: bool = True) -> int:
     """Parameters of one mixer, counted on the meta device (nothing is allocated)."""
     with torch.device("meta"):
-        mixer = registry.get(variant_name).mixer(d_model, n_heads, causal=True,
-                                                 **mixer_kwargs(variant_name, params))
-    return count_parameters(mixer)
+        return count_parameters(make_mixer(variant_name, d_model, n_heads, params, causal=causal))
 
 
 def attention_mixer_parameters(d_model: int) -> int:
@@ -62,26 +89,39 @@ def attention_mixer_parameters(d_model: int) -> int:
     return 4 * d_model * d_model
 
 
-def mlp_width_for(variant_name: str, d_model: int, n_heads: int, params: dict) -> int:
+def mlp_width_for(variant_name: str, d_model: int, n_heads: int, params: dict, causal: bool = True) -> int:
     """MLP width that gives this variant's block the parameters of the attention block (MLP 4x)."""
     reference = attention_mixer_parameters(d_model) + 2 * d_model * MLP_RATIO * d_model
-    width = round((reference - mixer_parameters(variant_name, d_model, n_heads, params)) / (2 * d_model))
+    mixer = mixer_parameters(variant_name, d_model, n_heads, params, causal)
+    width = round((reference - mixer) / (2 * d_model))
     if width < d_model // 4:
         raise ValueError(f"{variant_name}'s mixer at d_model {d_model} is too large to match the attention "
                          f"block's parameters with an MLP (width would be {width})")
     return width
 
 
+class ShortConv(nn.Module):
+    """Depthwise causal convolution over the sequence: (batch, seq, d) -> same; position t sees t-k+1..t."""
+
+    def __init__(self, d_model: int, taps: int):
+        super().__init__()
+        self.conv = nn.Conv1d(d_model, d_model, taps, groups=d_model, padding=taps - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
+
+
 class Block(nn.Module):
-    def __init__(self, mixer: nn.Module, d_model: int, mlp_width: int):
+    def __init__(self, mixer: nn.Module, d_model: int, mlp_width: int, short_conv: int = 0):
         super().__init__()
         self.mixer_norm, self.mixer = nn.LayerNorm(d_model), mixer
+        self.short_conv = ShortConv(d_model, short_conv) if short_conv else nn.Identity()
         self.mlp_norm = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, mlp_width, bias=False), nn.GELU(),
                                  nn.Linear(mlp_width, d_model, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(self.mixer_norm(x))
+        x = x + self.mixer(self.short_conv(self.mixer_norm(x)))
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -94,16 +134,20 @@ def layer_params(variant_name: str, params: dict, layer: int) -> dict:
     return {**params, "seed": hash((params.get("seed", defaults["seed"]), layer)) % 2**31}
 
 
-class LanguageModel(nn.Module):
+class Backbone(nn.Module):
+    """Embedding, blocks and final norm: (batch, seq) tokens -> (batch, seq, d_model) states."""
+
+    causal = True
+
     def __init__(self, variant: str, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
-                 mlp_width: int, params: dict | None = None, rope: bool | None = None):
+                 mlp_width: int, params: dict | None = None, rope: bool | None = None, short_conv: int = 0):
         super().__init__()
-        v, kwargs = registry.get(variant), mixer_kwargs(variant, params or {}, rope)
         self.embedding = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)
-        mixers = (v.mixer(d_model, n_heads, causal=True, **layer_params(variant, kwargs, layer))
-                  for layer in range(n_layers))
-        self.blocks = nn.ModuleList(Block(mixer, d_model, mlp_width) for mixer in mixers)
+        kwargs = params or {}
+        mixers = (make_mixer(variant, d_model, n_heads, layer_params(variant, kwargs, layer), causal=self.causal,
+                             rope=rope) for layer in range(n_layers))
+        self.blocks = nn.ModuleList(Block(mixer, d_model, mlp_width, short_conv) for mixer in mixers)
         self.norm = nn.LayerNorm(d_model)
 
     def redraw_features(self, step: int) -> None:
@@ -120,6 +164,13 @@ class LanguageModel(nn.Module):
             x = block(x)
         return self.norm(x)
 
+    def non_embedding_parameters(self) -> int:
+        return count_parameters(self) - self.embedding.weight.numel()
+
+
+class LanguageModel(Backbone):
+    """Causal mixers; predicts the next token at labelled positions with the tied embedding matrix."""
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden @ self.embedding.weight.T  # tied head
 
@@ -128,25 +179,47 @@ class LanguageModel(nn.Module):
         scored = batch.labels != IGNORE
         return self.logits(self.hidden(batch.inputs)[scored]).float(), batch.labels[scored]
 
-    def non_embedding_parameters(self) -> int:
-        return count_parameters(self) - self.embedding.weight.numel()
+
+class Classifier(Backbone):
+    """Non-causal mixers; one class per sequence from the mean state over its non-padding tokens.
+    Each sequence carries its class as its one label (at any position)."""
+
+    causal = False
+
+    def __init__(self, variant: str, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
+                 mlp_width: int, params: dict | None = None, rope: bool | None = None, *, n_classes: int,
+                 pad_token: int):
+        super().__init__(variant, vocab_size, d_model, n_layers, n_heads, mlp_width, params, rope)
+        self.head, self.pad_token = nn.Linear(d_model, n_classes), pad_token
+
+    def scored_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (batch, n_classes) in float32 and the class of each sequence (batch,)."""
+        tokens = (batch.inputs != self.pad_token).unsqueeze(-1).to(self.norm.weight.dtype)
+        pooled = (self.hidden(batch.inputs) * tokens).sum(1) / tokens.sum(1).clamp(min=1)
+        labelled = batch.labels != IGNORE
+        if not bool((labelled.sum(1) == 1).all()):
+            raise ValueError("a classification example carries exactly one label")
+        return self.head(pooled).float(), batch.labels[labelled]
 
 
 @dataclass
 class TrainResult:
     steps: int = 0
-    wall_s: float = 0.0  # training time, the warm-up step included
+    wall_s: float = 0.0  # training time, the warm-up step and the validations included
     warmup_s: float = 0.0  # the first step (compilation, autotuning), not charged to the time budget
     tokens_seen: int = 0
     loss_curve: list[float] = field(default_factory=list)  # mean training loss over each curve_every steps
     curve_every: int = 1
     final_loss: float = math.nan  # mean training loss over the last curve interval
     train_accuracy: float = 0.0  # running accuracy at labelled positions over the last RECENT_STEPS steps
-    stop_reason: str = ""  # "max_steps", "time_budget", "solved" or "diverged"
+    valid_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, validation accuracy)
+    steps_to_criterion: int | None = None  # the first validation at or above the criterion
+    stop_reason: str = ""  # "criterion", "max_steps", "time_budget" or "diverged"
 
     @property
-    def converged(self) -> bool:
-        return self.stop_reason != "diverged" and self.train_accuracy >= CONVERGED_ACCURACY
+    def valid_accuracy(self) -> float:
+        """The last validation accuracy (NaN without validation)."""
+        return self.valid_curve[-1][1] if self.valid_curve else math.nan
 
 
 def autocast(device: str, dtype: torch.dtype):
@@ -179,9 +252,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def train(model: LanguageModel, batches: Iterator[Batch], *, lr: float, max_steps: int,
-          time_budget_s: float, weight_decay: float, device: str, dtype: torch.dtype) -> TrainResult:
-    """Train until max_steps, the time budget, a solved task or a non-finite loss, whichever comes first."""
+@dataclass(frozen=True)
+class Validation:
+    """Accuracy on a validation set every `every` steps; training stops once it reaches `criterion`."""
+
+    accuracy: Callable[[], float]
+    every: int
+    criterion: float | None = None
+
+
+def train(model: Backbone, batches: Iterator[Batch], *, lr: float, max_steps: int, time_budget_s: float,
+          weight_decay: float, device: str, dtype: torch.dtype,
+          validation: Validation | None = None) -> TrainResult:
+    """Train until max_steps, the time budget, the validation criterion or a non-finite loss."""
     opt = optimizer_for(model, lr, weight_decay)
     result = TrainResult(curve_every=max(1, max_steps // CURVE_POINTS))
     recent_correct, recent_total, interval = [], [], []
@@ -219,20 +302,32 @@ def train(model: LanguageModel, batches: Iterator[Batch], *, lr: float, max_step
             _sync(device)
             result.warmup_s = time.perf_counter() - started
             budget_start = time.perf_counter()
-        if len(recent_total) == RECENT_STEPS and result.train_accuracy >= SOLVED_ACCURACY:
-            result.stop_reason = "solved"
+        if validation is not None and (step + 1) % validation.every == 0 and _validate(result, validation):
+            result.stop_reason = "criterion"
             break
         if time.perf_counter() - budget_start > time_budget_s:
             result.stop_reason = "time_budget"
             break
     else:
         result.stop_reason = "max_steps"
+    if validation is not None and (not result.valid_curve or result.valid_curve[-1][0] != result.steps):
+        _validate(result, validation)  # the final model's validation accuracy
     if interval:
         result.loss_curve.append(sum(interval) / len(interval))
     result.final_loss = result.loss_curve[-1] if result.loss_curve else math.nan
     _sync(device)
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def _validate(result: TrainResult, validation: Validation) -> bool:
+    """Record the validation accuracy now; True when it reaches the criterion (the first time counts)."""
+    accuracy = validation.accuracy()
+    result.valid_curve.append((result.steps, accuracy))
+    reached = validation.criterion is not None and accuracy >= validation.criterion
+    if reached and result.steps_to_criterion is None:
+        result.steps_to_criterion = result.steps
+    return reached
 
 
 @dataclass
@@ -242,16 +337,16 @@ class Evaluation:
     loss: float
     n_examples: int
     wall_s: float
+    per_example: list[float] = field(default_factory=list)  # each example's fraction of its labels right
 
 
 @torch.no_grad()
-def evaluate(model: LanguageModel, data: Batch, *, batch_size: int, device: str,
-             dtype: torch.dtype) -> Evaluation:
+def evaluate(model: Backbone, data: Batch, *, batch_size: int, device: str, dtype: torch.dtype) -> Evaluation:
     """Accuracy on held-out data. A non-finite logit counts as a wrong answer (a diverged model
     answers nothing), and its loss is reported as it is."""
     started = time.perf_counter()
     model.eval()
-    correct = total = seq_correct = 0
+    right_per_example, labels_per_example = [], []
     loss_sum = 0.0
     for start in range(0, len(data), batch_size):
         batch = Batch(data.inputs[start:start + batch_size], data.labels[start:start + batch_size]).to(device)
@@ -259,10 +354,12 @@ def evaluate(model: LanguageModel, data: Batch, *, batch_size: int, device: str,
             logits, labels = model.scored_logits(batch)
         right = (logits.argmax(-1) == labels) & torch.isfinite(logits).all(-1)
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        correct, total = correct + int(right.sum()), total + labels.numel()
-        rows = (batch.labels != IGNORE).nonzero()[:, 0]
-        wrong_per_row = torch.bincount(rows[~right], minlength=len(batch))
-        seq_correct += int((wrong_per_row == 0).sum())
+        rows = (batch.labels != IGNORE).nonzero()[:, 0]  # scored labels in row order, as scored_logits
+        right_per_example.append(torch.bincount(rows[right], minlength=len(batch)))
+        labels_per_example.append(torch.bincount(rows, minlength=len(batch)))
     model.train()
-    return Evaluation(correct / max(1, total), seq_correct / max(1, len(data)), loss_sum / max(1, total),
-                      len(data), time.perf_counter() - started)
+    right, total = torch.cat(right_per_example).cpu(), torch.cat(labels_per_example).cpu()
+    per_example = (right / total.clamp(min=1)).tolist()
+    n_labels, exact = max(1, int(total.sum())), float((right == total).float().mean())
+    return Evaluation(int(right.sum()) / n_labels, exact, loss_sum / n_labels, len(data),
+                      time.perf_counter() - started, per_example)

@@ -1,8 +1,8 @@
 """The accuracy suite: Part A measurements, the model's parameter parity, learning, claims and plans."""
 
 import itertools
+import json
 
-import pandas as pd
 import pytest
 import torch
 from pydantic import ValidationError
@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from harness import registry
 from harness.attention import softmax_attention
 from suites import accuracy as A
-from suites import long_range
+from suites import findings, grids, long_range
 from suites import model as lm
 
 
@@ -80,24 +80,26 @@ def test_structured_inputs_are_what_they_claim():
 # --- the model ------------------------------------------------------------------------------------
 
 def model_configs():
-    """Every distinct model the suites train, in every profile, for every variant."""
-    configs = set()
-    for suite, profile in itertools.product((A, long_range), ("quick", "standard", "full")):
-        for case in suite.plan(profile, "cuda", variants=registry.names()):
+    """One case per distinct model the suites train, in every profile and device, for every variant."""
+    configs = {}
+    for suite, profile, device in itertools.product((A, long_range), ("quick", "standard", "full"),
+                                                    ("cpu", "cuda")):
+        for case in suite.plan(profile, device, variants=registry.names()):
             if isinstance(case, A.TaskCase):
-                configs.add((case.task, case.train_task().vocab_size, case.d_model, case.n_layers,
-                             case.n_heads, case.variant, case.mlp_width, case.rope,
-                             tuple(sorted(case.params.items()))))
+                key = (case.task, case.train_task().vocab_size, case.d_model, case.n_layers, case.n_heads,
+                       case.short_conv, case.variant, case.mlp_width, case.rope,
+                       json.dumps(case.params, sort_keys=True))
+                configs.setdefault(key, case)
     return configs
 
 
 def test_parameter_counts_within_ten_percent_across_variants():
     groups = {}
-    for task, vocab, d, layers, heads, name, width, rope, params in model_configs():
+    for key, case in model_configs().items():
         with torch.device("meta"):
-            model = lm.LanguageModel(name, vocab, d, layers, heads, width, dict(params), rope=rope)
-        counts = groups.setdefault((task, vocab, d, layers), {})
-        counts[name] = (lm.count_parameters(model), model.non_embedding_parameters())
+            model = A.model_for(case)
+        counts = groups.setdefault(key[:6], {})
+        counts[case.variant] = (lm.count_parameters(model), model.non_embedding_parameters())
     assert len(groups) > 10
     for config, counts in groups.items():
         assert set(counts) == set(registry.names()), config
@@ -117,25 +119,31 @@ def test_mlp_width_compensates_mamba_block():
 # --- learning -------------------------------------------------------------------------------------
 
 def tiny_mqar(**changes):
-    spec = A.QUICK_TASKS[0]
+    spec = grids.ACCURACY_QUICK[0]
     length = spec.train_seq_lens[0]
     fields = dict(variant="vanilla", device="cpu", task="mqar", seq_len=length, train_seq_len=length,
                   kv_pairs=spec.kv_pairs[0], task_params=spec.task_params, d_model=spec.d_models[0],
                   n_heads=spec.n_heads, lr=spec.lrs[0], batch_size=spec.batch_for(length),
-                  max_steps=spec.max_steps, time_budget_s=spec.time_budget_s, n_test=spec.n_test)
+                  max_steps=spec.max_steps, time_budget_s=spec.time_budget_s, n_test=spec.n_test,
+                  criterion=spec.criterion, validate_every=spec.validate_every, n_valid=spec.n_valid)
     return A.TaskCase(**{**fields, **changes})
 
 
-def test_vanilla_learns_the_quick_mqar():
+def test_vanilla_learns_the_quick_mqar_and_stops_at_the_validation_criterion():
     """Seeded and deterministic on CPU, within the quick profile's step budget. Its time budget is
     lifted here: how many steps fit in it depends on the machine, and a test must not."""
     A._last_trained = None
-    row = A.run_task(tiny_mqar(time_budget_s=600))
+    case = tiny_mqar(time_budget_s=600)
+    row = A.run_task(case)
     assert row["accuracy"] >= 0.95, row
-    assert row["steps"] < A.QUICK_TASKS[0].max_steps
-    assert row["stop_reason"] == "solved" and row["converged"] and row["trained_in_case"]
+    assert row["stop_reason"] == "criterion" and row["trained_in_case"]
+    assert row["steps"] == row["steps_to_criterion"] < case.max_steps
+    assert row["steps"] % case.validate_every == 0 and row["valid_steps"][-1] == row["steps"]
+    assert row["valid_curve"][-1] == row["valid_accuracy"] >= case.criterion > max(row["valid_curve"][:-1])
+    assert row["tokens_to_criterion"] == row["steps"] * case.batch_size * case.train_seq_len
     assert row["loss_curve"][-1] < row["loss_curve"][0]
-    case = tiny_mqar()
+    assert len(row["example_accuracy"]) == case.n_test
+    assert sum(row["example_accuracy"]) / case.n_test == pytest.approx(row["accuracy"])
     assert row["tokens_seen"] == row["steps"] * case.batch_size * case.train_seq_len
 
 
@@ -143,10 +151,11 @@ def test_training_is_deterministic_by_seed():
     rows = []
     for seed in (0, 0, 1):
         A._last_trained = None  # train again, do not reuse
-        rows.append(A.run_task(tiny_mqar(max_steps=25, seed=seed, n_test=32)))
+        rows.append(A.run_task(tiny_mqar(max_steps=25, seed=seed, n_test=32, time_budget_s=600)))
     assert rows[0]["loss_curve"] == rows[1]["loss_curve"] and rows[0]["test_loss"] == rows[1]["test_loss"]
     assert rows[0]["loss_curve"] != rows[2]["loss_curve"]
     assert rows[0]["stop_reason"] == "max_steps" and rows[0]["steps"] == 25
+    assert rows[0]["steps_to_criterion"] is None and rows[0]["valid_steps"][-1] == 25  # validated at the end
 
 
 def test_evaluations_of_one_training_reuse_the_model():
@@ -156,68 +165,92 @@ def test_evaluations_of_one_training_reuse_the_model():
     first = A.run_task(A.TaskCase(seq_len=32, depth=0.0, **case))
     second = A.run_task(A.TaskCase(seq_len=64, depth=1.0, **case))
     assert first["trained_in_case"] and not second["trained_in_case"]
-    assert first["loss_curve"] == second["loss_curve"]
+    assert first["loss_curve"] == second["loss_curve"] and first["training_id"] == second["training_id"]
     assert second["key_distance"] == 2 and first["key_distance"] == 32 - 2 - 1  # key_len 2 at depth 1
+    assert second["chance"] == pytest.approx(0.01)  # two digits, exact match
 
 
 def test_divergence_is_a_result_not_an_error():
     A._last_trained = None
     row = A.run_task(tiny_mqar(lr=1e6, max_steps=30, n_test=16))
-    assert row["stop_reason"] in ("diverged", "max_steps") and not row["converged"]
+    assert row["stop_reason"] in ("diverged", "max_steps")
     assert 0.0 <= row["accuracy"] <= 1.0
 
 
-# --- claims ---------------------------------------------------------------------------------------
-
-def learned_rows(rows):
-    base = dict(suite="accuracy", device_name="gpu", dtype="bfloat16", params="{}", status="ok", n_layers=2,
-                n_heads=2, seed=0, depth=None, kv_pairs=None, window=None, global_tokens=None,
-                key_distance=None, key_position=None, key_len=None)
-    frame = pd.DataFrame([{"train_seq_len": r["seq_len"], **base, **r} for r in rows])
-    return frame
-
-
-def mqar(variant, family, accuracy_by_kv, d_models=(64, 128), lrs=(1e-3, 3e-3)):
-    """Rows whose best lr (the last) has the given accuracy; the other lr does worse."""
-    return [dict(variant=variant, family=family, task="mqar", seq_len=64 * kv, kv_pairs=kv, d_model=d, lr=lr,
-                 accuracy=acc if lr == lrs[-1] else acc / 2)
-            for kv, acc in accuracy_by_kv.items() for d in d_models for lr in lrs]
-
-
-def test_claims_on_a_frame_with_known_answers():
-    rows = (mqar("vanilla", "vanilla", {4: 1.0, 64: 0.97}) + mqar("linear", "linear", {4: 0.95, 64: 0.3})
-            + mqar("performer", "performer", {4: 0.9, 64: 0.2}))
-    rows += [dict(variant="mamba", family="mamba", task="selective_copy", seq_len=n, d_model=64, lr=1e-3,
-                  accuracy=a) for n, a in ((256, 1.0), (4096, 0.4))]
-    rows += [dict(variant="longformer", family="longformer", task="passkey", seq_len=2048, depth=depth,
-                  d_model=64, lr=1e-3, window=128, global_tokens=8, key_distance=dist, key_position=pos,
-                  key_len=5, accuracy=acc)
-             for depth, dist, pos, acc in ((1.0, 5, 2040, 1.0), (0.9, 100, 1900, 1.0),  # inside the window
-                                           (0.5, 1000, 1000, 0.05), (0.01, 2000, 4, 0.1),  # outside
-                                           (0.0, 2000, 1, 1.0))]  # the whole key among the global tokens
-    claims = A.check_claims(learned_rows(rows))
-    assert claims["softmax_solves_mqar"].reproduced is True
-    assert claims["softmax_solves_mqar"].figures["d=64 N=4096 kv=64"] == 0.97  # best lr, not the mean
-    assert claims["linear_performer_fall_behind"].reproduced is True
-    assert claims["linear_performer_fall_behind"].figures["linear_gap"] == {4: 0.05, 64: 0.67}
-    assert claims["mamba_selective_copying"].reproduced is False  # judged at the longest length
-    window = claims["window_fails_outside"]
-    assert window.reproduced is True and window.figures == {"inside": 1.0, "outside": 0.075}
-    assert claims["mamba_extrapolates_induction"].reproduced is None  # no induction rows
+def test_listops_trains_a_bidirectional_classifier():
+    """LRA's posing: a non-causal encoder for attention, mamba both ways; one class per sequence."""
+    A._last_trained = None
+    base = dict(task="listops", seq_len=48, train_seq_len=48, task_params={"min_length": 8}, d_model=32,
+                n_heads=2, lr=3e-3, batch_size=8, max_steps=4, time_budget_s=60, train_pool=64, n_test=16,
+                n_valid=16, device="cpu")
+    for variant, params in (("vanilla", {}), ("mamba", grids.BIDIRECTIONAL["mamba"])):
+        case = A.TaskCase(variant=variant, params=params, **base)
+        model = A.build_model(case)
+        assert isinstance(model, lm.Classifier) and model.head.out_features == 10
+        mixer = model.blocks[0].mixer
+        assert isinstance(mixer, lm.Bidirectional) == (variant == "mamba")
+        assert case.causal == (variant == "mamba") and getattr(mixer, "causal", False) is False
+        row = A.run_task(case)
+        A._last_trained = None
+        assert row["steps"] == 4 and 0 <= row["accuracy"] <= 1 and len(row["example_accuracy"]) == 16
 
 
-def test_claims_that_fail_say_so():
-    rows = mqar("vanilla", "vanilla", {4: 1.0, 64: 0.6}) + mqar("linear", "linear", {4: 0.5, 64: 0.55})
-    rows += [dict(variant=v, family=f, task="induction", seq_len=n, train_seq_len=256, d_model=64, lr=1e-3,
-                  accuracy=a) for v, f, curve in (("mamba", "mamba", {256: 1.0, 4096: 1.0}),
-                                                  ("vanilla", "vanilla", {256: 1.0, 4096: 0.95}))
-             for n, a in curve.items()]
-    claims = A.check_claims(learned_rows(rows))
-    assert claims["softmax_solves_mqar"].reproduced is False
-    assert claims["linear_performer_fall_behind"].reproduced is False  # the gap shrinks
-    assert claims["mamba_extrapolates_induction"].reproduced is False  # softmax extrapolates too
-    assert claims["mamba_selective_copying"].reproduced is None
-    assert A.check_claims(pd.DataFrame())["softmax_solves_mqar"].reproduced is None
+def test_bidirectional_mixer_sees_both_sides():
+    mixer = lm.make_mixer("mamba", 16, 1, {"expand": 1}, causal=False)
+    x = torch.randn(1, 12, 16)
+    x2 = x.clone()
+    x2[:, 8] += 1.0
+    with torch.no_grad():
+        y, y2 = mixer(x), mixer(x2)
+    assert (y2[:, :8] - y[:, :8]).abs().amax() > 1e-6  # the reversed scan carries position 8 backwards
+    causal = lm.make_mixer("mamba", 16, 1, {"expand": 1}, causal=True)
+    with torch.no_grad():
+        torch.testing.assert_close(causal(x2)[:, :8], causal(x)[:, :8], rtol=0, atol=0)
+
+
+def test_short_convolution_is_causal():
+    model = lm.LanguageModel("vanilla", 16, 32, 2, 2, 128, short_conv=4)
+    assert isinstance(model.blocks[0].short_conv, lm.ShortConv)
+    x = torch.randint(0, 16, (1, 20))
+    x2 = x.clone()
+    x2[0, 10] = (x[0, 10] + 1) % 16
+    with torch.no_grad():
+        h, h2 = model.hidden(x), model.hidden(x2)
+    torch.testing.assert_close(h2[:, :10], h[:, :10], rtol=0, atol=0)
+    with pytest.raises(ValidationError, match="short_conv is causal"):
+        A.TaskCase(variant="vanilla", device="cpu", task="listops", seq_len=48, train_seq_len=48,
+                   task_params={"min_length": 8}, d_model=32, lr=1e-3, batch_size=8, max_steps=4,
+                   time_budget_s=60, short_conv=4)
+
+
+# --- learning rates: chosen on validation -----------------------------------------------------------
+
+def test_choose_lr_prefers_reaching_the_criterion_early_then_validation_accuracy():
+    assert A.choose_lr([(1e-3, 0.99, 400), (3e-3, 0.995, 200)]) == 3e-3
+    assert A.choose_lr([(1e-3, 0.99, 400), (3e-3, 0.97, None)]) == 1e-3
+    assert A.choose_lr([(1e-3, 0.5, None), (3e-3, 0.7, None)]) == 3e-3
+    assert A.choose_lr([(1e-3, 0.5, None), (3e-3, 0.5, None)]) == 1e-3
+
+
+def test_seeds_after_the_sweep_train_at_the_rate_it_chose(tmp_path, monkeypatch):
+    spec = grids.TaskSpec("mqar", (8,), (16,), (1e-6, 3e-3), 64, 120, 60.0, kv_pairs=(2,),
+                          task_params={"vocab": 8}, n_heads=2, seeds=2, criterion=0.99, validate_every=20,
+                          n_valid=32, n_test=32, variants=("vanilla",))
+    cases = A.task_cases([spec], "accuracy", "cpu", None, "standard")
+    assert [(c.seed, c.lr) for c in cases] == [(0, 1e-6), (0, 3e-3), (1, None)]
+    with pytest.raises(RuntimeError, match="ATTNBENCH_RUN_DIR"):
+        A.chosen_lr(cases[2])
+    monkeypatch.setenv("ATTNBENCH_RUN_DIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match="no ok row"):
+        A.chosen_lr(cases[2])
+    from harness import store
+    run = store.RunStore(tmp_path)
+    for case in cases[:2]:
+        A._last_trained = None
+        run.write({"case_id": case.case_id, **case.flat(), "status": "ok", **A.run_task(case)})
+    assert A.chosen_lr(cases[2]) == 3e-3  # 1e-6 learns nothing in 120 steps
+    A._last_trained = None
+    assert A.run_task(cases[2])["lr_used"] == 3e-3
 
 
 # --- plans ----------------------------------------------------------------------------------------
@@ -233,13 +266,28 @@ def test_quick_plan_covers_every_variant_in_both_parts():
     assert len({c.case_id for c in cases}) == len(cases)
 
 
-def test_standard_trains_one_variant_per_family_unless_asked():
+def test_gpu_standard_trains_one_variant_per_family_unless_asked():
     learned = {c.variant for c in A.plan("standard", "cuda") if isinstance(c, A.TaskCase)}
-    assert learned == set(A.STANDARD_LEARNED)
+    assert learned == set(grids.STANDARD_LEARNED)
     families = {registry.get(n).family for n in learned}
     assert families == {"vanilla", "longformer", "linear", "performer", "mamba"}
     asked = {c.variant for c in A.plan("standard", "cuda", variants=["flash-sdpa"])}
     assert asked == {"flash-sdpa"}
+
+
+def test_cpu_standard_is_one_experiment_per_finding_with_seeds_and_a_sweep():
+    cases = [c for s in (A, long_range) for c in s.plan("standard", "cpu") if isinstance(c, A.TaskCase)]
+    assert {c.experiment for c in cases} == set(findings.EXPERIMENTS.values())
+    for experiment in findings.EXPERIMENTS.values():
+        mine = [c for c in cases if c.experiment == experiment]
+        spec = next(s for s in grids.CPU_ACCURACY_STANDARD + grids.CPU_LONG_RANGE_STANDARD
+                    if s.experiment == experiment)
+        assert {c.variant for c in mine} == set(spec.variants)
+        assert {c.seed for c in mine} == set(range(spec.seeds)) and spec.seeds >= 3
+        assert all(c.dtype == "float32" for c in mine)
+        assert all(c.criterion is not None for c in mine) or experiment == "listops_lra"  # LRA: fixed steps
+        swept = [c for c in mine if c.lr is None]
+        assert all(c.seed > 0 and len(c.lrs) > 1 for c in swept)
 
 
 def test_dtypes_by_device():
@@ -249,10 +297,10 @@ def test_dtypes_by_device():
 
 
 def test_evaluations_of_a_training_are_consecutive():
-    cases = [c for c in long_range.plan("standard", "cuda") if isinstance(c, A.TaskCase)]
-    keys = [c.training_key() for c in cases]
-    runs = [k for k, _ in itertools.groupby(keys)]
-    assert len(runs) == len(set(keys))
+    for suite, device in itertools.product((A, long_range), ("cpu", "cuda")):
+        keys = [c.training_key() for c in suite.plan("standard", device) if isinstance(c, A.TaskCase)]
+        runs = [k for k, _ in itertools.groupby(keys)]
+        assert len(runs) == len(set(keys))
 
 
 def test_bad_input_is_a_one_line_value_error():
@@ -266,10 +314,14 @@ def test_bad_input_is_a_one_line_value_error():
         tiny_mqar(kv_pairs=40)
     with pytest.raises(ValidationError, match="depth"):
         tiny_mqar(depth=0.5)
+    with pytest.raises(ValidationError, match="less than or equal to 1"):
+        tiny_mqar(criterion=1.5)
+    with pytest.raises(ValidationError, match="sweep"):
+        tiny_mqar(lr=None)
     assert {c.seq_len for c in A.plan("quick", "cpu", seq_lens=[1024])} == {1024}
 
 
-def test_standard_profiles_fit_twenty_minutes_on_a_gpu_by_the_estimate():
+def test_gpu_standard_fits_twenty_minutes_and_quick_five_by_the_estimate():
     total = sum(s.estimated_seconds(s.plan("standard", "cuda"), "cuda") for s in (A, long_range))
     assert total < 20 * 60
     quick = sum(s.estimated_seconds(s.plan("quick", "cpu"), "cpu") for s in (A, long_range))

@@ -49,7 +49,8 @@ def test_quick_subset_rows(quick_run):
     row = ok.iloc[0]
     for column in ("lr", "seed", "batch_size", "max_steps", "time_budget_s", "weight_decay", "d_model",
                    "n_layers", "n_heads", "mlp_width", "rope", "task_params", "variant_params", "depth",
-                   "key_distance", "wall_s", "stop_reason", "converged"):
+                   "key_distance", "wall_s", "stop_reason", "valid_accuracy", "valid_curve",
+                   "example_accuracy", "training_id", "lr_used", "chance"):
         assert column in ok.columns and row[column] is not None, column
     assert set(ok[ok.variant == "vanilla"].rope) == {True} and set(ok[ok.variant == "mamba"].rope) == {False}
 
@@ -61,7 +62,9 @@ def test_resume_skips_done_cases_and_rows_rebuild_their_case(quick_run):
     row = store.load(out).iloc[0]
     fields = {k: row.get(k) for k in A.TaskCase.model_fields}  # all-null columns are not stored
     fields = {k: (json.loads(v) if k in ("params", "task_params") else v) for k, v in fields.items()}
-    fields = {k: (None if v != v else v) for k, v in fields.items()}  # NaN back to None
+    fields = {k: (tuple(v) if hasattr(v, "__len__") and not isinstance(v, str | dict) else v)
+              for k, v in fields.items()}  # Parquet lists back to tuples
+    fields = {k: (None if isinstance(v, float) and v != v else v) for k, v in fields.items()}  # NaN: None
     assert A.TaskCase(**fields).case_id == row.case_id
 
 
@@ -80,10 +83,27 @@ def test_accuracy_quick_subset_through_the_runner(tmp_path):
     (["--profile", "huge"], "unknown profile"),
     (["--dtype", "int7"], "unknown dtype"),
     (["-v", "nope"], "unknown variant"),
+    (["--seeds", "0"], "--seeds must be at least 1, got 0"),
+    (["--finding", "nope"], "unknown finding 'nope'; choose one of: mqar, selective_copying"),
+    (["--criterion", "1.5"], "--criterion must be in (0, 1], got 1.5"),
+    (["--criterion", "0"], "--criterion must be in (0, 1], got 0"),
+    (["--suite", "throughput", "--seeds", "3"], "--seeds applies to the learned-task suites"),
 ])
 def test_cli_argument_errors_exit_2(tmp_path, args, message):
-    command = [sys.executable, "-m", "harness", "run", "--suite", "long-range", "--device", "cpu",
+    suite = [] if "--suite" in args else ["--suite", "long-range"]
+    command = [sys.executable, "-m", "harness", "run", *suite, "--device", "cpu", "--profile", "standard",
                "--out", str(tmp_path / "run"), *args]
     result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 2 and message in result.stderr
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, no traceback
     assert not (tmp_path / "run").exists()
+
+
+def test_seeds_finding_and_criterion_shape_the_plan():
+    cases = long_range.plan("standard", "cpu", findings=["induction"], seeds=1, criterion=0.5)
+    assert cases and {c.experiment for c in cases} == {"induction_extrapolation"}
+    assert {c.seed for c in cases} == {0} and {c.criterion for c in cases} == {0.5}
+    assert all(c.lr is not None for c in cases)  # one seed: every rate of the sweep trains
+    assert not long_range.plan("standard", "cpu", findings=["mqar"])  # an accuracy-suite finding
+    accuracy = A.plan("standard", "cpu", findings=["mqar"])
+    assert accuracy and all(isinstance(c, A.TaskCase) for c in accuracy)  # no Part A

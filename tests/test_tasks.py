@@ -5,7 +5,15 @@ import statistics
 import pytest
 import torch
 
-from suites.tasks import IGNORE, example_hash, held_out_set, is_test_example, sample_split, train_batches
+from suites.tasks import (
+    IGNORE,
+    example_hash,
+    held_out_set,
+    in_split,
+    sample_split,
+    train_batches,
+    validation_set,
+)
 from suites.tasks.induction import Induction
 from suites.tasks.listops import OPERATORS, TOKEN, VOCAB, ListOps
 from suites.tasks.mqar import MQAR
@@ -147,12 +155,12 @@ def test_listops_answers_lengths_and_shape_limits():
         value, depth, widest = evaluate_listops(tokens)
         assert depth <= task.max_depth and widest <= task.max_args
         scored = [p for p, y in enumerate(labels) if y != IGNORE]
-        assert scored == [len(tokens) - 1] and labels[scored[0]] == TOKEN[str(value)]
+        assert scored == [len(tokens) - 1] and labels[scored[0]] == value  # the class, 0-9
 
 
 def test_listops_labels_spread_over_ten_classes():
     labels = ListOps(seq_len=100, min_length=10).sample(2000, gen()).labels
-    answers = labels[labels != IGNORE] - TOKEN["0"]
+    answers = labels[labels != IGNORE]
     share = torch.bincount(answers, minlength=10).double() / len(answers)
     assert len(share) == 10 and (share > 0.02).all() and (share < 0.3).all()
 
@@ -172,16 +180,17 @@ def test_deterministic_by_seed(task):
     assert torch.equal(first[0].inputs, first[1].inputs)
 
 
-def test_train_and_test_are_disjoint_even_where_examples_repeat():
+def test_train_validation_and_test_are_disjoint_even_where_examples_repeat():
     task = Induction(seq_len=5, vocab=4)  # 3^4 * 3 * ... : few distinct sequences, so draws repeat
     raw_train, raw_test = task.sample(3000, gen(1)), task.sample(3000, gen(2))
     rows = lambda b: {tuple(r) for r in b.inputs.tolist()}  # noqa: E731
     assert rows(raw_train) & rows(raw_test)  # without the split the two would share examples
     stream = train_batches(task, 500, seed=0)
     train = set().union(*(rows(next(stream)) for _ in range(6)))
-    test = rows(held_out_set(task, 300, seed=0))
-    assert train and test and not train & test
-    assert is_test_example(held_out_set(task, 300, seed=0).inputs).all()
+    test, valid = rows(held_out_set(task, 300, seed=0)), rows(validation_set(task, 300, seed=0))
+    assert train and test and valid and not train & test and not train & valid and not valid & test
+    assert in_split(held_out_set(task, 300, seed=0).inputs, "test").all()
+    assert in_split(validation_set(task, 300, seed=0).inputs, "valid").all()
 
 
 def test_example_hash_is_a_function_of_the_tokens():
@@ -189,7 +198,8 @@ def test_example_hash_is_a_function_of_the_tokens():
     assert torch.equal(example_hash(x), example_hash(x.clone()))
     assert len(set(example_hash(x).tolist())) == 50
     split = sample_split(Induction(seq_len=12), 40, gen(), "train")
-    assert len(split) == 40 and not is_test_example(split.inputs).any()
+    assert len(split) == 40 and in_split(split.inputs, "train").all()
+    assert not (in_split(split.inputs, "test") | in_split(split.inputs, "valid")).any()
 
 
 def test_fixed_pool_cycles_through_its_examples():

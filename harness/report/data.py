@@ -43,7 +43,7 @@ EXACTNESS_COLUMNS = ("task", "input_kind", "seq_len", "head_dim", "causal", "nb_
                      "rel_err", "full_attention_err", "reference", "family", "exact", "dtype")
 # A trained model: the best learning rate is chosen per one of these, over all its evaluations.
 TRAINING_KEYS = ("suite", "variant", "device_name", "dtype", "params", "task", "train_len", "d_model",
-                 "n_layers", "n_heads", "kv_pairs")
+                 "n_layers", "n_heads", "kv_pairs", "seed")
 
 
 @dataclass
@@ -270,7 +270,8 @@ def learned(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_lr(df: pd.DataFrame) -> pd.DataFrame:
-    """The ok rows of each trained model's best learning rate (highest mean accuracy over its evaluations).
+    """The ok rows of each trained model's best learning rate, judged on its validation accuracy (rows
+    written before the suites validated fall back to their mean test accuracy).
 
     The choice is per trained model, not per evaluation length or passkey depth, so that a long-range
     curve is one model's curve.
@@ -279,8 +280,9 @@ def best_lr(df: pd.DataFrame) -> pd.DataFrame:
     if ok.empty:
         return ok
     keys = [k for k in TRAINING_KEYS if k in ok.columns]
-    score = ok.groupby([*keys, "lr"], dropna=False).accuracy.mean().reset_index()
-    best = score.loc[score.groupby(keys, dropna=False).accuracy.idxmax(), [*keys, "lr"]]
+    judged = ok.valid_accuracy.fillna(ok.accuracy) if "valid_accuracy" in ok.columns else ok.accuracy
+    score = ok.assign(score=judged).groupby([*keys, "lr"], dropna=False).score.mean().reset_index()
+    best = score.loc[score.groupby(keys, dropna=False).score.idxmax(), [*keys, "lr"]]
     return ok.merge(best, on=[*keys, "lr"])
 
 

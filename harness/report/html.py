@@ -32,6 +32,8 @@ tr.improvement td { background: #e6f6ea; }
 .smoke { color: #7a1f00; background: #ffe9dc; border: 1px solid #f0b89a; padding: 8px 12px; }
 ul.findings li { margin: 3px 0; }
 code { background: #f3f5f9; padding: 1px 4px; border-radius: 3px; }
+.verdict-ok { color: #1a7f37; } .verdict-bad { color: #b42318; } .verdict-warn { color: #8a5a00; }
+.figures { color: #4a5468; font-size: 13.5px; }
 """
 
 

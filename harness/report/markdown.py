@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report import data
+from harness.report import data, verdicts
 from harness.report.analysis import MIN_LENGTHS, Findings
 from harness.report.compare import Comparison
 from harness.report.html import cell
@@ -116,11 +116,13 @@ def _comparison(comparison: Comparison) -> list[str]:
     return lines
 
 
-def summary(results: data.Results, findings: Findings, comparison: Comparison | None, page: Path) -> str:
+def summary(results: data.Results, findings: Findings, comparison: Comparison | None, page: Path,
+            published: dict | None = None) -> str:
     lines = ["## attnbench report", ""]
     if (smoke := findings.smoke_sentence()) is not None:
         lines += [f"> **{smoke}**", ""]
     lines += [*_runs(results), "", f"Rows: {_statuses(results.rows)}", ""]
+    lines += verdicts.markdown_lines(published or {}, md_table)
     lines += _throughput(findings) + [""] + _timer_and_frontier(results.rows) + _quality(findings) + [""]
     if comparison is not None:
         lines += _comparison(comparison) + [""]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report import analysis, charts, data, html, markdown
+from harness.report import analysis, charts, data, html, markdown, verdicts
 from harness.report.analysis import Findings, pareto_lengths
 from harness.report.compare import Comparison, compare
 from harness.report.html import Chart
@@ -82,12 +82,17 @@ def build(paths: list[str | Path], out: str | Path | None = None, baseline: str 
         raise ValueError(f"--compare {baseline} shares no measured case with {', '.join(map(str, paths))} "
                          f"(same suite, configuration and status ok in both): nothing to compare")
     drawn = draw(findings, comparison, out)
+    published = verdicts.load(results.environments)  # the suites' verdicts on the published findings
+    for stale in (out / CHARTS_DIR).glob("finding-*"):
+        stale.unlink()
+    evidence = verdicts.draw(published, out / CHARTS_DIR)
     sections = html_sections(results, findings, drawn, comparison, before, paths)
+    sections.insert(1, ("findings", "Published findings", verdicts.html_section(published, evidence)))
     subtitle = (f"{', '.join(map(str, paths))}; generated "
                 f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
     page = html.write(out / "report.html", html.page("attnbench report", subtitle, sections,
                                                      banner=smoke_banner(findings)))
-    summary = markdown.summary(results, findings, comparison, page)
+    summary = markdown.summary(results, findings, comparison, page, published)
     md = html.write(out / "summary.md", summary)
     return Report(page, md, list(drawn.values()), findings, comparison)
 

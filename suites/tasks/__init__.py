@@ -4,8 +4,9 @@ Every task is a frozen dataclass with `seq_len`, `vocab_size` and `sample(n, gen
 `inputs` (n, seq_len) and `labels` of the same shape, IGNORE everywhere except at the positions the model
 is scored on (the label at position t is what the model must predict after reading inputs[:, :t + 1]).
 
-Train and test data are disjoint by construction: an example belongs to the test split when a hash of
-its tokens falls in a fixed bucket, so the two splits can never share an example, however many are drawn.
+Train, validation and test data are disjoint by construction: an example belongs to the test split when
+a hash of its tokens falls in bucket 0 of HASH_BUCKETS, to the validation split in bucket 1, else to the
+training split, so no two splits can share an example, however many are drawn.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import NamedTuple, Protocol
 import torch
 
 IGNORE = -100  # label of positions without a loss (torch cross_entropy's ignore_index)
-TEST_BUCKETS = 8  # 1 in TEST_BUCKETS example hashes is a test example
+HASH_BUCKETS = 8  # an example's split: bucket 0 of its hash is test, 1 validation, the rest training
 _HASH_PRIME = 2_147_483_647  # 2^31 - 1
-_SPLIT_SEED = {"train": 0, "test": 1}
+_SPLIT_BUCKET = {"test": 0, "valid": 1}
+_SPLIT_SEED = {"train": 0, "test": 1, "valid": 2}
 
 
 class Batch(NamedTuple):
@@ -58,33 +60,42 @@ def example_hash(inputs: torch.Tensor) -> torch.Tensor:
     return ((inputs.cpu() + 1) * _hash_weights(inputs.shape[-1])).sum(-1) % _HASH_PRIME
 
 
-def is_test_example(inputs: torch.Tensor) -> torch.Tensor:
-    return example_hash(inputs) % TEST_BUCKETS == 0
+def in_split(inputs: torch.Tensor, split: str) -> torch.Tensor:
+    """Which examples (rows of tokens) belong to `split`, from their tokens alone."""
+    buckets = example_hash(inputs) % HASH_BUCKETS
+    if split == "train":
+        return buckets >= len(_SPLIT_BUCKET)
+    return buckets == _SPLIT_BUCKET[split]
 
 
 def split_generator(seed: int, split: str) -> torch.Generator:
     """The random stream of one split: the same (seed, split) always yields the same data."""
     if split not in _SPLIT_SEED:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return torch.Generator().manual_seed(seed * 2 + _SPLIT_SEED[split])
+        raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
+    return torch.Generator().manual_seed(seed * len(_SPLIT_SEED) + _SPLIT_SEED[split])
 
 
 def sample_split(task: Task, n: int, generator: torch.Generator, split: str) -> Batch:
-    """n examples of the task that belong to `split`, drawn from `generator` (rejecting the other split)."""
-    want_test = split == "test"
+    """n examples of the task that belong to `split`, drawn from `generator` (rejecting the others)."""
     kept: list[Batch] = []
     have = 0
-    draw = n * TEST_BUCKETS if want_test else n + n // 4 + 1
+    draw = n + n // 4 + 1 if split == "train" else n * HASH_BUCKETS
     while have < n:
         batch = task.sample(draw, generator)
-        keep = is_test_example(batch.inputs) == want_test
+        keep = in_split(batch.inputs, split)
         kept.append(Batch(batch.inputs[keep], batch.labels[keep]))
         have += int(keep.sum())
     return Batch(torch.cat([b.inputs for b in kept])[:n], torch.cat([b.labels for b in kept])[:n])
 
 
 def held_out_set(task: Task, n: int, seed: int) -> Batch:
+    """The test set: reported, never used to choose anything."""
     return sample_split(task, n, split_generator(seed, "test"), "test")
+
+
+def validation_set(task: Task, n: int, seed: int) -> Batch:
+    """The validation set: early stopping and the learning-rate choice look at it, never at the test set."""
+    return sample_split(task, n, split_generator(seed, "valid"), "valid")
 
 
 def train_batches(task: Task, batch_size: int, seed: int, pool: int | None = None) -> Iterator[Batch]:
@@ -102,7 +113,7 @@ def train_batches(task: Task, batch_size: int, seed: int, pool: int | None = Non
 @functools.lru_cache(maxsize=2)
 def training_pool(task: Task, n: int, seed: int) -> Batch:
     """A fixed training set, drawn once per process (every run of one config shares it)."""
-    return sample_split(task, n, torch.Generator().manual_seed(seed * 2 + 1000), "train")
+    return sample_split(task, n, torch.Generator().manual_seed(seed * len(_SPLIT_SEED) + 1000), "train")
 
 
 def _epochs(data: Batch, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:

@@ -28,6 +28,11 @@ class Induction:
         return self.vocab
 
     @property
+    def chance(self) -> float:
+        """Accuracy of a uniform guess among the ordinary tokens."""
+        return 1 / (self.vocab - 1)
+
+    @property
     def trigger(self) -> int:
         return self.vocab - 1
 

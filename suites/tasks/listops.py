@@ -7,8 +7,9 @@ token count (operators, digits and closing brackets; no parentheses) is not stri
 min_length and max_length are rejected. The answer, 0-9, is one of 10 classes.
 
 Tokens: PAD 0, digits 1..10, then [MAX [MIN [MED [SM and ]. Sequences are right-padded to seq_len
-(= max_length); the label (the answer's digit token) sits on the last token of the expression, where a
-causal model has read all of it.
+(= max_length). Posed as LRA poses it, a classification of the whole sequence: the label is the
+answer's class (0-9), carried on the last token of the expression (a classifier reads it from there
+whatever position it pools).
 """
 
 from __future__ import annotations
@@ -30,10 +31,6 @@ VALUE_P = 0.25  # LRA: a node below max_depth is an operator with this probabili
 
 class _TooLong(Exception):
     pass
-
-
-def _digit_token(value: int) -> int:
-    return TOKEN[str(value)]
 
 
 def apply(op: str, args: list[int]) -> int:
@@ -83,6 +80,19 @@ class ListOps:
     def vocab_size(self) -> int:
         return len(VOCAB)
 
+    @property
+    def n_classes(self) -> int:
+        return 10
+
+    @property
+    def pad_token(self) -> int:
+        return PAD
+
+    @property
+    def chance(self) -> float:
+        """Accuracy of a uniform guess (the classes are not balanced: see LRA's majority baseline)."""
+        return 1 / self.n_classes
+
     def expression(self, rng: random.Random) -> tuple[list[str], int]:
         """One accepted expression (tokens, answer), by rejection as in LRA."""
         while True:
@@ -100,6 +110,6 @@ class ListOps:
         for row in range(n):
             tokens, value = self.expression(rng)
             inputs[row, :len(tokens)] = torch.tensor([TOKEN[t] for t in tokens])
-            labels[row, len(tokens) - 1] = _digit_token(value)
+            labels[row, len(tokens) - 1] = value
         return Batch(inputs, labels)
 

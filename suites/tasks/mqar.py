@@ -37,6 +37,11 @@ class MQAR:
         return self.vocab
 
     @property
+    def chance(self) -> float:
+        """Accuracy of a uniform guess among the values."""
+        return 1 / (self.vocab - self.vocab // 2)
+
+    @property
     def context_len(self) -> int:
         return 2 * self.kv_pairs
 

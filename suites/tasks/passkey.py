@@ -36,6 +36,11 @@ class Passkey:
         return self.filler + 12
 
     @property
+    def chance(self) -> float:
+        """Exact-match accuracy of a uniform guess of every digit."""
+        return 0.1**self.key_len
+
+    @property
     def digit0(self) -> int:
         return self.filler
 

@@ -34,6 +34,11 @@ class SelectiveCopy:
         return self.vocab
 
     @property
+    def chance(self) -> float:
+        """Accuracy of a uniform guess among the data tokens."""
+        return 1 / (self.vocab - 2)
+
+    @property
     def marker(self) -> int:
         return self.vocab - 1
 

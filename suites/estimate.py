@@ -1,0 +1,118 @@
+"""Wall time of an accuracy or long-range plan, estimated before running it (results/README.md).
+
+Training is bounded by each case's step cap and time budget: the estimate charges the smaller of the
+budget and max_steps steps at a modelled step time, plus validations, evaluation, compilation and data
+generation from the rates below. Steps stop earlier at the validation criterion, so for trainings that
+reach it the estimate is an upper bound. The CPU rates were measured on the repository's 2-core machine
+(one thread per worker); the CUDA rates are assumptions (no GPU has run these suites yet).
+"""
+
+from __future__ import annotations
+
+from harness import registry
+
+CASE_OVERHEAD_S = {"cpu": 0.05, "cuda": 0.1}  # row write, pipe, cache clearing
+EXACTNESS_S = {"cpu": 0.1, "cuda": 0.1}  # one Part A case, excluding compilation
+WARMUP_S = {"cpu": 0.1, "cuda": 0.5}  # first training step of a model (cuBLAS, allocator)
+FLEX_COMPILE_S = 15.0  # torch.compile of FlexAttention (block mask included) for one new shape, CUDA only
+FLEX_STATIC_SHAPES = 2  # dynamo compiles a shape, recompiles once with dynamic sizes, then reuses that
+WORKER_START_S = 20.0  # spawning the worker, importing torch and the variants, CUDA context
+# A training step: matmul FLOPs (6 per parameter and token, plus attention scores) at MATMUL_FLOPS, the
+# elementwise work of mamba's scan (about 30 passes over d_inner x d_state per token) at SCAN_ELEMENTS,
+# and a fixed cost per step (Python, optimizer, small kernels).
+MATMUL_FLOPS = {"cpu": 2.5e10, "cuda": 1e14}
+SCAN_ELEMENTS = {"cpu": 1.5e9, "cuda": 2e11}
+STEP_OVERHEAD_S = {"cpu": 4e-3, "cuda": 1.5e-2}
+SCAN_PASSES = 30
+FORWARD_SHARE = 1 / 3  # evaluation and validation: forward only
+
+
+def data_seconds(case) -> float:
+    """Python-bound ListOps generation, about 1.5 us per token including rejections (measured on CPU);
+    the pool, validation and test sets are drawn once per process. Other tasks draw in vectorized torch."""
+    if case.task != "listops":
+        return 0.0
+    from suites.tasks import HASH_BUCKETS
+
+    return 1.5e-6 * case.train_seq_len * ((case.train_pool or 0) * 1.25
+                                          + (case.n_test + case.n_valid) * HASH_BUCKETS)
+
+
+def token_work(case, seq_len: int) -> tuple[float, float]:
+    """(matmul FLOPs, scan elements) of forward + backward per token of a sequence of seq_len."""
+    d, layers, family = case.d_model, case.n_layers, registry.get(case.variant).family
+    flops = 6 * layers * 12 * d * d  # parameters matched to an attention block with a 4x MLP
+    params = {**registry.get(case.variant).defaults, **case.params}
+    if family in ("vanilla", "flash", "sparse"):
+        flops += 6 * layers * 2 * d * seq_len  # scores and weighted values, a causal half of 4 N d
+    elif family == "longformer":
+        flops += 6 * layers * 2 * d * min(seq_len, 3 * params.get("window", 128))
+    elif family == "performer":
+        flops += 6 * layers * 4 * d * params.get("nb_features", 256) // case.n_heads
+    scan = 0
+    if family == "mamba":
+        scan = SCAN_PASSES * layers * params.get("expand", 2) * d * params.get("d_state", 16)
+    return flops, scan
+
+
+def step_seconds(case, device: str, tokens: int, seq_len: int, share: float = 1.0) -> float:
+    flops, scan = token_work(case, seq_len)
+    work = tokens * share * (flops / MATMUL_FLOPS[device] + scan / SCAN_ELEMENTS[device])
+    return work + STEP_OVERHEAD_S[device]
+
+
+def training_seconds(case, device: str) -> float:
+    """Steps up to the cap (or the time budget), and the validations among them."""
+    tokens = case.batch_size * case.train_seq_len
+    step = step_seconds(case, device, tokens, case.train_seq_len)
+    validation = step_seconds(case, device, case.n_valid * case.train_seq_len, case.train_seq_len,
+                              FORWARD_SHARE)
+    steps = min(case.max_steps, case.time_budget_s / step)
+    return steps * step + steps / case.validate_every * validation + WARMUP_S[device]
+
+
+def flex_compilations(case, device: str) -> list[tuple]:
+    """The FlexAttention compile keys a case can trigger: (variant, dtype, phase, causal) with a shape."""
+    if device != "cuda" or not registry.get(case.variant).backend_for(device).startswith("flex"):
+        return []
+    if case.task == "exactness":
+        return [((case.variant, case.dtype, "fwd", case.causal), case.seq_len)]
+    return [((case.variant, case.dtype, "train", True), case.train_seq_len),
+            ((case.variant, case.dtype, "fwd", True), case.seq_len)]
+
+
+def estimated_seconds(cases: list, device: str) -> float:
+    """Upper estimate of a plan's wall time (see the module's docstring)."""
+    total, trained, shapes, data = WORKER_START_S, set(), {}, set()
+    for case in cases:
+        total += CASE_OVERHEAD_S[device]
+        if case.torch_dtype not in registry.get(case.variant).support.dtypes.get(device, ()):
+            continue  # recorded unsupported without running
+        if case.task == "exactness":
+            total += EXACTNESS_S[device]
+        else:
+            if case.training_key() not in trained:
+                trained.add(case.training_key())
+                total += training_seconds(case, device)
+            if (case.train_task(), case.train_pool, case.n_test, case.seed) not in data:
+                data.add((case.train_task(), case.train_pool, case.n_test, case.seed))
+                total += data_seconds(case)
+            total += step_seconds(case, device, case.n_test * case.seq_len, case.seq_len, FORWARD_SHARE)
+        for key, shape in flex_compilations(case, device):
+            seen = shapes.setdefault(key, set())
+            if shape not in seen and len(seen) < FLEX_STATIC_SHAPES:
+                total += FLEX_COMPILE_S
+            seen.add(shape)
+    return total
+
+
+def case_cost(case) -> float:
+    """Estimated seconds of one case, for `attnbench run --shard` to balance its parts (a model and its
+    evaluations share an OOM group, so one shard). A model's training is charged to its evaluation at the
+    training length and the first depth, which the profiles all plan; the others cost their evaluation."""
+    device, seconds = case.device, CASE_OVERHEAD_S[case.device]
+    if case.task == "exactness":
+        return seconds + EXACTNESS_S[device]
+    if case.seq_len == case.train_seq_len and case.depth in (None, 0.0):
+        seconds += training_seconds(case, device) + data_seconds(case)
+    return seconds + step_seconds(case, device, case.n_test * case.seq_len, case.seq_len, FORWARD_SHARE)
