@@ -20,9 +20,9 @@ WORKER_START_S = 20.0  # spawning the worker, importing torch and the variants, 
 # A training step: matmul FLOPs (6 per parameter and token, plus attention scores) at MATMUL_FLOPS, the
 # elementwise work of mamba's scan (about 30 passes over d_inner x d_state per token) at SCAN_ELEMENTS,
 # and a fixed cost per step (Python, optimizer, small kernels).
-MATMUL_FLOPS = {"cpu": 2.5e10, "cuda": 1e14}
-SCAN_ELEMENTS = {"cpu": 1.5e9, "cuda": 2e11}
-STEP_OVERHEAD_S = {"cpu": 4e-3, "cuda": 1.5e-2}
+MATMUL_FLOPS = {"cpu": 2.4e10, "cuda": 2e13}
+SCAN_ELEMENTS = {"cpu": 4e9, "cuda": 2e11}
+STEP_OVERHEAD_S = {"cpu": 3e-3, "cuda": 1.5e-2}
 SCAN_PASSES = 30
 FORWARD_SHARE = 1 / 3  # evaluation and validation: forward only
 

@@ -9,22 +9,9 @@ is one entry in its `variants`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-# Small windows and blocks in the quick profile, so that masked patterns differ from full attention at
-# its short lengths. Standard and full use each variant's defaults unless an experiment sets them.
-QUICK_VARIANT_PARAMS = {
-    "longformer": {"window": 8, "global_tokens": 2},
-    "longformer-banded": {"window": 8, "global_tokens": 2},
-    "longformer-xformers": {"window": 8},
-    "sparse-bigbird": {"block_size": 8},
-    "sparse-strided": {"block_size": 8, "stride": 2},
-    "performer": {"nb_features": 32},
-    "linear": {"chunk_size": 8},  # chunks no longer than the shortest quick sequence (no padding waste)
-}
-# ListOps is classified by a bidirectional encoder; mamba, causal only, runs both ways (two mixers): at
-# expand 1 each, the pair has the parameters of one causal block at expand 2 (the MLP matches the rest).
-BIDIRECTIONAL = {"mamba": {"expand": 1}}
 # Learned tasks in the GPU standard profile: the variants of the published findings. Flash computes
 # vanilla's function; longformer-banded computes longformer's without FlexAttention's compilation, which
 # the 20 minutes cannot afford for every training shape; the sparse family trains in quick and full.
@@ -115,34 +102,8 @@ ACCURACY_QUICK = [
     TaskSpec("passkey", (32,), (32,), (3e-3,), 32, 200, 1.0, depths=(0.0, 1.0), task_params={"key_len": 2},
              n_test=64, n_heads=4),
     TaskSpec("listops", (64,), (32,), (3e-3,), 32, 200, 1.0, task_params={"min_length": 8}, train_pool=512,
-             n_test=128, n_heads=4, variant_params=BIDIRECTIONAL),
+             n_test=128, n_heads=4),
 ]
-# GPU standard: budgets sized to fit the 20-minute estimate (see suites.estimate); batches in tokens.
-ACCURACY_STANDARD = [
-    TaskSpec("mqar", (64, 128, 256, 512), (64, 128, 256), (1e-3, 3e-3), 32768, 5000, 2.0,
-             kv_pairs=(4, 8, 16, 64), batch_tokens=True),
-    TaskSpec("selective_copy", (1024,), (64,), (1e-3, 3e-3), 32768, 5000, 3.0, batch_tokens=True),
-    TaskSpec("induction", (256,), (64,), (1e-3, 3e-3), 32768, 5000, 3.0,
-             eval_lens=(64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384), n_test=128, batch_tokens=True),
-    TaskSpec("passkey", (1024,), (64,), (1e-3, 3e-3), 32768, 5000, 3.0, depths=(0.0, 0.25, 0.5, 0.75, 1.0),
-             n_test=128, batch_tokens=True),
-    TaskSpec("listops", (512,), (64,), (1e-3, 3e-3), 16384, 5000, 3.0, task_params={"min_length": 128},
-             train_pool=4096, batch_tokens=True, variant_params=BIDIRECTIONAL),
-]
-ACCURACY_FULL = [
-    TaskSpec("mqar", (64, 128, 256, 512), (64, 128, 256, 512), (1e-4, 3e-4, 1e-3, 3e-3, 1e-2), 65536, 20000,
-             120.0, kv_pairs=(4, 8, 16, 64), batch_tokens=True),
-    TaskSpec("selective_copy", (4096,), (64,), (3e-4, 1e-3, 3e-3), 131072, 20000, 600.0, batch_tokens=True),
-    TaskSpec("induction", (256,), (64,), (3e-4, 1e-3, 3e-3), 32768, 20000, 300.0,
-             eval_lens=(64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536), n_test=256,
-             batch_tokens=True),
-    TaskSpec("passkey", (4096,), (64,), (3e-4, 1e-3, 3e-3), 131072, 20000, 600.0,
-             depths=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), batch_tokens=True),
-    TaskSpec("listops", (2000,), (128,), (3e-4, 1e-3, 3e-3), 64000, 50000, 1200.0,
-             task_params={"min_length": 500}, train_pool=96000, n_test=2000, n_layers=4, batch_tokens=True,
-             variant_params=BIDIRECTIONAL),
-]
-
 # --- the long-range suite -------------------------------------------------------------------------
 
 LONG_RANGE_QUICK = [
@@ -153,63 +114,124 @@ LONG_RANGE_QUICK = [
     TaskSpec("passkey", (32,), (32,), (3e-3,), 32, 300, 1.0, eval_lens=(32, 128), depths=(0.0, 1.0),
              task_params={"key_len": 2}, n_test=64, n_heads=4),
     TaskSpec("listops", (128,), (32,), (3e-3,), 32, 300, 1.0, task_params={"min_length": 32},
-             train_pool=512, n_test=128, n_heads=4, variant_params=BIDIRECTIONAL),
+             train_pool=512, n_test=128, n_heads=4),
 ]
-LONG_RANGE_STANDARD = [
-    TaskSpec("mqar", (256, 1024, 4096), (128,), (1e-3, 3e-3), 32768, 5000, 2.0, kv_pairs=(16, 64, 256),
-             batch_tokens=True),
-    TaskSpec("selective_copy", (256, 4096), (64,), (1e-3, 3e-3), 65536, 5000, 3.0, batch_tokens=True),
-    TaskSpec("passkey", (2048,), (64,), (1e-3, 3e-3), 65536, 5000, 3.0, eval_lens=(2048, 8192, 32768),
-             depths=(0.0, 0.25, 0.5, 0.75, 1.0), n_test=32, batch_tokens=True),
-    TaskSpec("listops", (2000,), (64,), (1e-3, 3e-3), 64000, 5000, 5.0, task_params={"min_length": 500},
-             train_pool=4096, batch_tokens=True, variant_params=BIDIRECTIONAL),
-]
-LONG_RANGE_FULL = [
-    TaskSpec("mqar", (256, 512, 1024, 2048, 4096), (128, 256), (3e-4, 1e-3, 3e-3), 65536, 20000, 120.0,
-             kv_pairs=(16, 32, 64, 128, 256), batch_tokens=True),
-    TaskSpec("selective_copy", (256, 1024, 4096, 16384), (64,), (3e-4, 1e-3, 3e-3), 131072, 20000, 600.0,
-             batch_tokens=True),
-    TaskSpec("passkey", (4096,), (64,), (3e-4, 1e-3, 3e-3), 131072, 20000, 600.0,
-             eval_lens=(1024, 2048, 4096, 8192, 16384, 32768, 65536),
-             depths=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), n_test=128, batch_tokens=True),
-    TaskSpec("listops", (2000,), (128,), (3e-4, 1e-3, 3e-3), 64000, 50000, 1200.0,
-             task_params={"min_length": 500}, train_pool=96000, n_test=2000, n_layers=4, batch_tokens=True,
-             variant_params=BIDIRECTIONAL),
-]
+# --- the standard and full profiles: one experiment per published finding -------------------------
 
-# --- the CPU standard profile: one experiment per finding (recipes: results/README.md) -----------------
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes a profile runs the five experiments at; the recipes (`experiments`) are the same for
+    every profile and device. Steps are caps: training stops earlier at the validation criterion."""
 
-# Head dimension 8 (d_model 64, 8 heads) and a 4-tap short convolution before every mixer: the settings
-# under which softmax attention leaves the MQAR plateau within a few hundred steps on this machine.
-# Performer draws as many features as a head has dimensions, so that its state matches linear attention's.
+    mqar_points: tuple[tuple[int, int], ...]  # (seq_len, kv_pairs)
+    mqar_vocab: int
+    mqar_width: int  # the fixed small width every family trains at
+    mqar_wide: int  # mamba's wider model, at the most pairs
+    mqar_batch: int
+    mqar_steps: int
+    copy_len: int
+    copy_tokens: int
+    copy_batch: int
+    copy_steps: int
+    induction_len: int
+    induction_tests: tuple[int, ...]
+    induction_batch: int
+    induction_steps: int
+    passkey_len: int
+    passkey_tests: tuple[int, ...]
+    passkey_window: int
+    passkey_batch: int
+    passkey_steps: int
+    listops_len: int
+    listops_min: int
+    listops_pool: int
+    listops_batch: int
+    listops_steps: int
+    listops_test: int
+    listops_width: int = 64
+    listops_layers: int = 2
+    seeds: int = 3
+    lrs: tuple[float, ...] = (1e-3, 3e-3)
+    time_budget_s: float = 900.0  # a safety net per training; the step caps decide
+
+
+# Performer draws as many random features as a head has dimensions, so that its state (features x head
+# dimension per head) is linear attention's; linear's chunks match the short sequences.
 SMALL_STATE = {"performer": {"nb_features": 8}, "linear": {"chunk_size": 32}}
-MQAR_CPU = dict(task_params={"vocab": 64}, n_heads=8, short_conv=4, experiment="mqar_capacity", seeds=3,
-                criterion=0.99, validate_every=50, n_valid=256, n_test=512, variant_params=SMALL_STATE)
-CPU_ACCURACY_STANDARD: list[TaskSpec] = [
-    TaskSpec("mqar", (32, 32, 32), (64,), (1e-3, 3e-3), 64, 1200, 900.0, kv_pairs=(2, 4, 8),
-             variants=("vanilla", "linear", "performer", "mamba"), **MQAR_CPU),
-    TaskSpec("mqar", (32,), (128,), (1e-3, 3e-3), 64, 1200, 900.0, kv_pairs=(8,), variants=("mamba",),
-             **MQAR_CPU),  # mamba at twice the width, at the most pairs
-    TaskSpec("selective_copy", (64,), (64,), (1e-3, 3e-3), 64, 2000, 900.0,
-             task_params={"n_memorize": 8, "vocab": 16}, n_heads=8, short_conv=4,
-             experiment="selective_copying", variants=("mamba", "vanilla"), seeds=3, criterion=0.99,
-             n_test=512),
-    TaskSpec("listops", (256,), (64,), (1e-3, 3e-3), 32, 1500, 900.0, task_params={"min_length": 64},
-             train_pool=8192, n_heads=8, experiment="listops_lra",
-             variants=("vanilla", "longformer-banded", "linear", "performer", "mamba"),
-             variant_params={**BIDIRECTIONAL, "longformer-banded": {"window": 16, "global_tokens": 1},
-                             "performer": {"nb_features": 16}}, seeds=3, n_valid=512, n_test=1024),
-]
-CPU_LONG_RANGE_STANDARD: list[TaskSpec] = [
-    TaskSpec("induction", (64,), (64,), (1e-3, 3e-3), 64, 1200, 900.0, eval_lens=(64, 128, 256, 512, 1024),
-             task_params={"vocab": 16}, n_heads=8, short_conv=4, experiment="induction_extrapolation",
-             variants=("mamba", "vanilla"), seeds=3, criterion=1.0, n_test=512),
-    TaskSpec("passkey", (128,), (64,), (1e-3, 3e-3), 32, 1500, 900.0, eval_lens=(64, 128),
-             depths=(0.0, 0.25, 0.5, 0.75, 0.9, 1.0), task_params={"key_len": 2}, n_heads=8, short_conv=4,
-             experiment="passkey_window", variants=("longformer-banded", "vanilla"),
-             variant_params={"longformer-banded": {"window": 16, "global_tokens": 0}}, seeds=3,
-             criterion=0.99, n_test=128),
-]
+PASSKEY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+def experiments(s: Sizes) -> tuple[list[TaskSpec], list[TaskSpec]]:
+    """The five experiments at one profile's sizes: (accuracy suite specs, long-range suite specs).
+
+    Attention uses 8-dimensional heads everywhere. MQAR, selective copying and passkey put a 4-tap short
+    convolution before every mixer (suites.model; without it softmax attention stays on MQAR's plateau for
+    thousands of steps); induction heads does not, as in the Mamba paper (the convolution hands attention
+    a position-free previous-token feature, which changes what that experiment measures: extrapolation)."""
+    common = dict(seeds=s.seeds, n_heads=8)
+    mqar = dict(task_params={"vocab": s.mqar_vocab}, short_conv=4, experiment="mqar_capacity", criterion=0.99,
+                validate_every=50, n_valid=256, n_test=512, variant_params=SMALL_STATE, **common)
+    lens, kvs = zip(*s.mqar_points, strict=True)
+    accuracy = [
+        TaskSpec("mqar", lens, (s.mqar_width,), s.lrs, s.mqar_batch, s.mqar_steps, s.time_budget_s,
+                 kv_pairs=kvs, variants=("vanilla", "linear", "performer", "mamba"), **mqar),
+        TaskSpec("mqar", lens[-1:], (s.mqar_wide,), s.lrs, s.mqar_batch, s.mqar_steps, s.time_budget_s,
+                 kv_pairs=kvs[-1:], variants=("mamba",), **mqar),
+        TaskSpec("selective_copy", (s.copy_len,), (64,), s.lrs, s.copy_batch, s.copy_steps, s.time_budget_s,
+                 task_params={"n_memorize": s.copy_tokens, "vocab": 16}, short_conv=4,
+                 experiment="selective_copying", variants=("mamba", "vanilla"), criterion=0.99, n_test=512,
+                 **common),
+        TaskSpec("listops", (s.listops_len,), (s.listops_width,), s.lrs, s.listops_batch, s.listops_steps,
+                 s.time_budget_s, task_params={"min_length": s.listops_min}, train_pool=s.listops_pool,
+                 n_layers=s.listops_layers, experiment="listops_lra",
+                 variants=("vanilla", "longformer-banded", "linear", "performer", "mamba"),
+                 variant_params=SMALL_STATE, n_valid=512, n_test=s.listops_test,
+                 **common),
+    ]
+    long_range = [
+        TaskSpec("induction", (s.induction_len,), (64,), s.lrs, s.induction_batch, s.induction_steps,
+                 s.time_budget_s, eval_lens=s.induction_tests, task_params={"vocab": 16},
+                 experiment="induction_extrapolation", variants=("mamba", "vanilla"), criterion=0.99,
+                 n_test=512, **common),
+        TaskSpec("passkey", (s.passkey_len,), (64,), s.lrs, s.passkey_batch, s.passkey_steps, s.time_budget_s,
+                 eval_lens=s.passkey_tests, depths=PASSKEY_DEPTHS, task_params={"key_len": 2}, short_conv=4,
+                 experiment="passkey_window", variants=("longformer-banded", "vanilla"),
+                 variant_params={"longformer-banded": {"window": s.passkey_window, "global_tokens": 0}},
+                 criterion=1.0, n_test=128, **common),
+    ]
+    return accuracy, long_range
+
+
+CPU_STANDARD = Sizes(
+    mqar_points=((32, 2), (32, 4), (32, 8)), mqar_vocab=64, mqar_width=64, mqar_wide=128, mqar_batch=32,
+    mqar_steps=1500,
+    copy_len=64, copy_tokens=4, copy_batch=32, copy_steps=2000,
+    induction_len=64, induction_tests=(64, 128, 256, 512, 1024), induction_batch=64, induction_steps=1500,
+    passkey_len=128, passkey_tests=(64, 128), passkey_window=16, passkey_batch=32, passkey_steps=1500,
+    listops_len=128, listops_min=32, listops_pool=8192, listops_batch=32, listops_steps=800,
+    listops_test=1024,
+)
+# The published sizes (Zoology's MQAR grid, the Mamba paper's selective copying and induction heads,
+# LRA's ListOps), step caps derived from the CPU steps to criterion (results/README.md). Not yet run.
+GPU_STANDARD = Sizes(
+    mqar_points=((64, 4), (128, 8), (256, 16), (512, 64)), mqar_vocab=8192, mqar_width=64, mqar_wide=256,
+    mqar_batch=64, mqar_steps=6000,
+    copy_len=1024, copy_tokens=16, copy_batch=64, copy_steps=8000,
+    induction_len=256, induction_tests=(256, 512, 1024, 2048, 4096, 16384), induction_batch=64,
+    induction_steps=6000,
+    passkey_len=1024, passkey_tests=(256, 512, 1024), passkey_window=128, passkey_batch=32,
+    passkey_steps=6000,
+    listops_len=1000, listops_min=250, listops_pool=32000, listops_batch=32, listops_steps=5000,
+    listops_test=2000, listops_width=128, listops_layers=4,
+)
+GPU_FULL = dataclasses.replace(
+    GPU_STANDARD, mqar_steps=20000, copy_len=4096, copy_steps=40000, induction_steps=20000,
+    induction_tests=(256, 512, 1024, 2048, 4096, 16384, 65536), passkey_len=4096,
+    passkey_tests=(1024, 2048, 4096), passkey_steps=20000, listops_len=2000, listops_min=500,
+    listops_pool=96000, listops_steps=50000, seeds=5, lrs=(3e-4, 1e-3, 3e-3), time_budget_s=3600.0)
+ACCURACY_CPU_STANDARD, LONG_RANGE_CPU_STANDARD = experiments(CPU_STANDARD)
+ACCURACY_STANDARD, LONG_RANGE_STANDARD = experiments(GPU_STANDARD)
+ACCURACY_FULL, LONG_RANGE_FULL = experiments(GPU_FULL)
 
 GRIDS = {
     ("accuracy", "quick"): ACCURACY_QUICK, ("accuracy", "standard"): ACCURACY_STANDARD,
@@ -217,8 +239,8 @@ GRIDS = {
     ("long-range", "quick"): LONG_RANGE_QUICK, ("long-range", "standard"): LONG_RANGE_STANDARD,
     ("long-range", "full"): LONG_RANGE_FULL,
 }
-CPU_GRIDS = {("accuracy", "standard"): CPU_ACCURACY_STANDARD,
-             ("long-range", "standard"): CPU_LONG_RANGE_STANDARD}
+CPU_GRIDS = {("accuracy", "standard"): ACCURACY_CPU_STANDARD,
+             ("long-range", "standard"): LONG_RANGE_CPU_STANDARD}
 
 
 def learned_specs(suite: str, profile: str, device: str) -> list[TaskSpec]:

@@ -9,7 +9,7 @@ mixers get rotary position embeddings (rope=True), mamba needs none. Two heads:
   labelled positions (the head runs there alone, which keeps large vocabularies cheap);
 - `Classifier` (non-causal mixers, LRA's posing of ListOps): the mean of the final states over the
   non-padding tokens, then a linear layer to the classes. A mixer that is causal only (mamba) runs
-  bidirectionally there (`Bidirectional`: a forward and a reversed pass, summed).
+  bidirectionally there (`Bidirectional`: a forward and a reversed pass of one mixer, summed).
 The optional short convolution (`short_conv` taps, 0 for none) is the depthwise causal convolution that
 H3, Based and Mamba put before their mixers: it hands every position its few predecessors, which
 attention otherwise learns to fetch with a previous-token head in a late jump (MQAR, induction heads).
@@ -58,15 +58,16 @@ def count_parameters(module: nn.Module) -> int:
 
 
 class Bidirectional(nn.Module):
-    """A causal mixer run both ways: over x, and over x reversed (its output flipped back), summed.
-    The two directions have their own parameters."""
+    """A causal mixer run both ways: over x, and over x reversed (its output flipped back), summed. The
+    two directions share the mixer's weights (Caduceus's BiMamba ties them too), so a bidirectional
+    block has the parameters of a causal one and the MLP matching stays the same for every family."""
 
-    def __init__(self, make: Callable[[], nn.Module]):
+    def __init__(self, mixer: nn.Module):
         super().__init__()
-        self.forward_mixer, self.backward_mixer = make(), make()
+        self.mixer = mixer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_mixer(x) + self.backward_mixer(x.flip(1)).flip(1)
+        return self.mixer(x) + self.mixer(x.flip(1)).flip(1)
 
 
 def make_mixer(variant_name: str, d_model: int, n_heads: int, params: dict, *, causal: bool = True,
@@ -75,7 +76,7 @@ def make_mixer(variant_name: str, d_model: int, n_heads: int, params: dict, *, c
     v, kwargs = registry.get(variant_name), mixer_kwargs(variant_name, params, rope)
     if causal or v.support.non_causal:
         return v.mixer(d_model, n_heads, causal=causal, **kwargs)
-    return Bidirectional(lambda: v.mixer(d_model, n_heads, causal=True, **kwargs))
+    return Bidirectional(v.mixer(d_model, n_heads, causal=True, **kwargs))
 
 
 def mixer_parameters(variant_name: str, d_model: int, n_heads: int, params: dict, causal: bool = True) -> int:
