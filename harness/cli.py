@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-import inspect
 import sys
 from pathlib import Path
 from typing import Annotated

@@ -146,8 +146,8 @@ class Backbone(nn.Module):
         self.embedding = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)
         kwargs = params or {}
-        mixers = (make_mixer(variant, d_model, n_heads, layer_params(variant, kwargs, layer), causal=self.causal,
-                             rope=rope) for layer in range(n_layers))
+        mixers = (make_mixer(variant, d_model, n_heads, layer_params(variant, kwargs, layer),
+                             causal=self.causal, rope=rope) for layer in range(n_layers))
         self.blocks = nn.ModuleList(Block(mixer, d_model, mlp_width, short_conv) for mixer in mixers)
         self.norm = nn.LayerNorm(d_model)
 

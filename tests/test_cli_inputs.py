@@ -156,6 +156,7 @@ def expand(args, inputs, tmp_path) -> list[str]:
 
 
 RUN = ["run", "--suite", "throughput", "--device", "cpu", "--out", "{TMP}/out"]
+LEARNED = ["run", "--suite", "accuracy", "--device", "cpu", "--out", "{TMP}/out"]
 LONG = "n" * 300
 # (id, arguments, what the one line must say). {NAME} is a path from the `inputs` fixture, {TMP} the
 # test's own temporary directory.
@@ -188,6 +189,16 @@ BATTERY = [
     ("run-seq-len-empty", [*RUN, "-n", ""], "Invalid value for '--seq-len' / '-n'"),
     ("run-seq-len-filtered-out", ["run", "--suite", "accuracy", "--device", "cpu", "-n", "7"],
      "the filters leave no case to run"),
+    ("run-seeds-zero", [*LEARNED, "--seeds", "0"], "--seeds must be between 1 and 100, got 0"),
+    ("run-seeds-huge", [*LEARNED, "--seeds", "1" + "0" * 30], "--seeds must be between 1 and 100"),
+    ("run-seeds-text", [*LEARNED, "--seeds", "three"], "Invalid value for '--seeds'"),
+    ("run-seeds-throughput", [*RUN, "--seeds", "3"], "--seeds applies to the learned-task suites"),
+    ("run-finding-unknown", [*LEARNED, "--finding", "nope"], "unknown finding 'nope'; choose one of: mqar"),
+    ("run-finding-empty", [*LEARNED, "--finding", ""], "unknown finding ''"),
+    ("run-criterion-zero", [*LEARNED, "--criterion", "0"], r"--criterion must be in \(0, 1\], got 0"),
+    ("run-criterion-above-one", [*LEARNED, "--criterion", "1.01"], r"--criterion must be in \(0, 1\]"),
+    ("run-criterion-nan", [*LEARNED, "--criterion", "nan"], r"--criterion must be in \(0, 1\], got nan"),
+    ("run-find-max-n-seeds", [*RUN, "--find-max-n", "--seeds", "2"], "--find-max-n takes no --seeds"),
     ("run-dtype-unknown", [*RUN, "--dtype", "float8"], "--dtype: unknown dtype 'float8'"),
     ("run-dtype-empty", [*RUN, "--dtype", ""], "--dtype: unknown dtype ''"),
     ("run-dtype-int", [*RUN, "--dtype", "int32"], "--dtype: unknown dtype 'int32'"),

@@ -125,7 +125,7 @@ def test_softmax_that_extrapolates_fails_the_induction_finding():
 def test_summarize_writes_the_findings_for_the_report(tmp_path):
     run = store.RunStore(tmp_path)
     for i, r in enumerate(mqar_rows()):
-        run.write({"case_id": f"case{i}", "suite": "accuracy", **r})
+        run.write({"case_id": f"case{i}", "suite": "accuracy", "device": "cpu", "dtype": "float32", **r})
     console = Console(record=True, width=200)
     F.summarize(tmp_path, console)
     written = json.loads((tmp_path / F.FINDINGS_FILE).read_text())

@@ -21,7 +21,7 @@ def run_dir(tmp_path_factory):
     rows = mqar_rows() + seeds("listops_lra", "vanilla", 0.4, task="listops", n_test=2000)
     rows += seeds("listops_lra", "linear", 0.38, task="listops", n_test=2000)
     for i, r in enumerate(rows):
-        run.write({"case_id": f"case{i}", "suite": "accuracy", **r})
+        run.write({"case_id": f"case{i}", "suite": "accuracy", "device": "cpu", "dtype": "float32", **r})
     F.summarize(out, Console(width=200, quiet=True))
     return out
 
@@ -41,6 +41,15 @@ def test_every_chart_kind_draws_its_series_and_intervals(run_dir):
     assert {ax.get_gid() for ax in verdicts.chart_figure(heatmap).axes} >= {"heatmap:a"}
     with pytest.raises(ValueError, match="unknown chart kind"):
         verdicts.chart_figure({**heatmap, "kind": "pie"})
+
+
+def test_a_length_axis_ticks_exactly_the_measured_lengths():
+    """Induction's chart: accuracy against test length on a log2 axis, a tick at each length measured."""
+    points = [{"x": n, "mean": 0.9, "low": 0.8, "high": 1.0} for n in (64, 256, 1024)]
+    chart = {"kind": "lines", "title": "t", "x": "test length", "y": "accuracy", "log_x": True,
+             "series": [{"name": "mamba", "points": points}]}
+    ax = verdicts.chart_figure(chart).axes[0]
+    assert ax.get_xscale() == "log" and list(ax.get_xticks()) == [64, 256, 1024]
 
 
 def test_report_shows_each_finding_verdict_figures_and_charts(run_dir, tmp_path):

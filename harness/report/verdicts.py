@@ -70,7 +70,7 @@ def _lines(chart: dict, curves: bool = False) -> Figure:
             ax.fill_between(points.x, points.low, points.high, color=color, alpha=0.18, linewidth=0,
                             gid=f"interval:{series['name']}")
         if chart.get("log_x"):
-            charts._length_axis(ax)
+            charts._length_axis(ax, [p["x"] for s in chart["series"] for p in s["points"]])
         ax.set_xlabel(chart["x"])
         ax.set_ylabel(chart["y"])
         ax.set_ylim(-0.02, 1.05)
