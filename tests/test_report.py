@@ -377,6 +377,17 @@ def test_one_seed_labels_the_learned_charts_only(tmp_path):
     assert "Smoke run (learned tasks: one seed per model)" in report.markdown.read_text()
 
 
+def test_a_sweep_whose_later_seeds_train_at_its_chosen_rate_is_not_one_seed(tmp_path):
+    """Seed 0 trains at every rate; seeds 1 and 2 at the one it chose (`lr` empty, `lr_used` set)."""
+    from harness.report import build
+
+    first = [r for r in fx.accuracy_rows() if r.get("seed", 0) == 0 and r.get("task") != "exactness"]
+    later = [{**r, "case_id": f"{r['case_id']}-s{seed}", "seed": seed, "lr": None, "lr_used": r["lr"]}
+             for r in first for seed in (1, 2)]
+    report = build([small_run(tmp_path / "run", first + later)])
+    assert report.findings.smoke["learned"] == []
+
+
 def test_a_run_with_two_seeds_and_no_profile_is_not_labelled(findings):
     assert findings.smoke_sentence() is None
     assert "Smoke run" not in fx.built_report().html.read_text()

@@ -329,8 +329,11 @@ def smoke_reasons(rows: pd.DataFrame) -> dict[str, list[str]]:
                for part, subset in parts.items()}
     ok = parts["learned"][parts["learned"].status == "ok"]
     if not ok.empty:
-        keys = [k for k in (*TRAINING_KEYS, "lr") if k in ok.columns]
-        if ok.groupby(keys, dropna=False).seed.nunique(dropna=False).max() <= 1:
+        # Seeds of one configuration at one learning rate: a sweep's later seeds train at the rate it chose
+        # (their `lr` is empty, `lr_used` names it).
+        lr = ok.lr_used.fillna(ok.lr) if "lr_used" in ok.columns else ok.lr
+        keys = [k for k in TRAINING_KEYS if k in ok.columns and k != "seed"]
+        if ok.assign(lr=lr).groupby([*keys, "lr"], dropna=False).seed.nunique(dropna=False).max() <= 1:
             reasons["learned"].append("one seed per model")
     return reasons
 
