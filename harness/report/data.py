@@ -86,7 +86,7 @@ def fill_family(rows: pd.DataFrame) -> pd.DataFrame:
     for column in ("family", "exact"):
         known = rows.dropna(subset=[column]).groupby("variant")[column].first()
         rows[column] = rows[column].fillna(rows.variant.map(known))
-    rows["family"] = rows.family.fillna(rows.variant.str.split("-").str[0])
+    rows["family"] = rows.family.astype(object).fillna(rows.variant.str.split("-").str[0])
     return rows
 
 

@@ -87,7 +87,7 @@ def build(paths: list[str | Path], out: str | Path | None = None, baseline: str 
         stale.unlink()
     evidence = verdicts.draw(published, out / CHARTS_DIR)
     sections = html_sections(results, findings, drawn, comparison, before, paths)
-    sections.insert(1, ("findings", "Published findings", verdicts.html_section(published, evidence)))
+    sections.insert(2, ("findings", "Published findings", verdicts.html_section(published, evidence)))
     subtitle = (f"{', '.join(map(str, paths))}; generated "
                 f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
     page = html.write(out / "report.html", html.page("attnbench report", subtitle, sections,
