@@ -149,6 +149,7 @@ class Sizes:
     listops_steps: int
     listops_test: int
     listops_width: int = 64
+    listops_window: int = 128  # longformer's window (its default); below N, or it computes full attention
     listops_layers: int = 2
     seeds: int = 3
     lrs: tuple[float, ...] = (1e-3, 3e-3)
@@ -185,7 +186,8 @@ def experiments(s: Sizes) -> tuple[list[TaskSpec], list[TaskSpec]]:
                  s.time_budget_s, task_params={"min_length": s.listops_min}, train_pool=s.listops_pool,
                  n_layers=s.listops_layers, experiment="listops_lra",
                  variants=("vanilla", "longformer-banded", "linear", "performer", "mamba"),
-                 variant_params=SMALL_STATE, n_valid=512, n_test=s.listops_test,
+                 variant_params={**SMALL_STATE, "longformer-banded": {"window": s.listops_window}},
+                 n_valid=512, n_test=s.listops_test,
                  **common),
     ]
     long_range = [
@@ -209,7 +211,7 @@ CPU_STANDARD = Sizes(
     induction_len=64, induction_tests=(64, 128, 256, 512, 1024), induction_batch=64, induction_steps=1500,
     passkey_len=128, passkey_tests=(64, 128), passkey_window=16, passkey_batch=32, passkey_steps=1500,
     listops_len=128, listops_min=32, listops_pool=8192, listops_batch=32, listops_steps=800,
-    listops_test=1024,
+    listops_test=1024, listops_window=16,
 )
 # The published sizes (Zoology's MQAR grid, the Mamba paper's selective copying and induction heads,
 # LRA's ListOps), step caps derived from the CPU steps to criterion (results/README.md). Not yet run.
