@@ -178,6 +178,14 @@ def checked_device(device: str | None, executor=None) -> str:
     return device
 
 
+def checked_suite(name: str):
+    """--suite: the registered suite's module."""
+    try:
+        return plugins.suite(name)
+    except ValueError as e:
+        fail(str(e))
+
+
 def checked_variants(names: list[str] | None) -> list[str]:
     """-v/--variant, each registered (a name given twice counts once)."""
     names = validate.unique(names or [])
@@ -191,10 +199,7 @@ def checked_variants(names: list[str] | None) -> list[str]:
 
 def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh, executor, learned):
     """Every argument of `run` checked, then the suite's cases: (suite module, cases, run directory)."""
-    try:
-        module = plugins.suite(suite)
-    except ValueError as e:
-        fail(str(e))
+    module = checked_suite(suite)
     device = checked_device(device, executor)
     profile = validate.choice(profile, "--profile", ("quick", "standard", "full"))
     validate.choice(retry, "--retry", runner.RETRY)
@@ -245,10 +250,7 @@ def doctor(
 
 def _find_max_n(suite, device, profile, out, variant, dtype, memory_gb, timeout) -> None:
     """`run --find-max-n`: the suite's frontier search (throughput), its arguments checked first."""
-    try:
-        module = plugins.suite(suite)
-    except ValueError as e:
-        fail(str(e))
+    module = checked_suite(suite)
     if not hasattr(module, "find_max_n"):
         fail(f"--find-max-n applies to --suite throughput, not {suite}")
     device = checked_device(device)
@@ -273,10 +275,7 @@ def import_benchmark(
     suite: Annotated[str, typer.Option(help="The suite whose benchmark wrote the file")] = "throughput",
 ) -> None:
     """Turn a pytest-benchmark JSON file into results-store rows."""
-    try:
-        module = plugins.suite(suite)
-    except ValueError as e:
-        fail(str(e))
+    module = checked_suite(suite)
     if not hasattr(module, "import_benchmark_json"):
         fail(f"suite {suite!r} has no pytest-benchmark route (no import_benchmark_json)")
     path = validate.input_path(json_file, "JSON_FILE", kind="file")
