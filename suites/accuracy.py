@@ -203,13 +203,6 @@ def make_task(name: str, seq_len: int, kv_pairs: int | None, depth: float | None
 
 # --- plans ----------------------------------------------------------------------------------------
 
-# Left out of the standard profile's exactness by default (still run when named, and in quick and full):
-# each sinks variant costs about 90 s of FlexAttention compilations there, which the 20 minutes cannot
-# afford (issue 14; their GPU parity is `pytest -m cuda` in tests/test_sinks.py).
-STANDARD_EXACTNESS_SKIPPED = ("swa-sinks", "swa-learned-sinks")
-
-
-
 def variant_params(profile: str, name: str) -> dict:
     """The quick profile runs each variant at its small_params (patterns still sparse at short N)."""
     return dict(registry.get(name).small_params) if profile == "quick" else {}
@@ -343,7 +336,7 @@ def plan(profile: str, device: str, variants: list[str] | None = None, seq_lens:
     specs = chosen_specs("accuracy", profile, device, seeds, findings, criterion)
     names = selected_variants(variants)
     if profile == "standard" and not variants:
-        names = [n for n in names if n not in STANDARD_EXACTNESS_SKIPPED]
+        names = [n for n in names if n not in grids.STANDARD_EXACTNESS_SKIPPED]
     cases = [] if findings else exactness_cases(profile, device, names)
     cases += task_cases(specs, "accuracy", device, learned_variants(variants), profile)
     return filtered(cases, seq_lens, dtypes)
