@@ -115,7 +115,8 @@ class Grid:
 # CPU standard: the scaling curves to 64K tokens in about 10 minutes on 2 cores (results/README.md).
 # One head of 64 keeps the quadratic kernels affordable to N = 8-16K; 16K tokens per call up to N = 16K,
 # then batch 1. The forward kernel sweep is the dense one, for every variant (the fits and crossovers
-# read it: three lengths from 2048 on for the quadratic kernels); bf16, decode, forward+backward and
+# read it: three lengths from 2048 on for the quadratic kernels, and with 32K and 128K (fast paths only)
+# four at batch 1 for the linear-time ones, whose fits read those); bf16, decode, forward+backward and
 # the layer level are sparser and leave out the masked families' dense reference paths (the CPU has no
 # FlexAttention: they compute vanilla's scores under a mask). Forward+backward stops at 4096 (batch 4):
 # at batch 1 SDPA's CPU backward runs on one thread of the two, 20x slower than its forward. A case
@@ -125,6 +126,7 @@ CPU_STANDARD_FIDELITY = tuple(FidelityPoint(v, "kernel", "fwd", n) for v, n in (
 CPU_STANDARD = Grid(
     sweeps=(
         Sweep("kernel", ("fwd",), (256, 1024, 2048, 4096, 8192, 16384, 65536), ("float32",)),
+        Sweep("kernel", ("fwd",), (32768, 131072), ("float32",), dense_masks=False),
         Sweep("kernel", ("fwd",), (1024, 16384, 65536), ("bfloat16",), dense_masks=False),
         Sweep("kernel", ("decode",), (256, 4096, 16384, 65536), ("float32",), dense_masks=False),
         Sweep("layer", ("fwd", "decode"), (1024, 4096, 16384), ("float32",), dense_masks=False),

@@ -50,6 +50,21 @@ def test_exponents_of_time_per_sequence_come_with_an_interval_that_holds_the_law
     assert fits.loc["linear", "noisy_points"] == 1 and fits.loc["vanilla", "noisy_points"] == 0
 
 
+def test_fits_read_the_batch_1_lengths_where_a_shrinking_batch_would_bend_the_law():
+    """A linear-time kernel whose threads idle at batch 1 (2x per token there, as the 2-core CPU's scan
+    did): across the batch change the fit reads k ~ 1.3; on the batch-1 lengths alone it reads 1."""
+    def linear_time(n):
+        return per_call(1e-3 * n, n) * (2.0 if n >= TOKENS else 1.0)
+
+    mixed = [sweep_row("linear", n, linear_time(n)) for n in LENGTHS]
+    fit = Findings.compute(frame(mixed)).fits.set_index("variant").loc["linear"]
+    assert fit.fit_from_n == analysis.FIT_FROM_N and fit.exponent > 1.2
+    single = mixed + [sweep_row("linear", n, linear_time(n)) for n in (32768, 65536, 131072)]
+    fit = Findings.compute(frame(single)).fits.set_index("variant").loc["linear"]
+    assert (fit.fit_from_n, fit.fit_to_n, fit.points) == (16384, 131072, 4)
+    assert fit.exponent == pytest.approx(1.0)
+
+
 def test_an_exact_law_has_a_zero_width_interval_and_two_lengths_give_no_fit():
     k, low, high, r2 = analysis.fit_with_interval([2048, 4096, 8192], [n**2 for n in (2048, 4096, 8192)])
     assert k == pytest.approx(2) and low == pytest.approx(2) and high == pytest.approx(2) and r2 == 1

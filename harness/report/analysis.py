@@ -160,12 +160,17 @@ def fit_with_interval(seq_lens, latencies, confidence: float = CONFIDENCE):
     return float(slope), float(slope - half), float(slope + half), float(r2)
 
 
-def fit_tail(seq_lens) -> list[int]:
-    """The lengths a fit reads: those >= FIT_FROM_N when there are 3 of them, else the larger half."""
-    lengths = sorted(set(int(n) for n in seq_lens))
+def fit_tail(group: pd.DataFrame) -> list[int]:
+    """The lengths a fit reads, the first rule that yields 3: those at batch 1; those >= FIT_FROM_N; the
+    larger half. Batch 1 first because a constant-token sweep shrinks the batch along its tail, and on a
+    CPU the batch x heads slices are what the threads split: the last steps to batch 1 lose parallelism
+    (on 2 threads up to 2x per token), which a fit across them reads as extra growth with N."""
+    lengths = sorted(set(int(n) for n in group.seq_len))
+    single = sorted(set(int(n) for n in group.seq_len[group.batch.fillna(1) <= 1]))
     tail = [n for n in lengths if n >= FIT_FROM_N]
-    if len(tail) >= MIN_FIT_POINTS:
-        return tail
+    for chosen in (single, tail):
+        if len(chosen) >= MIN_FIT_POINTS:
+            return chosen
     return lengths[-max(MIN_FIT_POINTS, (len(lengths) + 1) // 2):]
 
 
@@ -181,7 +186,7 @@ def scaling_fits(points: pd.DataFrame) -> pd.DataFrame:
     rows = []
     ok = points[(points.status == "ok") & points.latency_ms.notna()]
     for (config, series), group in ok.groupby(["config", "series"], sort=True):
-        tail = group[group.seq_len.isin(fit_tail(group.seq_len))].sort_values("seq_len")
+        tail = group[group.seq_len.isin(fit_tail(group))].sort_values("seq_len")
         per_sequence = tail.latency_ms / tail.batch.fillna(1).clip(lower=1)
         fit = fit_with_interval(tail.seq_len, per_sequence)
         if fit is None:

@@ -153,7 +153,8 @@ def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparis
         body += "<h3>Largest feasible N</h3>" + html.table(findings.largest)
         body += ("<h3>Scaling exponents</h3><p>k in time per sequence ~ N<sup>k</sup> (latency / batch: 2 "
                  "for quadratic attention, 1 for linear-time mixers), least squares on log-log over the "
-                 f"lengths from N = {analysis.FIT_FROM_N} (the larger half when fewer than 3 are there), "
+                 "lengths at batch 1 where there are 3 (a shrinking batch also costs a CPU its parallelism), "
+                 f"else those from N = {analysis.FIT_FROM_N}, else the larger half, "
                  "with the 95% t interval of the slope. <code>noisy_points</code>: fitted points whose "
                  "median's interval stayed wider than &plusmn;2%.</p>")
         body += html.table(findings.fits)
