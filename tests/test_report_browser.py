@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from harness.report import charts, render
 from tests import test_report_fixtures as fx
 
-REFERENCE_RUN = Path(__file__).resolve().parent.parent / "results" / "reference" / "cpu-quick-intel-xeon-2core"
+REFERENCE_RUN = Path(__file__).resolve().parents[1] / "results" / "reference" / "cpu-quick-intel-xeon-2core"
 OVERLAP_PX = 0.5  # boxes that share less than this (anti-aliasing, touching edges) do not overlap
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
