@@ -112,7 +112,7 @@ class Grid:
     fidelity_budget_ms: float = 0.0  # per timer
 
 
-# CPU standard: the scaling curves to 64K tokens in about 10 minutes on 2 cores (results/README.md).
+# CPU standard: the scaling curves to 128K tokens in about 10 minutes on 2 cores (results/README.md).
 # One head of 64 keeps the quadratic kernels affordable to N = 8-16K; 16K tokens per call up to N = 16K,
 # then batch 1. The forward kernel sweep is the dense one, for every variant (the fits and crossovers
 # read it: three lengths from 2048 on for the quadratic kernels, and with 32K and 128K (fast paths only)
