@@ -26,7 +26,9 @@ STEP_OVERHEAD_S = {"cpu": 3e-3, "cuda": 1.5e-2}
 SCAN_PASSES = 30
 # The chunked recurrent families launch many small kernels per layer and step, a cost the FLOPs miss: their
 # training step minus vanilla's at MQAR's shapes (d_model 64, 2 layers, batch 32, N = 32 and 64, one CPU
-# thread), about constant in N, per layer. Unmeasured families (retnet) and CUDA get none.
+# thread), about constant in N, per layer. Unmeasured families (retnet) and CUDA get none. On an idle
+# machine `scripts/bench_training.py` reads about half (mamba2 15 ms per layer); the committed run's mamba2
+# MQAR trainings, one process per core, still took 171-306 s against the 138 s this charges.
 CHUNK_LOOP_S = {"cpu": {"mamba2": 0.031, "gated-deltanet": 0.040, "deltanet": 0.028, "gla": 0.016},
                 "cuda": {}}
 FORWARD_SHARE = 1 / 3  # evaluation and validation: forward only
