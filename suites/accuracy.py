@@ -112,6 +112,7 @@ class TaskCase(AccuracyCase):
     weight_decay: float = Field(0.1, ge=0)
     train_pool: int | None = Field(None, gt=0)  # None: fresh examples every step; n: a fixed training set
     criterion: float | None = Field(None, gt=0, le=1)  # validation accuracy that ends training
+    criterion_holds: int = Field(1, gt=0)  # ... once reached at this many validations in a row
     validate_every: int = Field(100, gt=0)
     n_valid: int = Field(256, gt=0)
     n_test: int = Field(256, gt=0)
@@ -242,7 +243,8 @@ def task_cases(specs: list[TaskSpec], suite: str, device: str, names: list[str] 
                     lrs=spec.lrs if len(spec.lrs) > 1 and spec.seeds > 1 else (), seed=seed,
                     batch_size=spec.batch_for(train_len), max_steps=spec.max_steps,
                     time_budget_s=spec.time_budget_s, train_pool=spec.train_pool, criterion=spec.criterion,
-                    validate_every=spec.validate_every, n_valid=spec.n_valid, n_test=spec.n_test,
+                    criterion_holds=spec.criterion_holds, validate_every=spec.validate_every,
+                    n_valid=spec.n_valid, n_test=spec.n_test,
                     experiment=spec.experiment,
                 )
                 evaluations = itertools.product(spec.eval_lens or (train_len,), spec.depths or (None,))
@@ -523,7 +525,7 @@ def trained_model(case: TaskCase) -> tuple[Trained, bool]:
         return lm.evaluate(model, valid, batch_size=eval_batch_size(case, case.train_seq_len),
                            device=case.device, dtype=case.torch_dtype).accuracy_tokens
 
-    validation = lm.Validation(accuracy, case.validate_every, case.criterion)
+    validation = lm.Validation(accuracy, case.validate_every, case.criterion, case.criterion_holds)
     result = lm.train(model, batches, lr=lr, max_steps=case.max_steps, time_budget_s=case.time_budget_s,
                       weight_decay=case.weight_decay, device=case.device, dtype=case.torch_dtype,
                       validation=validation)

@@ -214,7 +214,7 @@ class TrainResult:
     final_loss: float = math.nan  # mean training loss over the last curve interval
     train_accuracy: float = 0.0  # running accuracy at labelled positions over the last RECENT_STEPS steps
     valid_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, validation accuracy)
-    steps_to_criterion: int | None = None  # the first validation at or above the criterion
+    steps_to_criterion: int | None = None  # the first validation at or above the criterion (held or not)
     stop_reason: str = ""  # "criterion", "max_steps", "time_budget" or "diverged"
 
     @property
@@ -255,11 +255,13 @@ def _sync(device: str) -> None:
 
 @dataclass(frozen=True)
 class Validation:
-    """Accuracy on a validation set every `every` steps; training stops once it reaches `criterion`."""
+    """Accuracy on a validation set every `every` steps; training stops once it has been at or above
+    `criterion` at `holds` validations in a row (1: the first time it gets there)."""
 
     accuracy: Callable[[], float]
     every: int
     criterion: float | None = None
+    holds: int = 1
 
 
 def train(model: Backbone, batches: Iterator[Batch], *, lr: float, max_steps: int, time_budget_s: float,
@@ -271,6 +273,7 @@ def train(model: Backbone, batches: Iterator[Batch], *, lr: float, max_steps: in
     recent_correct, recent_total, interval = [], [], []
     started = time.perf_counter()
     budget_start = started
+    in_a_row = 0  # consecutive validations at or above the criterion
     model.train()
     for step in range(max_steps):
         model.redraw_features(step)
@@ -303,9 +306,11 @@ def train(model: Backbone, batches: Iterator[Batch], *, lr: float, max_steps: in
             _sync(device)
             result.warmup_s = time.perf_counter() - started
             budget_start = time.perf_counter()
-        if validation is not None and (step + 1) % validation.every == 0 and _validate(result, validation):
-            result.stop_reason = "criterion"
-            break
+        if validation is not None and (step + 1) % validation.every == 0:
+            in_a_row = in_a_row + 1 if _validate(result, validation) else 0
+            if in_a_row >= validation.holds:
+                result.stop_reason = "criterion"
+                break
         if time.perf_counter() - budget_start > time_budget_s:
             result.stop_reason = "time_budget"
             break
