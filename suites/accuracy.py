@@ -184,8 +184,10 @@ class TaskCase(AccuracyCase):
                 f"seed={self.seed}")
 
     def oom_key(self):
-        """A length sweep: once a length runs out of memory, longer ones of the sweep are skipped."""
-        sweep = (self.task, self.variant, self.dtype, self.d_model, self.lr, self.seed)
+        """A length sweep: once a length runs out of memory, longer ones of the sweep are skipped. Seeds
+        and rates share the group (memory does not depend on them), which keeps the cases that choose
+        their rate in one --shard part with the sweep they choose from."""
+        sweep = (self.task, self.variant, self.dtype, self.d_model)
         return sweep, max(self.seq_len, self.train_seq_len)
 
 

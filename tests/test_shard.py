@@ -67,6 +67,19 @@ def test_oom_groups_and_trained_models_stay_in_one_part():
         assert len(set(part_of.values())) == 4, name  # and all four parts are used
 
 
+def test_cases_that_choose_their_rate_share_a_part_with_their_sweep():
+    """Seeds after the first read the sweep's rows from their own run directory (accuracy.sweep_rows)."""
+    cases = [c for c in long_range.plan("standard", "cpu") if c.lrs]
+    part_of = {c.case_id: i for i, part in enumerate(shard.partition(cases, 2, long_range.case_cost))
+               for c in part}
+    choosers = [c for c in cases if c.lr is None]
+    assert choosers and len(set(part_of.values())) == 2
+    for case in choosers:
+        sweep = {part_of[case.model_copy(update={"seed": accuracy.SWEEP_SEED, "lr": lr}).case_id]
+                 for lr in case.lrs}
+        assert sweep == {part_of[case.case_id]}, case.describe()
+
+
 def test_parts_are_balanced_by_cost_within_the_largest_group():
     for name, (cases, cost) in quick_plans().items():
         groups = {}
