@@ -1,4 +1,4 @@
-"""The report: what each chart draws, the findings (exponents, crossovers, Pareto front, best learning
+"""The report: what each chart draws, the findings (scaling fits, crossings, Pareto front, best learning
 rate), the comparison of two runs, the HTML and Markdown files and the `report` command.
 
 Expected values come from the laws the synthetic results were written with (tests/test_report_fixtures.py),
@@ -198,24 +198,24 @@ def test_pareto_chart_at_the_length_most_variants_ran(findings):
     assert ax.get_xscale() == "log"
 
 
-def test_scaling_exponents(findings):
-    lengths = [1, 2, 4, 8, 16]
-    assert analysis.fit_exponent(lengths, [3 * n**2 for n in lengths])[0] == pytest.approx(2)
-    assert analysis.fit_exponent([1, 2], [1, 2]) is None  # too few points to fit
-    table = findings.exponents.set_index(["config", "variant"]).exponent
+def test_scaling_fits_read_time_per_sequence(findings):
+    table = findings.fits.set_index(["config", "variant"])
     config = "H100 80GB HBM3, bfloat16, forward, causal"
-    assert table[(config, "vanilla")] == pytest.approx(1.0, abs=0.005)  # 1e-3 N at batch 16384 / N
-    assert abs(table[(config, "linear")]) < 0.1
-    assert 0.5 < table[(config, "flash-sdpa")] < 1.0
+    assert table.exponent[(config, "vanilla")] == pytest.approx(2.0, abs=0.005)  # 1e-3 N at batch 16384 / N
+    assert table.exponent[(config, "linear")] == pytest.approx(1.0, abs=0.05)  # a constant per batch
+    assert 1.5 < table.exponent[(config, "flash-sdpa")] < 2.0
+    assert (table.k_low <= table.exponent).all() and (table.exponent <= table.k_high).all()
 
 
-def test_crossovers_are_written_out(findings):
-    sentences = [c.sentence for c in findings.crossovers]
+def test_crossings_are_written_out(findings):
+    config = "H100 80GB HBM3, bfloat16, forward, causal"
+    found = {(c.faster, c.slower): c for c in findings.crossings if c.config == config}
     # 2 + 1e-5 N < 0.25e-3 N + 0.5 from N = 6250: first measured at 8192.
-    assert ("linear beats flash-sdpa from N = 8192 on H100 80GB HBM3, bfloat16, forward, causal "
-            "(slower at N = 4096)") in sentences
-    assert not any(s.startswith("flash-sdpa beats vanilla") for s in sentences)  # faster everywhere
-    assert not any(s.startswith("vanilla beats") for s in sentences)
+    linear = found[("linear", "flash-sdpa")]
+    assert (linear.slower_at, linear.faster_from) == (4096, 8192)
+    assert "linear beats flash-sdpa on " + config in linear.sentence
+    assert ("flash-sdpa", "vanilla") not in found  # faster everywhere
+    assert not any(c.faster == "vanilla" for c in findings.crossings)
 
 
 def test_largest_feasible_n(findings):
@@ -411,8 +411,8 @@ def two_variant_rows(lengths, oom_at=None):
 @pytest.mark.parametrize("lengths, crossover", [((1024, 4096), False), ((1024, 4096, 8192), True)])
 def test_a_crossover_needs_three_lengths(tmp_path, lengths, crossover):
     found = Findings.compute(data.Results.load(small_run(tmp_path / "run", two_variant_rows(lengths))).rows)
-    assert [c.sentence.split(" on ")[0] for c in found.crossovers] == (
-        ["linear beats vanilla from N = 4096"] if crossover else [])
+    assert [(c.faster, c.slower, c.faster_from) for c in found.crossings] == (
+        [("linear", "vanilla", 4096)] if crossover else [])
 
 
 def test_largest_feasible_n_only_where_a_sweep_of_three_lengths_hit_a_size_limit(tmp_path):

@@ -1,4 +1,4 @@
-"""Findings computed from throughput points: feasible lengths, scaling exponents, crossovers, Pareto."""
+"""Findings computed from throughput points: feasible lengths, scaling fits, crossings, Pareto."""
 
 from __future__ import annotations
 
@@ -48,74 +48,6 @@ def largest_feasible(points: pd.DataFrame) -> pd.DataFrame:
 def failure_label(point) -> str:
     """'oom at N = 8192'; a variant that cannot run at all is just 'unsupported'."""
     return point.status if point.status == "unsupported" else f"{point.status} at N = {point.seq_len}"
-
-
-def fit_exponent(seq_lens, latencies) -> tuple[float, float] | None:
-    """Slope and r^2 of log latency vs log N over the larger half of the lengths (>= 3 points).
-
-    Small lengths are left out because fixed costs (launches, overheads) flatten them.
-    """
-    order = np.argsort(seq_lens)
-    n = np.asarray(seq_lens, float)[order]
-    t = np.asarray(latencies, float)[order]
-    if len(n) < MIN_FIT_POINTS:
-        return None
-    keep = max(MIN_FIT_POINTS, (len(n) + 1) // 2)
-    x, y = np.log(n[-keep:]), np.log(t[-keep:])
-    slope, intercept = np.polyfit(x, y, 1)
-    residual = y - (slope * x + intercept)
-    spread = ((y - y.mean()) ** 2).sum()
-    r2 = 1.0 - (residual**2).sum() / spread if spread > 0 else 1.0
-    return float(slope), float(r2)
-
-
-def scaling_exponents(points: pd.DataFrame) -> pd.DataFrame:
-    """Per (config, series): k in latency ~ N^k, from the ok points."""
-    rows = []
-    ok = points[(points.status == "ok") & points.latency_ms.notna()]
-    for (config, series), group in ok.groupby(["config", "series"], sort=True):
-        fit = fit_exponent(group.seq_len, group.latency_ms)
-        if fit is not None:
-            used = sorted(group.seq_len)[-max(MIN_FIT_POINTS, (len(group) + 1) // 2):]
-            rows.append({"config": config, "variant": series, "exponent": round(fit[0], 2),
-                         "r2": round(fit[1], 3), "fit_from_n": int(used[0]), "fit_to_n": int(used[-1])})
-    return pd.DataFrame(rows, columns=["config", "variant", "exponent", "r2", "fit_from_n", "fit_to_n"])
-
-
-@dataclass(frozen=True)
-class Crossover:
-    """`faster` has the lower latency at every measured N from `from_n` up; at `slower_at` it did not."""
-
-    config: str
-    faster: str
-    slower: str
-    from_n: int
-    slower_at: int
-
-    @property
-    def sentence(self) -> str:
-        return (f"{self.faster} beats {self.slower} from N = {self.from_n} on {self.config} "
-                f"(slower at N = {self.slower_at})")
-
-
-def crossovers(points: pd.DataFrame) -> list[Crossover]:
-    """Pairs whose latency order flips once, for good, as N grows (on the lengths both ran, at least
-    MIN_LENGTHS of them: with two, any difference in slope reads as a crossover)."""
-    found = []
-    ok = points[(points.status == "ok") & points.latency_ms.notna()]
-    for config, group in ok.groupby("config", sort=True):
-        table = group.pivot_table(index="seq_len", columns="series", values="latency_ms")
-        for a in table.columns:
-            for b in table.columns:
-                if a == b:
-                    continue
-                both = table[[a, b]].dropna()
-                faster = (both[a] < both[b]).to_numpy()
-                if len(both) < MIN_LENGTHS or faster[0] or not faster[-1]:
-                    continue
-                first = len(faster) - np.argmin(faster[::-1])  # start of the trailing run of wins
-                found.append(Crossover(config, a, b, int(both.index[first]), int(both.index[first - 1])))
-    return found
 
 
 # --- scaling fits and crossovers with their uncertainty ------------------------------------------------
@@ -352,8 +284,6 @@ class Findings:
     best: pd.DataFrame  # learned-task rows at each model's best learning rate
     exactness: pd.DataFrame
     largest: pd.DataFrame
-    exponents: pd.DataFrame
-    crossovers: list[Crossover]
     fits: pd.DataFrame  # exponents of time per sequence, with intervals
     crossings: list[Crossing]  # crossovers judged against the medians' intervals
     primary: str | None  # the throughput config the Pareto chart and one-line summaries speak of
@@ -366,8 +296,7 @@ class Findings:
         pts = data.points(data.throughput(rows))
         best = data.best_lr(data.learned(rows))
         return cls(points=pts, best=best, exactness=data.exactness(rows), largest=largest_feasible(pts),
-                   exponents=scaling_exponents(pts), crossovers=crossovers(pts), fits=scaling_fits(pts),
-                   crossings=crossings(pts), primary=primary_config(pts),
+                   fits=scaling_fits(pts), crossings=crossings(pts), primary=primary_config(pts),
                    headlines=primary_configs(pts), pareto=pareto(pts, best, pareto_n),
                    smoke=data.smoke_reasons(rows))
 
