@@ -86,7 +86,8 @@ def run(
     ] = None,
     find_max_n: Annotated[bool, typer.Option(
         "--find-max-n", help="Throughput: bisect each variant's largest N (B=1, 16 heads of 64, forward) "
-                             "under the memory cap, instead of the sweep")] = False,
+                             "under the memory cap, instead of the sweep (with -n: probe only those N)"
+    )] = False,
     memory_gb: Annotated[float | None, typer.Option(
         help="With --find-max-n: the memory cap in GiB (default: 90% of the memory available)")] = None,
     seeds: Annotated[int | None, typer.Option(help="Learned tasks: seeds per configuration")] = None,
@@ -105,7 +106,7 @@ def run(
             fail("--find-max-n takes no --seeds, --finding or --criterion (they are for learned tasks)")
         if shard is not None or executor != "local":
             fail("--find-max-n runs here, one probe at a time: it takes no --shard or --executor")
-        _find_max_n(suite, device, profile, out, variant, dtype, memory_gb, timeout)
+        _find_max_n(suite, device, profile, out, variant, seq_len, dtype, memory_gb, timeout)
         return
     part = None
     if shard is not None:
@@ -248,7 +249,7 @@ def doctor(
         raise typer.Exit(1)
 
 
-def _find_max_n(suite, device, profile, out, variant, dtype, memory_gb, timeout) -> None:
+def _find_max_n(suite, device, profile, out, variant, seq_len, dtype, memory_gb, timeout) -> None:
     """`run --find-max-n`: the suite's frontier search (throughput), its arguments checked first."""
     module = checked_suite(suite)
     if not hasattr(module, "find_max_n"):
@@ -258,11 +259,13 @@ def _find_max_n(suite, device, profile, out, variant, dtype, memory_gb, timeout)
     memory_gb = validate.positive(memory_gb, "--memory-gb")
     timeout = validate.positive(timeout, "--timeout", validate.MAX_TIMEOUT_S, " s")
     names = checked_variants(variant)
+    lengths = validate.unique(validate.seq_len(n) for n in seq_len or [])
     out = validate.output_dir(out) or Path("results") / f"frontier-{device}-{profile}"
     try:
         module.find_max_n(device, profile, out, variants=names or None,
                           dtypes=validate.unique(dtype or []) or None, memory_gb=memory_gb,
-                          time_cap_s=timeout or module.DEFAULT_FRONTIER_TIME_CAP_S, console=console)
+                          time_cap_s=timeout or module.DEFAULT_FRONTIER_TIME_CAP_S, console=console,
+                          lengths=lengths or None)
     except ValueError as e:
         fail(str(e))
     console.print(f"frontier rows in {escape(str(out))}")

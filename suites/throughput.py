@@ -121,8 +121,12 @@ class Grid:
 # FlexAttention: they compute vanilla's scores under a mask). Forward+backward stops at 4096 (batch 4):
 # at batch 1 SDPA's CPU backward runs on one thread of the two, 20x slower than its forward. A case
 # predicted to take more than the time cap is skipped with the reason, as are longer ones.
-# The fidelity cases get 3 s per timer: at 600 ms flash-sdpa at 8192 (85 ms a call) had about three
-# rounds per turn, and its two medians came out 8% apart.
+# A fidelity case alternates the two timers this many times. With two turns on this shared machine the
+# medians differed by 8% in 2 of 12 comparisons (a different case each time: a burst of load during one
+# timer's turn); shorter, interleaved turns put such a burst on both.
+FIDELITY_TURNS = 4
+# The fidelity cases get 4 s per timer, 1 s per turn: at 600 ms (two turns) flash-sdpa at 8192 (85 ms a
+# call) had about three rounds per turn, and its two medians came out 8% apart.
 CPU_STANDARD_FIDELITY = tuple(FidelityPoint(v, "kernel", "fwd", n) for v, n in (
     ("flash-sdpa", 1024), ("flash-sdpa", 8192), ("linear", 4096), ("vanilla", 2048)))
 CPU_STANDARD = Grid(
@@ -136,7 +140,7 @@ CPU_STANDARD = Grid(
     ),
     dtypes=("float32", "bfloat16"), head_dims=(64,), causal=(True,), width=64, total_tokens=16384,
     budget_ms=100, warmup_ms=0, energy_ms=0, time_cap_ms=20000, remeasure_ms=300,
-    fidelity=CPU_STANDARD_FIDELITY, fidelity_budget_ms=3000,
+    fidelity=CPU_STANDARD_FIDELITY, fidelity_budget_ms=4000,
 )
 
 GRIDS = {
@@ -588,7 +592,7 @@ def measure_case(case: Case, benchmark) -> None:
                 flush()
 
             if case.kind == "fidelity":
-                rounds = timing.rounds_for(case.budget_ms / 2, estimate_ms)
+                rounds = timing.rounds_for(case.budget_ms / FIDELITY_TURNS, estimate_ms)
                 figures |= _side_by_side(benchmark, work, setup, rounds, case)
             else:
                 rounds = timing.rounds_for(case.budget_ms, estimate_ms)
@@ -616,17 +620,17 @@ def measure_case(case: Case, benchmark) -> None:
 
 
 def _side_by_side(benchmark, work: Workload, setup: Callable[[], None], rounds: int, case: Case) -> dict:
-    """Our rounds and an independent timer's, alternated (ours, theirs, ours, theirs) so that a drift of
-    the machine falls on both; each timer's median is over both of its turns."""
+    """Our rounds and an independent timer's, alternated FIDELITY_TURNS times (ours, theirs, ours, ...)
+    so that a drift of the machine falls on both; each timer's median is over all of its turns."""
     references = []
-    for turn in range(2):
+    for turn in range(FIDELITY_TURNS):
         fixture = benchmark if turn == 0 else timing.make_fixture(case.slug(), timing.timer_for(case.device))
         timing.time_rounds(fixture, work.call, setup, rounds)
         if turn:
             for duration in fixture.stats.stats.data:
                 benchmark.stats.stats.update(duration)
-        references.append(timing.independent_median_ms(work.call, setup, case.device, case.budget_ms / 2,
-                                                       work.leaves))
+        references.append(timing.independent_median_ms(work.call, setup, case.device,
+                                                       case.budget_ms / FIDELITY_TURNS, work.leaves))
     times = [t for r in references for t in r["reference_times_ms"] or []]
     medians = [r["reference_latency_ms"] for r in references]
     median = float(np.median(times)) if times else float(np.mean(medians))
@@ -832,6 +836,21 @@ def bisect_frontier(probe: Callable[[int], tuple[str, str]], start: int = FRONTI
     return found
 
 
+def probe_lengths(probe: Callable[[int], tuple[str, str]], lengths: Sequence[int]) -> Frontier:
+    """Probe exactly `lengths`, no search ('does N run?', where a search would spend hours on the way:
+    a compute-bound kernel at the edge of a time cap). The frontier is the largest that ran; the first
+    failure the shortest failing length above it."""
+    found = Frontier("")
+    outcomes = {n: probe(n) for n in sorted(set(lengths))}
+    ran = [n for n, (status, _) in outcomes.items() if status == "ok"]
+    found.largest_ok = max(ran) if ran else None
+    above = [n for n, (status, _) in outcomes.items() if status != "ok" and n > (found.largest_ok or 0)]
+    if above:
+        found.first_failure = min(above)
+        found.failure_status, found.failure_reason = outcomes[found.first_failure]
+    return found
+
+
 def frontier_cap_bytes(device: str, memory_gb: float | None) -> tuple[int, str]:
     """The memory a frontier search may use, and a note when a requested cap was lowered to it.
 
@@ -877,10 +896,12 @@ def frontier_plan(device: str, profile: str, variants: Sequence[str] | None = No
 
 def find_max_n(device: str, profile: str, out: str | Path, variants: Sequence[str] | None = None,
                dtypes: Sequence[str] | None = None, memory_gb: float | None = None,
-               time_cap_s: float = DEFAULT_FRONTIER_TIME_CAP_S, console=None) -> list[Frontier]:
+               time_cap_s: float = DEFAULT_FRONTIER_TIME_CAP_S, console=None,
+               lengths: Sequence[int] | None = None) -> list[Frontier]:
     """Bisect, per variant, the largest N one forward call runs at (B = 1, 16 heads of 64, the profile's
     first dtype) under the memory cap; every probe is a `frontier` row of `out`, its failure (oom, or
     timeout at the time cap) included. Rows carry the model's predicted frontier (`predicted_max_n`).
+    With `lengths`, probe only those (`probe_lengths`).
 
     Probes run in a worker process under RLIMIT_AS (harness.memory), restarted after each failure.
     A re-run with the same `out` reuses the probes already recorded.
@@ -921,7 +942,7 @@ def find_max_n(device: str, profile: str, out: str | Path, variants: Sequence[st
                     done[case.case_id] = (status, reason)
                     return status, reason
 
-                frontier = bisect_frontier(probe)
+                frontier = probe_lengths(probe, lengths) if lengths else bisect_frontier(probe)
                 frontier.variant = name
                 found.append(frontier)
                 say(f"{name}: largest N {frontier.largest_ok} (predicted {predicted}); "

@@ -414,7 +414,26 @@ def test_a_fidelity_case_times_the_same_call_with_an_independent_timer():
     assert m["reference_timer"] == "torch.utils.benchmark.Timer.blocked_autorange"
     assert m["reference_latency_ms"] > 0 and m["latency_ms"] > 0
     assert m["fidelity_ratio"] == pytest.approx(m["latency_ms"] / m["reference_latency_ms"])
-    assert m["rounds"] >= 2 * timing.MIN_ROUNDS  # ours, twice (alternated with theirs)
+    assert m["rounds"] >= tp.FIDELITY_TURNS * timing.MIN_ROUNDS  # ours, in every turn
+
+
+def test_a_fidelity_case_alternates_the_two_timers(monkeypatch):
+    turns = []
+    real_rounds, real_reference = timing.time_rounds, timing.independent_median_ms
+
+    def ours(*args, **kwargs):
+        turns.append("ours")
+        return real_rounds(*args, **kwargs)
+
+    def theirs(target, setup, device, budget_ms, *args):
+        turns.append(("theirs", budget_ms))
+        return real_reference(target, setup, device, budget_ms, *args)
+
+    monkeypatch.setattr(timing, "time_rounds", ours)
+    monkeypatch.setattr(timing, "independent_median_ms", theirs)
+    status, reason, _ = runner.execute(SUITE, case(kind="fidelity", seq_len=256, budget_ms=40))
+    assert status == "ok", reason
+    assert turns == ["ours", ("theirs", 40 / tp.FIDELITY_TURNS)] * tp.FIDELITY_TURNS and tp.FIDELITY_TURNS > 2
 
 
 # --- decode state ------------------------------------------------------------------------------------------
@@ -565,3 +584,29 @@ def test_find_max_n_records_the_frontier_beside_the_prediction(tmp_path):
     assert predicted / 1.5 <= largest <= predicted * 1.5
     assert (ok.mem_rss_peak_bytes <= 0.5 * 2**30).all()
     assert "vanilla: largest N" in proc.stdout
+
+
+def test_probe_lengths_runs_each_length_once_in_order_and_reads_the_frontier_from_them():
+    probed = []
+
+    def probe(n):
+        probed.append(n)
+        return {1024: ("ok", ""), 2048: ("oom", "MemoryError"), 4096: ("oom", "MemoryError")}[n]
+
+    found = tp.probe_lengths(probe, [4096, 1024, 2048, 1024])
+    assert probed == [1024, 2048, 4096]
+    assert (found.largest_ok, found.first_failure, found.failure_status) == (1024, 2048, "oom")
+    # A timeout below a length that ran is no frontier: the largest that ran is, with no failure above.
+    timed_out = {512: ("timeout", "time cap"), 1024: ("ok", "")}
+    found = tp.probe_lengths(lambda n: timed_out[n], [512, 1024])
+    assert (found.largest_ok, found.first_failure) == (1024, None)
+
+
+def test_find_max_n_with_lengths_probes_only_those(tmp_path):
+    out = tmp_path / "frontier"
+    proc = cli("--device", "cpu", "--find-max-n", "-n", "1024", "-n", "512", "-v", "vanilla",
+               "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    df = store.load(out)
+    assert sorted(df.seq_len) == [512, 1024] and (df.status == "ok").all() and (df.kind == "frontier").all()
+    assert "vanilla: largest N 1024" in proc.stdout
