@@ -198,6 +198,11 @@ def checked_variants(names: list[str] | None) -> list[str]:
     return names
 
 
+def checked_lengths(lengths: list[int] | None) -> list[int]:
+    """-n/--seq-len, each a valid length (a length given twice counts once)."""
+    return validate.unique(validate.seq_len(n) for n in lengths or [])
+
+
 def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh, executor, learned):
     """Every argument of `run` checked, then the suite's cases: (suite module, cases, run directory)."""
     module = checked_suite(suite)
@@ -205,7 +210,7 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
     profile = validate.choice(profile, "--profile", ("quick", "standard", "full"))
     validate.choice(retry, "--retry", runner.RETRY)
     names = checked_variants(variant)
-    lengths = validate.unique(validate.seq_len(n) for n in seq_len or [])
+    lengths = checked_lengths(seq_len)
     try:
         dtypes = validate.unique(dtype_name(d) for d in dtype or [])
     except ValueError as e:
@@ -259,7 +264,7 @@ def _find_max_n(suite, device, profile, out, variant, seq_len, dtype, memory_gb,
     memory_gb = validate.positive(memory_gb, "--memory-gb")
     timeout = validate.positive(timeout, "--timeout", validate.MAX_TIMEOUT_S, " s")
     names = checked_variants(variant)
-    lengths = validate.unique(validate.seq_len(n) for n in seq_len or [])
+    lengths = checked_lengths(seq_len)
     out = validate.output_dir(out) or Path("results") / f"frontier-{device}-{profile}"
     try:
         module.find_max_n(device, profile, out, variants=names or None,
