@@ -121,12 +121,13 @@ class Grid:
 # FlexAttention: they compute vanilla's scores under a mask). Forward+backward stops at 4096 (batch 4):
 # at batch 1 SDPA's CPU backward runs on one thread of the two, 20x slower than its forward. A case
 # predicted to take more than the time cap is skipped with the reason, as are longer ones.
-# A fidelity case alternates the two timers this many times. With two turns on this shared machine the
-# medians differed by 8% in 2 of 12 comparisons (a different case each time: a burst of load during one
-# timer's turn); shorter, interleaved turns put such a burst on both.
-FIDELITY_TURNS = 4
-# The fidelity cases get 4 s per timer, 1 s per turn: at 600 ms (two turns) flash-sdpa at 8192 (85 ms a
-# call) had about three rounds per turn, and its two medians came out 8% apart.
+# A fidelity case alternates the two timers in turns of about this long each (longer where our MIN_ROUNDS
+# calls take longer), at least two. With two turns, then four of 1 s, the medians on this shared machine
+# differed by 6-8% in 3 of 16 comparisons (a different case each time, agreeing within 2% in other runs:
+# a burst of load during one timer's turns); turns shorter than a burst put it on both.
+FIDELITY_TURN_MS = 250.0
+# The fidelity cases get 4 s per timer: at 600 ms (two turns) flash-sdpa at 8192 (85 ms a call) had about
+# three rounds per turn, and its two medians came out 8% apart.
 CPU_STANDARD_FIDELITY = tuple(FidelityPoint(v, "kernel", "fwd", n) for v, n in (
     ("flash-sdpa", 1024), ("flash-sdpa", 8192), ("linear", 4096), ("vanilla", 2048)))
 CPU_STANDARD = Grid(
@@ -592,8 +593,7 @@ def measure_case(case: Case, benchmark) -> None:
                 flush()
 
             if case.kind == "fidelity":
-                rounds = timing.rounds_for(case.budget_ms / FIDELITY_TURNS, estimate_ms)
-                figures |= _side_by_side(benchmark, work, setup, rounds, case)
+                figures |= _side_by_side(benchmark, work, setup, estimate_ms, case)
             else:
                 rounds = timing.rounds_for(case.budget_ms, estimate_ms)
                 policy = timing.NoisePolicy(NOISE_SPREAD_LIMIT, NOISE_PRECISION, case.remeasure_ms)
@@ -619,18 +619,27 @@ def measure_case(case: Case, benchmark) -> None:
     })
 
 
-def _side_by_side(benchmark, work: Workload, setup: Callable[[], None], rounds: int, case: Case) -> dict:
-    """Our rounds and an independent timer's, alternated FIDELITY_TURNS times (ours, theirs, ours, ...)
-    so that a drift of the machine falls on both; each timer's median is over all of its turns."""
+def fidelity_turns(budget_ms: float, estimate_ms: float) -> int:
+    """How many turns a fidelity case alternates the two timers in, each timer's budget split evenly."""
+    turn_ms = max(FIDELITY_TURN_MS, timing.MIN_ROUNDS * estimate_ms)
+    return max(2, int(budget_ms // turn_ms))
+
+
+def _side_by_side(benchmark, work: Workload, setup: Callable[[], None], estimate_ms: float,
+                  case: Case) -> dict:
+    """Our rounds and an independent timer's, alternated in turns (ours, theirs, ours, ...) so that a
+    burst of load falls on both; each timer's median is over all of its turns."""
+    turns = fidelity_turns(case.budget_ms, estimate_ms)
+    turn_ms = case.budget_ms / turns
+    rounds = timing.rounds_for(turn_ms, estimate_ms)
     references = []
-    for turn in range(FIDELITY_TURNS):
+    for turn in range(turns):
         fixture = benchmark if turn == 0 else timing.make_fixture(case.slug(), timing.timer_for(case.device))
         timing.time_rounds(fixture, work.call, setup, rounds)
         if turn:
             for duration in fixture.stats.stats.data:
                 benchmark.stats.stats.update(duration)
-        references.append(timing.independent_median_ms(work.call, setup, case.device,
-                                                       case.budget_ms / FIDELITY_TURNS, work.leaves))
+        references.append(timing.independent_median_ms(work.call, setup, case.device, turn_ms, work.leaves))
     times = [t for r in references for t in r["reference_times_ms"] or []]
     medians = [r["reference_latency_ms"] for r in references]
     median = float(np.median(times)) if times else float(np.mean(medians))
