@@ -152,9 +152,16 @@ def rounds_for(budget_ms: float, estimate_ms: float) -> int:
     return int(min(max(wanted, MIN_ROUNDS), MAX_ROUNDS))
 
 
-def time_rounds(benchmark, target: Callable[[], Any], setup: Callable[[], None], rounds: int) -> Any:
-    """pytest-benchmark's pedantic loop: `rounds` rounds of one call, `setup` before each, untimed."""
-    return benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=0, iterations=1)
+def time_rounds(benchmark, target: Callable[[], Any], setup: Callable[[], None], rounds: int) -> None:
+    """pytest-benchmark's pedantic loop: `rounds` rounds of one call, `setup` before each, untimed.
+
+    Each call's output is dropped as it returns, as timeit and do_bench do: pedantic keeps a round's output
+    alive through the next round's call, and that second output made the linear kernel at N = 4096 3-4%
+    slower than the same call under blocked_autorange (scripts/bench_timer_output.py)."""
+    def dropping_output() -> None:
+        target()
+
+    benchmark.pedantic(dropping_output, setup=setup, rounds=rounds, warmup_rounds=0, iterations=1)
 
 
 def spread(data: Sequence[float]) -> float:

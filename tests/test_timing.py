@@ -5,6 +5,7 @@ import math
 import sys
 import time
 import types
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
@@ -34,13 +35,28 @@ def test_pedantic_loop_runs_setup_before_every_round():
     events = []
     fixture = timing.make_fixture("unit", timing.timer_for("cpu"))
     call, setup = (lambda: events.append("call") or 7), (lambda: events.append("setup"))
-    result = timing.time_rounds(fixture, call, setup, 4)
-    assert result == 7
+    timing.time_rounds(fixture, call, setup, 4)
     assert events == ["setup", "call"] * 4
     record = fixture.stats.as_dict()
     assert record["stats"]["rounds"] == 4 and len(record["stats"]["data"]) == 4
     assert record["stats"]["iterations"] == 1 and record["options"]["timer"] == "perf_counter"
     assert all(t > 0 for t in record["stats"]["data"])
+
+
+def test_no_round_runs_while_the_previous_rounds_output_is_alive():
+    class Output:
+        pass
+
+    outputs, alive_at_call = [], []
+
+    def call():
+        alive_at_call.append(sum(ref() is not None for ref in outputs))
+        output = Output()
+        outputs.append(weakref.ref(output))
+        return output
+
+    timing.time_rounds(timing.make_fixture("unit", timing.timer_for("cpu")), call, lambda: None, 4)
+    assert alive_at_call == [0, 0, 0, 0]
 
 
 def test_a_setup_returning_a_value_is_not_taken_for_arguments():
