@@ -75,7 +75,7 @@ def merged_environment(environments: dict[Path, dict[str, Any]], kept: dict[Path
     keys = [k for k in dict.fromkeys(k for e in envs for k in e) if k not in OWN_KEYS]
     combined: dict[str, Any] = {"schema_version": store.SCHEMA_VERSION}
     for key in keys:
-        values = list({json.dumps(e.get(key), sort_keys=True): e.get(key) for e in envs}.values())
+        values = list({json.dumps(v, sort_keys=True): v for e in envs for v in _values(e, key)}.values())
         combined[key] = values[0] if len(values) == 1 else values
     sources = []
     for run, environment in environments.items():
@@ -84,6 +84,12 @@ def merged_environment(environments: dict[Path, dict[str, Any]], kept: dict[Path
         sources += [{**s, "via": str(run)} for s in environment.get("merged_from", [])] or [here]
     combined["merged_from"] = sources
     return combined
+
+
+def _values(environment: dict[str, Any], key: str) -> list[Any]:
+    """The values an environment holds for key: a merged run's list of distinct values unfolded."""
+    value = environment.get(key)
+    return value if "merged_from" in environment and isinstance(value, list) else [value]
 
 
 def merge(out: str | Path, runs: list[str | Path], allow_mixed: bool = False) -> Merged:

@@ -47,6 +47,15 @@ def test_shards_merged_equal_the_unsharded_run(tmp_path, monkeypatch, capsys):
     assert [s["rows_kept"] for s in sources] == [len(one), len(two)]
 
 
+def test_a_merged_run_merged_again_keeps_its_differing_facts_flat(tmp_path):
+    a, b, c = (rows(tmp_path / host, hostname=host) for host in ("a", "b", "c"))
+    merge.merge(tmp_path / "ab", [a, b])
+    merge.merge(tmp_path / "abc", [tmp_path / "ab", c])
+    environment = json.loads((tmp_path / "abc" / store.ENVIRONMENT).read_text())
+    assert environment["hostname"] == ["a", "b", "c"]  # not [["a", "b"], "c"]
+    assert [s["run"] for s in environment["merged_from"]] == [str(a), str(b), str(c)]
+
+
 def test_one_row_per_case_ok_first_then_the_latest(tmp_path):
     failed = rows(tmp_path / "failed", status="error")
     ok = rows(tmp_path / "ok")
