@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -73,6 +74,33 @@ def cpu_governor() -> str | None:
 def cpu_threads() -> int:
     """Threads torch's CPU kernels use in this process (what a CPU measurement ran on)."""
     return torch.get_num_threads()
+
+
+PROC_STAT = Path("/proc/stat")
+
+
+def cpu_snapshot() -> tuple[float, float, float, int] | None:
+    """(CPU seconds all cores have been busy since boot, hypervisor steal included; this process's CPU
+    seconds; a wall clock; the cores counted), or None where /proc/stat is absent. Two snapshots give
+    others_cpu_share."""
+    try:
+        lines = PROC_STAT.read_text().splitlines()
+        ticks = [int(x) for x in lines[0].split()[1:9]]  # cpu user nice system idle iowait irq softirq steal
+    except (OSError, IndexError, ValueError):
+        return None
+    cores = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    busy = sum(ticks) - ticks[3] - ticks[4]  # guest time is already inside user
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic(), max(cores, 1)
+
+
+def others_cpu_share(before, after) -> float | None:
+    """The share of the machine's CPU time that other processes (and the hypervisor's steal) used between
+    two cpu_snapshot()s, 0 to 1: a timing taken while it is high measured the sharing, however steady."""
+    if before is None or after is None or after[2] <= before[2]:
+        return None
+    busy, own, wall = (a - b for a, b in zip(after[:3], before[:3], strict=True))
+    return min(max((busy - own) / (wall * after[3]), 0.0), 1.0)
 
 
 def nvidia_driver() -> str | None:

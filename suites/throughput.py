@@ -592,6 +592,7 @@ def measure_case(case: Case, benchmark) -> None:
                 work.reset()
                 flush()
 
+            before = env.cpu_snapshot()
             if case.kind == "fidelity":
                 figures |= _side_by_side(benchmark, work, setup, estimate_ms, case)
             else:
@@ -599,6 +600,7 @@ def measure_case(case: Case, benchmark) -> None:
                 policy = timing.NoisePolicy(NOISE_SPREAD_LIMIT, NOISE_PRECISION, case.remeasure_ms)
                 stability = timing.measure_stably(benchmark, work.call, setup, rounds, policy, timer)
                 figures |= stability.columns()
+            figures["others_cpu_share"] = env.others_cpu_share(before, env.cpu_snapshot())
             with telemetry.sampler(gpu) as sampler:  # never during the timed rounds
                 figures |= _energy_phase(work, gpu, case, estimate_ms)
             used, total = gpu.memory() if gpu else (None, None)
@@ -653,7 +655,7 @@ FIGURES = (
     "energy_j_per_token", "sm_clock_mhz_mean", "temperature_c_max", "throttled", "throttle_reasons",
     "first_call_ms", "warmup_calls", "l2_flush_bytes", "timer", "threads", "cpu_governor", "extra_rounds",
     "noisy", "decode_state_bytes", "reference_latency_ms", "reference_timer", "case_wall_ms",
-    "eager_fallback", "telemetry_reason",
+    "eager_fallback", "telemetry_reason", "others_cpu_share",
 )
 
 

@@ -16,7 +16,7 @@ import torch
 from pydantic import ValidationError
 from rich.console import Console
 
-from harness import flops, memory, registry, runner, store, timing
+from harness import env, flops, memory, registry, runner, store, timing
 from suites import throughput as tp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -406,6 +406,34 @@ def test_a_row_carries_its_spread_interval_threads_and_governor():
     assert isinstance(m["noisy"], bool) and m["extra_rounds"] >= 0
     assert m["threads"] == torch.get_num_threads() and "cpu_governor" in m
     assert m["noisy"] == (m["spread_iqr"] > tp.NOISE_SPREAD_LIMIT and m["median_ci"] > tp.NOISE_PRECISION)
+    assert 0.0 <= m["others_cpu_share"] <= 1.0
+
+
+def test_others_cpu_share_is_the_busy_time_not_ours_over_the_machine():
+    before, after = (100.0, 10.0, 0.0, 2), (101.5, 10.5, 1.0, 2)
+    assert env.others_cpu_share(before, after) == pytest.approx(0.5)  # 1.5 s busy, 0.5 ours, 2 cores x 1 s
+    assert env.others_cpu_share(before, (100.2, 10.5, 1.0, 2)) == 0.0  # never below 0
+    assert env.others_cpu_share(None, after) is None and env.others_cpu_share(after, before) is None
+
+
+def test_cpu_snapshot_reads_proc_stat(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 50 0 0 25 0 0\ncpu0 1 0 0 0 0 0 0 0 0 0\ncpu1 1 0 0 0 0 0 0 0 0 0\n"
+                    "intr 1\n")
+    monkeypatch.setattr(env, "PROC_STAT", stat)
+    busy, own, _, cores = env.cpu_snapshot()
+    assert busy == pytest.approx(175 / os.sysconf("SC_CLK_TCK"))  # idle and iowait left out
+    assert own >= 0 and cores == 2
+    monkeypatch.setattr(env, "PROC_STAT", tmp_path / "absent")
+    assert env.cpu_snapshot() is None
+
+
+@pytest.mark.skipif(not env.PROC_STAT.exists(), reason="no /proc/stat (not Linux)")
+def test_another_busy_process_shows_in_others_cpu_share():
+    before = env.cpu_snapshot()
+    spin = "import time\nend = time.monotonic() + 1\nwhile time.monotonic() < end:\n    pass"
+    subprocess.run([sys.executable, "-c", spin], check=True)  # we wait, it spins: about one core-second
+    assert env.others_cpu_share(before, env.cpu_snapshot()) > 0.5 / before[3]
 
 
 def test_a_fidelity_case_times_the_same_call_with_an_independent_timer():

@@ -205,6 +205,9 @@ def _environment(results, before) -> str:
     return body
 
 
+SHARED_CPU = 0.1  # others_cpu_share above which a timing is counted as taken on a shared machine
+
+
 def _conditions(rows: pd.DataFrame) -> str:
     """How the throughput rows were measured: the matmul peaks, threads, governor, noisy points."""
     tp = data.throughput(rows)
@@ -218,6 +221,11 @@ def _conditions(rows: pd.DataFrame) -> str:
         governors = sorted(set(rows.cpu_governor.dropna()))
         governor = html.esc(", ".join(governors)) if governors else "not readable"
         facts.append(f"CPU frequency governor {governor}")
+    if "others_cpu_share" in ok and ok.others_cpu_share.notna().any():
+        shares = ok.others_cpu_share.dropna()
+        facts.append(f"other processes used up to {shares.max():.0%} of the CPU while a case was timed "
+                     f"({int((shares > SHARED_CPU).sum())} of {len(shares)} measurements above "
+                     f"{SHARED_CPU:.0%}: a steady load slows every round alike and is not flagged noisy)")
     if ok.noisy.notna().any():
         facts.append(f"{int((ok.noisy > 0).sum())} of {len(ok)} measurements noisy (spread above "
                      "5% and the median's interval wider than &plusmn;2% after re-measuring)")
@@ -234,7 +242,8 @@ def _timer_checks(rows: pd.DataFrame) -> str:
     if checks.empty:
         return ""
     return ("<h3>Timer fidelity</h3><p>Cases timed side by side by our loop and by an independent timer "
-            "(alternated twice); <code>fidelity_ratio</code> = our median / theirs.</p>" + html.table(checks))
+            "(alternated in short turns); <code>fidelity_ratio</code> = our median / theirs.</p>"
+            + html.table(checks))
 
 
 def _frontier(rows: pd.DataFrame) -> str:
