@@ -100,7 +100,7 @@ def others_cpu_share(before, after) -> float | None:
     if before is None or after is None or after[2] <= before[2]:
         return None
     busy, own, wall = (a - b for a, b in zip(after[:3], before[:3], strict=True))
-    return min(max((busy - own) / (wall * after[3]), 0.0), 1.0)
+    return round(min(max((busy - own) / (wall * after[3]), 0.0), 1.0), 4)  # clock ticks: no finer
 
 
 def nvidia_driver() -> str | None:
