@@ -38,6 +38,7 @@ from harness.registry import Unsupported
 from harness.store import STATUSES, RunStore
 
 STARTUP_TIMEOUT_S = 300.0
+RUN_DIR_ENV = "ATTNBENCH_RUN_DIR"  # names the run directory to the suites' cases while a run lasts
 
 
 class NonFinite(Exception):
@@ -325,6 +326,7 @@ def run(
     cases = unique(cases)
     store = RunStore(out)
     summary = RunSummary(out=Path(out))
+    caller_run_dir = os.environ.get(RUN_DIR_ENV)
     try:
         with store.lock():
             if fresh:
@@ -337,11 +339,15 @@ def run(
             summary.retried = sum(c.case_id in recorded for c in todo)
             again = {c.case_id for c in todo}
             skips = OomSkips([c for c in cases if c.case_id not in again], recorded)  # OOMs that stand
-            os.environ["ATTNBENCH_RUN_DIR"] = str(Path(out).resolve())  # suites cache per-run figures there
+            os.environ[RUN_DIR_ENV] = str(Path(out).resolve())  # suites cache per-run figures there
             _drive(executor.events(todo, suite_module, timeout_s, skips) if todo else iter(()), store,
                    environment, run_fields, summary, progress, len(todo), cases[0].suite if cases else None)
     finally:
         executor.close()
+        if caller_run_dir is None:  # the caller's environment as it was: no run directory outlives its run
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = caller_run_dir
     return summary
 
 

@@ -57,6 +57,15 @@ def test_failures_are_rows_with_status_and_reason(tmp_path):
     assert df.loc["crash", "reason"] == "worker process died (exit code -9)"
 
 
+def test_the_run_directory_is_named_only_while_the_run_lasts(tmp_path, monkeypatch):
+    monkeypatch.delenv(runner.RUN_DIR_ENV, raising=False)
+    runner.run([Case(action="ok", seq_len=8)], SUITE, tmp_path / "a", progress=False)
+    assert runner.RUN_DIR_ENV not in os.environ  # a later run in this process reads no stale directory
+    monkeypatch.setenv(runner.RUN_DIR_ENV, "the caller's")
+    runner.run([Case(action="ok", seq_len=8)], SUITE, tmp_path / "b", progress=False)
+    assert os.environ[runner.RUN_DIR_ENV] == "the caller's"
+
+
 @pytest.mark.parametrize("action", ["oom", "cpu_oom"])
 def test_oom_skips_larger_sizes_of_the_same_group(tmp_path, action):
     """CUDA's OutOfMemoryError and the CPU's "can't allocate memory" are both oom."""
