@@ -1,5 +1,5 @@
-"""What the accuracy and long-range suites run in each profile: Part A's exactness grids and the
-learned-task configurations (`TaskSpec`), per profile and device.
+"""What every suite runs in each profile and on each device: the accuracy and long-range suites' Part A
+exactness grids and learned-task configurations (`TaskSpec`), and the throughput suite's sweeps (`Grid`).
 
 The CPU `standard` profile is one dedicated experiment per published finding (`suites.findings`),
 scaled to a 2-core machine; the GPU `standard` and `full` profiles run the same recipes at the
@@ -10,6 +10,7 @@ is one entry in its `variants`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # Learned tasks in the GPU standard profile: the variants of the published findings. Flash computes
@@ -264,3 +265,115 @@ def learned_specs(suite: str, profile: str, device: str) -> list[TaskSpec]:
     if device == "cpu" and (suite, profile) in CPU_GRIDS:
         return CPU_GRIDS[suite, profile]
     return GRIDS[suite, profile]
+
+
+# --- the throughput suite -------------------------------------------------------------------------
+
+MODES = ("fwd", "fwd_bwd", "decode")
+LEVELS = ("kernel", "layer")
+
+
+def powers_of_two(low: int, high: int) -> tuple[int, ...]:
+    return tuple(2**e for e in range(low.bit_length() - 1, high.bit_length()))
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The lengths one level sweeps in some modes; `dtypes` None: every dtype of the grid.
+
+    `dense_masks` False leaves out the variants whose code path on the device is the dense masked
+    softmax (their reference: vanilla's N x N scores under their mask, e.g. the sparse and sliding-window
+    families on the CPU, where FlexAttention does not run): one curve of them is enough to show it.
+    """
+
+    level: str
+    modes: tuple[str, ...]
+    seq_lens: tuple[int, ...]
+    dtypes: tuple[str, ...] | None = None
+    dense_masks: bool = True
+
+
+def both_levels(kernel: Sequence[int], layer: Sequence[int]) -> tuple[Sweep, ...]:
+    """Every mode at both levels: kernel lengths and layer lengths."""
+    return Sweep("kernel", MODES, tuple(kernel)), Sweep("layer", MODES, tuple(layer))
+
+
+@dataclass(frozen=True)
+class FidelityPoint:
+    """A sweep point that is also timed by an independent timer (a `fidelity` row)."""
+
+    variant: str
+    level: str
+    mode: str
+    seq_len: int
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What a profile sweeps on a device."""
+
+    sweeps: tuple[Sweep, ...]
+    dtypes: tuple[str, ...]
+    head_dims: tuple[int, ...]
+    causal: tuple[bool, ...]
+    width: int  # n_heads * head_dim (d_model at layer level)
+    total_tokens: int
+    budget_ms: float  # timed rounds
+    warmup_ms: float
+    energy_ms: float  # back-to-back calls under NVML's energy counter (CUDA only)
+    time_cap_ms: float | None = None  # a case that takes longer stops the longer lengths of its group
+    remeasure_ms: float = 0.0  # extra time a noisy case may spend on more rounds
+    fidelity: tuple[FidelityPoint, ...] = ()  # timed twice, in the grid's first dtype
+    fidelity_budget_ms: float = 0.0  # per timer
+
+
+# CPU standard: the scaling curves to 128K tokens in about 10 minutes on 2 cores (results/README.md).
+# One head of 64 keeps the quadratic kernels affordable to N = 8-16K; 16K tokens per call up to N = 16K,
+# then batch 1. The forward kernel sweep is the dense one, for every variant (the fits and crossovers
+# read it: three lengths from 2048 on for the quadratic kernels, and with 32K and 128K (fast paths only)
+# four at batch 1 for the linear-time ones, whose fits read those); bf16, decode, forward+backward and
+# the layer level are sparser and leave out the masked families' dense reference paths (the CPU has no
+# FlexAttention: they compute vanilla's scores under a mask). Forward+backward stops at 4096 (batch 4):
+# at batch 1 SDPA's CPU backward runs on one thread of the two, 20x slower than its forward. A case
+# predicted to take more than the time cap is skipped with the reason, as are longer ones.
+# The fidelity cases get 4 s per timer: at 600 ms (two turns) flash-sdpa at 8192 (85 ms a call) had about
+# three rounds per turn, and its two medians came out 8% apart.
+CPU_STANDARD_FIDELITY = tuple(FidelityPoint(v, "kernel", "fwd", n) for v, n in (
+    ("flash-sdpa", 1024), ("flash-sdpa", 8192), ("linear", 4096), ("vanilla", 2048)))
+CPU_STANDARD_THROUGHPUT = Grid(
+    sweeps=(
+        Sweep("kernel", ("fwd",), (256, 1024, 2048, 4096, 8192, 16384, 65536), ("float32",)),
+        Sweep("kernel", ("fwd",), (32768, 131072), ("float32",), dense_masks=False),
+        Sweep("kernel", ("fwd",), (1024, 16384, 65536), ("bfloat16",), dense_masks=False),
+        Sweep("kernel", ("decode",), (256, 4096, 16384, 65536), ("float32",), dense_masks=False),
+        Sweep("layer", ("fwd", "decode"), (1024, 4096, 16384), ("float32",), dense_masks=False),
+        Sweep("kernel", ("fwd_bwd",), (256, 1024, 4096), ("float32",), dense_masks=False),
+    ),
+    dtypes=("float32", "bfloat16"), head_dims=(64,), causal=(True,), width=64, total_tokens=16384,
+    budget_ms=100, warmup_ms=0, energy_ms=0, time_cap_ms=20000, remeasure_ms=300,
+    fidelity=CPU_STANDARD_FIDELITY, fidelity_budget_ms=4000,
+)
+
+THROUGHPUT_GRIDS = {
+    ("cuda", "quick"): Grid(both_levels((1024, 8192), (4096,)), ("bfloat16",), (64,), (True,), 2048, 16384,
+                            50, 25, 100, fidelity=(FidelityPoint("flash-sdpa", "kernel", "fwd", 8192),),
+                            fidelity_budget_ms=100),
+    ("cuda", "standard"): Grid(both_levels((512, 2048, 8192, 32768, 131072), (2048, 16384)), ("bfloat16",),
+                               (64,), (True,), 2048, 16384, 100, 25, 200, remeasure_ms=500,
+                               fidelity=tuple(FidelityPoint(v, "kernel", "fwd", 8192)
+                                              for v in ("flash-sdpa", "vanilla", "linear")),
+                               fidelity_budget_ms=200),
+    ("cuda", "full"): Grid(both_levels(powers_of_two(512, 131072), powers_of_two(512, 131072)),
+                           ("bfloat16", "float16"), (64, 128), (True, False), 2048, 16384, 200, 50, 200,
+                           remeasure_ms=1000, fidelity=tuple(FidelityPoint(v, "kernel", "fwd", 8192)
+                                                             for v in ("flash-sdpa", "vanilla", "linear")),
+                           fidelity_budget_ms=200),
+    ("cpu", "quick"): Grid(both_levels((128, 512), (128, 512)), ("float32",), (64,), (True,), 256, 1024,
+                           30, 0, 0, fidelity=(FidelityPoint("flash-sdpa", "kernel", "fwd", 512),),
+                           fidelity_budget_ms=30),
+    ("cpu", "standard"): CPU_STANDARD_THROUGHPUT,
+    ("cpu", "full"): Grid(both_levels(powers_of_two(128, 65536), powers_of_two(128, 65536)),
+                          ("float32", "bfloat16"), (64, 128), (True, False), 256, 16384, 200, 0, 0,
+                          time_cap_ms=30000, remeasure_ms=1000, fidelity=CPU_STANDARD_FIDELITY,
+                          fidelity_budget_ms=500),
+}

@@ -42,10 +42,9 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validat
 from harness import compiling, env, flops, memory, registry, runner, store, telemetry, timing
 from harness.config import Case as BaseCase
 from harness.registry import Unsupported, as_dtype, dtype_name
+from suites.grids import LEVELS, MODES, THROUGHPUT_GRIDS, Grid
 
 TIMEOUT_S = 300.0  # per case: the first call may compile FlexAttention or autotune a Triton kernel
-MODES = ("fwd", "fwd_bwd", "decode")
-LEVELS = ("kernel", "layer")
 DEVICE_DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("bfloat16", "float16", "float32")}
 PEAK_MATMUL_SIZE = {"cuda": 8192, "cpu": 2048}  # n of the n^3 matmul whose rate is the peak
 PEAK_BUDGET_MS = 200.0
@@ -55,118 +54,7 @@ RUN_DIR_ENV = "ATTNBENCH_RUN_DIR"  # where the peak matmul figure is cached for 
 PEAK_FILE = "peak_matmul.json"
 
 
-def powers_of_two(low: int, high: int) -> tuple[int, ...]:
-    return tuple(2**e for e in range(low.bit_length() - 1, high.bit_length()))
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """The lengths one level sweeps in some modes; `dtypes` None: every dtype of the grid.
-
-    `dense_masks` False leaves out the variants whose code path on the device is the dense masked
-    softmax (their reference: vanilla's N x N scores under their mask, e.g. the sparse and sliding-window
-    families on the CPU, where FlexAttention does not run): one curve of them is enough to show it.
-    """
-
-    level: str
-    modes: tuple[str, ...]
-    seq_lens: tuple[int, ...]
-    dtypes: tuple[str, ...] | None = None
-    dense_masks: bool = True
-
-
 DENSE_MASK_BACKEND = "dense-masked-softmax"  # the backend name of a masked family's reference path
-
-
-def both_levels(kernel: Sequence[int], layer: Sequence[int]) -> tuple[Sweep, ...]:
-    """Every mode at both levels: kernel lengths and layer lengths."""
-    return Sweep("kernel", MODES, tuple(kernel)), Sweep("layer", MODES, tuple(layer))
-
-
-@dataclass(frozen=True)
-class FidelityPoint:
-    """A sweep point that is also timed by an independent timer (a `fidelity` row)."""
-
-    variant: str
-    level: str
-    mode: str
-    seq_len: int
-
-
-@dataclass(frozen=True)
-class Grid:
-    """What a profile sweeps on a device."""
-
-    sweeps: tuple[Sweep, ...]
-    dtypes: tuple[str, ...]
-    head_dims: tuple[int, ...]
-    causal: tuple[bool, ...]
-    width: int  # n_heads * head_dim (d_model at layer level)
-    total_tokens: int
-    budget_ms: float  # timed rounds
-    warmup_ms: float
-    energy_ms: float  # back-to-back calls under NVML's energy counter (CUDA only)
-    time_cap_ms: float | None = None  # a case that takes longer stops the longer lengths of its group
-    remeasure_ms: float = 0.0  # extra time a noisy case may spend on more rounds
-    fidelity: tuple[FidelityPoint, ...] = ()  # timed twice, in the grid's first dtype
-    fidelity_budget_ms: float = 0.0  # per timer
-
-
-# CPU standard: the scaling curves to 128K tokens in about 10 minutes on 2 cores (results/README.md).
-# One head of 64 keeps the quadratic kernels affordable to N = 8-16K; 16K tokens per call up to N = 16K,
-# then batch 1. The forward kernel sweep is the dense one, for every variant (the fits and crossovers
-# read it: three lengths from 2048 on for the quadratic kernels, and with 32K and 128K (fast paths only)
-# four at batch 1 for the linear-time ones, whose fits read those); bf16, decode, forward+backward and
-# the layer level are sparser and leave out the masked families' dense reference paths (the CPU has no
-# FlexAttention: they compute vanilla's scores under a mask). Forward+backward stops at 4096 (batch 4):
-# at batch 1 SDPA's CPU backward runs on one thread of the two, 20x slower than its forward. A case
-# predicted to take more than the time cap is skipped with the reason, as are longer ones.
-# A fidelity case alternates the two timers in turns of about this long each (longer where our MIN_ROUNDS
-# calls take longer), at least two. With two turns, then four of 1 s, the medians on this shared machine
-# differed by 6-8% in 3 of 16 comparisons (a different case each time, agreeing within 2% in other runs:
-# a burst of load during one timer's turns); turns shorter than a burst put it on both.
-FIDELITY_TURN_MS = 250.0
-# The fidelity cases get 4 s per timer: at 600 ms (two turns) flash-sdpa at 8192 (85 ms a call) had about
-# three rounds per turn, and its two medians came out 8% apart.
-CPU_STANDARD_FIDELITY = tuple(FidelityPoint(v, "kernel", "fwd", n) for v, n in (
-    ("flash-sdpa", 1024), ("flash-sdpa", 8192), ("linear", 4096), ("vanilla", 2048)))
-CPU_STANDARD = Grid(
-    sweeps=(
-        Sweep("kernel", ("fwd",), (256, 1024, 2048, 4096, 8192, 16384, 65536), ("float32",)),
-        Sweep("kernel", ("fwd",), (32768, 131072), ("float32",), dense_masks=False),
-        Sweep("kernel", ("fwd",), (1024, 16384, 65536), ("bfloat16",), dense_masks=False),
-        Sweep("kernel", ("decode",), (256, 4096, 16384, 65536), ("float32",), dense_masks=False),
-        Sweep("layer", ("fwd", "decode"), (1024, 4096, 16384), ("float32",), dense_masks=False),
-        Sweep("kernel", ("fwd_bwd",), (256, 1024, 4096), ("float32",), dense_masks=False),
-    ),
-    dtypes=("float32", "bfloat16"), head_dims=(64,), causal=(True,), width=64, total_tokens=16384,
-    budget_ms=100, warmup_ms=0, energy_ms=0, time_cap_ms=20000, remeasure_ms=300,
-    fidelity=CPU_STANDARD_FIDELITY, fidelity_budget_ms=4000,
-)
-
-GRIDS = {
-    ("cuda", "quick"): Grid(both_levels((1024, 8192), (4096,)), ("bfloat16",), (64,), (True,), 2048, 16384,
-                            50, 25, 100, fidelity=(FidelityPoint("flash-sdpa", "kernel", "fwd", 8192),),
-                            fidelity_budget_ms=100),
-    ("cuda", "standard"): Grid(both_levels((512, 2048, 8192, 32768, 131072), (2048, 16384)), ("bfloat16",),
-                               (64,), (True,), 2048, 16384, 100, 25, 200, remeasure_ms=500,
-                               fidelity=tuple(FidelityPoint(v, "kernel", "fwd", 8192)
-                                              for v in ("flash-sdpa", "vanilla", "linear")),
-                               fidelity_budget_ms=200),
-    ("cuda", "full"): Grid(both_levels(powers_of_two(512, 131072), powers_of_two(512, 131072)),
-                           ("bfloat16", "float16"), (64, 128), (True, False), 2048, 16384, 200, 50, 200,
-                           remeasure_ms=1000, fidelity=tuple(FidelityPoint(v, "kernel", "fwd", 8192)
-                                                             for v in ("flash-sdpa", "vanilla", "linear")),
-                           fidelity_budget_ms=200),
-    ("cpu", "quick"): Grid(both_levels((128, 512), (128, 512)), ("float32",), (64,), (True,), 256, 1024,
-                           30, 0, 0, fidelity=(FidelityPoint("flash-sdpa", "kernel", "fwd", 512),),
-                           fidelity_budget_ms=30),
-    ("cpu", "standard"): CPU_STANDARD,
-    ("cpu", "full"): Grid(both_levels(powers_of_two(128, 65536), powers_of_two(128, 65536)),
-                          ("float32", "bfloat16"), (64, 128), (True, False), 256, 16384, 200, 0, 0,
-                          time_cap_ms=30000, remeasure_ms=1000, fidelity=CPU_STANDARD_FIDELITY,
-                          fidelity_budget_ms=500),
-}
 
 
 def batch_for(total_tokens: int, seq_len: int) -> int:
@@ -290,10 +178,10 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
     `dtypes` runs every sweep of the grid in those dtypes (a grid may sweep its second dtype sparser);
     `seq_lens` replaces every sweep's lengths.
     """
-    if (device, profile) not in GRIDS:
+    if (device, profile) not in THROUGHPUT_GRIDS:
         raise ValueError(f"no throughput profile {profile!r} on {device!r}; "
                          f"profiles: quick, standard, full; devices: cpu, cuda")
-    grid = GRIDS[device, profile]
+    grid = THROUGHPUT_GRIDS[device, profile]
     names = list(variants) if variants else registry.names()
     for name in names:
         registry.get(name)  # ValueError naming the valid variants
@@ -621,6 +509,13 @@ def measure_case(case: Case, benchmark) -> None:
     })
 
 
+# A fidelity case alternates the two timers in turns of about this long each (longer where our MIN_ROUNDS
+# calls take longer), at least two. With two turns, then four of 1 s, the medians on this shared machine
+# differed by 6-8% in 3 of 16 comparisons (a different case each time, agreeing within 2% in other runs:
+# a burst of load during one timer's turns); turns shorter than a burst put it on both.
+FIDELITY_TURN_MS = 250.0
+
+
 def fidelity_turns(budget_ms: float, estimate_ms: float) -> int:
     """How many turns a fidelity case alternates the two timers in, each timer's budget split evenly."""
     turn_ms = max(FIDELITY_TURN_MS, timing.MIN_ROUNDS * estimate_ms)
@@ -894,7 +789,7 @@ def frontier_plan(device: str, profile: str, variants: Sequence[str] | None = No
         raise ValueError(f"--memory-gb must be positive, got {memory_gb:g}")
     if time_cap_s <= 0:
         raise ValueError(f"the time cap must be positive, got {time_cap_s:g} s")
-    grid = GRIDS.get((device, profile))
+    grid = THROUGHPUT_GRIDS.get((device, profile))
     if grid is None:
         raise ValueError(f"no throughput profile {profile!r} on {device!r}")
     dtype = _dtypes(device, dtypes, grid.dtypes)[0]

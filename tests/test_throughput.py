@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from harness import env, flops, memory, registry, runner, store, timing
+from suites import grids
 from suites import throughput as tp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -339,7 +340,7 @@ def test_cpu_standard_sweeps_every_linear_time_family_to_64k_tokens_at_constant_
         assert longest[("kernel", "fwd", "float32")] >= 65536, name
         assert longest[("kernel", "fwd", "bfloat16")] >= 65536, name
     assert {c.mode for c in sweep} == set(tp.MODES) and {c.level for c in sweep} == set(tp.LEVELS)
-    grid = tp.GRIDS["cpu", "standard"]
+    grid = grids.THROUGHPUT_GRIDS["cpu", "standard"]
     assert all(c.total_tokens == grid.total_tokens and c.batch == max(1, grid.total_tokens // c.seq_len)
                for c in cases)
     assert all(c.time_cap_ms == grid.time_cap_ms and c.remeasure_ms > 0 for c in sweep)
