@@ -323,7 +323,7 @@ class Grid:
     energy_ms: float  # back-to-back calls under NVML's energy counter (CUDA only)
     time_cap_ms: float | None = None  # a case that takes longer stops the longer lengths of its group
     remeasure_ms: float = 0.0  # extra time a noisy case may spend on more rounds
-    fidelity: tuple[FidelityPoint, ...] = ()  # timed twice, in the grid's first dtype
+    fidelity: tuple[FidelityPoint, ...] = ()  # timed by both timers, in the grid's first dtype
     fidelity_budget_ms: float = 0.0  # per timer
 
 
