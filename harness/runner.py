@@ -11,6 +11,7 @@ loop that schedules them through a `Worker`; another executor can reuse the same
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import multiprocessing as mp
@@ -326,9 +327,8 @@ def run(
     cases = unique(cases)
     store = RunStore(out)
     summary = RunSummary(out=Path(out))
-    caller_run_dir = os.environ.get(RUN_DIR_ENV)
     try:
-        with store.lock():
+        with store.lock(), run_dir_named(out):
             if fresh:
                 store.clear()
             environment = {**env.describe(cases[0].device if cases else "cpu"), **executor.environment()}
@@ -339,16 +339,27 @@ def run(
             summary.retried = sum(c.case_id in recorded for c in todo)
             again = {c.case_id for c in todo}
             skips = OomSkips([c for c in cases if c.case_id not in again], recorded)  # OOMs that stand
-            os.environ[RUN_DIR_ENV] = str(Path(out).resolve())  # suites cache per-run figures there
             _drive(executor.events(todo, suite_module, timeout_s, skips) if todo else iter(()), store,
                    environment, run_fields, summary, progress, len(todo), cases[0].suite if cases else None)
     finally:
         executor.close()
-        if caller_run_dir is None:  # the caller's environment as it was: no run directory outlives its run
+    return summary
+
+
+@contextlib.contextmanager
+def run_dir_named(out: str | Path) -> Iterator[None]:
+    """RUN_DIR_ENV names the run directory to the cases (and the workers they start) inside, where the
+    suites cache per-run figures and find earlier rows; the caller's value comes back after, so that no
+    run directory outlives its run."""
+    caller = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(Path(out).resolve())
+    try:
+        yield
+    finally:
+        if caller is None:
             os.environ.pop(RUN_DIR_ENV, None)
         else:
-            os.environ[RUN_DIR_ENV] = caller_run_dir
-    return summary
+            os.environ[RUN_DIR_ENV] = caller
 
 
 def _drive(events, store: RunStore, environment, run_fields, summary: RunSummary, progress: bool, total: int,

@@ -477,9 +477,9 @@ def choose_lr(sweep: list[tuple[float, float, int | None]]) -> float:
 def sweep_rows(case: TaskCase) -> list[dict]:
     """The rows of the sweep case `case` chooses its rate from: the same case at SWEEP_SEED and each
     rate, read from this run's directory (the runner names it in ATTNBENCH_RUN_DIR)."""
-    from harness import store
+    from harness import runner, store
 
-    run_dir = os.environ.get("ATTNBENCH_RUN_DIR")
+    run_dir = os.environ.get(runner.RUN_DIR_ENV)
     if run_dir is None:
         raise RuntimeError("a case without a learning rate chooses from its sweep's rows: run it through "
                            "the runner (ATTNBENCH_RUN_DIR names the run directory)")

@@ -14,7 +14,7 @@ median, and `noisy` when re-measuring did not bring that interval within +-2% (h
 whose whole measurement took longer than the grid's time cap stops the longer lengths of its group
 (they are recorded `skipped` with the reason). Three kinds of case: `sweep` (the grid), `fidelity`
 (a sweep point timed side by side by our loop and an independent timer) and `frontier` (one call of a
-`--find-max-n` bisection under a memory cap).
+`--find-max-n` bisection under a memory cap: suites.frontier). What each profile sweeps: suites.grids.
 
 Timing is pytest-benchmark's pedantic loop (harness.timing) in both entry points: `attnbench run
 --suite throughput` builds the fixture itself in `run_case`; `pytest suites/bench_throughput.py
@@ -44,13 +44,13 @@ from harness.config import Case as BaseCase
 from harness.registry import Unsupported, as_dtype, dtype_name
 from suites.grids import LEVELS, MODES, THROUGHPUT_GRIDS, Grid
 
+DEFAULT_FRONTIER_TIME_CAP_S = 120.0
 TIMEOUT_S = 300.0  # per case: the first call may compile FlexAttention or autotune a Triton kernel
 DEVICE_DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("bfloat16", "float16", "float32")}
 PEAK_MATMUL_SIZE = {"cuda": 8192, "cpu": 2048}  # n of the n^3 matmul whose rate is the peak
 PEAK_BUDGET_MS = 200.0
 NOISE_SPREAD_LIMIT = 0.05  # IQR / median above which a case is re-measured
 NOISE_PRECISION = 0.02  # ... until its median's 95% interval is within +-2%
-RUN_DIR_ENV = "ATTNBENCH_RUN_DIR"  # where the peak matmul figure is cached for the run
 PEAK_FILE = "peak_matmul.json"
 
 
@@ -155,7 +155,9 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
-def _dtypes(device: str, requested: Sequence[str] | None, default: Sequence[str]) -> list[str]:
+def checked_dtypes(device: str, requested: Sequence[str] | None, default: Sequence[str]) -> list[str]:
+    """The dtypes to run: those requested (each a throughput dtype of the device, else ValueError), or the
+    grid's default less those the device lacks (bf16 without native support)."""
     names = [dtype_name(as_dtype(d)) for d in requested] if requested else list(default)
     for name in names:
         if name not in DEVICE_DTYPES[device]:
@@ -187,7 +189,7 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
         registry.get(name)  # ValueError naming the valid variants
     if seq_lens is not None and any(n <= 0 for n in seq_lens):
         raise ValueError(f"sequence lengths must be positive, got {min(seq_lens)}")
-    run_dtypes = _dtypes(device, dtypes, grid.dtypes)
+    run_dtypes = checked_dtypes(device, dtypes, grid.dtypes)
     cases: dict[str, Case] = {}
     for name in names:
         dense_mask = registry.get(name).backend_for(device) == DENSE_MASK_BACKEND
@@ -383,7 +385,7 @@ def peak_matmul_tflops(device: str, dtype: str) -> tuple[str, float]:
     """
     precision = flops.matmul_precision(torch.device(device).type, dtype, tf32_enabled(device))
     return precision, _peak_matmul_tflops(device, env.device_name(device), precision,
-                                          os.environ.get(RUN_DIR_ENV))
+                                          os.environ.get(runner.RUN_DIR_ENV))
 
 
 @functools.cache
@@ -576,294 +578,10 @@ def run_case(case: Case) -> dict[str, Any]:
     """The runner's entry point: the pedantic loop on a fixture made here, then the same conversion (a
     frontier case is one call instead)."""
     if case.kind == "frontier":
-        return probe_frontier(case)
+        return frontier.probe_frontier(case)
     fixture = timing.make_fixture(case.slug(), timing.timer_for(case.device))
     measure_case(case, fixture)
     return metrics_from_benchmark(fixture.stats.as_dict())
-
-
-def probe_frontier(case: Case) -> dict[str, Any]:
-    """One call of the case under its memory cap: does it run, in how long, with how much memory."""
-    clock = time.perf_counter()
-    check_level(case)
-    with memory.memory_cap(case.device, cap_mb(case)):
-        resident_before = memory.resident_bytes()
-        work = build_workload(case)
-        measuring = memory.reset_peaks(case.device)
-        out, call_ms = timing.timed_call(work.call, case.device)
-        timing.synchronize(case.device)
-        figures = memory.read_peaks(case.device, resident_before if measuring else None)
-        runner.check_finite(case.variant, out)
-        del out, work
-    return {"latency_ms": call_ms, "tokens_per_s": case.batch * case.seq_len / (call_ms / 1e3), **figures,
-            "predicted_peak_bytes": predicted_peak_bytes(case), "threads": env.cpu_threads(),
-            "case_wall_ms": (time.perf_counter() - clock) * 1e3}
-
-
-# --- memory model and the memory frontier -----------------------------------------------------------
-
-RUNTIME_BYTES = 64 * memory.MIB  # code and buffers a first call maps (oneDNN, torch's thread pool)
-SEGMENT_TOKENS = 64 * 64  # variants.linear: SEGMENT_CHUNKS chunks of CHUNK_SIZE tokens
-FUSED_BACKENDS = ("sdpa-flash-cpu", "sdpa-flash-cuda", "sdpa-cudnn", "sdpa-mem-efficient",
-                  "xformers-memory-efficient-attention", "xformers-local-attention",
-                  "flex-attention-compiled", "fla-chunk", "mamba_ssm.selective_scan_fn")
-
-
-def predicted_peak_bytes(case: Case) -> int | None:
-    """Arithmetic memory model of one kernel-level forward call: the bytes its live buffers peak at.
-
-    X = batch * heads * N * head_dim elements (one of q, k, v), S = batch * heads * N^2 (one score
-    matrix), e = the dtype's size, a = the accumulation dtype's size. The buffer counts are read off
-    each code path and checked against the measured peak resident memory in tests/test_throughput.py:
-    materialized softmax (vanilla; masked families on the CPU) keeps 3 score matrices alive (scores,
-    masked scores, probabilities); fused kernels hold q, k, v and the output; linear attention's
-    chunked path its feature maps of q and k, v in float32, the output, and one segment's temporaries
-    (variants.linear.SEGMENT_CHUNKS chunks: padded chunks, chunk states and their prefix, intra-chunk
-    scores); performer, on nb_features features, also the feature computation's temporaries; the banded
-    longformer 2.5 copies of its (N, 3 window) chunk scores (masked scores, probabilities; the raw scores
-    are freed part-way); mamba's chunked PyTorch scan, without a gradient, about 5 accumulation-dtype
-    copies of (batch, dim, L) (softplus'd and time-major delta and u, the output and its gating) and one
-    chunk of states (cache-sized). None for other levels and modes, and for
-    code paths it has no model of (the newer state-space and recurrent families: measured, not predicted).
-    """
-    if case.level != "kernel" or case.mode != "fwd":
-        return None
-    v = registry.get(case.variant)
-    backend = v.backend_for(case.device)
-    params = {**v.defaults, **case.params}
-    e = case.torch_dtype.itemsize
-    a = max(e, 4)
-    rows = case.batch * case.n_heads * case.seq_len  # (query or key) rows over batch and heads
-    x = rows * case.head_dim
-    upcast = 3 * x * a if e < a else 0  # q, k, v converted to the accumulation dtype
-    if backend in ("vanilla", "dense-masked-softmax"):
-        peak = 4 * x * e + upcast + 3 * rows * case.seq_len * a + 2 * case.seq_len**2
-    elif backend == "torch-chunked" and v.family in ("linear", "performer"):  # on head_dim or m features
-        features = params.get("nb_features", case.head_dim)
-        segment = case.batch * case.n_heads * min(case.seq_len, SEGMENT_TOKENS) * (features + case.head_dim)
-        peak = 3 * x * e + x * (a if e < a else 0) + rows * a * (2 * features + 2 * case.head_dim)
-        peak += 4 * segment * a + (rows * a * features if "nb_features" in params else 0)
-    elif backend == "sliding-chunks":
-        peak = 3 * x * e + upcast + rows * a * (5 * case.head_dim + 7.5 * params["window"])
-    elif backend == "torch-scan":
-        peak = 3 * x * e + 5 * x * a
-    elif backend in FUSED_BACKENDS:  # inputs, output and per-row statistics
-        peak = 4 * x * e + 4 * rows
-    else:
-        return None  # no model of this code path (yet): the frontier is measured, not predicted
-    return int(peak + RUNTIME_BYTES)
-
-
-FRONTIER_HEADS, FRONTIER_HEAD_DIM = 16, 64
-FRONTIER_START = 1024
-FRONTIER_MAX = 1 << 26  # 64M tokens: a bound on the doubling, far beyond any device of today
-FRONTIER_RESOLUTION = 1 / 16  # bisect until the gap is within 1/16 of the largest length that ran
-DEFAULT_FRONTIER_TIME_CAP_S = 120.0
-
-
-def available_memory_bytes(device: str) -> int:
-    """Memory a frontier search may use: the device's free memory on CUDA, MemAvailable on the CPU."""
-    if torch.device(device).type == "cuda":
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return free
-    available = memory.available_bytes()
-    if available is None:
-        raise ValueError("--find-max-n on the CPU needs /proc/meminfo to know the memory available")
-    return available
-
-
-def frontier_level(variant: str) -> str:
-    v = registry.get(variant)
-    return "kernel" if v.attention_fn is not None or v.kernel is not None else "layer"
-
-
-def frontier_case(variant: str, device: str, dtype: str, seq_len: int, cap_mb: int) -> Case:
-    """B = 1, 16 heads of 64, forward, at the variant's kernel level (its layer when it has none)."""
-    return Case(variant=variant, device=device, dtype=dtype, mode="fwd", level=frontier_level(variant),
-                seq_len=seq_len, batch=1, total_tokens=seq_len, n_heads=FRONTIER_HEADS,
-                head_dim=FRONTIER_HEAD_DIM, causal=True, budget_ms=1, warmup_ms=0, memory_cap_mb=cap_mb,
-                kind="frontier")
-
-
-def predicted_max_n(variant: str, device: str, dtype: str, cap_bytes: int) -> int | None:
-    """The largest N whose predicted peak fits under `cap_bytes` (None: the model does not cover it)."""
-    def fits(n: int) -> bool | None:
-        peak = predicted_peak_bytes(frontier_case(variant, device, dtype, n, 1))
-        return None if peak is None else peak <= cap_bytes
-
-    if fits(1) is None or not fits(1):
-        return None if fits(1) is None else 0
-    low, high = 1, 2
-    while high <= FRONTIER_MAX and fits(high):
-        low, high = high, high * 2
-    if high > FRONTIER_MAX:
-        return low
-    while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (mid, high) if fits(mid) else (low, mid)
-    return low
-
-
-@dataclass
-class Frontier:
-    variant: str
-    largest_ok: int | None = None
-    first_failure: int | None = None
-    failure_status: str = ""
-    failure_reason: str = ""
-
-
-def bisect_frontier(probe: Callable[[int], tuple[str, str]], start: int = FRONTIER_START,
-                    maximum: int = FRONTIER_MAX, resolution: float = FRONTIER_RESOLUTION) -> Frontier:
-    """Largest N for which probe(N) is 'ok': double from `start` until a failure, then bisect until the
-    gap to the first failure is within `resolution` of the largest N that ran (lengths stay multiples of
-    64, so the result is a length a kernel would be given)."""
-    found = Frontier("")
-
-    def fail(n: int, status: str, reason: str) -> None:
-        found.first_failure, found.failure_status, found.failure_reason = n, status, reason
-
-    n = start
-    while n <= maximum:
-        status, reason = probe(n)
-        if status != "ok":
-            fail(n, status, reason)
-            break
-        found.largest_ok, n = n, n * 2
-    if found.largest_ok is None or found.first_failure is None:
-        return found
-    while found.first_failure - found.largest_ok > max(64, found.largest_ok * resolution):
-        mid = (found.largest_ok + found.first_failure) // 2 // 64 * 64
-        status, reason = probe(mid)
-        if status == "ok":
-            found.largest_ok = mid
-        else:
-            fail(mid, status, reason)
-    return found
-
-
-def probe_lengths(probe: Callable[[int], tuple[str, str]], lengths: Sequence[int]) -> Frontier:
-    """Probe exactly `lengths`, no search ('does N run?', where a search would spend hours on the way:
-    a compute-bound kernel at the edge of a time cap). The frontier is the largest that ran; the first
-    failure the shortest failing length above it."""
-    found = Frontier("")
-    outcomes = {n: probe(n) for n in sorted(set(lengths))}
-    ran = [n for n, (status, _) in outcomes.items() if status == "ok"]
-    found.largest_ok = max(ran) if ran else None
-    above = [n for n, (status, _) in outcomes.items() if status != "ok" and n > (found.largest_ok or 0)]
-    if above:
-        found.first_failure = min(above)
-        found.failure_status, found.failure_reason = outcomes[found.first_failure]
-    return found
-
-
-def frontier_cap_bytes(device: str, memory_gb: float | None) -> tuple[int, str]:
-    """The memory a frontier search may use, and a note when a requested cap was lowered to it.
-
-    Never more than 90% of the memory available now: the machine is shared, and a probe must fail
-    cleanly (out of memory under the cap) before it exhausts the machine.
-    """
-    available = int(available_memory_bytes(device) * memory.SAFETY_FRACTION)
-    if memory_gb is None:
-        return available, ""
-    requested = int(memory_gb * 2**30)
-    if requested > available:
-        return available, (f"--memory-gb {memory_gb:g} is more than the {available / 2**30:.1f} GiB "
-                           "available here: capped at that")
-    return requested, ""
-
-
-@dataclass(frozen=True)
-class FrontierPlan:
-    dtype: str
-    variants: list[str]  # the ones that run on the device in that dtype
-    cap_bytes: int
-    note: str  # why the cap is lower than asked, if it is
-
-
-def frontier_plan(device: str, profile: str, variants: Sequence[str] | None = None,
-                  dtypes: Sequence[str] | None = None, memory_gb: float | None = None,
-                  time_cap_s: float = DEFAULT_FRONTIER_TIME_CAP_S) -> FrontierPlan:
-    """What `find_max_n` would search, every argument checked (ValueError with one line)."""
-    if memory_gb is not None and memory_gb <= 0:
-        raise ValueError(f"--memory-gb must be positive, got {memory_gb:g}")
-    if time_cap_s <= 0:
-        raise ValueError(f"the time cap must be positive, got {time_cap_s:g} s")
-    grid = THROUGHPUT_GRIDS.get((device, profile))
-    if grid is None:
-        raise ValueError(f"no throughput profile {profile!r} on {device!r}")
-    dtype = _dtypes(device, dtypes, grid.dtypes)[0]
-    names = list(variants) if variants else registry.names()
-    runnable = [n for n in names if registry.get(n).supports(device, dtype, FRONTIER_HEAD_DIM, True)[0]]
-    if not runnable:
-        raise ValueError(f"--find-max-n: no variant among {', '.join(names)} runs on {device} in {dtype}")
-    return FrontierPlan(dtype, runnable, *frontier_cap_bytes(device, memory_gb))
-
-
-def find_max_n(device: str, profile: str, out: str | Path, variants: Sequence[str] | None = None,
-               dtypes: Sequence[str] | None = None, memory_gb: float | None = None,
-               time_cap_s: float = DEFAULT_FRONTIER_TIME_CAP_S, console=None,
-               lengths: Sequence[int] | None = None) -> list[Frontier]:
-    """Bisect, per variant, the largest N one forward call runs at (B = 1, 16 heads of 64, the profile's
-    first dtype) under the memory cap; every probe is a `frontier` row of `out`, its failure (oom, or
-    timeout at the time cap) included. Rows carry the model's predicted frontier (`predicted_max_n`).
-    With `lengths`, probe only those (`probe_lengths`).
-
-    Probes run in a worker process under RLIMIT_AS (harness.memory), restarted after each failure.
-    A re-run with the same `out` reuses the probes already recorded.
-    """
-    plan = frontier_plan(device, profile, variants, dtypes, memory_gb, time_cap_s)
-    dtype, runnable, cap_bytes = plan.dtype, plan.variants, plan.cap_bytes
-    cap_mb = cap_bytes // memory.MIB
-    say = console.print if console is not None else (lambda *a, **k: None)
-    if plan.note:
-        say(plan.note)
-    say(f"memory frontier on {device} ({dtype}, B=1, H={FRONTIER_HEADS}, D={FRONTIER_HEAD_DIM}, forward): "
-        f"cap {cap_bytes / 2**30:.1f} GiB, time cap {time_cap_s:g} s per probe")
-    run = store.RunStore(out)
-    found = []
-    with run.lock():
-        environment = env.describe(device)
-        run.open(environment)
-        done = _recorded_outcomes(run)
-        os.environ[RUN_DIR_ENV] = str(Path(out).resolve())
-        worker = runner.Worker(__name__)
-        try:
-            for name in runnable:
-                predicted = predicted_max_n(name, device, dtype, cap_bytes)
-
-                def probe(n: int, name=name, predicted=predicted) -> tuple[str, str]:
-                    case = frontier_case(name, device, dtype, n, cap_mb)
-                    if case.case_id in done:
-                        return done[case.case_id]
-                    started = env.now()
-                    status, reason, metrics = worker.run(case, time_cap_s)
-                    if status == "timeout":
-                        reason = f"time cap: one call did not finish within {time_cap_s:g} s"
-                    elif status != "ok":
-                        worker.restart()  # the next probe starts from a clean address space
-                    say(f"  {name} N={n}: {status} {reason}".rstrip())
-                    run.write(runner.case_row(case, status, reason, {**metrics, "predicted_max_n": predicted},
-                                              environment, started, env.now(), {"profile": profile}))
-                    done[case.case_id] = (status, reason)
-                    return status, reason
-
-                frontier = probe_lengths(probe, lengths) if lengths else bisect_frontier(probe)
-                frontier.variant = name
-                found.append(frontier)
-                say(f"{name}: largest N {frontier.largest_ok} (predicted {predicted}); "
-                    f"{frontier.failure_status or 'no failure'} at {frontier.first_failure}")
-        finally:
-            worker.close()
-    return found
-
-
-def _recorded_outcomes(run: store.RunStore) -> dict[str, tuple[str, str]]:
-    """case_id -> (status, reason) of the probes a run directory holds already (a resumed search)."""
-    if not run.finished():
-        return {}
-    rows = store.load(run.root)
-    return {r.case_id: (r.status, r.reason if isinstance(r.reason, str) else "") for r in rows.itertuples()}
 
 
 # --- pytest-benchmark JSON -> results store ---------------------------------------------------------
@@ -937,3 +655,13 @@ def summarize(out_dir: str | Path, console) -> None:
                 cells.append(("-" if ok is None else str(ok)) + ("" if oom is None else f" (oom {oom})"))
             table.add_row(variant, level, *cells)
     console.print(table)
+
+
+def find_max_n(*args, **kwargs):
+    """`attnbench run --suite throughput --find-max-n`: the memory frontier search (suites.frontier)."""
+    return frontier.find_max_n(*args, **kwargs)
+
+
+# The frontier builds on this module's cases and workloads; imported last so that either module may be
+# imported first (this one reads it only when called).
+from suites import frontier  # noqa: E402

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from harness import env, flops, memory, registry, runner, store, timing
-from suites import grids
+from suites import frontier, grids
 from suites import throughput as tp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +107,7 @@ def test_rows_carry_family_exact_and_backend_from_the_registry():
 
 
 def test_peak_matmul_is_measured_per_precision_and_cached_in_the_run_directory(tmp_path, monkeypatch):
-    monkeypatch.setenv(tp.RUN_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(runner.RUN_DIR_ENV, str(tmp_path))
     monkeypatch.setitem(tp.PEAK_MATMUL_SIZE, "cpu", 256)
     measured = []
     rates = {torch.float32: 0.3, torch.bfloat16: 2.5}
@@ -531,25 +531,25 @@ def test_bisection_finds_the_largest_length_within_its_resolution():
         tried.append(n)
         return ("ok", "") if n <= 300_000 else ("oom", "MemoryError: out of memory under a cap of 1 MiB")
 
-    found = tp.bisect_frontier(probe, start=1024)
+    found = frontier.bisect_frontier(probe, start=1024)
     assert found.largest_ok <= 300_000 < found.first_failure
     assert found.first_failure - found.largest_ok <= max(64, found.largest_ok / 16)
     assert found.failure_status == "oom" and "MemoryError" in found.failure_reason
     assert tried[:9] == [1024 * 2**i for i in range(9)] and all(n % 64 == 0 for n in tried)
-    never = tp.bisect_frontier(lambda n: ("ok", ""), start=1024, maximum=8192)
+    never = frontier.bisect_frontier(lambda n: ("ok", ""), start=1024, maximum=8192)
     assert never.largest_ok == 8192 and never.first_failure is None
-    at_once = tp.bisect_frontier(lambda n: ("timeout", "time cap"), start=1024)
+    at_once = frontier.bisect_frontier(lambda n: ("timeout", "time cap"), start=1024)
     assert at_once.largest_ok is None and at_once.first_failure == 1024
 
 
 def test_the_predicted_frontier_of_materialized_attention_is_its_n_squared_wall():
     cap = 20 * 2**30
-    n = tp.predicted_max_n("vanilla", "cpu", "float32", cap)
-    peak = lambda m: tp.predicted_peak_bytes(tp.frontier_case("vanilla", "cpu", "float32", m, 1))  # noqa: E731
+    n = frontier.predicted_max_n("vanilla", "cpu", "float32", cap)
+    peak = lambda m: frontier.predicted_peak_bytes(frontier.frontier_case("vanilla", "cpu", "float32", m, 1))  # noqa: E731
     assert peak(n) <= cap < peak(n + 1)
     # 3 score matrices of 16 heads in float32 dominate: 192 N^2 bytes.
     assert n == pytest.approx((cap / 192) ** 0.5, rel=0.02)
-    assert tp.predicted_max_n("linear", "cpu", "float32", cap) > 50 * n  # linear in N: 700K here
+    assert frontier.predicted_max_n("linear", "cpu", "float32", cap) > 50 * n  # linear in N: 700K here
 
 
 MODEL_CHECKS = {  # variant -> (N, heads): the modelled buffers are most of a GiB, the call short (B=1)
@@ -558,12 +558,13 @@ MODEL_CHECKS = {  # variant -> (N, heads): the modelled buffers are most of a Gi
 }
 MEASURE_PEAK = """
 import json, sys
+from suites import frontier
 from suites import throughput as tp
 variant, n, heads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-case = tp.Case(variant=variant, device="cpu", dtype="float32", mode="fwd", level=tp.frontier_level(variant),
-               seq_len=n, batch=1, total_tokens=n, n_heads=heads, head_dim=64, budget_ms=1, warmup_ms=0,
-               kind="frontier", memory_cap_mb=4096)
-print(json.dumps(tp.probe_frontier(case)))
+case = tp.Case(variant=variant, device="cpu", dtype="float32", mode="fwd",
+               level=frontier.frontier_level(variant), seq_len=n, batch=1, total_tokens=n, n_heads=heads,
+               head_dim=64, budget_ms=1, warmup_ms=0, kind="frontier", memory_cap_mb=4096)
+print(json.dumps(frontier.probe_frontier(case)))
 """
 
 
@@ -629,12 +630,12 @@ def test_probe_lengths_runs_each_length_once_in_order_and_reads_the_frontier_fro
         probed.append(n)
         return {1024: ("ok", ""), 2048: ("oom", "MemoryError"), 4096: ("oom", "MemoryError")}[n]
 
-    found = tp.probe_lengths(probe, [4096, 1024, 2048, 1024])
+    found = frontier.probe_lengths(probe, [4096, 1024, 2048, 1024])
     assert probed == [1024, 2048, 4096]
     assert (found.largest_ok, found.first_failure, found.failure_status) == (1024, 2048, "oom")
     # A timeout below a length that ran is no frontier: the largest that ran is, with no failure above.
     timed_out = {512: ("timeout", "time cap"), 1024: ("ok", "")}
-    found = tp.probe_lengths(lambda n: timed_out[n], [512, 1024])
+    found = frontier.probe_lengths(lambda n: timed_out[n], [512, 1024])
     assert (found.largest_ok, found.first_failure) == (1024, None)
 
 
