@@ -125,11 +125,11 @@ def no_doctor(monkeypatch) -> None:
 def no_frontier(monkeypatch) -> None:
     """`run --find-max-n` probes the machine's memory for minutes: here its arguments are checked as for
     real (frontier_plan) and nothing is probed (its own tests run it)."""
-    from suites import throughput
+    from suites import frontier, throughput
 
     def plan_only(device, profile, out, variants=None, dtypes=None, memory_gb=None, time_cap_s=120.0,
-                  console=None):
-        throughput.frontier_plan(device, profile, variants, dtypes, memory_gb, time_cap_s)
+                  console=None, lengths=None):
+        frontier.frontier_plan(device, profile, variants, dtypes, memory_gb, time_cap_s)
         return []
 
     monkeypatch.setattr(throughput, "find_max_n", plan_only)
@@ -573,6 +573,16 @@ def test_any_argument_list_exits_0_or_2_without_a_traceback(args, inputs, tmp_pa
     said = [line for line in err.splitlines() if not line.startswith("attnbench: warning: ")]
     if code == 2:  # one line (none where the help was printed instead)
         assert len(said) <= 1 and all(line.startswith("attnbench: error: ") for line in said), (args, err)
+
+
+def test_the_frontier_stand_in_takes_what_the_cli_passes_and_checks_as_the_search_does(monkeypatch, capsys):
+    no_frontier(monkeypatch)
+    code, out, err = run_cli(monkeypatch, capsys, ["run", "--suite", "throughput", "--device", "cpu",
+                                                   "--find-max-n", "-n", "1024", "-v", "vanilla"])
+    assert code == 0, err
+    code, _, err = run_cli(monkeypatch, capsys, ["run", "--suite", "throughput", "--device", "cpu",
+                                                 "--find-max-n", "-v", "flash-cudnn"])
+    assert code == 2 and err.startswith("attnbench: error: ") and TRACEBACK not in err
 
 
 def test_property_inputs_reach_every_command():
