@@ -76,7 +76,7 @@ def run_chain(suite_module: str, cases: list[Case], skips: OomSkips) -> Iterator
     """The body of a chain's Ray task, on a node: the cases walked as locally, each event naming the node."""
     import torch
 
-    os.environ.pop("ATTNBENCH_RUN_DIR", None)  # the run directory is the driver's, not this node's
+    os.environ.pop(runner.RUN_DIR_ENV, None)  # the run directory is the driver's, not this node's
     if cases[0].device == "cpu":
         torch.set_num_threads(1)  # the one CPU the task asked for
     where = node_facts(cases[0].device)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from harness import store
+from harness import runner, store
 from harness.config import Case as BaseCase
 from harness.runner import check_finite
 
@@ -42,7 +42,7 @@ def plan(profile, device, variants=None, seq_lens=None, dtypes=None):
 
 def cached_figure() -> float:
     """A figure measured once per run and cached in the run directory (a corrupt cache is measured again)."""
-    run_dir = os.environ.get("ATTNBENCH_RUN_DIR")
+    run_dir = os.environ.get(runner.RUN_DIR_ENV)
     if not run_dir:
         return 1.0
     path = Path(run_dir) / CACHE_FILE
