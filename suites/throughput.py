@@ -575,10 +575,8 @@ def metrics_from_benchmark(bench: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_case(case: Case) -> dict[str, Any]:
-    """The runner's entry point: the pedantic loop on a fixture made here, then the same conversion (a
-    frontier case is one call instead)."""
-    if case.kind == "frontier":
-        return frontier.probe_frontier(case)
+    """The runner's entry point: the pedantic loop on a fixture made here, then the same conversion
+    (frontier cases run through suites.frontier's own entry point)."""
     fixture = timing.make_fixture(case.slug(), timing.timer_for(case.device))
     measure_case(case, fixture)
     return metrics_from_benchmark(fixture.stats.as_dict())
