@@ -28,10 +28,13 @@ def main() -> None:
     parser.add_argument("-n", "--seq-len", type=int, default=4096)
     parser.add_argument("--turns", type=int, default=12)
     args = parser.parse_args()
+    if args.turns < 1:
+        parser.exit(2, f"{parser.prog}: error: --turns must be at least 1, got {args.turns}\n")
     case = next((c for c in throughput.plan("standard", "cpu")
                  if c.kind == "fidelity" and c.variant == args.variant and c.seq_len == args.seq_len), None)
     if case is None:
-        raise SystemExit(f"no CPU standard fidelity case {args.variant} at N = {args.seq_len}")
+        parser.exit(2, f"{parser.prog}: error: no CPU standard fidelity case {args.variant} at N = "
+                       f"{args.seq_len}\n")
     work = throughput.build_workload(case)
     work.call()  # warm-up
     rounds = timing.rounds_for(TURN_MS, timing.timed_call(work.call, "cpu")[1])
