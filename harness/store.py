@@ -289,6 +289,17 @@ class RunStore:
         return {t.column("case_id")[0].as_py(): t.column("status")[0].as_py()
                 for t in read_records(self.root, ["case_id", "status"])}
 
+    def rows(self, case_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """case_id -> row of the given cases that have a valid record (others are left out)."""
+        found = {}
+        for case_id in case_ids:
+            path = self.records / f"{case_id}.parquet"
+            try:
+                found[case_id] = read_record(path).to_pylist()[0] if path.is_file() else None
+            except CorruptFile:
+                found[case_id] = None
+        return {k: v for k, v in found.items() if v is not None}
+
     def update_environment(self, **fields: Any) -> None:
         """Add fields to an opened run's environment.json (the doctor's findings, say)."""
         env_path = self.root / ENVIRONMENT
