@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import sys
@@ -21,6 +20,7 @@ from harness.cli_report import recommend, report
 from harness.errors import ArgumentError
 from harness.registry import dtype_name
 from harness.shard import Shard, select
+from harness.suite import Suite
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark and profile attention architectures.")
@@ -35,7 +35,7 @@ def fail(message: str) -> None:
 @app.command("list")
 def list_variants() -> None:
     """Print the registry: what each variant is, where it comes from, where it runs, what is unavailable
-    here; then the plugins that failed to load."""
+    here; then the plugins that failed to load (variants and suites)."""
     table = Table(title="attnbench variants", show_lines=False)
     for col in ("name", "family", "exact", "package", "devices", "dtypes", "unavailable here"):
         table.add_column(col)
@@ -47,7 +47,7 @@ def list_variants() -> None:
                       str(v.source), ",".join(devices), dtypes, "; ".join(missing) or "-")
     wide = Console(width=max(console.width, 180))
     wide.print(table)
-    for problem in registry.problems():
+    for problem in [*registry.problems(), *plugins.suite_problems()]:
         wide.print(f"[red]broken plugin[/] {problem.line()}", highlight=False)
 
 
@@ -140,26 +140,25 @@ def _executor(name: str, ray_address: str | None):
 def _run(executor, suite, device, profile, out, variant, seq_len, dtype, timeout, retry, fresh, progress,
          part, learned):
     """`run` once its executor is ready."""
-    module, cases, out = _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh,
+    chosen, cases, out = _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh,
                                    executor, learned)
-    timeout = validate.positive(timeout, "--timeout", validate.MAX_TIMEOUT_S, " s") or module.TIMEOUT_S
+    timeout = validate.positive(timeout, "--timeout", validate.MAX_TIMEOUT_S, " s") or chosen.timeout_s
     what = f"{len(cases)} cases"
     if part is not None:
-        planned, cases = len(cases), select(cases, part, getattr(module, "case_cost", None))
+        planned, cases = len(cases), select(cases, part, chosen.case_cost)
         what = f"shard {part}: {len(cases)} of {planned} cases"
         if not cases:
             console.print(f"{suite}: shard {part} holds none of the {planned} cases; nothing to run")
             return
     errors.log_to(out)
     console.print(f"[bold]{suite}[/] on {cases[0].device}, profile {profile}: {what} -> {escape(str(out))}")
-    summary = runner.run(cases, module.__name__, out, timeout_s=timeout, progress=progress, retry=retry,
+    summary = runner.run(cases, chosen.module, out, timeout_s=timeout, progress=progress, retry=retry,
                          fresh=fresh, run_fields={"profile": profile}, executor=executor)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing new"
     again = f" ({summary.retried} measured again, --retry {retry})" if summary.retried else ""
     console.print(f"rows written: {counts}{again}; already done: {summary.skipped_as_done}; "
                   f"results in {escape(str(out))}")
-    if hasattr(module, "summarize"):
-        module.summarize(out, console)
+    chosen.summarize(out, console)
     if summary.interrupted:
         console.print(f"interrupted: every finished row is kept in {escape(str(out))}; run the same command "
                       f"to resume")
@@ -179,8 +178,8 @@ def checked_device(device: str | None, executor=None) -> str:
     return device
 
 
-def checked_suite(name: str):
-    """--suite: the registered suite's module."""
+def checked_suite(name: str) -> Suite:
+    """--suite: the registered suite (harness.suite)."""
     try:
         return plugins.suite(name)
     except ValueError as e:
@@ -204,8 +203,8 @@ def checked_lengths(lengths: list[int] | None) -> list[int]:
 
 
 def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh, executor, learned):
-    """Every argument of `run` checked, then the suite's cases: (suite module, cases, run directory)."""
-    module = checked_suite(suite)
+    """Every argument of `run` checked, then the suite's cases: (suite, cases, run directory)."""
+    chosen = checked_suite(suite)
     device = checked_device(device, executor)
     profile = validate.choice(profile, "--profile", ("quick", "standard", "full"))
     validate.choice(retry, "--retry", runner.RETRY)
@@ -218,11 +217,11 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
     out = validate.output_dir(out) or Path("results") / f"{suite}-{device}-{profile}"
     if fresh and out.is_dir() and any(out.iterdir()) and not store.is_run_dir(out):
         fail(f"--fresh: {out} is not a run directory (no records/ or environment.json); it is left alone")
-    for name in sorted(set(learned) - set(inspect.signature(module.plan).parameters)):
+    for name in sorted(set(learned) - set(chosen.options)):
         option = {"seeds": "--seeds", "findings": "--finding", "criterion": "--criterion"}[name]
         fail(f"{option} applies to the learned-task suites (accuracy, long-range), not to {suite}")
     try:
-        cases = module.plan(profile=profile, device=device, variants=names or None, seq_lens=lengths or None,
+        cases = chosen.plan(profile=profile, device=device, variants=names or None, seq_lens=lengths or None,
                             dtypes=dtypes or None, **learned)
     except ValidationError as e:
         fail(one_line_validation(e))
@@ -230,7 +229,7 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
         fail(str(e))
     if not cases:
         fail("the filters leave no case to run; loosen --variant/--seq-len/--dtype")
-    return module, runner.unique(cases), out
+    return chosen, runner.unique(cases), out
 
 
 @app.command("doctor")
@@ -255,10 +254,10 @@ def doctor(
 
 
 def _find_max_n(suite, device, profile, out, variant, seq_len, dtype, memory_gb, timeout) -> None:
-    """`run --find-max-n`: the suite's frontier search (throughput), its arguments checked first."""
-    module = checked_suite(suite)
-    if not hasattr(module, "find_max_n"):
-        fail(f"--find-max-n applies to --suite throughput, not {suite}")
+    """`run --find-max-n`: the suite's frontier search (throughput's), its arguments checked first."""
+    chosen = checked_suite(suite)
+    if chosen.find_max_n is None:
+        fail(f"--find-max-n: suite {suite!r} has no memory-frontier search")
     device = checked_device(device)
     profile = validate.choice(profile, "--profile", ("quick", "standard", "full"))
     memory_gb = validate.positive(memory_gb, "--memory-gb")
@@ -267,10 +266,9 @@ def _find_max_n(suite, device, profile, out, variant, seq_len, dtype, memory_gb,
     lengths = checked_lengths(seq_len)
     out = validate.output_dir(out) or Path("results") / f"frontier-{device}-{profile}"
     try:
-        module.find_max_n(device, profile, out, variants=names or None,
+        chosen.find_max_n(device, profile, out, variants=names or None,
                           dtypes=validate.unique(dtype or []) or None, memory_gb=memory_gb,
-                          time_cap_s=timeout or module.DEFAULT_FRONTIER_TIME_CAP_S, console=console,
-                          lengths=lengths or None)
+                          time_cap_s=timeout, console=console, lengths=lengths or None)
     except ValueError as e:
         fail(str(e))
     console.print(f"frontier rows in {escape(str(out))}")
@@ -283,8 +281,8 @@ def import_benchmark(
     suite: Annotated[str, typer.Option(help="The suite whose benchmark wrote the file")] = "throughput",
 ) -> None:
     """Turn a pytest-benchmark JSON file into results-store rows."""
-    module = checked_suite(suite)
-    if not hasattr(module, "import_benchmark_json"):
+    chosen = checked_suite(suite)
+    if chosen.import_benchmark_json is None:
         fail(f"suite {suite!r} has no pytest-benchmark route (no import_benchmark_json)")
     path = validate.input_path(json_file, "JSON_FILE", kind="file")
     out_dir = validate.output_dir(out)
@@ -298,7 +296,7 @@ def import_benchmark(
         fail(f"{path} is not a pytest-benchmark JSON file (no list of 'benchmarks')")
     errors.log_to(out_dir)
     try:
-        written = module.import_benchmark_json(path, out_dir)
+        written = chosen.import_benchmark_json(path, out_dir)
     except (KeyError, IndexError, TypeError, AttributeError, ValueError, ArithmeticError) as e:
         what = (f"missing {e}" if isinstance(e, KeyError) else one_line_validation(e)
                 if isinstance(e, ValidationError) else str(e).splitlines()[0])

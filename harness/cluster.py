@@ -17,14 +17,17 @@ each case starts and ends (a Ray generator). So:
   the case in flight (the row's `attempts`); a case lost on every try is an `error` row naming the loss.
   Ray's own task retry would replay a generator from its first case (re-running finished cases while
   the per-case clock runs), so these retries are counted here;
-- every row names the node it ran on: hostname, device name, driver, and Ray's node id.
+- every row names the node it ran on: hostname, device name, driver, and Ray's node id;
+- a node holds no run directory: a chain's task carries a RunContext without one, handed the rows its
+  cases `need` (harness.suite) that the driver's run holds when the chain is sent (again, after a timeout
+  or a loss), and it keeps the rows of the cases it runs for the cases after them. The context's cache
+  lasts as long as the Ray worker process, for one run (`worker_cache`).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -33,7 +36,9 @@ from typing import Any
 
 from harness import env, runner, shard
 from harness.config import Case
+from harness.context import RunContext
 from harness.runner import Finished, OomSkips, Started
+from harness.suite import load_suite
 
 MAX_RETRIES = 2  # further tries of a case whose node or worker process was lost
 CONNECT_TIMEOUT_S = 5.0
@@ -72,15 +77,23 @@ def node_facts(device: str) -> dict[str, Any]:
     return {**env.row_fields(env.describe(device)), "node_id": ray.get_runtime_context().get_node_id()}
 
 
-def run_chain(suite_module: str, cases: list[Case], skips: OomSkips) -> Iterator[Started | Finished]:
+@functools.lru_cache(maxsize=1)
+def worker_cache(run_id: str) -> dict[Any, Any]:
+    """The cache of this Ray worker process for one run: kept across the chains it runs, as a local
+    worker keeps it across cases (a new run drops the last one's)."""
+    return {}
+
+
+def run_chain(suite_module: str, cases: list[Case], skips: OomSkips,
+              context: RunContext) -> Iterator[Started | Finished]:
     """The body of a chain's Ray task, on a node: the cases walked as locally, each event naming the node."""
     import torch
 
-    os.environ.pop(runner.RUN_DIR_ENV, None)  # the run directory is the driver's, not this node's
     if cases[0].device == "cpu":
         torch.set_num_threads(1)  # the one CPU the task asked for
+    context.cache = worker_cache(context.run_id)
     where = node_facts(cases[0].device)
-    for event in runner.walk(cases, skips, lambda case: runner.execute(suite_module, case)):
+    for event in runner.walk(cases, skips, lambda case: runner.execute(suite_module, case, context)):
         yield replace(event, where=where)
 
 
@@ -137,18 +150,20 @@ class RayExecutor:
 
     # --- the scheduling loop on the driver -----------------------------------------------------------
 
-    def events(self, cases: list[Case], suite_module: str, timeout_s: float,
-               skips: OomSkips) -> Iterator[Started | Finished]:
+    def events(self, cases: list[Case], suite_module: str, timeout_s: float, skips: OomSkips,
+               context: RunContext) -> Iterator[Started | Finished]:
         groups: dict[str, list[Case]] = {}
         for case in cases:
             groups.setdefault(shard.group_of(case), []).append(case)
         task = remote_chain(cases[0].device)
+        needs = load_suite(suite_module).needs
         self.timeout_s = timeout_s
         pending: dict[Any, Chain] = {}
 
         def submit(chain: Chain) -> None:
             chain.started = chain.deadline = None
-            pending[task.remote(suite_module, chain.cases, chain.skips)] = chain
+            needed = [case_id for case in chain.cases for case_id in needs(case)]
+            pending[task.remote(suite_module, chain.cases, chain.skips, context.handing(needed))] = chain
 
         for members in groups.values():
             submit(Chain(members, skips))

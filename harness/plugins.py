@@ -5,11 +5,12 @@ Two entry-point groups, declared in a package's pyproject.toml:
     [project.entry-points."attnbench.variants"]
     my-attention = "my_package.attention"     # a module whose import registers variants
     [project.entry-points."attnbench.suites"]
-    my-suite = "my_package.suite"             # a module with plan(), run_case() and TIMEOUT_S
+    my-suite = "my_package.suite"             # a module that declares what harness.suite asks of a suite
 
 attnbench's own families and suites register the same way (see its pyproject.toml). A plugin that fails
-to import is recorded as a `Problem` (its package and one line) and the rest keeps working: `attnbench
-list` shows the problems, and a run fails only when it asks for what is broken.
+to import, or a suite that lacks a member of the suite protocol, is recorded as a `Problem` (its package
+and one line) and the rest keeps working: `attnbench list` shows the problems, and a run fails only when
+it asks for what is broken.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import functools
 import importlib
 import importlib.metadata
 from dataclasses import dataclass
-from types import ModuleType
+
+from harness.suite import Suite
 
 VARIANT_GROUP = "attnbench.variants"
 SUITE_GROUP = "attnbench.suites"
@@ -92,15 +94,38 @@ def suite_names() -> list[str]:
     return sorted({ep.name for ep in _entry_points(SUITE_GROUP)})
 
 
-def suite(name: str) -> ModuleType:
-    """The suite module registered under `name`; ValueError naming the valid suites otherwise."""
+class UnusableSuite(ValueError):
+    """A suite that cannot be used: the message says why in one line, `problem` is its Problem."""
+
+    def __init__(self, message: str, problem: Problem):
+        super().__init__(message)
+        self.problem = problem
+
+
+def suite(name: str) -> Suite:
+    """The suite registered under `name` (harness.suite); ValueError naming the valid suites otherwise,
+    UnusableSuite saying in one line why it cannot be used."""
     matches = [ep for ep in _entry_points(SUITE_GROUP) if ep.name == name]
     if not matches:
         raise ValueError(f"unknown suite {name!r}; choose one of: {', '.join(suite_names())}")
-    if len({ep.value for ep in matches}) > 1:
-        owners = ", ".join(str(source_of(ep)) for ep in matches)
-        raise ValueError(f"suite {name!r} is declared by several packages ({owners}); uninstall one")
+    ep, source = matches[0], source_of(matches[0])
+    if len({m.value for m in matches}) > 1:
+        owners = ", ".join(str(source_of(m)) for m in matches)
+        raise UnusableSuite(f"suite {name!r} is declared by several packages ({owners}); uninstall one",
+                            Problem(source, name, f"declared by several packages ({owners}): usable by none"))
     try:
-        return importlib.import_module(matches[0].value)
-    except Exception as e:
-        raise ValueError(f"suite {name!r} from {source_of(matches[0])} failed to load: {one_line(e)}") from e
+        return Suite.of(importlib.import_module(ep.value))
+    except Exception as e:  # failing to import, or lacking a member of the protocol
+        raise UnusableSuite(f"suite {name!r} from {source} failed to load: {one_line(e)}",
+                            Problem(source, name, one_line(e))) from e
+
+
+def suite_problems() -> list[Problem]:
+    """The suites that cannot be used, each in one line (`attnbench list` shows them)."""
+    problems = []
+    for name in suite_names():
+        try:
+            suite(name)
+        except UnusableSuite as e:
+            problems.append(e.problem)
+    return problems

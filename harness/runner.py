@@ -4,18 +4,22 @@ Cases run in a worker process so that a hang can be stopped by a per-case timeou
 corrupted CUDA context) costs one case, not the run. Failures are data: unsupported, out of memory,
 timeout, non-finite output and errors each become a row with a status and a one-line reason.
 
-One case is `execute(suite_module, case) -> (status, reason, metrics)` (in any process) and
+One case is `execute(suite_module, case, context) -> (status, reason, metrics)` (in any process: the
+module's `run_case(case, context)`, harness.suite, with the run's harness.context.RunContext) and
 `case_row(...)` (the row it leaves); `cases_to_run` and `OomSkips` decide what runs. `run` is the local
-loop that schedules them through a `Worker`; another executor can reuse the same pieces.
+loop that schedules them through a `Worker`; another executor can reuse the same pieces. Before the
+first case, `run` records the suite's experiment recipes in the run's environment.json
+(`record_recipes`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import hashlib
 import importlib
+import json
 import multiprocessing as mp
-import os
+import secrets
 import signal
 import traceback
 from collections.abc import Iterator
@@ -35,11 +39,12 @@ from rich.progress import (
 
 from harness import env, registry
 from harness.config import Case
+from harness.context import RunContext
 from harness.registry import Unsupported
 from harness.store import STATUSES, RunStore
+from harness.suite import load_suite
 
 STARTUP_TIMEOUT_S = 300.0
-RUN_DIR_ENV = "ATTNBENCH_RUN_DIR"  # names the run directory to the suites' cases while a run lasts
 
 
 class NonFinite(Exception):
@@ -72,17 +77,26 @@ def is_oom(exc: BaseException) -> bool:
     return any(m in text for m in OOM_MESSAGES)
 
 
-def execute(suite_module: str, case: Case) -> tuple[str, str, dict[str, Any]]:
-    """Run one case in this process and classify the outcome as (status, reason, metrics)."""
+def execute(suite_module: str, case: Case, context: RunContext) -> tuple[str, str, dict[str, Any]]:
+    """Run one case in this process and classify the outcome as (status, reason, metrics); the context
+    keeps its row where no run directory will (`RunContext.record`)."""
+    status, reason, metrics = _outcome(suite_module, case, context)
+    context.record(case, status, reason, metrics)
+    return status, reason, metrics
+
+
+def _outcome(suite_module: str, case: Case, context: RunContext) -> tuple[str, str, dict[str, Any]]:
     v = registry.get(case.variant)
     head_dim = getattr(case, "head_dim", 64)
     causal = getattr(case, "causal", True)
     ok, reason = v.supports(case.device, case.dtype, head_dim, causal)
     if not ok:
         return "unsupported", reason, {}
-    suite = importlib.import_module(suite_module)
+    # The module's run_case alone: a suite (checked whole by `run`, in the driver), or a module that
+    # serves one search's probes (suites.frontier).
+    run_case = importlib.import_module(suite_module).run_case
     try:
-        return "ok", "", suite.run_case(case)
+        return "ok", "", run_case(case, context)
     except Unsupported as e:
         return "unsupported", str(e), {}
     except NonFinite as e:
@@ -97,7 +111,7 @@ def execute(suite_module: str, case: Case) -> tuple[str, str, dict[str, Any]]:
             torch.cuda.empty_cache()
 
 
-def _serve(conn, suite_module: str) -> None:
+def _serve(conn, suite_module: str, context: RunContext) -> None:
     # Ctrl-C reaches the whole process group: the parent decides what happens to the case in flight.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -108,7 +122,7 @@ def _serve(conn, suite_module: str) -> None:
     conn.send(("ready", ""))  # start-up (imports) is not charged to the first case's timeout
     try:
         while (case := conn.recv()) is not None:
-            conn.send(execute(suite_module, case))
+            conn.send(execute(suite_module, case, context))
     except (EOFError, OSError):  # the parent is gone: nothing to report to
         return
 
@@ -119,16 +133,18 @@ class WorkerStartError(RuntimeError):
 
 
 class Worker:
-    """A child process that runs cases; replaced after a timeout or a crash."""
+    """A child process that runs cases; replaced after a timeout or a crash. Each process gets its own
+    copy of `context` (its cache starts empty: a new process has no model in memory)."""
 
-    def __init__(self, suite_module: str):
+    def __init__(self, suite_module: str, context: RunContext):
         self.suite_module = suite_module
+        self.context = context
         self._start()
 
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, self.suite_module), daemon=True)
+        self.proc = ctx.Process(target=_serve, args=(child, self.suite_module, self.context), daemon=True)
         self.proc.start()
         child.close()
         try:
@@ -282,9 +298,9 @@ class LocalExecutor:
     def environment(self) -> dict[str, Any]:
         return {"executor": self.name}
 
-    def events(self, cases: list[Case], suite_module: str, timeout_s: float,
-               skips: OomSkips) -> Iterator[Started | Finished]:
-        worker = Worker(suite_module)
+    def events(self, cases: list[Case], suite_module: str, timeout_s: float, skips: OomSkips,
+               context: RunContext) -> Iterator[Started | Finished]:
+        worker = Worker(suite_module, context)
         finished = False
         try:
             yield from walk(cases, skips, lambda case: worker.run(case, timeout_s))
@@ -322,44 +338,58 @@ def run(
     """Run the cases of `out` not recorded yet (and those `retry` measures again) on `executor` (default:
     a LocalExecutor), writing each row as soon as its case finishes. `fresh` clears the run directory
     first. The directory is locked for the whole run (a RunDirError when another process holds it).
-    `run_fields` go into every row (the profile the cases came from)."""
+    `run_fields` go into every row (the profile the cases came from). The suite's cases get a RunContext
+    of this run (harness.context)."""
     executor = executor or LocalExecutor()
     cases = unique(cases)
     store = RunStore(out)
     summary = RunSummary(out=Path(out))
+    context = RunContext(Path(out).resolve(), run_id=secrets.token_hex(8))
     try:
-        with store.lock(), run_dir_named(out):
+        with store.lock():
             if fresh:
                 store.clear()
             environment = {**env.describe(cases[0].device if cases else "cpu"), **executor.environment()}
             store.open(environment)
             recorded = store.statuses()
+            record_recipes(store, load_suite(suite_module).recipes(cases), has_rows=bool(recorded))
             todo = cases_to_run(cases, recorded, retry)
             summary.skipped_as_done = len(cases) - len(todo)
             summary.retried = sum(c.case_id in recorded for c in todo)
             again = {c.case_id for c in todo}
             skips = OomSkips([c for c in cases if c.case_id not in again], recorded)  # OOMs that stand
-            _drive(executor.events(todo, suite_module, timeout_s, skips) if todo else iter(()), store,
-                   environment, run_fields, summary, progress, len(todo), cases[0].suite if cases else None)
+            events = executor.events(todo, suite_module, timeout_s, skips, context) if todo else iter(())
+            _drive(events, store, environment, run_fields, summary, progress, len(todo),
+                   cases[0].suite if cases else None)
     finally:
         executor.close()
     return summary
 
 
-@contextlib.contextmanager
-def run_dir_named(out: str | Path) -> Iterator[None]:
-    """RUN_DIR_ENV names the run directory to the cases (and the workers they start) inside, where the
-    suites cache per-run figures and find earlier rows; the caller's value comes back after, so that no
-    run directory outlives its run."""
-    caller = os.environ.get(RUN_DIR_ENV)
-    os.environ[RUN_DIR_ENV] = str(Path(out).resolve())
-    try:
-        yield
-    finally:
-        if caller is None:
-            os.environ.pop(RUN_DIR_ENV, None)
-        else:
-            os.environ[RUN_DIR_ENV] = caller
+def recipe_entry(recipe: dict[str, Any]) -> dict[str, Any]:
+    """{"recipe": the recipe as JSON reads it back, "hash": sha1 of its JSON with sorted keys}."""
+    text = json.dumps(recipe, sort_keys=True)
+    return {"recipe": json.loads(text), "hash": hashlib.sha1(text.encode()).hexdigest()}
+
+
+def record_recipes(store: RunStore, recipes: dict[str, dict[str, Any]], has_rows: bool) -> None:
+    """The suite's experiment recipes in the run's environment.json, under `recipes` (name -> entry,
+    `recipe_entry`). A name recorded before with another hash is replaced while the run has no rows; once
+    it has rows the first recipe stays, and a recipe that differs from the one in force (the last change,
+    else the first) is appended to `recipe_changes[name]` as {"hash", "recipe", "at"}."""
+    environment = store.environment()
+    recorded = dict(environment.get("recipes") or {})
+    changes = {name: list(entries) for name, entries in (environment.get("recipe_changes") or {}).items()}
+    for name, recipe in recipes.items():
+        entry = recipe_entry(recipe)
+        if name not in recorded or not has_rows:
+            recorded[name] = entry
+            changes.pop(name, None)  # no row was made by an earlier recipe
+        elif entry["hash"] != (changes.get(name) or [recorded[name]])[-1]["hash"]:
+            changes.setdefault(name, []).append({**entry, "at": env.now()})
+    update = {"recipes": recorded, "recipe_changes": changes}
+    if any(environment.get(k, {}) != v for k, v in update.items()):
+        store.update_environment(**{k: v for k, v in update.items() if v or k in environment})
 
 
 def _drive(events, store: RunStore, environment, run_fields, summary: RunSummary, progress: bool, total: int,

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import cluster, runner, store  # noqa: E402
-from suites import throughput  # noqa: E402
+from suites.throughput import planning, suite  # noqa: E402
 from tests import fake_suite  # noqa: E402
 from tests.ray_cluster import LocalCluster  # noqa: E402
 
@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="attnbench-bench-"))
     results: dict[str, list[float]] = {}
-    plan = throughput.plan("quick", "cpu")
+    plan = planning.plan("quick", "cpu")
     clusters = []
     try:
         with_one = LocalCluster(root / "one", nodes=1)
@@ -96,7 +96,7 @@ def main() -> None:
                 if one_thread:
                     os.environ["OMP_NUM_THREADS"] = "1"  # read by torch in the spawned worker
                 try:
-                    wall = timed(plan, throughput.__name__, make(), root)
+                    wall = timed(plan, suite.__name__, make(), root)
                 finally:
                     if one_thread:
                         del os.environ["OMP_NUM_THREADS"]

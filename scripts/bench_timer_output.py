@@ -17,7 +17,8 @@ import argparse
 import numpy as np
 
 from harness import timing
-from suites import throughput
+from suites.throughput.planning import plan
+from suites.throughput.workloads import build_workload
 
 TURN_MS = 250.0
 
@@ -30,12 +31,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.turns < 1:
         parser.exit(2, f"{parser.prog}: error: --turns must be at least 1, got {args.turns}\n")
-    case = next((c for c in throughput.plan("standard", "cpu")
+    case = next((c for c in plan("standard", "cpu")
                  if c.kind == "fidelity" and c.variant == args.variant and c.seq_len == args.seq_len), None)
     if case is None:
         parser.exit(2, f"{parser.prog}: error: no CPU standard fidelity case {args.variant} at N = "
                        f"{args.seq_len}\n")
-    work = throughput.build_workload(case)
+    work = build_workload(case)
     work.call()  # warm-up
     rounds = timing.rounds_for(TURN_MS, timing.timed_call(work.call, "cpu")[1])
     kept, dropped, theirs = [], [], []

@@ -11,6 +11,10 @@ small model per (task, variant, config, seed, learning rate), trained until its 
 reaches a criterion (or a step or time cap), then evaluated on a test set it never saw (what each
 profile trains: suites.grids). The long-range suite (suites.long_range) runs the same cases swept over
 sequence length. `suites.findings` decides the published findings from the rows, with intervals.
+
+A case without a learning rate trains at the rate its sweep chose (suites.learning_rate), reading the
+sweep's rows through its RunContext (`needs` declares them); the worker's context keeps the last trained
+model for the evaluations planned after it.
 """
 
 from __future__ import annotations
@@ -21,10 +25,8 @@ import functools
 import hashlib
 import itertools
 import json
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
@@ -34,11 +36,14 @@ from pydantic import Field, model_validator
 from harness import compiling, registry
 from harness.attention import causal_mask, softmax_attention
 from harness.config import Case
+from harness.context import RunContext
 from harness.registry import as_dtype, dtype_name
 from harness.runner import check_finite
 from suites import estimate, findings, grids
 from suites import model as lm
+from suites.findings import EXPERIMENTS
 from suites.grids import TaskSpec
+from suites.learning_rate import SWEEP_SEED, choose_lr
 from suites.tasks import Task, held_out_set, train_batches, validation_set
 from suites.tasks.induction import Induction
 from suites.tasks.listops import ListOps
@@ -47,6 +52,7 @@ from suites.tasks.passkey import Passkey
 from suites.tasks.selective_copy import SelectiveCopy
 
 TIMEOUT_S = 900.0
+OPTIONS = ("seeds", "findings", "criterion")  # plan's learned-task options (--seeds, --finding, --criterion)
 TASKS = ("mqar", "selective_copy", "induction", "passkey", "listops")
 CLASSIFICATION_TASKS = ("listops",)  # posed as LRA poses ListOps: a bidirectional encoder and a classifier
 INPUT_KINDS = ("random", "peaked", "long", "near_duplicate")
@@ -54,7 +60,6 @@ DTYPES = ("float64", "float32", "float16", "bfloat16")
 PEAK_SCALE = 4.0  # "peaked": q and k times 4, so logits have a standard deviation of about 16
 DUPLICATE_KEYS, DUPLICATE_NOISE = 4, 1e-3  # "near_duplicate": keys are 4 vectors plus 1e-3 noise
 EVAL_TOKENS = {"cpu": 8192, "cuda": 32768}  # tokens per evaluation batch
-SWEEP_SEED = 0  # the seed that trains at every learning rate of a sweep
 MAX_SEEDS = 100  # more would plan millions of trainings: a typo, not an experiment
 
 
@@ -89,7 +94,8 @@ class TaskCase(AccuracyCase):
     """Part B: train a small model on a task, then evaluate it at `seq_len` (and passkey `depth`).
 
     Cases that differ only in the evaluation (seq_len, depth, n_test) share one trained model. `lr` None
-    trains at the rate of `lrs` whose run at seed SWEEP_SEED did best on validation (`chosen_lr`).
+    trains at the rate of `lrs` whose run at seed SWEEP_SEED did best on validation (`chosen_lr`): the
+    cases of those runs are its `sweep_cases`.
     """
 
     task: Literal["mqar", "selective_copy", "induction", "passkey", "listops"]
@@ -165,6 +171,13 @@ class TaskCase(AccuracyCase):
 
     def eval_task(self) -> Task:
         return make_task(self.task, self.seq_len, self.kv_pairs, self.depth, self.task_params)
+
+    def sweep_cases(self) -> list[TaskCase]:
+        """The cases whose rows choose this case's rate: the same case at SWEEP_SEED and each rate of
+        the sweep; none when the case has a rate."""
+        if self.lr is not None:
+            return []
+        return [self.model_copy(update={"seed": SWEEP_SEED, "lr": lr}) for lr in self.lrs]
 
     def training_key(self) -> str:
         """Identifies the trained model: everything but the evaluation settings."""
@@ -316,8 +329,6 @@ def chosen_specs(suite: str, profile: str, device: str, seeds: int | None = None
                  findings: list[str] | None = None, criterion: float | None = None) -> list[TaskSpec]:
     """The profile's learned-task configurations, with the command line's overrides: `seeds` per
     configuration, only the experiments of `findings`, the validation `criterion` (in (0, 1])."""
-    from suites.findings import EXPERIMENTS
-
     if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
         raise ValueError(f"--seeds must be between 1 and {MAX_SEEDS}, got {seeds}")
     if criterion is not None and not 0 < criterion <= 1:
@@ -425,7 +436,7 @@ class Trained:
     data_s: float  # building the training data (a fixed pool) before training
 
 
-_last_trained: Trained | None = None  # the worker keeps one model: its evaluations are planned together
+TRAINED = "accuracy.trained"  # the context's cache holds one model: its evaluations are planned together
 
 
 @contextlib.contextmanager
@@ -464,43 +475,31 @@ def build_model(case: TaskCase) -> lm.Backbone:
     return model_for(case).to(case.device)
 
 
-def choose_lr(sweep: list[tuple[float, float, int | None]]) -> float:
-    """The learning rate of a sweep judged on validation data alone: (lr, validation accuracy, steps to
-    the criterion or None). Runs that reached the criterion win, the fewest steps first; among the others
-    the highest validation accuracy; ties go to the smaller rate."""
-    def rank(run):
-        lr, accuracy, steps = run
-        return (steps is None, steps or 0, -accuracy, lr)
-    return min(sweep, key=rank)[0]
+def needs(case: AccuracyCase) -> list[str]:
+    """The cases whose rows a case reads through its context (harness.suite `needs`): its sweep's."""
+    return [c.case_id for c in case.sweep_cases()] if isinstance(case, TaskCase) else []
 
 
-def sweep_rows(case: TaskCase) -> list[dict]:
-    """The rows of the sweep case `case` chooses its rate from: the same case at SWEEP_SEED and each
-    rate, read from this run's directory (the runner names it in ATTNBENCH_RUN_DIR)."""
-    from harness import runner, store
-
-    run_dir = os.environ.get(runner.RUN_DIR_ENV)
-    if run_dir is None:
-        raise RuntimeError("a case without a learning rate chooses from its sweep's rows: run it through "
-                           "the runner (ATTNBENCH_RUN_DIR names the run directory)")
+def sweep_rows(case: TaskCase, context: RunContext) -> list[dict]:
+    """The rows of the sweep case `case` chooses its rate from (`TaskCase.sweep_cases`), from its run."""
+    sweep = case.sweep_cases()
+    found = context.rows(c.case_id for c in sweep)
     rows = []
-    for lr in case.lrs:
-        sweep = case.model_copy(update={"seed": SWEEP_SEED, "lr": lr})
-        path = Path(run_dir) / store.RECORDS / f"{sweep.case_id}.parquet"
-        row = pd.read_parquet(path).iloc[0].to_dict() if path.exists() else None
+    for lr, sweep_case in zip(case.lrs, sweep, strict=True):
+        row = found.get(sweep_case.case_id)
         if row is None or row.get("status") != "ok":
             raise RuntimeError(f"the learning-rate sweep has no ok row for lr={lr:g} at seed {SWEEP_SEED} "
-                               f"({sweep.describe()}): run the whole plan")
+                               f"({sweep_case.describe()}): run the whole plan")
         rows.append(row)
     return rows
 
 
-def chosen_lr(case: TaskCase) -> float:
+def chosen_lr(case: TaskCase, context: RunContext) -> float:
     if case.lr is not None:
         return case.lr
     runs = [(float(r["lr"]), float(r["valid_accuracy"]),
              None if pd.isna(r["steps_to_criterion"]) else int(r["steps_to_criterion"]))
-            for r in sweep_rows(case)]
+            for r in sweep_rows(case, context)]
     return choose_lr(runs)
 
 
@@ -509,14 +508,14 @@ def cached_set(task: Task, n: int, seed: int, split: str):
     return held_out_set(task, n, seed) if split == "test" else validation_set(task, n, seed)
 
 
-def trained_model(case: TaskCase) -> tuple[Trained, bool]:
+def trained_model(case: TaskCase, context: RunContext) -> tuple[Trained, bool]:
     """The model of the case's training configuration: trained now, or reused from the previous case."""
-    global _last_trained
     key = case.training_key()
-    if _last_trained is not None and _last_trained.key == key:
-        return _last_trained, False
-    _last_trained = None
-    lr = chosen_lr(case)
+    last = context.cache.get(TRAINED)
+    if last is not None and last.key == key:
+        return last, False
+    context.cache.pop(TRAINED, None)  # freed before the next model is built
+    lr = chosen_lr(case, context)
     model = build_model(case)
     started = time.perf_counter()
     batches = train_batches(case.train_task(), case.batch_size, case.seed, pool=case.train_pool)
@@ -531,8 +530,8 @@ def trained_model(case: TaskCase) -> tuple[Trained, bool]:
     result = lm.train(model, batches, lr=lr, max_steps=case.max_steps, time_budget_s=case.time_budget_s,
                       weight_decay=case.weight_decay, device=case.device, dtype=case.torch_dtype,
                       validation=validation)
-    _last_trained = Trained(key, model, result, lr, data_s)
-    return _last_trained, True
+    trained = context.cache[TRAINED] = Trained(key, model, result, lr, data_s)
+    return trained, True
 
 
 def eval_batch_size(case: TaskCase, seq_len: int | None = None) -> int:
@@ -552,9 +551,9 @@ def task_columns(case: TaskCase) -> dict:
     return row
 
 
-def run_task(case: TaskCase) -> dict:
+def run_task(case: TaskCase, context: RunContext) -> dict:
     with cpu_settings(case.device):
-        trained, trained_here = trained_model(case)
+        trained, trained_here = trained_model(case, context)
         started = time.perf_counter()
         data = cached_set(case.eval_task(), case.n_test, case.seed, "test")
         data_s = time.perf_counter() - started
@@ -583,11 +582,11 @@ def run_task(case: TaskCase) -> dict:
     }
 
 
-def run_case(case: AccuracyCase) -> dict:
+def run_case(case: AccuracyCase, context: RunContext) -> dict:
     compiling.allow_recompiles(case.device)
     if isinstance(case, ExactnessCase):
         return run_exactness(case)
-    return run_task(case)
+    return run_task(case, context)
 
 
 estimated_seconds = estimate.estimated_seconds

@@ -2,18 +2,20 @@
 
     ATTNBENCH_DEVICE=cuda ATTNBENCH_PROFILE=standard \\
         pytest suites/bench_throughput.py --benchmark-json=bench.json
-    python -c "from suites.throughput import import_benchmark_json as i; i('bench.json', 'results/run')"
+    attnbench import-benchmark bench.json --out results/run
 
 Selection by environment variables (same meaning as `attnbench run` options): ATTNBENCH_DEVICE (cpu or
 cuda, default cuda when present), ATTNBENCH_PROFILE (quick), ATTNBENCH_VARIANTS, ATTNBENCH_SEQ_LENS,
 ATTNBENCH_DTYPES (comma-separated). pytest's -k filters further by case id.
 
-Each case runs `suites.throughput.measure_case` on pytest's `benchmark` fixture: the same pedantic loop,
-flush and timer as `attnbench run`. The timer is set per case by the `benchmark` marker (CUDA events on
-cuda, perf_counter on cpu), so `--benchmark-timer` has no effect here. Regression gating works as with
-any pytest-benchmark suite: `--benchmark-autosave`, then `--benchmark-compare --benchmark-compare-fail
-median:10%`. Unlike `attnbench run`, cases run in the pytest process: unsupported and out-of-memory
-cases are skipped with their reason, other failures fail the test.
+Each case runs `suites.throughput.measuring.measure_case` on pytest's `benchmark` fixture: the same
+pedantic loop, flush and timer as `attnbench run`, with one RunContext for the session (no run
+directory: the matmul peaks are measured once per pytest process). The timer is set per case by the
+`benchmark` marker (CUDA events on cuda, perf_counter on cpu), so `--benchmark-timer` has no effect
+here. Regression gating works as with any pytest-benchmark suite: `--benchmark-autosave`, then
+`--benchmark-compare --benchmark-compare-fail median:10%`. Unlike `attnbench run`, cases run in the
+pytest process: unsupported and out-of-memory cases are skipped with their reason, other failures fail
+the test.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import pytest
 import torch
 
 from harness import env, registry, timing
+from harness.context import RunContext
 from harness.registry import Unsupported
 from harness.runner import is_oom, one_line
-from suites import throughput
+from suites.throughput.measuring import measure_case
+from suites.throughput.planning import Case, plan
 
 
 def _listed(name: str) -> list[str] | None:
@@ -34,30 +38,35 @@ def _listed(name: str) -> list[str] | None:
     return [item.strip() for item in value.split(",") if item.strip()] or None
 
 
-def selected_cases() -> list[throughput.Case]:
+def selected_cases() -> list[Case]:
     device = os.environ.get("ATTNBENCH_DEVICE") or env.default_device()
     seq_lens = _listed("ATTNBENCH_SEQ_LENS")
-    return throughput.plan(
+    return plan(
         profile=os.environ.get("ATTNBENCH_PROFILE", "quick"), device=device,
         variants=_listed("ATTNBENCH_VARIANTS"), dtypes=_listed("ATTNBENCH_DTYPES"),
         seq_lens=[int(n) for n in seq_lens] if seq_lens else None,
     )
 
 
-def _param(case: throughput.Case):
+def _param(case: Case):
     # Grouped by configuration, so pytest-benchmark's table sets the variants side by side.
     group = case.slug().removeprefix(f"{case.variant}-")
     return pytest.param(case, id=case.slug(),
                         marks=pytest.mark.benchmark(timer=timing.timer_for(case.device), group=group))
 
 
+@pytest.fixture(scope="session")
+def run_context() -> RunContext:
+    return RunContext()
+
+
 @pytest.mark.parametrize("case", [_param(c) for c in selected_cases()])
-def test_throughput(benchmark, case: throughput.Case) -> None:
+def test_throughput(benchmark, run_context: RunContext, case: Case) -> None:
     ok, reason = registry.get(case.variant).supports(case.device, case.dtype, case.head_dim, case.causal)
     if not ok:
         pytest.skip(f"unsupported: {reason}")
     try:
-        throughput.measure_case(case, benchmark)
+        measure_case(case, benchmark, run_context)
     except Unsupported as e:
         pytest.skip(f"unsupported: {e}")
     except Exception as e:

@@ -5,7 +5,7 @@ states checks, each decided by 95% intervals (suites.intervals: a bootstrap over
 examples): a check holds when its interval lies on the claimed side of its threshold, fails when it
 lies on the other side, and is undecided otherwise. A finding is "reproduced" when every check holds,
 "not reproduced" when one fails, "inconclusive" when none fails but one is undecided, and "no data"
-without rows. Learning rates are chosen on validation accuracy alone (`suites.accuracy.choose_lr`).
+without rows. Learning rates are chosen on validation accuracy alone (`suites.learning_rate.choose_lr`).
 
 `check_claims(rows)` returns the findings; `summarize(out_dir, console)` prints them after a run and
 writes FINDINGS_FILE into the run directory, where the report reads verdicts, figures and the data of
@@ -25,6 +25,7 @@ import pandas as pd
 
 from suites import intervals
 from suites.intervals import Estimate
+from suites.learning_rate import SWEEP_SEED, choose_lr
 
 FINDINGS_FILE = "findings.json"
 SOLVED = 0.9  # MQAR: softmax attention "solves" a configuration at or above this
@@ -104,8 +105,6 @@ def _chosen(rows: pd.DataFrame) -> pd.DataFrame:
     """The rows of each configuration at its chosen learning rate: the sweep seed's row at the rate its
     validation accuracy chose, and the other seeds (trained at that rate). A configuration with one rate
     keeps all its rows."""
-    from suites.accuracy import SWEEP_SEED, choose_lr
-
     if rows.empty:
         return rows
     keys = [c for c in CONFIG_COLUMNS if c in rows.columns]

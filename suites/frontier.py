@@ -2,8 +2,10 @@
 level where a variant has one) under the machine's memory or a `--memory-gb` cap, found by doubling and
 then bisecting, with the reason the next length failed; beside it the memory model's prediction
 (`predicted_peak_bytes`, `predicted_max_n`). Its probes are throughput cases of kind `frontier`, each one
-call under the cap (`probe_frontier`), recorded as rows like any case. Entry point: `find_max_n`, which
-`attnbench run --suite throughput --find-max-n` reaches through suites.throughput.
+call under the cap (`probe_frontier`, this module's `run_case` in the search's worker process), recorded
+as rows like any case. Entry point: `find_max_n`, which `attnbench run --suite throughput --find-max-n`
+reaches through the throughput suite (suites.throughput.suite). It builds on the throughput package's
+planning, workloads and measuring modules, and none of them imports it.
 """
 
 from __future__ import annotations
@@ -17,15 +19,13 @@ from typing import Any
 import torch
 
 from harness import env, memory, registry, runner, store, timing
+from harness.context import RunContext
 from suites.grids import THROUGHPUT_GRIDS
-from suites.throughput import (
-    DEFAULT_FRONTIER_TIME_CAP_S,
-    Case,
-    build_workload,
-    cap_mb,
-    check_level,
-    checked_dtypes,
-)
+from suites.throughput.measuring import cap_mb
+from suites.throughput.planning import Case, checked_dtypes
+from suites.throughput.workloads import build_workload, check_level
+
+DEFAULT_FRONTIER_TIME_CAP_S = 120.0
 
 
 def probe_frontier(case: Case) -> dict[str, Any]:
@@ -46,7 +46,9 @@ def probe_frontier(case: Case) -> dict[str, Any]:
             "case_wall_ms": (time.perf_counter() - clock) * 1e3}
 
 
-run_case = probe_frontier  # the entry point runner.Worker calls in this module's worker process
+def run_case(case: Case, context: RunContext) -> dict[str, Any]:
+    """The entry point runner.Worker calls in the search's worker process: a probe needs no context."""
+    return probe_frontier(case)
 
 
 # --- memory model and the memory frontier -----------------------------------------------------------
@@ -250,16 +252,17 @@ def frontier_plan(device: str, profile: str, variants: Sequence[str] | None = No
 
 def find_max_n(device: str, profile: str, out: str | Path, variants: Sequence[str] | None = None,
                dtypes: Sequence[str] | None = None, memory_gb: float | None = None,
-               time_cap_s: float = DEFAULT_FRONTIER_TIME_CAP_S, console=None,
+               time_cap_s: float | None = None, console=None,
                lengths: Sequence[int] | None = None) -> list[Frontier]:
     """Bisect, per variant, the largest N one forward call runs at (B = 1, 16 heads of 64, the profile's
     first dtype) under the memory cap; every probe is a `frontier` row of `out`, its failure (oom, or
-    timeout at the time cap) included. Rows carry the model's predicted frontier (`predicted_max_n`).
-    With `lengths`, probe only those (`probe_lengths`).
+    timeout at the time cap, DEFAULT_FRONTIER_TIME_CAP_S when None) included. Rows carry the model's
+    predicted frontier (`predicted_max_n`). With `lengths`, probe only those (`probe_lengths`).
 
     Probes run in a worker process under RLIMIT_AS (harness.memory), restarted after each failure.
     A re-run with the same `out` reuses the probes already recorded.
     """
+    time_cap_s = DEFAULT_FRONTIER_TIME_CAP_S if time_cap_s is None else time_cap_s
     plan = frontier_plan(device, profile, variants, dtypes, memory_gb, time_cap_s)
     dtype, runnable, cap_bytes = plan.dtype, plan.variants, plan.cap_bytes
     cap_mb = cap_bytes // memory.MIB
@@ -270,11 +273,11 @@ def find_max_n(device: str, profile: str, out: str | Path, variants: Sequence[st
         f"cap {cap_bytes / 2**30:.1f} GiB, time cap {time_cap_s:g} s per probe")
     run = store.RunStore(out)
     found = []
-    with run.lock(), runner.run_dir_named(out):
+    with run.lock():
         environment = env.describe(device)
         run.open(environment)
         done = _recorded_outcomes(run)
-        worker = runner.Worker(__name__)
+        worker = runner.Worker(__name__, RunContext(Path(out).resolve()))
         try:
             for name in runnable:
                 predicted = predicted_max_n(name, device, dtype, cap_bytes)

@@ -10,7 +10,9 @@ selective copying trained and tested at each length, passkey trained at one leng
 from __future__ import annotations
 
 from harness import compiling
+from harness.context import RunContext
 from suites.accuracy import (
+    OPTIONS,
     AccuracyCase,
     TaskCase,
     case_cost,
@@ -19,6 +21,7 @@ from suites.accuracy import (
     estimated_seconds,
     filtered,
     learned_variants,
+    needs,
     run_task,
     summarize,
     task_cases,
@@ -37,9 +40,10 @@ def plan(profile: str, device: str, variants: list[str] | None = None, seq_lens:
     return filtered(cases, seq_lens, dtypes)
 
 
-def run_case(case: TaskCase) -> dict:
+def run_case(case: TaskCase, context: RunContext) -> dict:
     compiling.allow_recompiles(case.device)
-    return run_task(case)
+    return run_task(case, context)
 
 
-__all__ = ["TIMEOUT_S", "Case", "plan", "run_case", "summarize", "estimated_seconds", "case_cost"]
+__all__ = ["TIMEOUT_S", "OPTIONS", "Case", "plan", "run_case", "summarize", "estimated_seconds", "case_cost",
+           "needs"]

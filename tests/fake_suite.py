@@ -1,9 +1,12 @@
 """A suite whose cases do what they are told: the runner's failure handling is tested with it.
 
 Like the throughput suite's peak_matmul.json, it keeps a per-run cache file (fake_cache.json) in the
-run directory, so that corrupting every kind of file a run holds can be tested.
+run directory of its context, so that corrupting every kind of file a run holds can be tested. Its
+`recipes` are $ATTNBENCH_FAKE_RECIPE (JSON) when set, and a case of action `read_rows` reports the rows
+its context finds for the cases it `needs` (`params["needs"]`: case ids).
 """
 
+import json
 import os
 import signal
 import time
@@ -11,11 +14,13 @@ from pathlib import Path
 
 import torch
 
-from harness import runner, store
+from harness import store
 from harness.config import Case as BaseCase
+from harness.context import RunContext
 from harness.runner import check_finite
 
 TIMEOUT_S = 5.0
+OPTIONS = ()
 CACHE_FILE = "fake_cache.json"
 
 
@@ -40,12 +45,23 @@ def plan(profile, device, variants=None, seq_lens=None, dtypes=None):
     return [Case(action=action, seq_len=n, params=params) for n in (seq_lens or [8, 16])]
 
 
-def cached_figure() -> float:
+def case_cost(case: Case) -> float:
+    return 1.0
+
+
+def recipes(cases: list[Case]) -> dict[str, dict]:
+    return json.loads(os.environ.get("ATTNBENCH_FAKE_RECIPE", "{}"))
+
+
+def needs(case: Case) -> list[str]:
+    return list(case.params.get("needs", []))
+
+
+def cached_figure(context: RunContext) -> float:
     """A figure measured once per run and cached in the run directory (a corrupt cache is measured again)."""
-    run_dir = os.environ.get(runner.RUN_DIR_ENV)
-    if not run_dir:
+    if context.run_dir is None:
         return 1.0
-    path = Path(run_dir) / CACHE_FILE
+    path = context.run_dir / CACHE_FILE
     cached = store.read_json_cache(path)
     if not isinstance(cached.get("figure"), float):
         cached["figure"] = 1.0
@@ -53,7 +69,7 @@ def cached_figure() -> float:
     return cached["figure"]
 
 
-def run_case(case: Case) -> dict:
+def run_case(case: Case, context: RunContext) -> dict:
     if case.action == "hang" or (case.action == "hang_first" and case.seq_len == 8):
         time.sleep(3600)
     if case.action == "nan":
@@ -77,4 +93,8 @@ def run_case(case: Case) -> dict:
         time.sleep(0.3)
     if case.action == "sleep":  # seq_len milliseconds
         time.sleep(case.seq_len / 1000)
-    return {"value": float(case.seq_len) * 2, "curve": [1.0, 0.5], "figure": cached_figure()}
+    if case.action == "read_rows":  # the value of each needed row found, in the order asked for
+        found = context.rows(needs(case))
+        return {"value": float(case.seq_len) * 2,
+                "found": [found[i]["value"] for i in needs(case) if i in found]}
+    return {"value": float(case.seq_len) * 2, "curve": [1.0, 0.5], "figure": cached_figure(context)}

@@ -9,9 +9,11 @@ from pydantic import ValidationError
 
 from harness import registry
 from harness.attention import softmax_attention
+from harness.context import RunContext
 from suites import accuracy as A
 from suites import findings, grids, long_range
 from suites import model as lm
+from suites.learning_rate import choose_lr
 
 
 def exactness(variant, dtype="float32", kind="random", n=128, causal=True, **params):
@@ -132,9 +134,8 @@ def tiny_mqar(**changes):
 def test_vanilla_learns_the_quick_mqar_and_stops_at_the_validation_criterion():
     """Seeded and deterministic on CPU, within the quick profile's step budget. Its time budget is
     lifted here: how many steps fit in it depends on the machine, and a test must not."""
-    A._last_trained = None
     case = tiny_mqar(time_budget_s=600)
-    row = A.run_task(case)
+    row = A.run_task(case, RunContext())
     assert row["accuracy"] >= 0.95, row
     assert row["stop_reason"] == "criterion" and row["trained_in_case"]
     assert row["steps"] == row["steps_to_criterion"] < case.max_steps
@@ -160,9 +161,8 @@ def test_training_stops_once_the_criterion_has_held_at_enough_validations_in_a_r
 
 
 def test_the_case_carries_how_long_the_criterion_must_hold():
-    A._last_trained = None
     case = tiny_mqar(criterion=0.01, criterion_holds=3, validate_every=5, time_budget_s=600)
-    row = A.run_task(case)
+    row = A.run_task(case, RunContext())
     assert case.flat()["criterion_holds"] == 3 and row["valid_steps"] == [5, 10, 15]
     assert row["steps"] == 15 and row["steps_to_criterion"] == 5 and row["stop_reason"] == "criterion"
     held = {c.experiment: c.criterion_holds for s in (A, long_range) for c in s.plan("standard", "cpu")
@@ -176,8 +176,8 @@ def test_the_case_carries_how_long_the_criterion_must_hold():
 def test_training_is_deterministic_by_seed():
     rows = []
     for seed in (0, 0, 1):
-        A._last_trained = None  # train again, do not reuse
-        rows.append(A.run_task(tiny_mqar(max_steps=25, seed=seed, n_test=32, time_budget_s=600)))
+        rows.append(A.run_task(tiny_mqar(max_steps=25, seed=seed, n_test=32, time_budget_s=600),
+                               RunContext()))  # a new worker: trained again, not reused
     assert rows[0]["loss_curve"] == rows[1]["loss_curve"] and rows[0]["test_loss"] == rows[1]["test_loss"]
     assert rows[0]["loss_curve"] != rows[2]["loss_curve"]
     assert rows[0]["stop_reason"] == "max_steps" and rows[0]["steps"] == 25
@@ -185,11 +185,11 @@ def test_training_is_deterministic_by_seed():
 
 
 def test_evaluations_of_one_training_reuse_the_model():
-    A._last_trained = None
+    worker = RunContext()  # one worker's: its cache keeps the model for the next case
     case = dict(task="passkey", train_seq_len=32, task_params={"key_len": 2}, d_model=16, lr=1e-3,
                 batch_size=8, max_steps=3, time_budget_s=5, n_test=8, variant="vanilla", device="cpu")
-    first = A.run_task(A.TaskCase(seq_len=32, depth=0.0, **case))
-    second = A.run_task(A.TaskCase(seq_len=64, depth=1.0, **case))
+    first = A.run_task(A.TaskCase(seq_len=32, depth=0.0, **case), worker)
+    second = A.run_task(A.TaskCase(seq_len=64, depth=1.0, **case), worker)
     assert first["trained_in_case"] and not second["trained_in_case"]
     assert first["loss_curve"] == second["loss_curve"] and first["training_id"] == second["training_id"]
     assert second["key_distance"] == 2 and first["key_distance"] == 32 - 2 - 1  # key_len 2 at depth 1
@@ -197,15 +197,13 @@ def test_evaluations_of_one_training_reuse_the_model():
 
 
 def test_divergence_is_a_result_not_an_error():
-    A._last_trained = None
-    row = A.run_task(tiny_mqar(lr=1e6, max_steps=30, n_test=16))
+    row = A.run_task(tiny_mqar(lr=1e6, max_steps=30, n_test=16), RunContext())
     assert row["stop_reason"] in ("diverged", "max_steps")
     assert 0.0 <= row["accuracy"] <= 1.0
 
 
 def test_listops_trains_a_bidirectional_classifier():
     """LRA's posing: a non-causal encoder for attention, mamba both ways; one class per sequence."""
-    A._last_trained = None
     base = dict(task="listops", seq_len=48, train_seq_len=48, task_params={"min_length": 8}, d_model=32,
                 n_heads=2, lr=3e-3, batch_size=8, max_steps=4, time_budget_s=60, train_pool=64, n_test=16,
                 n_valid=16, device="cpu")
@@ -223,8 +221,7 @@ def test_listops_trains_a_bidirectional_classifier():
             x2 = x.clone()
             x2[:, -1] += 1
             assert not torch.allclose(mixer(x2)[:, 0], y[:, 0])
-        row = A.run_task(case)
-        A._last_trained = None
+        row = A.run_task(case, RunContext())
         assert row["steps"] == 4 and 0 <= row["accuracy"] <= 1 and len(row["example_accuracy"]) == 16
 
 
@@ -259,31 +256,33 @@ def test_short_convolution_is_causal():
 # --- learning rates: chosen on validation -----------------------------------------------------------
 
 def test_choose_lr_prefers_reaching_the_criterion_early_then_validation_accuracy():
-    assert A.choose_lr([(1e-3, 0.99, 400), (3e-3, 0.995, 200)]) == 3e-3
-    assert A.choose_lr([(1e-3, 0.99, 400), (3e-3, 0.97, None)]) == 1e-3
-    assert A.choose_lr([(1e-3, 0.5, None), (3e-3, 0.7, None)]) == 3e-3
-    assert A.choose_lr([(1e-3, 0.5, None), (3e-3, 0.5, None)]) == 1e-3
+    assert choose_lr([(1e-3, 0.99, 400), (3e-3, 0.995, 200)]) == 3e-3
+    assert choose_lr([(1e-3, 0.99, 400), (3e-3, 0.97, None)]) == 1e-3
+    assert choose_lr([(1e-3, 0.5, None), (3e-3, 0.7, None)]) == 3e-3
+    assert choose_lr([(1e-3, 0.5, None), (3e-3, 0.5, None)]) == 1e-3
 
 
-def test_seeds_after_the_sweep_train_at_the_rate_it_chose(tmp_path, monkeypatch):
+def test_seeds_after_the_sweep_train_at_the_rate_it_chose(tmp_path):
     spec = grids.TaskSpec("mqar", (8,), (16,), (1e-6, 3e-3), 64, 120, 60.0, kv_pairs=(2,),
                           task_params={"vocab": 8}, n_heads=2, seeds=2, criterion=0.99, validate_every=20,
                           n_valid=32, n_test=32, variants=("vanilla",))
     cases = A.task_cases([spec], "accuracy", "cpu", None, "standard")
     assert [(c.seed, c.lr) for c in cases] == [(0, 1e-6), (0, 3e-3), (1, None)]
-    with pytest.raises(RuntimeError, match="ATTNBENCH_RUN_DIR"):
-        A.chosen_lr(cases[2])
-    monkeypatch.setenv("ATTNBENCH_RUN_DIR", str(tmp_path))
+    assert A.needs(cases[2]) == [c.case_id for c in cases[:2]] and A.needs(cases[0]) == []
+    run_context = RunContext(tmp_path)
     with pytest.raises(RuntimeError, match="no ok row"):
-        A.chosen_lr(cases[2])
+        A.chosen_lr(cases[2], run_context)
     from harness import store
     run = store.RunStore(tmp_path)
     for case in cases[:2]:
-        A._last_trained = None
-        run.write({"case_id": case.case_id, **case.flat(), "status": "ok", **A.run_task(case)})
-    assert A.chosen_lr(cases[2]) == 3e-3  # 1e-6 learns nothing in 120 steps
-    A._last_trained = None
-    assert A.run_task(cases[2])["lr_used"] == 3e-3
+        run.write({"case_id": case.case_id, **case.flat(), "status": "ok", **A.run_task(case, RunContext())})
+    assert A.chosen_lr(cases[2], run_context) == 3e-3  # 1e-6 learns nothing in 120 steps
+    assert A.run_task(cases[2], run_context)["lr_used"] == 3e-3
+    # Without the run directory (a Ray node): from the rows handed to the context, as the runner hands them.
+    node = run_context.handing(A.needs(cases[2]))
+    assert node.run_dir is None and A.chosen_lr(cases[2], node) == 3e-3
+    with pytest.raises(RuntimeError, match="no ok row"):
+        A.chosen_lr(cases[2], RunContext())
 
 
 # --- plans ----------------------------------------------------------------------------------------
@@ -387,8 +386,7 @@ def test_cuda_exactness_rows(variant):
 def test_cuda_bf16_evaluation_matches_cpu_float32():
     """The same weights, evaluated under CUDA bf16 autocast and on the CPU in float32."""
     case = tiny_mqar(max_steps=200, time_budget_s=600, n_test=128)
-    A._last_trained = None
-    trained, _ = A.trained_model(case)
+    trained, _ = A.trained_model(case, RunContext())
     data = A.cached_test_set(case.eval_task(), case.n_test, case.seed)
     cpu = lm.evaluate(trained.model, data, batch_size=64, device="cpu", dtype=torch.float32)
     gpu = lm.evaluate(trained.model.to("cuda"), data, batch_size=64, device="cuda", dtype=torch.bfloat16)
@@ -398,8 +396,7 @@ def test_cuda_bf16_evaluation_matches_cpu_float32():
 
 @pytest.mark.cuda
 def test_cuda_training_runs_in_bf16_autocast():
-    A._last_trained = None
     case = tiny_mqar(device="cuda", dtype="bfloat16", max_steps=50, n_test=64)
-    row = A.run_task(case)
+    row = A.run_task(case, RunContext())
     assert row["steps"] == 50 or row["stop_reason"] == "solved"
     assert all(x == x for x in row["loss_curve"]) and 0 <= row["accuracy"] <= 1

@@ -8,7 +8,6 @@ would start one, `runner.run` is replaced by a stub that records what it was ask
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 
 from harness import cli, errors, plugins, runner, store
 from harness.report import charts
+from harness.suite import load_suite
 from tests import test_report_fixtures as fx
 
 TRACEBACK = "Traceback (most recent call last)"
@@ -34,9 +34,9 @@ def forward_rows(variants=("vanilla", "flash-sdpa"), max_n=4096):
 
 
 def valid_case() -> dict:
-    from suites import throughput
+    from suites.throughput import planning
 
-    return throughput.plan("quick", "cpu", ["vanilla"])[0].model_dump(mode="json")
+    return planning.plan("quick", "cpu", ["vanilla"])[0].model_dump(mode="json")
 
 
 def benchmark(case=None, environment=None, stats=None) -> dict:
@@ -97,7 +97,7 @@ def use_fake_suite(monkeypatch) -> None:
     real = plugins.suite
 
     def suite(name):
-        return importlib.import_module("tests.fake_suite") if name == "fake" else real(name)
+        return load_suite("tests.fake_suite") if name == "fake" else real(name)
 
     monkeypatch.setattr(plugins, "suite", suite)
 
@@ -125,14 +125,16 @@ def no_doctor(monkeypatch) -> None:
 def no_frontier(monkeypatch) -> None:
     """`run --find-max-n` probes the machine's memory for minutes: here its arguments are checked as for
     real (frontier_plan) and nothing is probed (its own tests run it)."""
-    from suites import frontier, throughput
+    from suites import frontier
+    from suites.throughput import suite
 
-    def plan_only(device, profile, out, variants=None, dtypes=None, memory_gb=None, time_cap_s=120.0,
+    def plan_only(device, profile, out, variants=None, dtypes=None, memory_gb=None, time_cap_s=None,
                   console=None, lengths=None):
-        frontier.frontier_plan(device, profile, variants, dtypes, memory_gb, time_cap_s)
+        frontier.frontier_plan(device, profile, variants, dtypes, memory_gb,
+                               time_cap_s or frontier.DEFAULT_FRONTIER_TIME_CAP_S)
         return []
 
-    monkeypatch.setattr(throughput, "find_max_n", plan_only)
+    monkeypatch.setattr(suite, "find_max_n", plan_only)
 
 
 class NoRun:
@@ -390,9 +392,9 @@ def test_the_default_timeout_and_a_given_one_reach_the_runner(monkeypatch, capsy
     run_cli(monkeypatch, capsys, [*expand(RUN, {}, tmp_path), "-v", "vanilla", "-n", "128"])
     run_cli(monkeypatch, capsys, [*expand(RUN, {}, tmp_path), "-v", "vanilla", "-n", "128",
                                   "--timeout", "2.5"])
-    from suites import throughput
+    from suites.throughput import suite
 
-    assert [call[2]["timeout_s"] for call in stub.calls] == [throughput.TIMEOUT_S, 2.5]
+    assert [call[2]["timeout_s"] for call in stub.calls] == [suite.TIMEOUT_S, 2.5]
     assert {call[2]["retry"] for call in stub.calls} == {"failed"}
     assert {json.dumps(call[2]["run_fields"]) for call in stub.calls} == {'{"profile": "quick"}'}
 

@@ -7,6 +7,7 @@ import torch
 
 from harness import compiling as hc
 from harness import plugins, registry
+from harness.context import RunContext
 
 
 class OldConfig(SimpleNamespace):
@@ -106,24 +107,24 @@ def recompile_limit_one():
 
 def test_throughput_records_whether_the_compiled_graph_ran(monkeypatch, recompile_limit_one):
     from harness import runner
-    from tests.test_throughput import SUITE, case
+    from tests.test_throughput import CONTEXT, SUITE, case
 
-    _, _, plain = runner.execute(SUITE, case())
+    _, _, plain = runner.execute(SUITE, case(), CONTEXT)
     assert plain["eager_fallback"] is None  # vanilla compiles nothing
     doubled = hc.Compiled(lambda q: q * 2, compiler=lambda gm, inputs: gm.forward)
     monkeypatch.setattr(registry.get("vanilla"), "attention_fn", lambda q, k, v, causal=False: doubled(q))
-    status, _, metrics = runner.execute(SUITE, case())
+    status, _, metrics = runner.execute(SUITE, case(), CONTEXT)
     assert status == "ok" and metrics["eager_fallback"] is False
 
 
 def test_throughput_does_not_time_an_eager_fallback(monkeypatch, recompile_limit_one):
     from harness import runner
-    from tests.test_throughput import SUITE, case
+    from tests.test_throughput import CONTEXT, SUITE, case
 
     doubled = hc.Compiled(lambda q: q * 2, compiler=lambda gm, inputs: gm.forward)
     doubled(torch.randn(3))  # takes the one graph the limit allows
     monkeypatch.setattr(registry.get("vanilla"), "attention_fn", lambda q, k, v, causal=False: doubled(q))
-    status, reason, metrics = runner.execute(SUITE, case())
+    status, reason, metrics = runner.execute(SUITE, case(), CONTEXT)
     assert status == "error" and reason.startswith("EagerFallback: ") and metrics == {}
 
 
@@ -137,10 +138,10 @@ def test_every_suite_raises_the_recompile_limit_through_the_helper(monkeypatch, 
         raise Called(device)
 
     monkeypatch.setattr(hc, "allow_recompiles", spy)
-    module = plugins.suite(suite)
-    case = module.plan(profile="quick", device="cpu", variants=["vanilla"])[0]
+    chosen = plugins.suite(suite)
+    case = chosen.plan(profile="quick", device="cpu", variants=["vanilla"])[0]
     with pytest.raises(Called, match="cpu"):
-        module.run_case(case)
+        chosen.run_case(case, RunContext())
 
 
 def test_only_the_helper_touches_dynamos_limits():

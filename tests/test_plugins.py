@@ -46,13 +46,13 @@ def test_the_walk_sees_late_imports(tmp_path):
 def test_own_families_and_suites_come_through_entry_points():
     assert registry.get("vanilla").source.package == "attnbench"
     assert {"throughput", "accuracy", "long-range"} <= set(plugins.suite_names())
-    assert plugins.suite("throughput").__name__ == "suites.throughput"
+    assert plugins.suite("throughput").module == "suites.throughput.suite"
     with pytest.raises(ValueError, match="unknown suite 'nope'; choose one of: .*throughput"):
         plugins.suite("nope")
 
 
 def test_rows_record_where_the_variant_comes_from():
-    from suites.throughput import plan
+    from suites.throughput.planning import plan
 
     row = plan("quick", "cpu", variants=["vanilla"])[0].flat()
     assert row["variant_package"] == "attnbench" and row["variant_version"]
@@ -96,17 +96,33 @@ BROKEN_MODULES = {
 }
 
 
+# Suites that do not keep the protocol (harness.suite): one lacks members, one declares a bad timeout.
+BROKEN_SUITES = {
+    "half_suite": """
+        def plan(profile, device, variants=None, seq_lens=None, dtypes=None):
+            return []
+    """,
+    "bad_timeout_suite": """
+        TIMEOUT_S = "soon"
+        OPTIONS = ()
+        plan = run_case = case_cost = print
+    """,
+}
+
+
 @pytest.fixture(scope="module")
 def broken_plugins(tmp_path_factory) -> dict:
-    """A directory holding three plugin modules and a dist-info declaring them; env for a subprocess."""
+    """A directory holding three plugin modules, two suites and a dist-info declaring them; env for a
+    subprocess."""
     site = tmp_path_factory.mktemp("site")
-    for name, code in BROKEN_MODULES.items():
+    for name, code in {**BROKEN_MODULES, **BROKEN_SUITES}.items():
         (site / f"{name}.py").write_text(textwrap.dedent(code))
     info = site / "broken_plugins-0.3.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugins\nVersion: 0.3\n")
     (info / "entry_points.txt").write_text(
-        "[attnbench.variants]\n" + "".join(f"{n} = {n}\n" for n in BROKEN_MODULES))
+        "[attnbench.variants]\n" + "".join(f"{n} = {n}\n" for n in BROKEN_MODULES)
+        + "[attnbench.suites]\n" + "".join(f"{n.replace('_', '-')} = {n}\n" for n in BROKEN_SUITES))
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "COLUMNS": "250"}
 
 
@@ -125,6 +141,11 @@ def test_list_reports_each_broken_plugin_in_one_line_and_keeps_the_rest(broken_p
     assert ("broken-plugins 0.3: variant 'vanilla': name declared by several packages (attnbench 0.1.0, "
             "broken-plugins 0.3)") in out
     assert "sound-one" in out and "performer" in out  # a broken neighbour does not take the rest down
+    assert ("broken-plugins 0.3: entry point 'half-suite': SuiteError: half_suite lacks run_case, TIMEOUT_S, "
+            "case_cost, OPTIONS (a suite declares plan, run_case, TIMEOUT_S, case_cost, OPTIONS") in out
+    assert ("broken-plugins 0.3: entry point 'bad-timeout-suite': SuiteError: bad_timeout_suite: malformed "
+            "TIMEOUT_S (a positive number of seconds)") in out
+    assert "'throughput'" not in out  # the suites that keep the protocol are no problem
 
 
 def test_run_fails_only_when_asking_for_what_is_broken(broken_plugins, tmp_path):
@@ -137,6 +158,11 @@ def test_run_fails_only_when_asking_for_what_is_broken(broken_plugins, tmp_path)
     assert unknown.returncode == 2 and "missing_field" in unknown.stderr
     fine = attnbench(*common, "-v", "linear", "--out", str(tmp_path / "c"), env=broken_plugins)
     assert fine.returncode == 0, fine.stderr
+    half = attnbench("run", "--suite", "half-suite", "--device", "cpu", "--out", str(tmp_path / "d"),
+                     env=broken_plugins)
+    assert half.returncode == 2 and half.stderr.strip().count("\n") == 0, half.stderr
+    assert "suite 'half-suite' from broken-plugins 0.3 failed to load: SuiteError: half_suite lacks" in (
+        half.stderr)
 
 
 # --- the example plugin, installed as a user would, through every suite and the report -----------------

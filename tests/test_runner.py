@@ -57,13 +57,12 @@ def test_failures_are_rows_with_status_and_reason(tmp_path):
     assert df.loc["crash", "reason"] == "worker process died (exit code -9)"
 
 
-def test_the_run_directory_is_named_only_while_the_run_lasts(tmp_path, monkeypatch):
-    monkeypatch.delenv(runner.RUN_DIR_ENV, raising=False)
-    runner.run([Case(action="ok", seq_len=8)], SUITE, tmp_path / "a", progress=False)
-    assert runner.RUN_DIR_ENV not in os.environ  # a later run in this process reads no stale directory
-    monkeypatch.setenv(runner.RUN_DIR_ENV, "the caller's")
-    runner.run([Case(action="ok", seq_len=8)], SUITE, tmp_path / "b", progress=False)
-    assert os.environ[runner.RUN_DIR_ENV] == "the caller's"
+def test_each_run_s_cases_find_its_directory_through_their_context(tmp_path):
+    """The fake suite caches a figure in its context's run directory: each run in its own."""
+    for name in ("a", "b"):
+        runner.run([Case(action="ok", seq_len=8)], SUITE, tmp_path / name, progress=False)
+        assert store.read_json(tmp_path / name / fake_suite.CACHE_FILE) == {"figure": 1.0}
+    assert "ATTNBENCH_RUN_DIR" not in os.environ  # no run directory is named to the process
 
 
 @pytest.mark.parametrize("action", ["oom", "cpu_oom"])
@@ -450,12 +449,12 @@ def test_a_run_killed_at_any_point_with_a_file_corrupted_completes_on_rerun(tmp_
 
 def test_a_truncated_peak_matmul_file_is_measured_again_not_an_error_in_every_case(tmp_path, caplog):
     """The throughput suite's per-run cache: truncated, it used to make every throughput case an error."""
-    from suites import throughput
+    from suites.throughput import measuring
 
-    peak = tmp_path / throughput.PEAK_FILE
+    peak = tmp_path / measuring.PEAK_FILE
     peak.write_text('{"AMD EPYC float32 2048^3": 0.1')
     with caplog.at_level(logging.WARNING, logger="attnbench"):
-        figure = throughput._peak_matmul_tflops.__wrapped__("cpu", "test CPU", "float32", str(tmp_path))
+        figure = measuring._peak_matmul_tflops("cpu", "test CPU", "float32", tmp_path)
     assert figure > 0 and store.read_json(peak) == {"test CPU float32 2048^3": figure}
-    assert (tmp_path / "records" / store.CORRUPT / throughput.PEAK_FILE).is_file()
+    assert (tmp_path / "records" / store.CORRUPT / measuring.PEAK_FILE).is_file()
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [f"corrupt {peak}"]

@@ -7,13 +7,14 @@ import pytest
 
 from harness import shard
 from harness.shard import Shard
-from suites import accuracy, long_range, throughput
+from suites import accuracy, long_range
+from suites.throughput import planning
 from tests import test_report_fixtures as fx
 from tests.fake_suite import Case
 
 
 def quick_plans():
-    return {"throughput": (throughput.plan("quick", "cpu"), throughput.case_cost),
+    return {"throughput": (planning.plan("quick", "cpu"), planning.case_cost),
             "accuracy": (accuracy.plan("quick", "cpu"), accuracy.case_cost),
             "long-range": (long_range.plan("quick", "cpu"), long_range.case_cost)}
 
@@ -68,15 +69,14 @@ def test_oom_groups_and_trained_models_stay_in_one_part():
 
 
 def test_cases_that_choose_their_rate_share_a_part_with_their_sweep():
-    """Seeds after the first read the sweep's rows from their own run directory (accuracy.sweep_rows)."""
+    """Seeds after the first read the sweep's rows from their own run (accuracy.needs, sweep_rows)."""
     cases = [c for c in long_range.plan("standard", "cpu") if c.lrs]
     part_of = {c.case_id: i for i, part in enumerate(shard.partition(cases, 2, long_range.case_cost))
                for c in part}
     choosers = [c for c in cases if c.lr is None]
     assert choosers and len(set(part_of.values())) == 2
     for case in choosers:
-        sweep = {part_of[case.model_copy(update={"seed": accuracy.SWEEP_SEED, "lr": lr}).case_id]
-                 for lr in case.lrs}
+        sweep = {part_of[case_id] for case_id in accuracy.needs(case)}
         assert sweep == {part_of[case.case_id]}, case.describe()
 
 

@@ -17,36 +17,38 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from harness import env, flops, memory, registry, runner, store, timing
+from harness.context import RunContext
 from suites import frontier, grids
-from suites import throughput as tp
+from suites.throughput import benchmark_json, measuring, planning, summary, workloads
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITE = "suites.throughput"
+SUITE = "suites.throughput.suite"
+CONTEXT = RunContext()  # one worker's: the matmul peak is measured once for the cases run here
 GPU_ONLY = ("mem_alloc_peak_bytes", "mem_reserved_peak_bytes", "nvml_mem_used_bytes",
             "device_mem_total_bytes", "power_w_mean", "energy_j_per_token", "sm_clock_mhz_mean",
             "temperature_c_max", "throttled")
 
 
-def case(**fields) -> tp.Case:
+def case(**fields) -> planning.Case:
     """A small CPU case: 4 heads of 64, 1024 tokens, vanilla kernel forward at N=128 unless told."""
     fields = {"variant": "vanilla", "device": "cpu", "mode": "fwd", "level": "kernel", "seq_len": 128,
               "total_tokens": 1024, "n_heads": 4, "head_dim": 64, "budget_ms": 10, "warmup_ms": 0, **fields}
-    return tp.Case(batch=tp.batch_for(fields["total_tokens"], fields["seq_len"]), **fields)
+    return planning.Case(batch=planning.batch_for(fields["total_tokens"], fields["seq_len"]), **fields)
 
 
 # --- planning -----------------------------------------------------------------------------------------
 
 def test_cpu_quick_covers_every_variant_in_fp32_within_the_cpu_range():
-    cases = tp.plan("quick", "cpu")
+    cases = planning.plan("quick", "cpu")
     assert {c.variant for c in cases} == set(registry.names())
     assert {c.dtype for c in cases} == {"float32"}
-    assert {c.mode for c in cases} == set(tp.MODES) and {c.level for c in cases} == set(tp.LEVELS)
+    assert {c.mode for c in cases} == set(grids.MODES) and {c.level for c in cases} == set(grids.LEVELS)
     assert all(128 <= c.seq_len <= 4096 for c in cases)
     assert all(c.batch == max(1, c.total_tokens // c.seq_len) for c in cases)
 
 
 def test_cuda_standard_is_lean_and_full_is_the_whole_grid():
-    standard, full = tp.plan("standard", "cuda"), tp.plan("full", "cuda")
+    standard, full = planning.plan("standard", "cuda"), planning.plan("full", "cuda")
     assert {c.dtype for c in standard} == {"bfloat16"} and len({c.head_dim for c in standard}) == 1
     kernel = {c.seq_len for c in standard if c.level == "kernel"}
     layer = {c.seq_len for c in standard if c.level == "layer"}
@@ -59,7 +61,7 @@ def test_cuda_standard_is_lean_and_full_is_the_whole_grid():
 
 
 def test_plan_filters():
-    cases = tp.plan("quick", "cpu", variants=["linear"], seq_lens=[256, 64], dtypes=["fp32"])
+    cases = planning.plan("quick", "cpu", variants=["linear"], seq_lens=[256, 64], dtypes=["fp32"])
     assert {c.variant for c in cases} == {"linear"} and {c.seq_len for c in cases} == {64, 256}
     assert [c.seq_len for c in cases[:2]] == [64, 256]  # smallest first within a group: OOM skips larger
 
@@ -72,7 +74,7 @@ def test_plan_filters():
 ])
 def test_plan_rejects_bad_input_in_one_line(kwargs, message):
     with pytest.raises(ValueError, match=message) as info:
-        tp.plan("quick", "cpu", **kwargs)
+        planning.plan("quick", "cpu", **kwargs)
     assert "\n" not in str(info.value)
 
 
@@ -81,17 +83,17 @@ def test_bf16_on_a_gpu_without_it_is_an_argument_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
     with pytest.raises(ValueError, match="bfloat16 is not supported by Tesla V100"):
-        tp.plan("quick", "cuda", dtypes=["bf16"])
-    assert {c.dtype for c in tp.plan("quick", "cuda")} == {"float16"}  # the default falls back
+        planning.plan("quick", "cuda", dtypes=["bf16"])
+    assert {c.dtype for c in planning.plan("quick", "cuda")} == {"float16"}  # the default falls back
 
 
 def test_case_validation():
     with pytest.raises(ValidationError, match="batch must be"):
-        tp.Case(**{**case().model_dump(), "batch": 3})
+        planning.Case(**{**case().model_dump(), "batch": 3})
     with pytest.raises(ValidationError, match="decode is causal"):
         case(mode="decode", causal=False)
     with pytest.raises(ValidationError, match="greater than 0"):
-        tp.Case(**{**case().model_dump(), "seq_len": 0})
+        planning.Case(**{**case().model_dump(), "seq_len": 0})
 
 
 def test_oom_group_is_everything_but_the_length():
@@ -107,23 +109,26 @@ def test_rows_carry_family_exact_and_backend_from_the_registry():
 
 
 def test_peak_matmul_is_measured_per_precision_and_cached_in_the_run_directory(tmp_path, monkeypatch):
-    monkeypatch.setenv(runner.RUN_DIR_ENV, str(tmp_path))
-    monkeypatch.setitem(tp.PEAK_MATMUL_SIZE, "cpu", 256)
+    monkeypatch.setitem(measuring.PEAK_MATMUL_SIZE, "cpu", 256)
     measured = []
     rates = {torch.float32: 0.3, torch.bfloat16: 2.5}
-    monkeypatch.setattr(tp.timing, "matmul_peak_tflops",
+    monkeypatch.setattr(timing, "matmul_peak_tflops",
                         lambda device, dtype, size, budget: measured.append(dtype) or rates[dtype])
-    tp._peak_matmul_tflops.cache_clear()
-    assert tp.peak_matmul_tflops("cpu", "float32") == ("float32", 0.3)
-    assert tp.peak_matmul_tflops("cpu", "bfloat16") == ("bfloat16", 2.5)
-    assert tp.peak_matmul_tflops("cpu", "float32") == ("float32", 0.3)
+    worker = RunContext(tmp_path)
+    assert measuring.peak_matmul_tflops("cpu", "float32", worker) == ("float32", 0.3)
+    assert measuring.peak_matmul_tflops("cpu", "bfloat16", worker) == ("bfloat16", 2.5)
+    assert measuring.peak_matmul_tflops("cpu", "float32", worker) == ("float32", 0.3)
     assert measured == [torch.float32, torch.bfloat16]  # once per precision
-    cached = json.loads((tmp_path / tp.PEAK_FILE).read_text())
+    cached = json.loads((tmp_path / measuring.PEAK_FILE).read_text())
     assert sorted(cached.values()) == [0.3, 2.5] and all("256^3" in k for k in cached)
-    (tmp_path / tp.PEAK_FILE).write_text(json.dumps({k: 123.0 for k in cached}))
-    tp._peak_matmul_tflops.cache_clear()  # a new worker process of the same run
-    assert tp.peak_matmul_tflops("cpu", "bfloat16") == ("bfloat16", 123.0)
-    tp._peak_matmul_tflops.cache_clear()
+    (tmp_path / measuring.PEAK_FILE).write_text(json.dumps({k: 123.0 for k in cached}))
+    assert measuring.peak_matmul_tflops("cpu", "bfloat16", worker) == ("bfloat16", 2.5)  # this worker's
+    another = RunContext(tmp_path)  # a new worker process of the same run reads the run directory
+    assert measuring.peak_matmul_tflops("cpu", "bfloat16", another) == ("bfloat16", 123.0)
+    assert measured == [torch.float32, torch.bfloat16]
+    elsewhere = RunContext()  # no run directory (a Ray node): measured, kept by the worker alone
+    assert measuring.peak_matmul_tflops("cpu", "float32", elsewhere) == ("float32", 0.3)
+    assert measured == [torch.float32, torch.bfloat16, torch.float32]
 
 
 def test_the_cuda_fp32_peak_follows_the_tf32_setting(monkeypatch):
@@ -134,44 +139,44 @@ def test_the_cuda_fp32_peak_follows_the_tf32_setting(monkeypatch):
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")  # TF32 allowed, as a user may set it
     try:
-        assert tp.tf32_enabled("cuda") and not tp.tf32_enabled("cpu")
+        assert measuring.tf32_enabled("cuda") and not measuring.tf32_enabled("cpu")
     finally:
         torch.set_float32_matmul_precision(before)
-    assert not tp.tf32_enabled("cuda")
+    assert not measuring.tf32_enabled("cuda")
     seen = []
-    monkeypatch.setattr(tp.timing, "matmul_peak_tflops",
+    monkeypatch.setattr(timing, "matmul_peak_tflops",
                         lambda device, dtype, size, budget: seen.append(torch.get_float32_matmul_precision())
                         or 1.0)
-    tp._peak_matmul_tflops.cache_clear()
-    tp._peak_matmul_tflops("cuda", "GPU", "float32+tf32", None)
-    tp._peak_matmul_tflops("cuda", "GPU", "float32", None)
+    measuring._peak_matmul_tflops("cuda", "GPU", "float32+tf32", None)
+    measuring._peak_matmul_tflops("cuda", "GPU", "float32", None)
     # TF32 on for its own peak only, and the setting restored.
     assert seen == ["high", before] and torch.get_float32_matmul_precision() == before
-    tp._peak_matmul_tflops.cache_clear()
 
 
 def test_each_row_is_compared_with_the_peak_of_its_own_dtype():
     bench = {"stats": {"median": 0.01, "rounds": 3, "data": [0.01, 0.01, 0.01]},
              "extra_info": {"flops": 10**10, "tokens_per_call": 100, "peak_matmul_tflops": 2.0,
                             "case": {"batch": 1}}}
-    metrics = tp.metrics_from_benchmark(bench)
+    metrics = measuring.metrics_from_benchmark(bench)
     assert metrics["tflops"] == pytest.approx(1.0) and metrics["pct_of_peak"] == pytest.approx(50.0)
 
 
 # --- failures are data ------------------------------------------------------------------------------
 
 def test_mamba_kernel_is_its_scan_and_it_decodes_at_the_layer_level():
-    status, reason, metrics = runner.execute(SUITE, case(variant="mamba", level="kernel", seq_len=64))
+    scan = case(variant="mamba", level="kernel", seq_len=64)
+    status, reason, metrics = runner.execute(SUITE, scan, CONTEXT)
     assert status == "ok", reason
     assert metrics["tokens_per_s"] > 0 and metrics["flops"] is None
-    status, reason, _ = runner.execute(SUITE, case(variant="mamba", level="kernel", mode="decode"))
+    decode = case(variant="mamba", level="kernel", mode="decode")
+    status, reason, _ = runner.execute(SUITE, decode, CONTEXT)
     assert status == "unsupported" and "layer level" in reason
 
 
 def test_nan_output_is_a_recorded_failure(monkeypatch):
     v = registry.get("vanilla")
     monkeypatch.setattr(v, "attention_fn", lambda q, k, v, causal=False: q * float("nan"))
-    status, reason, metrics = runner.execute(SUITE, case())
+    status, reason, metrics = runner.execute(SUITE, case(), CONTEXT)
     assert status == "nonfinite" and "NaN" in reason and metrics == {}
 
 
@@ -239,7 +244,8 @@ def test_cli_end_to_end_on_cpu(tmp_path):
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     df = store.load(out)
-    assert len(df) == 2 * len(tp.LEVELS) * len(tp.MODES) and (df.status == "ok").all(), df.reason.tolist()
+    assert len(df) == 2 * len(grids.LEVELS) * len(grids.MODES), df.reason.tolist()
+    assert (df.status == "ok").all(), df.reason.tolist()
     assert (df.latency_ms_p20 <= df.latency_ms).all() and (df.latency_ms <= df.latency_ms_p80).all()
     tokens = df.batch * df.seq_len.where(df["mode"] != "decode", 1)
     assert df.tokens_per_s.to_numpy() == pytest.approx((tokens / (df.latency_ms / 1e3)).to_numpy())
@@ -254,9 +260,9 @@ def test_cli_end_to_end_on_cpu(tmp_path):
     assert "largest N that ran" in stdout
     # Schema round trip: the config columns rebuild the case, and with it the case id.
     for row in df.to_dict("records"):
-        fields = {k: row[k] for k in tp.Case.model_fields if k in row}  # the loader drops all-null columns
+        fields = {k: row[k] for k in planning.Case.model_fields if k in row}  # all-null columns are dropped
         fields["params"] = json.loads(fields["params"])
-        assert tp.Case(**fields).case_id == row["case_id"]
+        assert planning.Case(**fields).case_id == row["case_id"]
         assert row["schema_version"] == store.SCHEMA_VERSION
 
 
@@ -266,7 +272,7 @@ def test_summary_reports_the_largest_feasible_n():
         "seq_len": [512, 1024, 2048, 4096], "status": ["ok", "ok", "oom", "skipped"],
         "device_name": "GPU",
     })
-    assert tp.largest_feasible(rows) == {("vanilla", "kernel", "fwd"): (1024, 2048)}
+    assert summary.largest_feasible(rows) == {("vanilla", "kernel", "fwd"): (1024, 2048)}
 
 
 def test_summarize_prints_a_table_of_a_run(tmp_path):
@@ -275,7 +281,7 @@ def test_summarize_prints_a_table_of_a_run(tmp_path):
     for c, status in ((case(seq_len=256), "ok"), (case(seq_len=512), "oom"), (case(mode="decode"), "ok")):
         run.write({"case_id": c.case_id, **c.flat(), "status": status, "reason": "", "device_name": "CPU"})
     console = Console(file=StringIO(), width=200)
-    tp.summarize(tmp_path, console)
+    summary.summarize(tmp_path, console)
     lines = console.file.getvalue().splitlines()
     assert any("vanilla" in line and "kernel" in line and "256 (oom 512)" in line and "128" in line
                for line in lines)
@@ -293,9 +299,9 @@ def test_pytest_benchmark_json_converts_to_store_rows(tmp_path):
         cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     raw = json.loads(report.read_text())
-    rows = tp.rows_from_benchmark_json(report)
-    planned = {c.case_id: c for c in tp.plan("quick", "cpu", variants=["vanilla", "linear"], seq_lens=[128])
-               if c.level == "kernel" and c.mode != "fwd_bwd"}
+    rows = benchmark_json.rows_from_benchmark_json(report)
+    quick = planning.plan("quick", "cpu", variants=["vanilla", "linear"], seq_lens=[128])
+    planned = {c.case_id: c for c in quick if c.level == "kernel" and c.mode != "fwd_bwd"}
     assert sorted(r["case_id"] for r in rows) == sorted(planned)
     for bench, row in zip(raw["benchmarks"], rows, strict=True):
         assert row["latency_ms"] == pytest.approx(bench["stats"]["median"] * 1e3)
@@ -331,15 +337,15 @@ LINEAR_TIME = ("linear", "performer", "mamba", "longformer-banded", "flash-sdpa"
 
 
 def test_cpu_standard_sweeps_every_linear_time_family_to_64k_tokens_at_constant_tokens(monkeypatch):
-    monkeypatch.setattr(tp, "cpu_bf16_supported", lambda: True)
-    cases = tp.plan("standard", "cpu")
+    monkeypatch.setattr(planning, "cpu_bf16_supported", lambda: True)
+    cases = planning.plan("standard", "cpu")
     sweep = [c for c in cases if c.kind == "sweep"]
     assert min(c.seq_len for c in sweep) == 256
     for name in LINEAR_TIME:
         longest = {(c.level, c.mode, c.dtype): c.seq_len for c in sweep if c.variant == name}
         assert longest[("kernel", "fwd", "float32")] >= 65536, name
         assert longest[("kernel", "fwd", "bfloat16")] >= 65536, name
-    assert {c.mode for c in sweep} == set(tp.MODES) and {c.level for c in sweep} == set(tp.LEVELS)
+    assert {c.mode for c in sweep} == set(grids.MODES) and {c.level for c in sweep} == set(grids.LEVELS)
     grid = grids.THROUGHPUT_GRIDS["cpu", "standard"]
     assert all(c.total_tokens == grid.total_tokens and c.batch == max(1, grid.total_tokens // c.seq_len)
                for c in cases)
@@ -348,21 +354,22 @@ def test_cpu_standard_sweeps_every_linear_time_family_to_64k_tokens_at_constant_
     assert len(fidelity) == len(grid.fidelity) and all(c.mode == "fwd" for c in fidelity)
     assert any(c.seq_len >= 1024 for c in fidelity)
     # A masked family's dense reference path (no FlexAttention on the CPU): the forward curve only.
-    dense = {c.variant for c in sweep if registry.get(c.variant).backend_for("cpu") == tp.DENSE_MASK_BACKEND}
+    dense = {c.variant for c in sweep
+             if registry.get(c.variant).backend_for("cpu") == planning.DENSE_MASK_BACKEND}
     assert dense >= {"longformer", "sparse-bigbird"}
     assert {(c.level, c.mode, c.dtype) for c in sweep if c.variant in dense} == {("kernel", "fwd", "float32")}
 
 
 def test_cpu_bf16_only_where_the_cpu_has_it(monkeypatch):
-    monkeypatch.setattr(tp, "cpu_bf16_supported", lambda: False)
-    assert {c.dtype for c in tp.plan("standard", "cpu")} == {"float32"}
-    asked = tp.plan("standard", "cpu", variants=["linear"], dtypes=["bf16"])  # asked for: measured anyway
+    monkeypatch.setattr(planning, "cpu_bf16_supported", lambda: False)
+    assert {c.dtype for c in planning.plan("standard", "cpu")} == {"float32"}
+    asked = planning.plan("standard", "cpu", variants=["linear"], dtypes=["bf16"])  # asked for: measured
     assert {c.dtype for c in asked} == {"bfloat16"}
-    assert {(c.level, c.mode) for c in asked} == {(lv, m) for lv in tp.LEVELS for m in tp.MODES} - {
+    assert {(c.level, c.mode) for c in asked} == {(lv, m) for lv in grids.LEVELS for m in grids.MODES} - {
         ("layer", "fwd_bwd")}  # the CPU standard grid has no layer-level forward+backward
 
 
-def timed(c: tp.Case, wall_s: float) -> tuple[tp.Case, str, dict]:
+def timed(c: planning.Case, wall_s: float) -> tuple[planning.Case, str, dict]:
     return c, "ok", {"case_wall_ms": wall_s * 1e3}
 
 
@@ -371,13 +378,13 @@ def test_time_cap_prediction_extends_time_per_sequence():
     history = [timed(group[0], 1.0), timed(group[1], 2.0)]
     pairs = [(c, m) for c, _, m in history]
     # per sequence: 1 s / 16 and 2 s / 8 -> k = 2; at 4096 (batch 4): 0.25 s * 4 * 4 = 4 s
-    assert tp.predicted_wall_s(*pairs, group[2]) == pytest.approx(4.0)
+    assert planning.predicted_wall_s(*pairs, group[2]) == pytest.approx(4.0)
     assert group[2].skip_reason(history) is None
     # at 8192 (batch 2): 0.25 s * 16 * 2 = 8 s, over the 5 s cap
     assert "predicted to take 8 s from N = 1024 and 2048 (time cap 5 s)" in group[3].skip_reason(history)
     # Linear-time: k clamps at 1, a constant-token case costs the same at every length.
     flat = [(group[0], {"case_wall_ms": 1000.0}), (group[1], {"case_wall_ms": 500.0})]
-    assert tp.predicted_wall_s(*flat, group[3]) == pytest.approx(0.5)
+    assert planning.predicted_wall_s(*flat, group[3]) == pytest.approx(0.5)
 
 
 def test_time_cap_and_timeouts_skip_the_longer_lengths():
@@ -401,12 +408,13 @@ def test_the_runner_skips_what_the_time_cap_rules_out(tmp_path):
 # --- noise, threads, fidelity ----------------------------------------------------------------------------
 
 def test_a_row_carries_its_spread_interval_threads_and_governor():
-    status, reason, m = runner.execute(SUITE, case(remeasure_ms=50))
+    status, reason, m = runner.execute(SUITE, case(remeasure_ms=50), CONTEXT)
     assert status == "ok", reason
     assert m["rounds"] >= timing.MIN_ROUNDS and m["spread_iqr"] >= 0 and m["median_ci"] >= 0
     assert isinstance(m["noisy"], bool) and m["extra_rounds"] >= 0
     assert m["threads"] == torch.get_num_threads() and "cpu_governor" in m
-    assert m["noisy"] == (m["spread_iqr"] > tp.NOISE_SPREAD_LIMIT and m["median_ci"] > tp.NOISE_PRECISION)
+    assert m["noisy"] == (m["spread_iqr"] > measuring.NOISE_SPREAD_LIMIT
+                          and m["median_ci"] > measuring.NOISE_PRECISION)
     assert 0.0 <= m["others_cpu_share"] <= 1.0
 
 
@@ -438,7 +446,7 @@ def test_another_busy_process_shows_in_others_cpu_share():
 
 
 def test_a_fidelity_case_times_the_same_call_with_an_independent_timer():
-    status, reason, m = runner.execute(SUITE, case(kind="fidelity", seq_len=256, budget_ms=40))
+    status, reason, m = runner.execute(SUITE, case(kind="fidelity", seq_len=256, budget_ms=40), CONTEXT)
     assert status == "ok", reason
     assert m["reference_timer"] == "torch.utils.benchmark.Timer.blocked_autorange"
     assert m["reference_latency_ms"] > 0 and m["latency_ms"] > 0
@@ -460,23 +468,24 @@ def test_a_fidelity_case_alternates_the_two_timers(monkeypatch):
 
     monkeypatch.setattr(timing, "time_rounds", ours)
     monkeypatch.setattr(timing, "independent_median_ms", theirs)
-    monkeypatch.setattr(tp, "fidelity_turns", lambda budget_ms, estimate_ms: 4)
-    status, reason, _ = runner.execute(SUITE, case(kind="fidelity", seq_len=256, budget_ms=40))
+    monkeypatch.setattr(measuring, "fidelity_turns", lambda budget_ms, estimate_ms: 4)
+    status, reason, _ = runner.execute(SUITE, case(kind="fidelity", seq_len=256, budget_ms=40), CONTEXT)
     assert status == "ok", reason
     assert turns == ["ours", ("theirs", 10.0)] * 4
 
 
 def test_fidelity_turns_are_short_but_hold_our_minimum_rounds():
-    assert tp.fidelity_turns(4000, estimate_ms=9) == 4000 // tp.FIDELITY_TURN_MS  # CPU standard, linear 4096
-    assert tp.fidelity_turns(4000, estimate_ms=200) == 4000 // (200 * timing.MIN_ROUNDS)  # 600 ms turns
-    assert tp.fidelity_turns(40, estimate_ms=1) == 2  # never fewer than two
+    turns = measuring.fidelity_turns
+    assert turns(4000, estimate_ms=9) == 4000 // measuring.FIDELITY_TURN_MS  # CPU standard, linear 4096
+    assert turns(4000, estimate_ms=200) == 4000 // (200 * timing.MIN_ROUNDS)  # 600 ms turns
+    assert measuring.fidelity_turns(40, estimate_ms=1) == 2  # never fewer than two
 
 
 # --- decode state ------------------------------------------------------------------------------------------
 
 def decode_state(**fields) -> int:
     c = case(mode="decode", seq_len=96, total_tokens=192, **fields)  # batch 2
-    return tp.build_workload(c).state_bytes
+    return workloads.build_workload(c).state_bytes
 
 
 def test_decode_state_bytes_match_the_arithmetic_of_each_state():
@@ -517,7 +526,7 @@ def test_tensor_bytes_walks_any_state_and_counts_a_storage_once():
 
 
 def test_decode_rows_carry_the_state_per_sequence():
-    status, reason, m = runner.execute(SUITE, case(mode="decode", variant="linear"))
+    status, reason, m = runner.execute(SUITE, case(mode="decode", variant="linear"), CONTEXT)
     assert status == "ok", reason
     assert m["decode_state_bytes_per_seq"] * 8 == m["decode_state_bytes"] == 8 * 4 * (64 * 64 + 64 + 1) * 4
 
@@ -559,9 +568,9 @@ MODEL_CHECKS = {  # variant -> (N, heads): the modelled buffers are most of a Gi
 MEASURE_PEAK = """
 import json, sys
 from suites import frontier
-from suites import throughput as tp
+from suites.throughput import planning
 variant, n, heads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-case = tp.Case(variant=variant, device="cpu", dtype="float32", mode="fwd",
+case = planning.Case(variant=variant, device="cpu", dtype="float32", mode="fwd",
                level=frontier.frontier_level(variant), seq_len=n, batch=1, total_tokens=n, n_heads=heads,
                head_dim=64, budget_ms=1, warmup_ms=0, kind="frontier", memory_cap_mb=4096)
 print(json.dumps(frontier.probe_frontier(case)))

@@ -165,7 +165,8 @@ def test_throughput_never_samples_during_the_timed_rounds(monkeypatch):
     """The sampler's window and the timed rounds do not overlap (a reading on a thread can delay a
     launch): checked on the CPU with a fake device reading."""
     from harness import timing
-    from suites import throughput as tp
+    from harness.context import RunContext
+    from suites.throughput import measuring
     from tests.test_throughput import case
 
     events = []
@@ -179,11 +180,12 @@ def test_throughput_never_samples_during_the_timed_rounds(monkeypatch):
             events.append("sampling done")
             return super().__exit__(*exc)
 
-    tp.peak_matmul_tflops("cpu", "float32")  # measured once per process, by the same timing engine
+    context = RunContext()
+    measuring.peak_matmul_tflops("cpu", "float32", context)  # once per worker, by the same timing engine
     real_rounds = timing.time_rounds
     monkeypatch.setattr(telemetry, "sampler", lambda gpu: Recorder(lambda: Sample(1, 2, 0)))
     monkeypatch.setattr(timing, "time_rounds", lambda *a: (events.append("timed"), real_rounds(*a))[1])
-    row = tp.run_case(case())
+    row = measuring.run_case(case(), context)
     assert events == ["timed", "sampling", "sampling done"]
     assert row["sm_clock_mhz_mean"] == 1 and row["telemetry_reason"] is None
 

@@ -1,0 +1,209 @@
+"""Throughput planning: the `Case` model, the plan of a profile, the dtypes a device is measured in, the
+rule that skips the longer lengths of a group, and each case's estimated cost (for `--shard`).
+
+Sequence sweeps keep the total tokens constant: batch = max(1, total_tokens // N) (beyond N =
+total_tokens the batch is 1). A case whose whole measurement took longer than the grid's time cap stops
+the longer lengths of its group (they are recorded `skipped` with the reason: `Case.skip_reason`). Three
+kinds of case: `sweep` (the grid), `fidelity` (a sweep point timed side by side by our loop and an
+independent timer) and `frontier` (one call of a `--find-max-n` bisection under a memory cap:
+suites.frontier). What each profile sweeps: suites.grids.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+
+from harness import registry
+from harness.config import Case as BaseCase
+from harness.registry import as_dtype, dtype_name
+from suites.grids import THROUGHPUT_GRIDS, Grid
+
+DEVICE_DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("bfloat16", "float16", "float32")}
+
+DENSE_MASK_BACKEND = "dense-masked-softmax"  # the backend name of a masked family's reference path
+
+
+def batch_for(total_tokens: int, seq_len: int) -> int:
+    return max(1, total_tokens // seq_len)
+
+
+class Case(BaseCase):
+    suite: str = "throughput"
+    mode: Literal["fwd", "fwd_bwd", "decode"]
+    level: Literal["kernel", "layer"]
+    seq_len: PositiveInt  # N: the context of a decode step
+    batch: PositiveInt
+    total_tokens: PositiveInt
+    n_heads: PositiveInt
+    head_dim: PositiveInt
+    causal: bool = True
+    budget_ms: PositiveFloat = 100.0
+    warmup_ms: NonNegativeFloat = 25.0
+    energy_ms: NonNegativeFloat = 0.0
+    memory_cap_mb: PositiveInt | None = None  # simulate a smaller device (see harness.memory)
+    kind: Literal["sweep", "fidelity", "frontier"] = "sweep"
+    time_cap_ms: PositiveFloat | None = None  # a case slower than this stops the longer lengths of its group
+    remeasure_ms: NonNegativeFloat = 0.0  # extra time to re-measure a case whose rounds spread widely
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Case:
+        if self.batch != batch_for(self.total_tokens, self.seq_len):
+            raise ValueError(f"batch must be max(1, total_tokens // seq_len) = "
+                             f"{batch_for(self.total_tokens, self.seq_len)}, got {self.batch}")
+        if self.mode == "decode" and not self.causal:
+            raise ValueError("decode is causal: a new token attends to the context before it")
+        return self
+
+    @property
+    def d_model(self) -> int:
+        return self.n_heads * self.head_dim
+
+    def oom_key(self) -> tuple[str, int]:
+        """Group: everything but the length (and the batch that follows from it); size: the length."""
+        group = self.model_dump(mode="json", exclude={"seq_len", "batch"})
+        return json.dumps(group, sort_keys=True), self.seq_len
+
+    def skip_reason(self, history: list[tuple[Case, str, dict[str, Any]]]) -> str | None:
+        """Why this case is skipped, from the shorter lengths of its group run before it (the runner asks):
+        one timed out; or one took longer than the time cap; or this one is predicted to
+        (`predicted_wall_s` from the last two).
+        """
+        shorter = [(c, status, m) for c, status, m in history if c.seq_len < self.seq_len]
+        timed_out = [c.seq_len for c, status, _ in shorter if status == "timeout"]
+        if timed_out:
+            return f"longer than N = {min(timed_out)}, which timed out"
+        done = [(c, m) for c, status, m in shorter if status == "ok" and m.get("case_wall_ms") is not None]
+        if self.time_cap_ms is None or not done:
+            return None
+        cap_s, (last, metrics) = self.time_cap_ms / 1e3, done[-1]
+        took_s = metrics["case_wall_ms"] / 1e3
+        if took_s > cap_s:
+            return (f"longer than N = {last.seq_len}, whose measurement took {took_s:.1f} s "
+                    f"(time cap {cap_s:g} s)")
+        if len(done) < 2:
+            return None
+        predicted_s = predicted_wall_s(done[-2], done[-1], self)
+        if predicted_s > cap_s:
+            return (f"predicted to take {predicted_s:.0f} s from N = {done[-2][0].seq_len} and "
+                    f"{last.seq_len} (time cap {cap_s:g} s)")
+        return None
+
+    def describe(self) -> str:
+        shape = f"N={self.seq_len} B={self.batch} hd={self.head_dim} {self.dtype}"
+        kind = "" if self.kind == "sweep" else f" [{self.kind}]"
+        return f"{self.variant} {self.level} {self.mode} {shape}" + ("" if self.causal else " full") + kind
+
+    def slug(self) -> str:
+        """A test id: variant-level-mode-N-dtype-hd-mask."""
+        mask = "causal" if self.causal else "full"
+        shape = f"N{self.seq_len}-{self.dtype}-hd{self.head_dim}-{mask}"
+        kind = "" if self.kind == "sweep" else f"-{self.kind}"
+        return f"{self.variant}-{self.level}-{self.mode}-{shape}{kind}"
+
+
+def predicted_wall_s(before: tuple[Case, dict], last: tuple[Case, dict], case: Case) -> float:
+    """The wall time of `case` from two shorter cases of its group ((case, metrics) each, metrics with
+    `case_wall_ms`): time per sequence (wall / batch) ~ N^k, k from the two, at least 1 (a sequence of
+    N tokens costs at least N), times this case's batch."""
+    (c0, m0), (c1, m1) = before, last
+    t0, t1 = m0["case_wall_ms"] / c0.batch, m1["case_wall_ms"] / c1.batch
+    k = max(math.log(t1 / t0) / math.log(c1.seq_len / c0.seq_len), 1.0) if t0 > 0 and t1 > 0 else 1.0
+    return t1 * (case.seq_len / c1.seq_len) ** k * case.batch / 1e3
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU has native bf16 matmuls (oneDNN's check: AVX512-BF16 or AMX); without them torch
+    emulates bf16, which measures the emulation."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def checked_dtypes(device: str, requested: Sequence[str] | None, default: Sequence[str]) -> list[str]:
+    """The dtypes to run: those requested (each a throughput dtype of the device, else ValueError), or the
+    grid's default less those the device lacks (bf16 without native support)."""
+    names = [dtype_name(as_dtype(d)) for d in requested] if requested else list(default)
+    for name in names:
+        if name not in DEVICE_DTYPES[device]:
+            raise ValueError(f"{name} is not a throughput dtype on {device}; "
+                             f"use {', '.join(DEVICE_DTYPES[device])}")
+    if device == "cuda" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported(False):
+        if requested and "bfloat16" in names:
+            raise ValueError(f"bfloat16 is not supported by {torch.cuda.get_device_name()}; use --dtype fp16")
+        names = [n for n in names if n != "bfloat16"] or ["float16"]
+    if device == "cpu" and not requested and not cpu_bf16_supported():
+        names = [n for n in names if n != "bfloat16"] or ["float32"]  # a default grid skips emulated bf16
+    return names
+
+
+def plan(profile: str, device: str, variants: Sequence[str] | None = None,
+         seq_lens: Sequence[int] | None = None, dtypes: Sequence[str] | None = None) -> list[Case]:
+    """Every case of a profile on a device, smallest N first within each group (for OOM and time-cap
+    skipping), then the grid's fidelity cases.
+
+    `dtypes` runs every sweep of the grid in those dtypes (a grid may sweep its second dtype sparser);
+    `seq_lens` replaces every sweep's lengths.
+    """
+    if (device, profile) not in THROUGHPUT_GRIDS:
+        raise ValueError(f"no throughput profile {profile!r} on {device!r}; "
+                         f"profiles: quick, standard, full; devices: cpu, cuda")
+    grid = THROUGHPUT_GRIDS[device, profile]
+    names = list(variants) if variants else registry.names()
+    for name in names:
+        registry.get(name)  # ValueError naming the valid variants
+    if seq_lens is not None and any(n <= 0 for n in seq_lens):
+        raise ValueError(f"sequence lengths must be positive, got {min(seq_lens)}")
+    run_dtypes = checked_dtypes(device, dtypes, grid.dtypes)
+    cases: dict[str, Case] = {}
+    for name in names:
+        dense_mask = registry.get(name).backend_for(device) == DENSE_MASK_BACKEND
+        for sweep in grid.sweeps:
+            if dense_mask and not sweep.dense_masks:
+                continue
+            own = run_dtypes if dtypes else sweep.dtypes or run_dtypes  # --dtype: every sweep in those
+            sweep_dtypes = [d for d in own if d in run_dtypes]
+            for dtype in sweep_dtypes:
+                for head_dim in grid.head_dims:
+                    for mode in sweep.modes:
+                        for causal in grid.causal:
+                            if mode == "decode" and not causal:
+                                continue
+                            for n in sorted(set(seq_lens or sweep.seq_lens)):
+                                c = _case(grid, name, device, dtype, head_dim, sweep.level, mode, causal, n)
+                                cases.setdefault(c.case_id, c)
+    for point in grid.fidelity:
+        if point.variant in names and (seq_lens is None or point.seq_len in seq_lens):
+            c = _case(grid, point.variant, device, run_dtypes[0], grid.head_dims[0], point.level, point.mode,
+                      True, point.seq_len, kind="fidelity", budget_ms=grid.fidelity_budget_ms)
+            cases.setdefault(c.case_id, c)
+    return list(cases.values())
+
+
+def _case(grid: Grid, variant, device, dtype, head_dim, level, mode, causal, seq_len, **fields) -> Case:
+    return Case(**{
+        "variant": variant, "device": device, "dtype": dtype, "mode": mode, "level": level,
+        "seq_len": seq_len, "batch": batch_for(grid.total_tokens, seq_len), "total_tokens": grid.total_tokens,
+        "n_heads": grid.width // head_dim, "head_dim": head_dim, "causal": causal,
+        "budget_ms": grid.budget_ms, "warmup_ms": grid.warmup_ms, "energy_ms": grid.energy_ms,
+        "time_cap_ms": grid.time_cap_ms, "remeasure_ms": grid.remeasure_ms, **fields})
+
+
+# Rough seconds per case beyond its warm-up, timed rounds and energy phase (inputs, the memory pass, cache
+# flushes, the row): the CPU figure from the quick profile here (156 cases in 12 s); CUDA a guess.
+CASE_OVERHEAD_S = {"cpu": 0.05, "cuda": 0.5}
+FLEX_COMPILE_S = 15.0  # torch.compile of a FlexAttention kernel for a new shape, CUDA only (a guess)
+
+
+def case_cost(case: Case) -> float:
+    """Estimated seconds of one case, for `attnbench run --shard` to balance its parts."""
+    seconds = (case.warmup_ms + case.budget_ms + case.energy_ms) / 1000 + CASE_OVERHEAD_S[case.device]
+    if case.device == "cuda" and registry.get(case.variant).backend_for("cuda").startswith("flex"):
+        seconds += FLEX_COMPILE_S
+    return seconds

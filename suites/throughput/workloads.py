@@ -1,0 +1,150 @@
+"""Throughput workloads: the timed call of a case, built from its variant, and what that call does.
+
+Modes: `fwd` (inference forward), `fwd_bwd` (forward + backward), `decode` (one new token against a
+context of N: a KV cache for attention families, the recurrent state for the others, through the
+registry's prefill/decode and the mixers' prefill/step). Levels: `kernel` (attention(q, k, v), or a
+mixer-only family's kernel: mamba's selective scan over n_heads * head_dim channels) and `layer` (the
+mixer with its projections). No variant is captured in a CUDA graph: launch overhead counts alike for
+every one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from harness import flops, memory, registry
+from harness.registry import Unsupported
+from suites.throughput.planning import Case
+
+
+@dataclass
+class Workload:
+    """One timed call and what it does: `reset` runs in each round's setup (untimed)."""
+
+    call: Callable[[], torch.Tensor]
+    reset: Callable[[], None]
+    leaves: list[torch.Tensor]  # inputs whose gradients a fwd_bwd call produces
+    tokens: int  # tokens processed per call (new tokens in decode)
+    flops: int | None
+    state_bytes: int | None = None  # decode: the bytes of the state after the context (KV cache or recurrent)
+
+
+def _no_reset() -> None:
+    pass
+
+
+def _training_call(forward: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """Forward, then backward of a random output gradient (drawn in the first call, which no timed round
+    is: the warm-up or the sizing call)."""
+    grad_out: list[torch.Tensor] = []
+
+    def call() -> torch.Tensor:
+        out = forward()
+        if not grad_out:
+            grad_out.append(torch.randn_like(out))
+        out.backward(grad_out[0])
+        return out
+
+    return call
+
+
+def _clear_grads(tensors: list[torch.Tensor]) -> Callable[[], None]:
+    def reset() -> None:
+        for t in tensors:
+            t.grad = None
+
+    return reset
+
+
+def _inference(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    return torch.no_grad()(fn)
+
+
+def check_level(case: Case) -> None:
+    v = registry.get(case.variant)
+    if case.level != "kernel" or v.attention_fn is not None:
+        return
+    if v.kernel is None:
+        raise Unsupported(f"{case.variant} has no attention(q, k, v) kernel; it competes at the layer level")
+    if case.mode == "decode":
+        raise Unsupported(f"{case.variant} decodes through its mixer's step(): decode is measured at the "
+                          "layer level")
+
+
+def _training_or_inference(case: Case, forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor],
+                           tokens: int, flops_: int | None) -> Workload:
+    """fwd: the forward without autograd; fwd_bwd: forward + backward of a random output gradient, the
+    gradients of `leaves` reset in each round's setup."""
+    if case.mode == "fwd_bwd":
+        return Workload(_training_call(forward), _clear_grads(leaves), leaves, tokens, flops_)
+    return Workload(_inference(forward), _no_reset, [], tokens, flops_)
+
+
+def mixer_kernel_workload(case: Case) -> Workload:
+    """A mixer-only family's kernel (`v.kernel`: mamba's selective scan, the SSD, delta-rule, GLA or
+    retention core) on the inputs its `kernel_inputs` draws for (batch, heads, N, head_dim) in the
+    case's dtype; fwd_bwd differentiates the inputs of that dtype (the activations)."""
+    v = registry.get(case.variant)
+    inputs = v.kernel_inputs(case.batch, case.n_heads, case.seq_len, case.head_dim,
+                             torch.Generator().manual_seed(0), dtype=case.torch_dtype)
+    inputs = {k: t.to(case.device) if torch.is_tensor(t) else t for k, t in inputs.items()}
+    leaves = [t.requires_grad_(case.mode == "fwd_bwd") for t in inputs.values()
+              if torch.is_tensor(t) and t.dtype == case.torch_dtype]
+    return _training_or_inference(case, lambda: v.kernel(**inputs), leaves, case.batch * case.seq_len, None)
+
+
+def kernel_workload(case: Case) -> Workload:
+    v = registry.get(case.variant)
+    if v.attention_fn is None:
+        return mixer_kernel_workload(case)
+    b, h, n, d = case.batch, case.n_heads, case.seq_len, case.head_dim
+
+    def make(length: int, grad: bool = False) -> torch.Tensor:
+        t = torch.randn(b, h, length, d, device=case.device, dtype=case.torch_dtype)
+        return t.requires_grad_(grad)
+
+    def count(n_q: int, n_k: int) -> int | None:
+        return v.attention_flops(case.mode, b, h, d, n_q, n_k, case.causal, case.params)
+
+    if case.mode == "decode":
+        with torch.no_grad():
+            state = v.prefill(make(n), make(n), capacity=n + 1, **case.params)
+        q, k, vv = make(1), make(1), make(1)
+        # The returned state is dropped: every round decodes token N + 1 against the same context.
+        call = _inference(lambda: v.decode(q, k, vv, state, **case.params)[0])
+        return Workload(call, _no_reset, [], b, count(1, n + 1), memory.tensor_bytes(state))
+    grad = case.mode == "fwd_bwd"
+    q, k, vv = make(n, grad), make(n, grad), make(n, grad)
+    forward = lambda: v.attention(q, k, vv, causal=case.causal, **case.params)  # noqa: E731
+    return _training_or_inference(case, forward, [q, k, vv], b * n, count(n, n))
+
+
+def layer_workload(case: Case) -> Workload:
+    v = registry.get(case.variant)
+    b, n, d_model = case.batch, case.seq_len, case.d_model
+    mixer = v.mixer(d_model, case.n_heads, causal=case.causal, **case.params)
+    mixer = mixer.to(device=case.device, dtype=case.torch_dtype)
+    x = torch.randn(b, n, d_model, device=case.device, dtype=case.torch_dtype)
+
+    def count(n_q: int, n_k: int, tokens: int) -> int | None:
+        attention = v.attention_flops(case.mode, b, case.n_heads, case.head_dim, n_q, n_k, case.causal,
+                                          case.params)
+        return None if attention is None else attention + flops.projection_flops(case.mode, tokens, d_model)
+
+    if case.mode == "decode":
+        with torch.no_grad():
+            _, state = mixer.prefill(x, capacity=n + 1)
+        x_new = torch.randn(b, 1, d_model, device=case.device, dtype=case.torch_dtype)
+        # As at kernel level; a state updated in place (mamba's) moves on, at the same cost per step.
+        call = _inference(lambda: mixer.step(x_new, state)[0])
+        return Workload(call, _no_reset, [], b, count(1, n + 1, b), memory.tensor_bytes(state))
+    x.requires_grad_(case.mode == "fwd_bwd")
+    return _training_or_inference(case, lambda: mixer(x), [x, *mixer.parameters()], b * n, count(n, n, b * n))
+
+
+def build_workload(case: Case) -> Workload:
+    """The case's call; measure_case has already checked its level (check_level)."""
+    return kernel_workload(case) if case.level == "kernel" else layer_workload(case)
