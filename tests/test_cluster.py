@@ -91,6 +91,22 @@ def test_resume_sends_only_the_cases_without_a_row(cluster, tmp_path):
     assert {k: after[k] for k in before} == before and len(after) == 3
 
 
+def test_a_case_on_a_node_finds_the_rows_it_needs(cluster, tmp_path):
+    """Nodes share no filesystem: a row the run held when the chain was sent is handed to it, and a row its
+    own chain made on the node is kept there for the cases after it."""
+    earlier = Case(action="ok", seq_len=8)
+    runner.run([earlier], SUITE, tmp_path, progress=False, executor=ray_executor.RayExecutor(cluster.address))
+    first = Case(action="read_rows", seq_len=8, params={"needs": [earlier.case_id]})
+    second = Case(action="read_rows", seq_len=16, params={"needs": [earlier.case_id, first.case_id]})
+    assert first.oom_key()[0] == second.oom_key()[0]  # one chain: `first` runs on the node before `second`
+    summary = runner.run([first, second], SUITE, tmp_path, progress=False,
+                         executor=ray_executor.RayExecutor(cluster.address))
+    rows = store.load(tmp_path).set_index("case_id")
+    assert summary.counts == {"ok": 2}
+    assert list(rows.loc[first.case_id, "found"]) == [16.0]
+    assert list(rows.loc[second.case_id, "found"]) == [16.0, 16.0]
+
+
 def test_oom_skips_larger_sizes_on_the_cluster_too(cluster, tmp_path):
     cases = [Case(action="oom", seq_len=n) for n in (8, 16, 32, 64, 128)]
     runner.run(cases, SUITE, tmp_path, progress=False, executor=ray_executor.RayExecutor(cluster.address))
