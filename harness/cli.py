@@ -71,6 +71,8 @@ def run(
         "--mode", help="Throughput: only these modes (fwd, fwd_bwd, decode)")] = None,
     level: Annotated[list[str] | None, typer.Option(
         "--level", help="Throughput: only these levels (kernel, layer)")] = None,
+    kind: Annotated[list[str] | None, typer.Option(
+        "--kind", help="Throughput: only these kinds of case (sweep, fidelity)")] = None,
     timeout: Annotated[float | None, typer.Option(help="Per-case timeout in seconds")] = None,
     retry: Annotated[str, typer.Option(
         help="Which recorded cases to measure again: failed (error and timeout rows: an exception, a hang, "
@@ -105,12 +107,12 @@ def run(
         fail("--memory-gb applies to --find-max-n")
     learned = {k: v for k, v in dict(seeds=seeds, findings=finding or None, criterion=criterion).items()
                if v is not None}
-    shape = {k: v for k, v in dict(mode=mode, level=level).items() if v}
+    shape = {k: v for k, v in dict(mode=mode, level=level, kind=kind).items() if v}
     if find_max_n:
         if learned:
             fail("--find-max-n takes no --seeds, --finding or --criterion (they are for learned tasks)")
         if shape:
-            fail("--find-max-n takes no --mode or --level (it probes the forward kernel)")
+            fail("--find-max-n takes no --mode, --level or --kind (it probes the forward kernel)")
         if shard is not None or executor != "local":
             fail("--find-max-n runs here, one probe at a time: it takes no --shard or --executor")
         _find_max_n(suite, device, profile, out, variant, seq_len, dtype, memory_gb, timeout)
@@ -211,8 +213,8 @@ def checked_lengths(lengths: list[int] | None) -> list[int]:
 
 
 def only_shapes(cases: list, shape: dict[str, list[str]]) -> list:
-    """The cases whose `mode` and `level` (throughput's fields) are among those asked for in `shape`
-    ({"mode": [...], "level": [...]}); a value no case of the plan has is bad input."""
+    """The cases whose `mode`, `level` and `kind` (throughput's fields) are among those asked for in
+    `shape` ({"mode": [...], ...}); a value no case of the plan has is bad input."""
     for field, wanted in shape.items():
         planned = {getattr(c, field) for c in cases if hasattr(c, field)}
         if not planned:
@@ -253,7 +255,7 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
         fail(str(e))
     cases = only_shapes(cases, shape or {})
     if not cases:
-        fail("the filters leave no case to run; loosen --variant/--seq-len/--dtype/--mode/--level")
+        fail("the filters leave no case to run; loosen --variant/--seq-len/--dtype/--mode/--level/--kind")
     return module, runner.unique(cases), out
 
 

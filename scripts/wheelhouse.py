@@ -1,12 +1,15 @@
-"""An offline wheelhouse for a GPU runner: run on a connected machine, copy the folder, install without network.
+"""An offline wheelhouse for a GPU runner: built on a connected machine, copied, installed without network.
 
     python scripts/wheelhouse.py                          # wheelhouse/ for CPython 3.12, manylinux x86-64
     python scripts/wheelhouse.py --out /tmp/wh --python 3.12 --torch 2.11.0
 
 A pre-provisioned CUDA image has torch, triton and the usual data stack (IMAGE below) but not the rest of
 what attnbench needs. The wheelhouse holds exactly that rest, for the target Python and platform:
-- the project's dependencies and its `gpu` and `dev` extras (pyproject.toml), with their dependencies,
-  less every package the image's own packages bring (both sides resolved by pip for the target);
+- the project's dependencies and its `gpu` and `dev` extras (pyproject.toml), with their dependencies
+  as pip resolves them for the target, less the image's packages and all that torch and triton bring
+  (the CUDA stack). The image's other packages may be older than the newest release, whose dependencies
+  can differ (typer's newest needs pydantic, the image's typer did not), so their dependencies stay in:
+  pip skips a wheel whose package is installed;
 - mamba-ssm (the `mamba` extra's pin), a source distribution whose CUDA extension compiles for a long
   time: it is built here into a pure-Python wheel with MAMBA_SKIP_CUDA_BUILD=TRUE. Mamba-2's Triton
   kernels then run and Mamba-1's fused kernels are reported unsupported (variants/mamba.py);
@@ -36,14 +39,16 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-# What the runner image already has (ANCHORS: a pre-provisioned CUDA image): these and everything they
-# depend on stay out of the wheelhouse. torch and triton at the image's versions, the rest at any.
+# What the runner image already has (ANCHORS: a pre-provisioned CUDA image): these stay out of the
+# wheelhouse, and so does everything torch and triton depend on (at the image's versions).
 IMAGE = ("torch", "triton", "numpy", "pandas", "pyarrow", "seaborn", "pytest-benchmark", "nvidia-ml-py",
          "typer", "rich")
+STACK = ("torch", "triton")
 DEFAULT_TORCH, DEFAULT_TRITON = "2.11.0", "3.6.0"
 EXTRAS = ("gpu", "dev")  # installed from the wheelhouse with the checkout
 SOURCE_BUILT = "mamba-ssm"  # from the `mamba` extra: built here without its CUDA extension
-SKIP_CUDA_BUILD = {"MAMBA_SKIP_CUDA_BUILD": "TRUE", "MAMBA_FORCE_BUILD": "TRUE"}  # FORCE: no prebuilt download
+# FORCE_BUILD: build here rather than try to download a prebuilt CUDA wheel from the project's releases.
+SKIP_CUDA_BUILD = {"MAMBA_SKIP_CUDA_BUILD": "TRUE", "MAMBA_FORCE_BUILD": "TRUE"}
 LEFT_OUT = {"causal-conv1d": "its only content is a CUDA extension, which needs a compiler on the runner"}
 
 
@@ -111,7 +116,7 @@ def resolve(requirements: list[str], options: list[str], constraints: Path, scra
     return {name_of(i["metadata"]["name"]): i["metadata"]["version"] for i in installs}
 
 
-def to_download(needed: dict[str, str], provided: dict[str, str], skip: set[str]) -> list[str]:
+def to_download(needed: dict[str, str], provided: set[str], skip: set[str]) -> list[str]:
     """Pins of what the runner lacks: resolved for the project, not brought by the image, not built here."""
     return sorted(f"{name}=={version}" for name, version in needed.items()
                   if name not in provided and name not in skip)
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         constraints = scratch / "image-constraints.txt"
         constraints.write_text("\n".join(image_constraints(args.torch, args.triton)) + "\n")
-        provided = resolve(list(IMAGE), options, constraints, scratch)
+        provided = {*resolve(list(STACK), options, constraints, scratch), *IMAGE}
         needed = resolve([*requirements(project), str(mamba_wheel)], options, constraints, scratch)
         pins = to_download(needed, provided, {SOURCE_BUILT})
         pip("download", "--no-deps", "--quiet", "--dest", str(out), *options, *pins)

@@ -208,6 +208,7 @@ BATTERY = [
     ("run-level-unknown", [*RUN, "--level", "block"],
      "--level: no case of this plan has block; it has kernel"),
     ("run-mode-learned", [*LEARNED, "--mode", "fwd"], "--mode applies to the throughput suite"),
+    ("run-kind-unknown", [*RUN, "--kind", "frontier"], "--kind: no case of this plan has frontier"),
     ("run-find-max-n-mode", [*RUN, "--find-max-n", "--mode", "fwd"], "--find-max-n takes no --mode"),
     ("run-timeout-negative", [*RUN, "--timeout", "-1"], "--timeout must be a number greater than 0"),
     ("run-timeout-zero", [*RUN, "--timeout", "0"], "--timeout must be a number greater than 0 and at most"),
@@ -396,6 +397,9 @@ def test_mode_and_level_keep_only_those_cases(monkeypatch, capsys, tmp_path):
                                                "--mode", "fwd", "--mode", "fwd_bwd", "--level", "kernel"])
     kept = {(c.mode, c.level, c.kind) for c in stub.calls[0][0]}
     assert code == 0 and kept == {("fwd", "kernel", "sweep"), ("fwd_bwd", "kernel", "sweep")}
+    run_cli(monkeypatch, capsys, [*expand(RUN, {}, tmp_path), "--kind", "fidelity"])
+    fidelity = stub.calls[1][0]
+    assert fidelity and {c.kind for c in fidelity} == {"fidelity"}  # the grid's fidelity points alone
 
 
 def test_the_default_timeout_and_a_given_one_reach_the_runner(monkeypatch, capsys, tmp_path):
