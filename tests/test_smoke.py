@@ -178,3 +178,23 @@ def test_the_smoke_imports_only_the_standard_library_at_load():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pydantic', 'numpy')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_smoke_marked_cuda_tests_touch_every_variant():
+    """nox -s gpu-smoke runs `-m "cuda and smoke"` first: one test per fast path. A variant is touched
+    when a smoke test's id names it, or the smoke tests of its own file (test_<name>.py) run; the
+    baseline is the reference the others are compared with there."""
+    files = sorted(str(p) for p in (ROOT / "tests").glob("test_*.py") if "mark.cuda" in p.read_text())
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "-m", "cuda and smoke", *files], cwd=ROOT, capture_output=True, text=True)
+    ids = [line for line in done.stdout.splitlines() if "::" in line]
+    assert done.returncode == 0 and ids, done.stdout[-2000:]
+
+    def touches(test_id: str, name: str) -> bool:
+        own_file = test_id.startswith(f"tests/test_{name.replace('-', '_')}.py::")
+        return own_file or test_id.endswith((f"-{name}]", f"[{name}]"))
+
+    untouched = [v.name for v in registry.all_variants()
+                 if not v.baseline and not any(touches(i, v.name) for i in ids)]
+    assert untouched == []
+    assert len(ids) < 40  # a first pass, not the whole CUDA suite
