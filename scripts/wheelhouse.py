@@ -116,10 +116,13 @@ def resolve(requirements: list[str], options: list[str], constraints: Path, scra
     return {name_of(i["metadata"]["name"]): i["metadata"]["version"] for i in installs}
 
 
-def to_download(needed: dict[str, str], provided: set[str], skip: set[str]) -> list[str]:
-    """Pins of what the runner lacks: resolved for the project, not brought by the image, not built here."""
+def to_download(needed: dict[str, str], provided: set[str], project: dict) -> list[str]:
+    """Pins of what the runner lacks: resolved for the project, not brought by the image, not built here.
+    The build backend is downloaded even where the image has it: pip builds the editable install in an
+    isolated environment, which it fills from the wheelhouse alone."""
+    keep = {name_of(r) for r in project["build-system"]["requires"]}
     return sorted(f"{name}=={version}" for name, version in needed.items()
-                  if name not in provided and name not in skip)
+                  if (name not in provided or name in keep) and name != SOURCE_BUILT)
 
 
 def build_source_wheel(pin: str, out: Path) -> Path:
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         constraints.write_text("\n".join(image_constraints(args.torch, args.triton)) + "\n")
         provided = {*resolve(list(STACK), options, constraints, scratch), *IMAGE}
         needed = resolve([*requirements(project), str(mamba_wheel)], options, constraints, scratch)
-        pins = to_download(needed, provided, {SOURCE_BUILT})
+        pins = to_download(needed, provided, project)
         pip("download", "--no-deps", "--quiet", "--dest", str(out), *options, *pins)
     (out / "requirements.txt").write_text("\n".join([*pins, source_built(project)]) + "\n")
     wheels = sorted(out.glob("*.whl"))

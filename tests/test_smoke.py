@@ -116,6 +116,21 @@ def test_a_step_that_ignores_the_interrupt_is_killed_after_the_grace(tmp_path, m
     assert outcome.status == "timed out" and outcome.seconds < 10
 
 
+def test_an_open_ended_step_stopped_at_its_budget_is_cut_not_failed(tmp_path):
+    plan = [smoke.Step("rest", 0.5, (python("import time; time.sleep(60)"),), "x", open_ended=True)]
+    (outcome,) = smoke.run(plan, tmp_path, "cpu", echo=lambda line: None)
+    assert outcome.status == "cut"
+    assert [s.name for s in smoke.steps("cuda") if s.open_ended] == ["tests-cuda"]
+
+
+def test_the_reason_is_the_suites_summary_or_the_last_line_that_is_not_a_rule(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("rows written: ok 3; already done: 0\n┏━━━┓\n┃ a ┃\n└───┘\n")
+    assert smoke.last_line(log) == "rows written: ok 3; already done: 0"
+    log.write_text("Traceback\nValueError: bad\n└───┘\n\n")
+    assert smoke.last_line(log) == "ValueError: bad"
+
+
 def test_smoke_json_lists_the_steps_not_run_yet(tmp_path):
     plan = [smoke.Step("a", 5, (python("pass"),), "x"), smoke.Step("b", 5, (python("pass"),), "x")]
     smoke.write_record(tmp_path, "cpu", plan, [smoke.Outcome("a", "ok", 0.1, 5)])
@@ -150,10 +165,10 @@ def test_the_wheelhouse_holds_what_the_project_needs_beyond_the_image():
     assert wheelhouse.source_built(project) == next(r for r in extras["mamba"] if r.startswith("mamba-ssm=="))
     assert "mamba-ssm" not in names  # built from source, not downloaded
     needed = {"pydantic": "2.14.4", "torch": "2.11.0", "nvidia-cudnn-cu13": "9.19.0.56", "pandas": "3.1.1",
-              "python-dateutil": "4.0.0", "mamba-ssm": "2.3.1", "einops": "0.8.2"}
-    provided = {"torch", "nvidia-cudnn-cu13", "triton", *wheelhouse.IMAGE}
-    assert wheelhouse.to_download(needed, provided, {"mamba-ssm"}) == [
-        "einops==0.8.2", "pydantic==2.14.4", "python-dateutil==4.0.0"]
+              "python-dateutil": "4.0.0", "mamba-ssm": "2.3.1", "einops": "0.8.2", "setuptools": "81.0.0"}
+    provided = {"torch", "nvidia-cudnn-cu13", "triton", "setuptools", *wheelhouse.IMAGE}
+    assert wheelhouse.to_download(needed, provided, project) == [  # setuptools: the editable build's backend
+        "einops==0.8.2", "pydantic==2.14.4", "python-dateutil==4.0.0", "setuptools==81.0.0"]
 
 
 def test_the_wheelhouse_targets_every_older_manylinux_too():
