@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GPU_LIMIT_S = 480.0  # the whole smoke on one H100 / H200, install included
 CPU_LIMIT_S = 180.0  # the CPU twin in CI
 GRACE_S = 15.0  # after SIGINT, how long a step may take to write what it has before it is killed
+TEST_TIMEOUT_S = 60.0  # per CUDA test (pytest-timeout): a hung kernel costs one test, not the step
 PYTHON = sys.executable
 ATTNBENCH = (PYTHON, "-m", "harness")
 # The optional libraries and the module each installs (harness.env.OPTIONAL_PACKAGES, and pydantic,
@@ -105,7 +106,8 @@ def install_commands(wheelhouse: Path) -> Commands:
 
 def pytest_command(marker: str, xml: str) -> Callable[[Path], Commands]:
     return lambda out: ((PYTHON, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", marker,
-                         "--continue-on-collection-errors", f"--junitxml={out / xml}"),)
+                         f"--timeout={TEST_TIMEOUT_S:g}", "--continue-on-collection-errors",
+                         f"--junitxml={out / xml}"),)
 
 
 def split_variants(variants) -> tuple[list[str], list[str]]:
