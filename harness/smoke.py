@@ -15,7 +15,8 @@ does not import. On the CPU the steps that need a GPU are recorded `skipped: no 
 5. tests-cuda: the other CUDA tests, as far as the budget goes (tests-cuda.xml; stopped there: `cut`);
 6. sweep: bf16 throughput at the kernel level, forward and forward+backward, N = 1K, 4K, 16K, of every
    variant whose CUDA path needs no compilation (the exact kernels and the recurrent families' library
-   kernels); 7. sweep-compiled: the same for the FlexAttention variants, which compile per shape;
+   kernels); 7. sweep-compiled: the same for the FlexAttention variants, which compile per shape,
+   one length after the other as far as the budget goes (stopped there: `cut`);
 8. fidelity: the grid's fidelity rows (our timer beside triton's do_bench);
 9. energy: NVML's energy counter around a second of bf16 matmuls (nvml-energy.json);
 10. report: `attnbench report`.
@@ -124,6 +125,8 @@ def probe(function: str) -> Callable[[Path], Commands]:
 
 
 def sweep_commands(device: str, compiled: bool) -> Callable[[Path], Commands]:
+    """The sweep of the uncompiled paths (one run), or of the compiled ones: one run per length, shortest
+    first, so that a budget that ends early still leaves every variant measured at some length."""
     def commands(out: Path) -> Commands:
         importlib.invalidate_caches()  # packages the install step added since this process started
         from harness import registry  # after the install: the variants' plugins load now
@@ -132,10 +135,11 @@ def sweep_commands(device: str, compiled: bool) -> Callable[[Path], Commands]:
         if not names:  # without -v the run would sweep every variant
             return ()
         grid = SWEEP[device]
-        return ((*ATTNBENCH, "run", "--suite", "throughput", "--device", device, "--profile", grid["profile"],
-                 "--dtype", grid["dtype"], "--mode", "fwd", "--mode", "fwd_bwd", "--level", "kernel",
-                 "--kind", "sweep", *(a for n in grid["lengths"] for a in ("-n", str(n))),
-                 *(a for n in names for a in ("-v", n)), "--out", str(out), "--no-progress"),)
+        base = (*ATTNBENCH, "run", "--suite", "throughput", "--device", device, "--profile", grid["profile"],
+                "--dtype", grid["dtype"], "--mode", "fwd", "--mode", "fwd_bwd", "--level", "kernel",
+                "--kind", "sweep", *(a for n in names for a in ("-v", n)), "--out", str(out), "--no-progress")
+        lengths = [(n,) for n in grid["lengths"]] if compiled else [grid["lengths"]]
+        return tuple((*base, *(a for n in group for a in ("-n", str(n)))) for group in lengths)
     return commands
 
 
@@ -157,7 +161,8 @@ def steps(device: str, wheelhouse: Path | None = None) -> list[Step]:
         Step("sweep", 80 if gpu else 60, sweep_commands(device, compiled=False),
              "throughput: kernel level, fwd and fwd+bwd, uncompiled paths"),
         Step("sweep-compiled", 40 if gpu else 30, sweep_commands(device, compiled=True),
-             "throughput: the FlexAttention variants (a compilation per shape)"),
+             "throughput: the FlexAttention variants (a compilation per shape), as far as the budget goes",
+             open_ended=True),
         Step("fidelity", 20,
              lambda out: ((*ATTNBENCH, "run", "--suite", "throughput", "--device", device, "--profile",
                            FIDELITY_PROFILE[device], "--kind", "fidelity", "--out", str(out),

@@ -6,10 +6,10 @@
 A pre-provisioned CUDA image has torch, triton and the usual data stack (IMAGE below) but not the rest of
 what attnbench needs. The wheelhouse holds exactly that rest, for the target Python and platform:
 - the project's dependencies and its `gpu` and `dev` extras (pyproject.toml), with their dependencies
-  as pip resolves them for the target, less the image's packages and all that torch and triton bring
-  (the CUDA stack). The image's other packages may be older than the newest release, whose dependencies
-  can differ (typer's newest needs pydantic, the image's typer did not), so their dependencies stay in:
-  pip skips a wheel whose package is installed;
+  as pip resolves them for the target, less the image's packages and the CUDA libraries torch brings
+  (nvidia-*, cuda-*). The dependencies of the image's packages stay in: the image may hold versions too
+  old for the newest releases here (pydantic 2.14 needs typing-extensions 4.16, newer than torch's; the
+  newest typer needs pydantic, the image's did not), and pip skips a wheel whose package is installed;
 - mamba-ssm (the `mamba` extra's pin), a source distribution whose CUDA extension compiles for a long
   time: it is built here into a pure-Python wheel with MAMBA_SKIP_CUDA_BUILD=TRUE. Mamba-2's Triton
   kernels then run and Mamba-1's fused kernels are reported unsupported (variants/mamba.py);
@@ -40,10 +40,10 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the runner image already has (ANCHORS: a pre-provisioned CUDA image): these stay out of the
-# wheelhouse, and so does everything torch and triton depend on (at the image's versions).
+# wheelhouse, and so do the CUDA libraries torch depends on (gigabytes, pinned by the image's torch).
 IMAGE = ("torch", "triton", "numpy", "pandas", "pyarrow", "seaborn", "pytest-benchmark", "nvidia-ml-py",
          "typer", "rich")
-STACK = ("torch", "triton")
+CUDA_STACK = ("nvidia-", "cuda-")  # name prefixes
 DEFAULT_TORCH, DEFAULT_TRITON = "2.11.0", "3.6.0"
 EXTRAS = ("gpu", "dev")  # installed from the wheelhouse with the checkout
 SOURCE_BUILT = "mamba-ssm"  # from the `mamba` extra: built here without its CUDA extension
@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         constraints = scratch / "image-constraints.txt"
         constraints.write_text("\n".join(image_constraints(args.torch, args.triton)) + "\n")
-        provided = {*resolve(list(STACK), options, constraints, scratch), *IMAGE}
         needed = resolve([*requirements(project), str(mamba_wheel)], options, constraints, scratch)
+        provided = {*IMAGE, *(name for name in needed if name.startswith(CUDA_STACK))}
         pins = to_download(needed, provided, project)
         pip("download", "--no-deps", "--quiet", "--dest", str(out), *options, *pins)
     (out / "requirements.txt").write_text("\n".join([*pins, source_built(project)]) + "\n")
