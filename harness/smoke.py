@@ -151,14 +151,14 @@ def steps(device: str, wheelhouse: Path | None = None) -> list[Step]:
         plan.append(Step("install", 45, install_commands(wheelhouse), "the checkout and extras, offline"))
     plan += [
         Step("imports", 20 if gpu else 10, probe("import_probe"), "each optional library imported"),
-        Step("doctor", 120 if gpu else 30,
+        Step("doctor", 120 if gpu else 25,
              lambda out: ((*ATTNBENCH, "doctor", "--device", device, "--out", str(out)),),
              "every variant's fast path against its reference"),
         Step("tests-smoke", 100, pytest_command("cuda and smoke", "tests-smoke.xml"),
              "CUDA tests marked smoke: one per fast path", cuda_only=True),
         Step("tests-cuda", 30, pytest_command("cuda and not smoke", "tests-cuda.xml"),
              "the other CUDA tests, as far as the budget goes", cuda_only=True, open_ended=True),
-        Step("sweep", 80 if gpu else 60, sweep_commands(device, compiled=False),
+        Step("sweep", 80 if gpu else 70, sweep_commands(device, compiled=False),
              "throughput: kernel level, fwd and fwd+bwd, uncompiled paths"),
         Step("sweep-compiled", 40 if gpu else 30, sweep_commands(device, compiled=True),
              "throughput: the FlexAttention variants (a compilation per shape), as far as the budget goes",
@@ -170,7 +170,7 @@ def steps(device: str, wheelhouse: Path | None = None) -> list[Step]:
              "the grid's fidelity rows: our timer beside do_bench"),
         Step("energy", 10, probe("energy_probe"), "NVML's energy counter around a second of matmuls",
              cuda_only=True),
-        Step("report", 15 if gpu else 30, lambda out: ((*ATTNBENCH, "report", str(out)),),
+        Step("report", 15 if gpu else 25, lambda out: ((*ATTNBENCH, "report", str(out)),),
              "attnbench report"),
     ]
     return plan
