@@ -148,15 +148,15 @@ def steps(device: str, wheelhouse: Path | None = None) -> list[Step]:
     gpu = device == "cuda"
     plan = []
     if wheelhouse is not None:
-        plan.append(Step("install", 45, install_commands(wheelhouse), "the checkout and extras, offline"))
+        plan.append(Step("install", 60, install_commands(wheelhouse), "the checkout and extras, offline"))
     plan += [
         Step("imports", 20 if gpu else 10, probe("import_probe"), "each optional library imported"),
-        Step("doctor", 120 if gpu else 25,
+        Step("doctor", 110 if gpu else 25,
              lambda out: ((*ATTNBENCH, "doctor", "--device", device, "--out", str(out)),),
              "every variant's fast path against its reference"),
         Step("tests-smoke", 100, pytest_command("cuda and smoke", "tests-smoke.xml"),
              "CUDA tests marked smoke: one per fast path", cuda_only=True),
-        Step("tests-cuda", 30, pytest_command("cuda and not smoke", "tests-cuda.xml"),
+        Step("tests-cuda", 25, pytest_command("cuda and not smoke", "tests-cuda.xml"),
              "the other CUDA tests, as far as the budget goes", cuda_only=True, open_ended=True),
         Step("sweep", 80 if gpu else 70, sweep_commands(device, compiled=False),
              "throughput: kernel level, fwd and fwd+bwd, uncompiled paths"),
