@@ -1,4 +1,5 @@
-"""Sessions: `nox -s tests` (CPU test suite), `nox -s lint`, `nox -s bench` (every suite, then the report).
+"""Sessions: `nox -s tests` (CPU test suite), `nox -s lint`, `nox -s bench` (every suite, then the report),
+`nox -s gpu-smoke` (a new GPU runner's first minutes; docs/gpu.md).
 
 On a pre-provisioned GPU runner with no network, run in the current environment instead of a new
 virtualenv: `nox --no-venv -s bench` (installs are skipped; the environment must already hold the
@@ -57,6 +58,18 @@ def bench(session: nox.Session) -> None:
     for command in bench_commands(list(session.posargs), device):
         # The doctor exits 1 when a variant fails its parity smoke: the suites then record it row by row.
         session.run(*command, success_codes=[0, 1] if command[1] == "doctor" else [0])
+
+
+@nox.session(name="gpu-smoke")
+def gpu_smoke(session: nox.Session) -> None:
+    """A new GPU runner's first minutes (harness.smoke): install, doctor, CUDA tests, a short sweep, the
+    fidelity rows, NVML energy and the report into one run directory, each step under its own budget.
+
+    On an offline runner: `nox --no-venv -s gpu-smoke -- --wheelhouse DIR` (docs/gpu.md). In CI:
+    `nox -s gpu-smoke -- --device cpu`, the same steps on the CPU (those that need a GPU say so).
+    """
+    install(session)
+    session.run("python", "-m", "harness.smoke", *session.posargs)
 
 
 SUITES = ("throughput", "accuracy", "long-range")

@@ -67,6 +67,12 @@ def run(
     variant: Annotated[list[str] | None, typer.Option("--variant", "-v", help="Only these variants")] = None,
     seq_len: Annotated[list[int] | None, typer.Option("--seq-len", "-n", help="Only these lengths")] = None,
     dtype: Annotated[list[str] | None, typer.Option("--dtype", help="Only these dtypes")] = None,
+    mode: Annotated[list[str] | None, typer.Option(
+        "--mode", help="Throughput: only these modes (fwd, fwd_bwd, decode)")] = None,
+    level: Annotated[list[str] | None, typer.Option(
+        "--level", help="Throughput: only these levels (kernel, layer)")] = None,
+    kind: Annotated[list[str] | None, typer.Option(
+        "--kind", help="Throughput: only these kinds of case (sweep, fidelity)")] = None,
     timeout: Annotated[float | None, typer.Option(help="Per-case timeout in seconds")] = None,
     retry: Annotated[str, typer.Option(
         help="Which recorded cases to measure again: failed (error and timeout rows: an exception, a hang, "
@@ -101,9 +107,12 @@ def run(
         fail("--memory-gb applies to --find-max-n")
     learned = {k: v for k, v in dict(seeds=seeds, findings=finding or None, criterion=criterion).items()
                if v is not None}
+    shape = {k: v for k, v in dict(mode=mode, level=level, kind=kind).items() if v}
     if find_max_n:
         if learned:
             fail("--find-max-n takes no --seeds, --finding or --criterion (they are for learned tasks)")
+        if shape:
+            fail("--find-max-n takes no --mode, --level or --kind (it probes the forward kernel)")
         if shard is not None or executor != "local":
             fail("--find-max-n runs here, one probe at a time: it takes no --shard or --executor")
         _find_max_n(suite, device, profile, out, variant, seq_len, dtype, memory_gb, timeout)
@@ -121,7 +130,7 @@ def run(
     where = _executor(executor, ray_address)
     try:
         _run(where, suite, device, profile, out, variant, seq_len, dtype, timeout, retry, fresh, progress,
-             part, learned)
+             part, learned, shape)
     finally:
         where.close()
 
@@ -138,10 +147,10 @@ def _executor(name: str, ray_address: str | None):
 
 
 def _run(executor, suite, device, profile, out, variant, seq_len, dtype, timeout, retry, fresh, progress,
-         part, learned):
+         part, learned, shape):
     """`run` once its executor is ready."""
     chosen, cases, out = _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh,
-                                   executor, learned)
+                                   executor, learned, shape)
     timeout = validate.positive(timeout, "--timeout", validate.MAX_TIMEOUT_S, " s") or chosen.timeout_s
     what = f"{len(cases)} cases"
     if part is not None:
@@ -202,7 +211,23 @@ def checked_lengths(lengths: list[int] | None) -> list[int]:
     return validate.unique(validate.seq_len(n) for n in lengths or [])
 
 
-def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh, executor, learned):
+def only_shapes(cases: list, shape: dict[str, list[str]]) -> list:
+    """The cases whose `mode`, `level` and `kind` (throughput's fields) are among those asked for in
+    `shape` ({"mode": [...], ...}); a value no case of the plan has is bad input."""
+    for field, wanted in shape.items():
+        planned = {getattr(c, field) for c in cases if hasattr(c, field)}
+        if not planned:
+            fail(f"--{field} applies to the throughput suite")
+        unknown = sorted(set(wanted) - planned)
+        if unknown:
+            fail(f"--{field}: no case of this plan has {', '.join(unknown)}; "
+                 f"it has {', '.join(sorted(planned))}")
+        cases = [c for c in cases if getattr(c, field) in wanted]
+    return cases
+
+
+def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh, executor, learned,
+              shape=None):
     """Every argument of `run` checked, then the suite's cases: (suite, cases, run directory)."""
     chosen = checked_suite(suite)
     device = checked_device(device, executor)
@@ -227,8 +252,9 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
         fail(one_line_validation(e))
     except ValueError as e:
         fail(str(e))
+    cases = only_shapes(cases, shape or {})
     if not cases:
-        fail("the filters leave no case to run; loosen --variant/--seq-len/--dtype")
+        fail("the filters leave no case to run; loosen --variant/--seq-len/--dtype/--mode/--level/--kind")
     return chosen, runner.unique(cases), out
 
 

@@ -14,13 +14,25 @@ TOLERANCE = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: smoke_if's marks must be there by then
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        mark_smoke(item)
     if CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def mark_smoke(item) -> None:
+    """`@pytest.mark.smoke_if(dtype=torch.bfloat16, causal=True)`: the parametrizations with all those
+    values are marked `smoke` (the first CUDA tests nox -s gpu-smoke runs: one per fast path)."""
+    wanted = item.get_closest_marker("smoke_if")
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if wanted is not None and all(params.get(k, object()) == v for k, v in wanted.kwargs.items()):
+        item.add_marker(pytest.mark.smoke)
 
 
 @pytest.fixture(autouse=True)

@@ -395,6 +395,7 @@ def test_cuda_bf16_evaluation_matches_cpu_float32():
 
 
 @pytest.mark.cuda
+@pytest.mark.smoke
 def test_cuda_training_runs_in_bf16_autocast():
     case = tiny_mqar(device="cuda", dtype="bfloat16", max_steps=50, n_test=64)
     row = A.run_task(case, RunContext())

@@ -206,6 +206,12 @@ BATTERY = [
     ("run-dtype-int", [*RUN, "--dtype", "int32"], "--dtype: unknown dtype 'int32'"),
     ("run-dtype-torch-prefix-typo", [*RUN, "--dtype", "torch.float8"], "unknown dtype 'torch.float8'"),
     ("run-dtype-not-on-cpu", [*RUN, "--dtype", "fp16"], "float16"),
+    ("run-mode-unknown", [*RUN, "--mode", "bwd"], "--mode: no case of this plan has bwd; it has decode, fwd"),
+    ("run-level-unknown", [*RUN, "--level", "block"],
+     "--level: no case of this plan has block; it has kernel"),
+    ("run-mode-learned", [*LEARNED, "--mode", "fwd"], "--mode applies to the throughput suite"),
+    ("run-kind-unknown", [*RUN, "--kind", "frontier"], "--kind: no case of this plan has frontier"),
+    ("run-find-max-n-mode", [*RUN, "--find-max-n", "--mode", "fwd"], "--find-max-n takes no --mode"),
     ("run-timeout-negative", [*RUN, "--timeout", "-1"], "--timeout must be a number greater than 0"),
     ("run-timeout-zero", [*RUN, "--timeout", "0"], "--timeout must be a number greater than 0 and at most"),
     ("run-timeout-nan", [*RUN, "--timeout", "nan"], "--timeout must be a number greater than 0.*got nan"),
@@ -384,6 +390,18 @@ def test_variants_lengths_and_dtypes_given_twice_run_once(monkeypatch, capsys, t
     assert code == 0 and len(cases) == len({c.case_id for c in cases}) == 6  # 2 levels x 3 modes
     assert {(c.variant, c.seq_len, c.dtype) for c in cases} == {("vanilla", 128, "float32")}
     assert "ok 6" in out
+
+
+def test_mode_and_level_keep_only_those_cases(monkeypatch, capsys, tmp_path):
+    stub = NoRun()
+    monkeypatch.setattr(runner, "run", stub)
+    code, _, _ = run_cli(monkeypatch, capsys, [*expand(RUN, {}, tmp_path), "-v", "vanilla", "-n", "128",
+                                               "--mode", "fwd", "--mode", "fwd_bwd", "--level", "kernel"])
+    kept = {(c.mode, c.level, c.kind) for c in stub.calls[0][0]}
+    assert code == 0 and kept == {("fwd", "kernel", "sweep"), ("fwd_bwd", "kernel", "sweep")}
+    run_cli(monkeypatch, capsys, [*expand(RUN, {}, tmp_path), "--kind", "fidelity"])
+    fidelity = stub.calls[1][0]
+    assert fidelity and {c.kind for c in fidelity} == {"fidelity"}  # the grid's fidelity points alone
 
 
 def test_the_default_timeout_and_a_given_one_reach_the_runner(monkeypatch, capsys, tmp_path):

@@ -89,6 +89,7 @@ def test_declared_support():
 
 
 @pytest.mark.cuda
+@pytest.mark.smoke_if(dtype=torch.bfloat16, causal=True, shape=(256, 256))
 @pytest.mark.parametrize("name", FLASH)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("causal", [False, True])

@@ -222,6 +222,7 @@ def test_xformers_local_mask_cuts_off_only_the_queries_that_see_no_key(monkeypat
 
 
 @pytest.mark.cuda
+@pytest.mark.smoke_if(dtype=torch.bfloat16, causal=True, shape=(300, 300))
 @pytest.mark.parametrize("name", ["longformer", "longformer-banded", "longformer-xformers"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("causal", [False, True])

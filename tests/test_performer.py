@@ -181,6 +181,7 @@ def test_gradients_match_finite_differences(causal, shape):
 
 
 @pytest.mark.cuda
+@pytest.mark.smoke_if(dtype=torch.bfloat16)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_fla_kernel_matches_chunked_pytorch_on_gpu(dtype):
     if not linear.fla_backend_available():

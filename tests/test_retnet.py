@@ -113,6 +113,7 @@ def test_fla_call_sites_pass_the_right_layout_and_return_ours(monkeypatch):
 
 
 @pytest.mark.cuda
+@pytest.mark.smoke_if(dtype=torch.bfloat16)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fla_kernels_match_the_chunked_torch_path(dtype):
     pytest.importorskip("fla", reason="fla-core not installed")

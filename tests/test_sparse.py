@@ -227,6 +227,7 @@ def test_one_compiled_wrapper_per_function():
 
 
 @pytest.mark.cuda
+@pytest.mark.smoke_if(dtype=torch.bfloat16, causal=True, shape=(300, 300))
 @pytest.mark.parametrize("name", list(SMALL))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("causal", [False, True])

@@ -317,6 +317,7 @@ def test_pytest_benchmark_json_converts_to_store_rows(tmp_path):
 
 
 @pytest.mark.cuda
+@pytest.mark.smoke
 def test_a_cuda_case_fills_every_gpu_column(tmp_path):
     c = case(device="cuda", dtype="bfloat16", variant="flash-sdpa", seq_len=1024, total_tokens=16384,
              n_heads=32, energy_ms=200)

@@ -195,6 +195,7 @@ def test_no_telemetry_on_cpu():
 
 
 @pytest.mark.cuda
+@pytest.mark.smoke
 def test_nvml_readings_of_the_device_in_use():
     gpu = telemetry.GpuTelemetry.open("cuda")
     assert gpu is not None

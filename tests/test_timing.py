@@ -262,6 +262,7 @@ def test_do_bench_is_called_with_its_real_signature(monkeypatch, do_bench):
 # --- CUDA ---------------------------------------------------------------------------------------------
 
 @pytest.mark.cuda
+@pytest.mark.smoke
 def test_cuda_event_timer_measures_device_time():
     start = timing.cuda_event_timer()
     torch.cuda._sleep(10_000_000)  # a kernel that spins ~10M cycles: several ms, launched asynchronously
@@ -270,6 +271,7 @@ def test_cuda_event_timer_measures_device_time():
 
 
 @pytest.mark.cuda
+@pytest.mark.smoke
 def test_l2_flush_overwrites_more_than_the_l2_cache():
     flush = timing.L2Flush("cuda")
     assert flush.nbytes >= 2 * torch.cuda.get_device_properties(0).L2_cache_size
@@ -277,6 +279,7 @@ def test_l2_flush_overwrites_more_than_the_l2_cache():
 
 
 @pytest.mark.cuda
+@pytest.mark.smoke
 def test_timer_agrees_with_triton_do_bench():
     """Median of our loop vs triton.testing.do_bench on one matmul: within 10% (both flush L2, both
     use CUDA events; the difference left is the loop around them)."""

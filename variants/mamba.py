@@ -12,6 +12,7 @@ state), and decoding through causal-conv1d's `causal_conv1d_update` and mamba-ss
 from __future__ import annotations
 
 import functools
+import importlib.machinery
 import math
 from types import SimpleNamespace
 
@@ -31,10 +32,29 @@ from harness.registry import (
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what selective_scan_cuda accepts
 
 
+# mamba-ssm's compiled CUDA module, top-level beside the package. `MAMBA_SKIP_CUDA_BUILD=TRUE` installs the
+# package without it (the offline wheelhouse does): `selective_scan_fn` and `mamba_inner_fn` need it.
+EXTENSION = "selective_scan_cuda"
+
+
+@functools.cache
+def fused_unavailable_reason() -> str | None:
+    """Why mamba_ssm's fused Mamba-1 kernels cannot run here, None where they can. The extension is
+    looked up on the path itself, not through the package (which installs without it), nor through
+    sys.modules (where variants.recurrent may have put a stand-in for it)."""
+    if not cuda_available():
+        return "no CUDA device"
+    if not package_available("mamba_ssm"):
+        return "mamba-ssm not installed"
+    if importlib.machinery.PathFinder.find_spec(EXTENSION) is None:
+        return f"mamba-ssm is installed without its CUDA extension ({EXTENSION})"
+    return None
+
+
 @functools.cache
 def _fused_scan():
-    """mamba_ssm's `selective_scan_fn`, or None where it cannot run (no CUDA, not installed, not built)."""
-    if not (cuda_available() and package_available("mamba_ssm")):
+    """mamba_ssm's `selective_scan_fn`, or None where it cannot run (fused_unavailable_reason)."""
+    if fused_unavailable_reason() is not None:
         return None
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -328,7 +348,8 @@ def scan_inputs(batch: int, heads: int, seq_len: int, head_dim: int, generator: 
 def _backend(device: str) -> str:
     kernels = _block_kernels() if device == "cuda" else None
     if kernels is None:
-        return "torch-scan"
+        missing = device == "cuda" and package_available("mamba_ssm") and fused_unavailable_reason()
+        return f"torch-scan (fused path unsupported: {missing})" if missing else "torch-scan"
     return "mamba_ssm.mamba_inner_fn" if kernels.mamba_inner_fn else "mamba_ssm.selective_scan_fn"
 
 

@@ -6,7 +6,8 @@ Per head, with state h (N x P), input x_t (P), dt_t > 0, A < 0 and B_t, C_t (N) 
 
 That is linear attention with a scalar decay: q = C, k = B, v = dt x, log decay dt A. Code paths:
 - CUDA with mamba-ssm: `mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined` (and
-  `selective_state_update` for decoding).
+  `selective_state_update` for decoding), Triton kernels that also run where mamba-ssm was installed
+  without its CUDA extension (variants.recurrent.import_mamba_ssm_triton).
 - elsewhere: `ssd_chunked`, the paper's chunkwise SSD in PyTorch (quadratic inside a chunk, a state pass
   between chunks); `ssd_recurrent` is its step-by-step twin.
 
@@ -31,6 +32,7 @@ from variants.recurrent import (
     accumulation_dtype,
     chunks,
     dt_bias_init,
+    import_mamba_ssm_triton,
     mamba_ssm_installed,
     run_convs,
     use_library,
@@ -114,6 +116,7 @@ def _bthd(t: torch.Tensor) -> torch.Tensor:
 
 def _mamba_chunk_scan(x, dt, A, B, C, chunk_size, initial_state, output_final_state):
     """mamba_ssm's fused SSD. Its state is (batch, nheads, headdim, dstate), ours (b, h, N, P)."""
+    import_mamba_ssm_triton()
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
     initial = None if initial_state is None else initial_state.transpose(-1, -2).float().contiguous()
@@ -127,6 +130,7 @@ def _mamba_chunk_scan(x, dt, A, B, C, chunk_size, initial_state, output_final_st
 def _mamba_state_update(x, dt, A, B, C, state):
     """mamba_ssm's one-token kernel; it updates a (batch, nheads, headdim, dstate) state in place, so it
     gets a copy (decode steps here return a new state, like every other path)."""
+    import_mamba_ssm_triton()
     from mamba_ssm.ops.triton.selective_state_update import selective_state_update
 
     new_state = state.float().clone()

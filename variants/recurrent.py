@@ -13,7 +13,10 @@ with o_t = scale * S_t^T q_t (fla's [K, V] layout). The fast-path call sites tra
 from __future__ import annotations
 
 import functools
+import importlib.machinery
 import math
+import sys
+import types
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +41,33 @@ def fla_installed() -> bool:
 @functools.cache
 def mamba_ssm_installed() -> bool:
     return cuda_available() and package_available("mamba_ssm")
+
+
+# mamba-ssm's CUDA extension, a top-level module. mamba_ssm 2.3.x imports it unguarded
+# (ops/selective_scan_interface.py, reached from the package's __init__), so a build without it
+# (MAMBA_SKIP_CUDA_BUILD=TRUE) cannot import even the Triton kernels that do not use it.
+MAMBA_EXTENSION = "selective_scan_cuda"
+
+
+class MissingExtension(types.ModuleType):
+    """Stands in for an extension that was not built: the package imports, and anything that reaches
+    for the extension gets an AttributeError that says why."""
+
+    def __getattr__(self, name: str):
+        raise AttributeError(f"{self.__name__}.{name}: mamba-ssm is installed without its CUDA extension "
+                             f"({self.__name__}); only its Triton kernels run")
+
+
+def import_mamba_ssm_triton() -> None:
+    """Make `import mamba_ssm...` work for the Triton kernels (Mamba-2's SSD, selective_state_update)
+    where the extension was not built: a MissingExtension takes its place in sys.modules. Where the
+    extension is on the path, nothing changes. variants.mamba looks the extension up on the path, so
+    Mamba-1's fused kernels stay unsupported."""
+    if MAMBA_EXTENSION in sys.modules or importlib.machinery.PathFinder.find_spec(MAMBA_EXTENSION):
+        return
+    stand_in = MissingExtension(MAMBA_EXTENSION)
+    stand_in.__spec__ = importlib.machinery.ModuleSpec(MAMBA_EXTENSION, None, origin="not built")
+    sys.modules[MAMBA_EXTENSION] = stand_in
 
 
 def use_library(flag: bool | None, installed: bool, x: torch.Tensor, dtypes=KERNEL_DTYPES) -> bool:
