@@ -36,7 +36,7 @@ from rich.progress import (
 from harness import env, registry
 from harness.config import Case
 from harness.registry import Unsupported
-from harness.store import STATUSES, RunStore
+from harness.store import STATUSES, Compaction, RunStore
 
 STARTUP_TIMEOUT_S = 300.0
 RUN_DIR_ENV = "ATTNBENCH_RUN_DIR"  # names the run directory to the suites' cases while a run lasts
@@ -303,6 +303,7 @@ class RunSummary:
     skipped_as_done: int = 0  # recorded already and kept
     retried: int = 0  # recorded already and measured again (--retry)
     interrupted: bool = False
+    compaction: Compaction | None = None  # what compacting the finished run did
 
     def add(self, status: str) -> None:
         self.counts[status] = self.counts.get(status, 0) + 1
@@ -320,9 +321,10 @@ def run(
     executor=None,
 ) -> RunSummary:
     """Run the cases of `out` not recorded yet (and those `retry` measures again) on `executor` (default:
-    a LocalExecutor), writing each row as soon as its case finishes. `fresh` clears the run directory
-    first. The directory is locked for the whole run (a RunDirError when another process holds it).
-    `run_fields` go into every row (the profile the cases came from)."""
+    a LocalExecutor), writing each row as soon as its case finishes, and compact the run once every case
+    has run (not when interrupted: `RunStore.compact`). `fresh` clears the run directory first. The
+    directory is locked for the whole run (a RunDirError when another process holds it). `run_fields` go
+    into every row (the profile the cases came from)."""
     executor = executor or LocalExecutor()
     cases = unique(cases)
     store = RunStore(out)
@@ -341,6 +343,8 @@ def run(
             skips = OomSkips([c for c in cases if c.case_id not in again], recorded)  # OOMs that stand
             _drive(executor.events(todo, suite_module, timeout_s, skips) if todo else iter(()), store,
                    environment, run_fields, summary, progress, len(todo), cases[0].suite if cases else None)
+            if not summary.interrupted:  # finished: one file per suite (Ctrl-C keeps the case files)
+                summary.compaction = store.compact()
     finally:
         executor.close()
     return summary

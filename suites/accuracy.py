@@ -24,16 +24,14 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import pandas as pd
 import torch
 from pydantic import Field, model_validator
 
 from harness import compiling, registry
 from harness.attention import causal_mask, softmax_attention
-from harness.config import Case
+from harness.config import ADDED_LATER, Case
 from harness.registry import as_dtype, dtype_name
 from harness.runner import check_finite
 from suites import estimate, findings, grids
@@ -112,7 +110,8 @@ class TaskCase(AccuracyCase):
     weight_decay: float = Field(0.1, ge=0)
     train_pool: int | None = Field(None, gt=0)  # None: fresh examples every step; n: a fixed training set
     criterion: float | None = Field(None, gt=0, le=1)  # validation accuracy that ends training
-    criterion_holds: int = Field(1, gt=0)  # ... once reached at this many validations in a row
+    # ... once reached at this many validations in a row (added after the first committed rows)
+    criterion_holds: Annotated[int, ADDED_LATER] = Field(1, gt=0)
     validate_every: int = Field(100, gt=0)
     n_valid: int = Field(256, gt=0)
     n_test: int = Field(256, gt=0)
@@ -168,8 +167,7 @@ class TaskCase(AccuracyCase):
 
     def training_key(self) -> str:
         """Identifies the trained model: everything but the evaluation settings."""
-        fields = self.model_dump(mode="json", exclude={"suite", "seq_len", "depth", "n_test"})
-        return json.dumps(fields, sort_keys=True)
+        return json.dumps(self.identity(exclude={"suite", "seq_len", "depth", "n_test"}), sort_keys=True)
 
     def training_id(self) -> str:
         """A short stable hash of training_key: the rows of one trained model share it."""
@@ -483,11 +481,11 @@ def sweep_rows(case: TaskCase) -> list[dict]:
     if run_dir is None:
         raise RuntimeError("a case without a learning rate chooses from its sweep's rows: run it through "
                            "the runner (ATTNBENCH_RUN_DIR names the run directory)")
+    sweeps = {lr: case.model_copy(update={"seed": SWEEP_SEED, "lr": lr}) for lr in case.lrs}
+    recorded = store.RunStore(run_dir).rows(s.case_id for s in sweeps.values())
     rows = []
-    for lr in case.lrs:
-        sweep = case.model_copy(update={"seed": SWEEP_SEED, "lr": lr})
-        path = Path(run_dir) / store.RECORDS / f"{sweep.case_id}.parquet"
-        row = pd.read_parquet(path).iloc[0].to_dict() if path.exists() else None
+    for lr, sweep in sweeps.items():
+        row = recorded.get(sweep.case_id)
         if row is None or row.get("status") != "ok":
             raise RuntimeError(f"the learning-rate sweep has no ok row for lr={lr:g} at seed {SWEEP_SEED} "
                                f"({sweep.describe()}): run the whole plan")
@@ -499,7 +497,7 @@ def chosen_lr(case: TaskCase) -> float:
     if case.lr is not None:
         return case.lr
     runs = [(float(r["lr"]), float(r["valid_accuracy"]),
-             None if pd.isna(r["steps_to_criterion"]) else int(r["steps_to_criterion"]))
+             None if r.get("steps_to_criterion") is None else int(r["steps_to_criterion"]))
             for r in sweep_rows(case)]
     return choose_lr(runs)
 
