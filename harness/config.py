@@ -7,6 +7,11 @@ default. A field added to a model with a default is declared so; every id record
 still names its case, and a case that sets it to another value gets an id of its own. Renaming,
 removing or re-typing a field, or changing a default, changes ids: rows recorded before are then other
 cases. tests/test_case_ids.py recomputes the id of every committed reference row.
+
+Why this rule: the committed rows were written before `criterion_holds` existed (no such column) and
+after, with 3; the rule reproduces all of them. The code between the two (7e90d12 until this rule)
+hashed the default 1 too; rows it wrote at the default, none of them committed, get new ids. No rule
+keeps both those and the rows written before the field (results/README.md).
 """
 
 from __future__ import annotations

@@ -566,7 +566,7 @@ def test_any_argument_list_exits_0_or_2_without_a_traceback(args, inputs, tmp_pa
     monkeypatch.setattr(runner, "run", NoRun())
     no_doctor(monkeypatch)
     no_frontier(monkeypatch)
-    monkeypatch.setattr(charts, "save", lambda fig, out_dir, name: Path(out_dir) / f"{name}.png")  # speed
+    monkeypatch.setattr(charts, "save", lambda fig, out_dir, name: Path(out_dir) / f"{name}.svg")  # speed
     code, out, err = run_cli(monkeypatch, capsys, expand(args, inputs, tmp_path))
     assert code in (0, 2), (args, err)
     assert TRACEBACK not in out + err, args
