@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import logging
 import os
@@ -492,9 +493,9 @@ class RunStore:
         """Fold the case files into one file per suite; call it with the run locked (`lock`).
 
         Each suite's file is rewritten with its rows and the case files of that suite (which supersede
-        its rows of their cases), atomically, and read back; the case files are deleted only after every
-        suite file is durable. A suite whose rows would change a value's type keeps its case files
-        (`type_conflict`, one warning)."""
+        its rows of their cases): read back in memory first, then written atomically; the case files
+        are deleted only after every suite file is durable. A suite whose rows would change a value's
+        type keeps its case files (`type_conflict`, one warning)."""
         suites, cases = self._tables()
         done = Compaction()
         if not cases:
@@ -517,12 +518,7 @@ class RunStore:
                 log.warning("%s: the %s rows stay one file per case (%s; compacted they would change "
                             "type)", self.root, suite, conflict)
                 continue
-            table = _concat(parts).replace_schema_metadata(None)
-            path = suite_file(self.records, suite)
-            self._write_parquet(path, table, compression="zstd")
-            if not read_rows(path).equals(table):
-                raise RuntimeError(f"{path} does not read back as written: the case files are kept")
-            done.rows[suite] = table.num_rows
+            done.rows[suite] = self._write_suite(suite, _concat(parts))
             folded += [case_file(self.records, c) for c in ids.to_pylist()]
         _fsync_dir(self.records)
         for file in folded:
@@ -532,6 +528,20 @@ class RunStore:
         for suite, t in compacted.items():
             done.rows.setdefault(suite, t.num_rows)
         return done
+
+    def _write_suite(self, suite: str, table: pa.Table) -> int:
+        """A suite's rows as its compacted file, checked in memory before anything on disk changes."""
+        table = table.replace_schema_metadata(None)
+        path = suite_file(self.records, suite)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        written = pq.read_table(pa.BufferReader(buffer.getvalue()))
+        validate_rows(written, path)
+        if not written.equals(table):  # a bug, not a state of the disk
+            raise RuntimeError(f"the compacted rows of {suite!r} do not read back as written; "
+                               f"{self.root} is left as it was")
+        self._write(path, lambda: atomic_write(path, buffer.getvalue()))
+        return table.num_rows
 
     def _write_parquet(self, path: Path, table: pa.Table, **options: Any) -> Path:
         self._write(path, lambda: atomic_write(path, lambda f: pq.write_table(table, f, **options)))

@@ -77,6 +77,7 @@ def varied_run(tmp_path_factory):
     return fx.full_run(tmp_path_factory.mktemp("varied") / "run")
 
 
+@pytest.mark.slow
 def test_compaction_loses_no_row_column_or_type(varied_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(varied_run, run)
@@ -155,8 +156,8 @@ def test_a_compaction_cut_short_anywhere_loses_nothing_and_the_next_one_finishes
     def die(*args, **kwargs):
         raise KeyboardInterrupt  # the same as a kill here: nothing after it runs
 
-    if cut == "writing the suite file":
-        monkeypatch.setattr(store.pq, "write_table", die)
+    if cut == "writing the suite file":  # written and synced, not yet renamed into place
+        monkeypatch.setattr(store.os, "replace", die)
     elif cut == "before deleting the case files":
         monkeypatch.setattr(store, "_fsync_dir", die)
     else:
@@ -217,6 +218,7 @@ class InterruptedExecutor(runner.LocalExecutor):
                 raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_compacted_and_an_interrupted_one_keeps_its_case_files(tmp_path):
     cases = [Case(seq_len=n) for n in (8, 16, 32)]
     summary = runner.run(cases, SUITE, tmp_path, progress=False, executor=InterruptedExecutor())
@@ -228,6 +230,7 @@ def test_a_finished_run_is_compacted_and_an_interrupted_one_keeps_its_case_files
     assert case_files(tmp_path) == [] and suite_files(tmp_path) == ["suite-fake.parquet"]
 
 
+@pytest.mark.slow
 def test_a_compacted_run_resumes_retries_and_starts_over(tmp_path):
     done_before, failed = fake_rows(tmp_path, {8: "ok", 16: "error"})
     compact(tmp_path)
@@ -244,6 +247,7 @@ def test_a_compacted_run_resumes_retries_and_starts_over(tmp_path):
     assert summary.skipped_as_done == 0 and list(store.load(tmp_path).case_id) == [new.case_id]
 
 
+@pytest.mark.slow
 def test_merge_reads_both_layouts_and_writes_a_compacted_run(tmp_path):
     compacted = fx.write_run(tmp_path / "a", fx.throughput_rows())
     compact(compacted)
