@@ -282,6 +282,10 @@ def test_seeds_after_the_sweep_train_at_the_rate_it_chose(tmp_path, monkeypatch)
         A._last_trained = None
         run.write({"case_id": case.case_id, **case.flat(), "status": "ok", **A.run_task(case)})
     assert A.chosen_lr(cases[2]) == 3e-3  # 1e-6 learns nothing in 120 steps
+    with run.lock():
+        run.compact()  # the sweep's rows read the same from the compacted file
+    assert A.chosen_lr(cases[2]) == 3e-3 and list(tmp_path.glob("records/*.parquet")) == [
+        tmp_path / "records" / "suite-accuracy.parquet"]
     A._last_trained = None
     assert A.run_task(cases[2])["lr_used"] == 3e-3
 
