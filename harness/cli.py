@@ -356,6 +356,30 @@ def merge(
                       f"draws each apart", highlight=False, soft_wrap=True)
 
 
+@app.command("compact")
+def compact(
+    runs: Annotated[list[str], typer.Argument(help="Run directories, or folders of runs")],
+) -> None:
+    """Fold each run's per-case record files into one Parquet file per suite. A run that finishes is
+    compacted when it ends; this compacts one that was interrupted, or written before compaction."""
+    try:
+        found = store.run_dirs([validate.input_path(r, "RUN") for r in runs])
+    except FileNotFoundError as e:
+        fail(str(e))
+    if not found:
+        fail(f"no run (a directory holding records/) at or below {', '.join(runs)}")
+    for run in found:
+        errors.log_to(run)
+        run_store = store.RunStore(run)
+        with run_store.lock("attnbench compact"):
+            done = run_store.compact()
+        suites = ", ".join(f"{suite} {n}" for suite, n in sorted(done.rows.items())) or "no rows"
+        console.print(f"{escape(str(run))}: rows per suite: {suites}; {done.folded} case files folded in",
+                      highlight=False, soft_wrap=True)
+        for suite, why in sorted(done.kept.items()):
+            console.print(f"  {suite}: kept one file per case ({why})", highlight=False, soft_wrap=True)
+
+
 app.command("report")(report)
 app.command("recommend")(recommend)
 

@@ -1,9 +1,10 @@
 """`attnbench merge OUT RUN...`: runs measured apart (CI shards, several machines) as one run directory.
 
-Record files are copied as they are. A case recorded by several runs keeps one row: an `ok` row before a
-failed one, then the one that finished last. Runs of different commits or torch versions measured
-different code, so they are refused unless `allow_mixed`. OUT's environment.json keeps what every run
-agrees on, lists the values of what differs, and names its sources under `merged_from`.
+Rows are read from either layout of the store and copied as they are (every value and type), then OUT is
+compacted like a finished run. A case recorded by several runs keeps one row: an `ok` row before a failed
+one, then the one that finished last (the first run named on a tie). Runs of different commits or torch
+versions measured different code, so they are refused unless `allow_mixed`. OUT's environment.json keeps
+what every run agrees on, lists the values of what differs, and names its sources under `merged_from`.
 """
 
 from __future__ import annotations
@@ -21,15 +22,13 @@ SOURCE_FACTS = ("commit", "torch", "device", "device_name", "driver", "hostname"
 
 
 @dataclass
-class Record:
-    file: Path
-    status: str
-    finished_at: str
-    device_name: str | None
+class Kept:
+    """The row a merge keeps of one case: which run, where in its table, and why it ranks."""
 
-    def rank(self) -> tuple[bool, str]:
-        """Larger is preferred: an ok row, then the latest."""
-        return self.status == "ok", self.finished_at
+    run: Path
+    index: int
+    rank: tuple[bool, str]  # larger is preferred: an ok row, then the latest
+    device_name: str | None
 
 
 @dataclass
@@ -39,16 +38,6 @@ class Merged:
     duplicates: int  # rows of a case that another run's row replaced
     sources: list[dict[str, Any]]
     devices: list[str] = field(default_factory=list)  # distinct device names among the kept rows
-
-
-def read_record(file: Path) -> Record | None:
-    """The facts merge needs of a record; None (with a warning) for a file the store cannot read."""
-    try:
-        row = store.read_record(file).slice(0, 1).to_pylist()[0]
-    except store.CorruptFile as e:
-        store.log.warning("%s; left out of the merge", e)
-        return None
-    return Record(file, row["status"], str(row.get("finished_at") or ""), row.get("device_name"))
 
 
 def environment_of(run: Path) -> dict[str, Any]:
@@ -107,23 +96,27 @@ def merge(out: str | Path, runs: list[str | Path], allow_mixed: bool = False) ->
     environments = {run: environment_of(run) for run in dirs}
     if not allow_mixed:
         check_compatible(environments)
-    best: dict[str, Record] = {}
+    tables = {run: store.RunStore(run).table() for run in dirs}
+    best: dict[str, Kept] = {}
     total = 0
-    for run in dirs:
-        for file in sorted((run / store.RECORDS).glob("*.parquet")):
-            record = read_record(file)
-            if record is None:
-                continue
+    for run, table in tables.items():
+        for index, row in enumerate(table.select(
+                [c for c in ("case_id", "status", "finished_at", "device_name") if c in table.column_names]
+        ).to_pylist()):
             total += 1
-            if file.stem not in best or record.rank() > best[file.stem].rank():
-                best[file.stem] = record
-    kept: dict[Path, int] = {}
-    with store.RunStore(out).lock("attnbench merge"):
-        for case_id, record in sorted(best.items()):
-            store.atomic_write(out / store.RECORDS / f"{case_id}.parquet", record.file.read_bytes())
-            run = record.file.parent.parent
-            kept[run] = kept.get(run, 0) + 1
-        environment = merged_environment(environments, kept)
+            kept = Kept(run, index, (row["status"] == "ok", str(row.get("finished_at") or "")),
+                        row.get("device_name"))
+            if row["case_id"] not in best or kept.rank > best[row["case_id"]].rank:
+                best[row["case_id"]] = kept
+    rows_kept: dict[Path, int] = {}
+    target = store.RunStore(out)
+    with target.lock("attnbench merge"):
+        for kept in (best[case_id] for case_id in sorted(best)):
+            row = tables[kept.run].slice(kept.index, 1)
+            target.write_record(row.select([c for c in row.column_names if row.column(c).null_count == 0]))
+            rows_kept[kept.run] = rows_kept.get(kept.run, 0) + 1
+        target.compact()
+        environment = merged_environment(environments, rows_kept)
         store.write_json(out / store.ENVIRONMENT, environment)
-    devices = sorted({r.device_name for r in best.values() if r.device_name})
+    devices = sorted({k.device_name for k in best.values() if k.device_name})
     return Merged(out, len(best), total - len(best), environment["merged_from"], devices)

@@ -41,7 +41,7 @@ from harness import env, registry
 from harness.config import Case
 from harness.context import RunContext
 from harness.registry import Unsupported
-from harness.store import STATUSES, RunStore
+from harness.store import STATUSES, Compaction, RunStore
 from harness.suite import load_suite
 
 STARTUP_TIMEOUT_S = 300.0
@@ -319,6 +319,7 @@ class RunSummary:
     skipped_as_done: int = 0  # recorded already and kept
     retried: int = 0  # recorded already and measured again (--retry)
     interrupted: bool = False
+    compaction: Compaction | None = None  # what compacting the finished run did
 
     def add(self, status: str) -> None:
         self.counts[status] = self.counts.get(status, 0) + 1
@@ -336,10 +337,11 @@ def run(
     executor=None,
 ) -> RunSummary:
     """Run the cases of `out` not recorded yet (and those `retry` measures again) on `executor` (default:
-    a LocalExecutor), writing each row as soon as its case finishes. `fresh` clears the run directory
-    first. The directory is locked for the whole run (a RunDirError when another process holds it).
-    `run_fields` go into every row (the profile the cases came from). The suite's cases get a RunContext
-    of this run (harness.context)."""
+    a LocalExecutor), writing each row as soon as its case finishes, and compact the run once every case
+    has run (not when interrupted: `RunStore.compact`). `fresh` clears the run directory first. The
+    directory is locked for the whole run (a RunDirError when another process holds it). `run_fields` go
+    into every row (the profile the cases came from). The suite's cases get a RunContext of this run
+    (harness.context)."""
     executor = executor or LocalExecutor()
     cases = unique(cases)
     store = RunStore(out)
@@ -361,6 +363,8 @@ def run(
             events = executor.events(todo, suite_module, timeout_s, skips, context) if todo else iter(())
             _drive(events, store, environment, run_fields, summary, progress, len(todo),
                    cases[0].suite if cases else None)
+            if not summary.interrupted:  # finished: one file per suite (Ctrl-C keeps the case files)
+                summary.compaction = store.compact()
     finally:
         executor.close()
     return summary

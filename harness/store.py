@@ -1,20 +1,33 @@
-"""The results store: `results/<run-id>/` holds environment.json and one Parquet file per finished case.
+"""The results store: `results/<run-id>/` holds environment.json and the run's rows under records/.
 
-One file per case makes every write atomic (temp file, fsync, rename): a run killed at any moment,
-SIGKILL included, loses at most the case in flight, and a re-run skips the cases already on disk.
+Rows land in records/ in two layouts, and a run may hold both:
+
+- `records/<case_id>.parquet`: one case's row, written the moment the case finishes. One file per case
+  makes every write atomic (temp file, fsync, rename): a run killed at any moment, SIGKILL included,
+  loses at most the case in flight, and a re-run skips the cases already on disk.
+- `records/suite-<suite>.parquet`: every row of one suite, sorted by case_id (`RunStore.compact`, run by
+  the runner when a run finishes and by `attnbench compact`). Compaction writes each suite's file
+  atomically, reads it back, and only then deletes the per-case files it folded in, so a kill during it
+  loses nothing. A case's own file supersedes its row in the suite file (it was written later: a case
+  added or measured again after the last compaction); the next compaction folds it in.
+
+Compaction changes no value and no type: a suite whose rows give one column two types (other than a
+column with no value in some rows) keeps its per-case files, with a warning. Which columns a row lacked
+and which it held empty are not told apart once compacted: `RunStore.rows` reads both as absent.
+
 Every file is created with the mode the umask gives (0644 under the usual 022), like any other tool's.
-
-Every record is checked on load against `REQUIRED` (a declared pyarrow schema): a file that is not
-Parquet, cannot be read, or lacks the columns every row has is moved to `records/.corrupt/`, named in
-one warning, and its case runs again on resume. A run directory is held by one process at a time
-(`RunStore.lock`). The schema is documented in results/README.md; `load()` reads one run or many into
-one DataFrame.
+Every file of rows is checked on load against `REQUIRED` (a declared pyarrow schema): a file that is
+not Parquet, cannot be read, or lacks the columns every row has is moved to `records/.corrupt/`, named in
+one warning, and its cases run again on resume. A run directory is held by one process at a time
+(`RunStore.lock`); readers take no lock. The schema is documented in results/README.md; `load()` reads
+one run or many into one DataFrame, `RunStore.rows` a few cases' rows, `RunStore.statuses` what ran.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import logging
 import os
@@ -23,17 +36,21 @@ import shutil
 import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from harness.errors import RunDirError
 
 SCHEMA_VERSION = 1
 RECORDS = "records"
+SUITE_PREFIX = "suite-"  # records/suite-<suite>.parquet: a compacted suite (a case id is hex: never this)
 CORRUPT = ".corrupt"  # under records/: files that failed validation, kept for inspection
 ENVIRONMENT = "environment.json"
 LOCK = ".lock"
@@ -62,6 +79,10 @@ log = logging.getLogger("attnbench")
 
 class CorruptFile(Exception):
     """A file of a run that cannot be read or does not hold what it should; the message says why."""
+
+
+class _Vanished(Exception):
+    """A file listed a moment ago is gone: a compaction in another process folded it in."""
 
 
 # --- files --------------------------------------------------------------------------------------------
@@ -141,7 +162,28 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-# --- records ------------------------------------------------------------------------------------------
+# --- files of rows ---------------------------------------------------------------------------------
+
+def case_file(records: Path, case_id: str) -> Path:
+    return records / f"{case_id}.parquet"
+
+
+def suite_file(records: Path, suite: str) -> Path:
+    return records / f"{SUITE_PREFIX}{quote(suite, safe='')}.parquet"
+
+
+def suite_of(file: Path) -> str | None:
+    """The suite a compacted file holds; None for a case's own file."""
+    return unquote(file.stem[len(SUITE_PREFIX):]) if file.stem.startswith(SUITE_PREFIX) else None
+
+
+def _check_case_id(case_id: Any) -> str:
+    """A case id names a file: a plain name, never one the store uses for anything else."""
+    if (not isinstance(case_id, str) or not case_id or case_id.startswith((".", SUITE_PREFIX))
+            or Path(case_id).name != case_id):
+        raise ValueError(f"case_id {case_id!r} cannot name a record file")
+    return case_id
+
 
 def _arrow_type_ok(actual: pa.DataType, field: pa.Field) -> bool:
     if pa.types.is_null(actual):  # every value missing
@@ -151,50 +193,127 @@ def _arrow_type_ok(actual: pa.DataType, field: pa.Field) -> bool:
     return pa.types.is_integer(actual) if pa.types.is_integer(field.type) else actual == field.type
 
 
-def validate_record(table: pa.Table, file: Path) -> None:
-    """Raise CorruptFile unless the table is one row that has every REQUIRED column (and any TYPED one),
-    typed as declared, a known status, this schema version, and the case_id its file is named after."""
-    if table.num_rows != 1:
+def validate_rows(table: pa.Table, file: Path) -> None:
+    """Raise CorruptFile unless every row has every REQUIRED column (and any TYPED one), typed as
+    declared, a known status and this schema version, and the file holds what its name says: a case's
+    file one row, of that case; a suite's file rows of that suite, each case once."""
+    suite = suite_of(file)
+    if suite is None and table.num_rows != 1:
         raise CorruptFile(f"{file}: {table.num_rows} rows, a record holds one")
-    for field in [*REQUIRED, *(f for f in TYPED if f.name in table.column_names)]:
-        if field.name not in table.column_names:
-            raise CorruptFile(f"{file}: no {field.name!r} column (not a record of this store)")
-        actual = table.schema.field(field.name).type
-        if not _arrow_type_ok(actual, field):
-            raise CorruptFile(f"{file}: column {field.name!r} is {actual}, expected {field.type}")
-        if not field.nullable and table.column(field.name).null_count:
-            raise CorruptFile(f"{file}: column {field.name!r} is empty")
-    values = table.select(["schema_version", "case_id", "status"]).to_pylist()[0]
-    if values["schema_version"] != SCHEMA_VERSION:
-        raise CorruptFile(f"{file}: schema_version {values['schema_version']}, this attnbench reads "
-                          f"{SCHEMA_VERSION}")
-    if values["status"] not in STATUSES:
-        raise CorruptFile(f"{file}: unknown status {values['status']!r}")
-    if values["case_id"] != file.stem:
-        raise CorruptFile(f"{file}: holds case {values['case_id']!r}, not the case it is named after")
+    if suite is not None and table.num_rows == 0:
+        raise CorruptFile(f"{file}: no rows")
+    for column in [*REQUIRED, *(f for f in TYPED if f.name in table.column_names)]:
+        if column.name not in table.column_names:
+            raise CorruptFile(f"{file}: no {column.name!r} column (not a record of this store)")
+        actual = table.schema.field(column.name).type
+        if not _arrow_type_ok(actual, column):
+            raise CorruptFile(f"{file}: column {column.name!r} is {actual}, expected {column.type}")
+        if not column.nullable and table.column(column.name).null_count:
+            raise CorruptFile(f"{file}: column {column.name!r} is empty")
+    versions = set(table.column("schema_version").to_pylist())
+    if versions != {SCHEMA_VERSION}:
+        other = sorted(versions - {SCHEMA_VERSION})[0]
+        raise CorruptFile(f"{file}: schema_version {other}, this attnbench reads {SCHEMA_VERSION}")
+    unknown = set(table.column("status").to_pylist()) - set(STATUSES)
+    if unknown:
+        raise CorruptFile(f"{file}: unknown status {sorted(unknown)[0]!r}")
+    ids = table.column("case_id")
+    if suite is None and ids[0].as_py() != file.stem:
+        raise CorruptFile(f"{file}: holds case {ids[0].as_py()!r}, not the case it is named after")
+    if suite is not None:
+        others = set(table.column("suite").to_pylist()) - {suite}
+        if others:
+            raise CorruptFile(f"{file}: holds rows of suite {sorted(others)[0]!r}, not only of {suite!r}")
+        if pc.count_distinct(ids).as_py() != len(ids):
+            raise CorruptFile(f"{file}: a case appears twice")
 
 
-def read_record(file: Path) -> pa.Table:
+def read_rows(file: Path, columns: list[str] | None = None) -> pa.Table:
+    """The validated rows of a file of either layout (`columns`: only those, where the file has them);
+    CorruptFile when it is not a file of rows of this store."""
     try:
-        table = pq.read_table(file)
+        parquet = pq.ParquetFile(file)
+        wanted = None
+        if columns is not None:
+            have = parquet.schema_arrow.names
+            wanted = [c for c in dict.fromkeys([*REQUIRED.names, *TYPED.names, *columns]) if c in have]
+        table = parquet.read(columns=wanted)
+    except FileNotFoundError:
+        raise _Vanished(file) from None
     except (OSError, pa.ArrowException, ValueError) as e:  # not Parquet, truncated, unreadable
         raise CorruptFile(f"{file}: unreadable ({_first_line(e)})") from None
-    validate_record(table, file)
-    return table
+    validate_rows(table, file)
+    return table if columns is None else _select(table, columns)
 
 
-def read_records(run: Path, columns: list[str] | None = None) -> list[pa.Table]:
-    """Every valid record of a run; corrupt ones are quarantined (see `quarantine`)."""
-    tables = []
-    records = run / RECORDS
-    for file in sorted(records.glob("*.parquet")) if records.is_dir() else []:
-        try:
-            table = read_record(file)
-        except CorruptFile as e:
-            quarantine(file, records / CORRUPT, f"corrupt record {e}; its case runs again on resume")
-            continue
-        tables.append(table.select(columns) if columns else table)
-    return tables
+def _select(table: pa.Table, columns: list[str]) -> pa.Table:
+    """The named columns a table has, each once."""
+    return table.select([c for c in dict.fromkeys(columns) if c in table.column_names])
+
+
+def _read_or_quarantine(file: Path, columns: list[str] | None = None) -> pa.Table | None:
+    try:
+        return read_rows(file, columns)
+    except CorruptFile as e:
+        what = "its case runs" if suite_of(file) is None else "its cases run"
+        quarantine(file, file.parent / CORRUPT, f"corrupt record {e}; {what} again on resume")
+        return None
+
+
+def _listed(records: Path) -> tuple[list[Path], list[Path]]:
+    """(case files, suite files) of a records/ directory, each sorted."""
+    files = sorted(records.glob("*.parquet")) if records.is_dir() else []
+    return ([f for f in files if suite_of(f) is None], [f for f in files if suite_of(f) is not None])
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """Tables of rows as one, sorted by case_id: a column some lack is empty in their rows."""
+    if not tables:
+        return pa.table({name: pa.array([], type=REQUIRED.field(name).type) for name in REQUIRED.names})
+    return pa.concat_tables(tables, promote_options="permissive").sort_by("case_id")
+
+
+def _value_kind(t: pa.DataType) -> pa.DataType | None:
+    """What a column's values are, for compaction: None where the type holds no value (all missing, or
+    lists of nothing); string and large_string alike (the same text either way)."""
+    if pa.types.is_null(t):
+        return None
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        inner = _value_kind(t.value_type)
+        return None if inner is None else pa.list_(inner)
+    return pa.string() if pa.types.is_large_string(t) else t
+
+
+def type_conflict(tables: list[pa.Table]) -> str | None:
+    """A column to which the tables give two kinds of value (int64 and double, say), named with them;
+    None when they can share one table without a value changing type."""
+    kinds: dict[str, set[pa.DataType]] = {}
+    for table in tables:
+        for f in table.schema:
+            if (kind := _value_kind(f.type)) is not None:
+                kinds.setdefault(f.name, set()).add(kind)
+    for name, seen in kinds.items():
+        if len(seen) > 1:
+            return f"column {name!r} is {' in some rows, '.join(sorted(map(str, seen)))} in others"
+    return None
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames and deletions in a directory durable before the next step relies on them."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Compaction:
+    """What `RunStore.compact` did."""
+
+    rows: dict[str, int] = field(default_factory=dict)  # suite -> rows in its compacted file
+    folded: int = 0  # per-case files folded in and removed
+    kept: dict[str, str] = field(default_factory=dict)  # suite -> why its per-case files stay
 
 
 # --- a run directory ----------------------------------------------------------------------------------
@@ -277,28 +396,15 @@ class RunStore:
                 read_json_cache(cache)
 
     def _environment_from_rows(self) -> dict[str, Any] | None:
-        tables = [t for t in read_records(self.root) if "device_name" in t.column_names]
-        return tables[0].select(["device", "device_name"]).to_pylist()[0] if tables else None
+        rows = self.table(["device", "device_name"])
+        if "device_name" not in rows.column_names:
+            return None
+        named = rows.filter(pc.is_valid(rows.column("device_name")))
+        return named.slice(0, 1).to_pylist()[0] if named.num_rows else None
 
     def environment(self) -> dict[str, Any]:
         """environment.json; CorruptFile naming it when it cannot be read."""
         return read_json(self.root / ENVIRONMENT)
-
-    def statuses(self) -> dict[str, str]:
-        """case_id -> status of every valid record (corrupt ones are quarantined and left out)."""
-        return {t.column("case_id")[0].as_py(): t.column("status")[0].as_py()
-                for t in read_records(self.root, ["case_id", "status"])}
-
-    def rows(self, case_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """case_id -> row of the given cases that have a valid record (others are left out)."""
-        found = {}
-        for case_id in case_ids:
-            path = self.records / f"{case_id}.parquet"
-            try:
-                found[case_id] = read_record(path).to_pylist()[0] if path.is_file() else None
-            except CorruptFile:
-                found[case_id] = None
-        return {k: v for k, v in found.items() if v is not None}
 
     def update_environment(self, **fields: Any) -> None:
         """Add fields to an opened run's environment.json (the doctor's findings, say)."""
@@ -306,19 +412,139 @@ class RunStore:
         payload = {**self.environment(), **fields}
         self._write(env_path, lambda: write_json(env_path, payload))
 
+    # --- reading ------------------------------------------------------------------------------------
+
+    def _tables(self, columns: list[str] | None = None) -> tuple[list[pa.Table], list[pa.Table]]:
+        """(the suite files' rows, the case files' rows), corrupt files quarantined.
+
+        Case files are read first: a compaction in another process writes its suite files before it
+        deletes the case files it folded in, so a row is in one or the other whenever it is read; a case
+        file gone between listing and reading starts the reading over.
+        """
+        for _ in range(10):
+            try:
+                case_files, _ = _listed(self.records)
+                cases = [t for f in case_files if (t := _read_or_quarantine(f, columns)) is not None]
+                _, suite_files = _listed(self.records)
+                suites = [t for f in suite_files if (t := _read_or_quarantine(f, columns)) is not None]
+                return suites, cases
+            except _Vanished:
+                continue
+        raise RunDirError(f"{self.records} kept changing while it was read; read it again")
+
+    def table(self, columns: list[str] | None = None) -> pa.Table:
+        """Every recorded row of the run as one table sorted by case_id, from either layout: a case's
+        own file supersedes its row in the suite file. `columns`: only those (where rows have them)."""
+        suites, cases = self._tables(None if columns is None else list(dict.fromkeys(["case_id", *columns])))
+        own = pa.array([t.column("case_id")[0].as_py() for t in cases], pa.string())
+        older = [t.filter(pc.invert(pc.is_in(t.column("case_id"), value_set=own))) for t in suites]
+        table = _concat([t for t in older if t.num_rows] + cases)
+        return table if columns is None else _select(table, columns)
+
+    def rows(self, case_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The recorded row of each id that has one, in either layout, as {column: value}; an id with no
+        row is left out. A row holds the columns it has a value in (a column empty in it is absent)."""
+        wanted = {_check_case_id(c) for c in case_ids}
+        found: dict[str, dict[str, Any]] = {}
+        for _ in range(10):
+            try:
+                found = {}
+                for case_id in sorted(wanted):
+                    file = case_file(self.records, case_id)
+                    if file.is_file() and (table := _read_or_quarantine(file)) is not None:
+                        found[case_id] = _present(table.to_pylist()[0])
+                for file in _listed(self.records)[1]:
+                    if (table := _read_or_quarantine(file)) is None:
+                        continue
+                    rest = pa.array(sorted(wanted - set(found)), pa.string())
+                    for row in table.filter(pc.is_in(table.column("case_id"), value_set=rest)).to_pylist():
+                        found[row["case_id"]] = _present(row)
+                return found
+            except _Vanished:
+                continue
+        raise RunDirError(f"{self.records} kept changing while it was read; read it again")
+
+    def statuses(self) -> dict[str, str]:
+        """case_id -> status of every valid row (corrupt files are quarantined and left out)."""
+        table = self.table(["case_id", "status"])
+        return dict(zip(table.column("case_id").to_pylist(), table.column("status").to_pylist(), strict=True))
+
     def finished(self) -> set[str]:
         return set(self.statuses())
 
+    # --- writing ------------------------------------------------------------------------------------
+
     def write(self, row: dict[str, Any]) -> Path:
-        path = self.records / f"{row['case_id']}.parquet"
+        """One case's row, as its own file (atomically, the moment the case ends)."""
         # Nested dicts have no stable Parquet type (an empty one has none at all): store them as JSON.
         row = {k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in row.items()}
         frame = pd.DataFrame([{"schema_version": SCHEMA_VERSION, **row}])
         # One-row files: pandas' metadata and column statistics would be most of each file.
-        table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
-        validate_record(table, path)  # a row the store could not read back is a bug: fail here
-        self._write(path, lambda: atomic_write(path, lambda f: pq.write_table(table, f,
-                                                                              write_statistics=False)))
+        return self.write_record(pa.Table.from_pandas(frame, preserve_index=False))
+
+    def write_record(self, table: pa.Table) -> Path:
+        """A one-row table of rows (as `write` makes, or a row read back) as its case's own file."""
+        table = table.replace_schema_metadata(None)
+        path = case_file(self.records, _check_case_id(table.column("case_id")[0].as_py()))
+        validate_rows(table, path)  # a row the store could not read back is a bug: fail here
+        return self._write_parquet(path, table, write_statistics=False)
+
+    def compact(self) -> Compaction:
+        """Fold the case files into one file per suite; call it with the run locked (`lock`).
+
+        Each suite's file is rewritten with its rows and the case files of that suite (which supersede
+        its rows of their cases): read back in memory first, then written atomically; the case files
+        are deleted only after every suite file is durable. A suite whose rows would change a value's
+        type keeps its case files (`type_conflict`, one warning)."""
+        suites, cases = self._tables()
+        done = Compaction()
+        if not cases:
+            done.rows = {t.column("suite")[0].as_py(): t.num_rows for t in suites}
+            return done
+        compacted = {t.column("suite")[0].as_py(): t for t in suites}
+        by_suite: dict[str, list[pa.Table]] = {}
+        for t in cases:
+            by_suite.setdefault(t.column("suite")[0].as_py(), []).append(t)
+        folded = []
+        for suite, own in sorted(by_suite.items()):
+            ids = pa.array([t.column("case_id")[0].as_py() for t in own], pa.string())
+            parts = list(own)
+            if suite in compacted:
+                older = compacted[suite]
+                parts.insert(0, older.filter(pc.invert(pc.is_in(older.column("case_id"), value_set=ids))))
+            conflict = type_conflict(parts)
+            if conflict is not None:
+                done.kept[suite] = conflict
+                log.warning("%s: the %s rows stay one file per case (%s; compacted they would change "
+                            "type)", self.root, suite, conflict)
+                continue
+            done.rows[suite] = self._write_suite(suite, _concat(parts))
+            folded += [case_file(self.records, c) for c in ids.to_pylist()]
+        _fsync_dir(self.records)
+        for file in folded:
+            file.unlink()
+        _fsync_dir(self.records)
+        done.folded = len(folded)
+        for suite, t in compacted.items():
+            done.rows.setdefault(suite, t.num_rows)
+        return done
+
+    def _write_suite(self, suite: str, table: pa.Table) -> int:
+        """A suite's rows as its compacted file, checked in memory before anything on disk changes."""
+        table = table.replace_schema_metadata(None)
+        path = suite_file(self.records, suite)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        written = pq.read_table(pa.BufferReader(buffer.getvalue()))
+        validate_rows(written, path)
+        if not written.equals(table):  # a bug, not a state of the disk
+            raise RuntimeError(f"the compacted rows of {suite!r} do not read back as written; "
+                               f"{self.root} is left as it was")
+        self._write(path, lambda: atomic_write(path, buffer.getvalue()))
+        return table.num_rows
+
+    def _write_parquet(self, path: Path, table: pa.Table, **options: Any) -> Path:
+        self._write(path, lambda: atomic_write(path, lambda f: pq.write_table(table, f, **options)))
         return path
 
     def _write(self, path: Path, write: Callable[[], Path]) -> None:
@@ -335,6 +561,10 @@ class RunStore:
             shutil.rmtree(child, ignore_errors=True)
         for child in self.root.glob("*.json"):
             child.unlink(missing_ok=True)
+
+
+def _present(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if v is not None}
 
 
 # --- loading ------------------------------------------------------------------------------------------
@@ -359,14 +589,15 @@ def run_dirs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def load(*paths: str | Path) -> pd.DataFrame:
-    """All rows of the given runs as one DataFrame, with a `run_dir` column naming each row's run."""
+    """All rows of the given runs as one DataFrame, with a `run_dir` column naming each row's run. A run
+    reads the same in either layout (`RunStore.table`)."""
     frames = []
     for run in run_dirs(paths):
-        for table in read_records(run):
+        table = RunStore(run).table()
+        if table.num_rows:
             frame = table.to_pandas()
             frame["run_dir"] = str(run)
-            frames.append(frame)
+            frames.append(frame.dropna(axis=1, how="all"))  # all-None columns would widen dtypes to object
     if not frames:
         return pd.DataFrame(columns=["schema_version", "case_id", "suite", "variant", "status", "run_dir"])
-    frames = [f.dropna(axis=1, how="all") for f in frames]  # all-None columns would widen dtypes to object
     return pd.concat(frames, ignore_index=True, sort=False)

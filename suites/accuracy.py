@@ -27,15 +27,14 @@ import itertools
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import pandas as pd
 import torch
 from pydantic import Field, model_validator
 
 from harness import compiling, registry
 from harness.attention import causal_mask, softmax_attention
-from harness.config import Case
+from harness.config import ADDED_LATER, Case
 from harness.context import RunContext
 from harness.registry import as_dtype, dtype_name
 from harness.runner import check_finite
@@ -118,7 +117,8 @@ class TaskCase(AccuracyCase):
     weight_decay: float = Field(0.1, ge=0)
     train_pool: int | None = Field(None, gt=0)  # None: fresh examples every step; n: a fixed training set
     criterion: float | None = Field(None, gt=0, le=1)  # validation accuracy that ends training
-    criterion_holds: int = Field(1, gt=0)  # ... once reached at this many validations in a row
+    # ... once reached at this many validations in a row (added after the first committed rows)
+    criterion_holds: Annotated[int, ADDED_LATER] = Field(1, gt=0)
     validate_every: int = Field(100, gt=0)
     n_valid: int = Field(256, gt=0)
     n_test: int = Field(256, gt=0)
@@ -181,8 +181,7 @@ class TaskCase(AccuracyCase):
 
     def training_key(self) -> str:
         """Identifies the trained model: everything but the evaluation settings."""
-        fields = self.model_dump(mode="json", exclude={"suite", "seq_len", "depth", "n_test"})
-        return json.dumps(fields, sort_keys=True)
+        return json.dumps(self.identity(exclude={"suite", "seq_len", "depth", "n_test"}), sort_keys=True)
 
     def training_id(self) -> str:
         """A short stable hash of training_key: the rows of one trained model share it."""
@@ -498,7 +497,7 @@ def chosen_lr(case: TaskCase, context: RunContext) -> float:
     if case.lr is not None:
         return case.lr
     runs = [(float(r["lr"]), float(r["valid_accuracy"]),
-             None if pd.isna(r["steps_to_criterion"]) else int(r["steps_to_criterion"]))
+             None if r.get("steps_to_criterion") is None else int(r["steps_to_criterion"]))
             for r in sweep_rows(case, context)]
     return choose_lr(runs)
 

@@ -305,6 +305,7 @@ def find_max_n(device: str, profile: str, out: str | Path, variants: Sequence[st
                     f"{frontier.failure_status or 'no failure'} at {frontier.first_failure}")
         finally:
             worker.close()
+        run.compact()  # the search finished (Ctrl-C keeps the probes' own files)
     return found
 
 

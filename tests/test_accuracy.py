@@ -277,6 +277,10 @@ def test_seeds_after_the_sweep_train_at_the_rate_it_chose(tmp_path):
     for case in cases[:2]:
         run.write({"case_id": case.case_id, **case.flat(), "status": "ok", **A.run_task(case, RunContext())})
     assert A.chosen_lr(cases[2], run_context) == 3e-3  # 1e-6 learns nothing in 120 steps
+    with run.lock():
+        run.compact()  # the sweep's rows read the same from the compacted file
+    assert A.chosen_lr(cases[2], run_context) == 3e-3 and list(tmp_path.glob("records/*.parquet")) == [
+        tmp_path / "records" / "suite-accuracy.parquet"]
     assert A.run_task(cases[2], run_context)["lr_used"] == 3e-3
     # Without the run directory (a Ray node): from the rows handed to the context, as the runner hands them.
     node = run_context.handing(A.needs(cases[2]))

@@ -507,10 +507,13 @@ def test_rerunning_the_same_command_after_damage_completes_the_run_and_its_repor
                "--no-progress"]
     code, out, _ = run_cli(monkeypatch, capsys, command)
     assert code == 0 and "rows written: error 1, ok 2" in out
-    ok = store.load(tmp_path / "run").query("status == 'ok'")
-    (tmp_path / "run" / "records" / f"{ok.case_id.iloc[0]}.parquet").write_bytes(b"garbage")
+    error = store.load(tmp_path / "run").query("status == 'error'").case_id.iloc[0]
+    code, out, err = run_cli(monkeypatch, capsys, command)  # the failed case measured again
+    assert code == 0 and "rows written: ok 1 (1 measured again, --retry failed); already done: 2" in out
+    assert store.RunStore(tmp_path / "run").statuses()[error] == "ok"
+    (tmp_path / "run" / "records" / "suite-fake.parquet").write_bytes(b"garbage")  # the compacted rows
     code, out, err = run_cli(monkeypatch, capsys, command)
-    assert code == 0 and "rows written: ok 2 (1 measured again, --retry failed); already done: 1" in out
+    assert code == 0 and "rows written: ok 3; already done: 0" in out
     assert err.startswith("attnbench: warning: corrupt record") and len(err.splitlines()) == 1
     df = store.load(tmp_path / "run")
     assert sorted(df.seq_len) == [8, 16, 32] and (df.status == "ok").all()
@@ -586,7 +589,7 @@ def test_any_argument_list_exits_0_or_2_without_a_traceback(args, inputs, tmp_pa
     monkeypatch.setattr(runner, "run", NoRun())
     no_doctor(monkeypatch)
     no_frontier(monkeypatch)
-    monkeypatch.setattr(charts, "save", lambda fig, out_dir, name: Path(out_dir) / f"{name}.png")  # speed
+    monkeypatch.setattr(charts, "save", lambda fig, out_dir, name: Path(out_dir) / f"{name}.svg")  # speed
     code, out, err = run_cli(monkeypatch, capsys, expand(args, inputs, tmp_path))
     assert code in (0, 2), (args, err)
     assert TRACEBACK not in out + err, args

@@ -83,12 +83,12 @@ def test_a_case_lost_on_every_try_is_an_error_row_naming_the_loss(cluster, tmp_p
 def test_resume_sends_only_the_cases_without_a_row(cluster, tmp_path):
     first = [Case(action="ok", seq_len=n) for n in (8, 16)]
     runner.run(first, SUITE, tmp_path, progress=False, executor=ray_executor.RayExecutor(cluster.address))
-    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / store.RECORDS).iterdir()}
+    before = store.RunStore(tmp_path).rows(c.case_id for c in first)
     summary = runner.run(first + [Case(action="ok", seq_len=32)], SUITE, tmp_path, progress=False,
                          executor=ray_executor.RayExecutor(cluster.address))
     assert summary.skipped_as_done == 2 and summary.counts == {"ok": 1}
-    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / store.RECORDS).iterdir()}
-    assert {k: after[k] for k in before} == before and len(after) == 3
+    after = store.RunStore(tmp_path).rows(c.case_id for c in first)
+    assert after == before and len(before) == 2 and len(store.load(tmp_path)) == 3
 
 
 def test_a_case_on_a_node_finds_the_rows_it_needs(cluster, tmp_path):
@@ -129,14 +129,14 @@ def test_killing_a_node_mid_sweep_loses_no_finished_row(cluster, tmp_path):
     executor = ray_executor.RayExecutor(cluster.address)
     second = next(n["NodeID"] for n in ray.nodes()
                   if n["Alive"] and "node:__internal_head__" not in n["Resources"])
-    kept_before_kill: dict[str, bytes] = {}
+    kept_before_kill: dict[str, dict] = {}
 
     def kill_the_second_node_once_it_finished_a_case():
         records = tmp_path / store.RECORDS
         while not any(pq.read_table(f, columns=["node_id"])[0][0].as_py() == second
                       for f in (records.glob("*.parquet") if records.is_dir() else [])):
             time.sleep(0.02)
-        kept_before_kill.update({p.name: p.read_bytes() for p in records.glob("*.parquet")})
+        kept_before_kill.update(store.RunStore(tmp_path).rows(p.stem for p in records.glob("*.parquet")))
         os.kill(cluster.nodes[1].raylet_pid(), signal.SIGKILL)
 
     killer = threading.Thread(target=kill_the_second_node_once_it_finished_a_case, daemon=True)
@@ -148,8 +148,8 @@ def test_killing_a_node_mid_sweep_loses_no_finished_row(cluster, tmp_path):
         cluster.ensure_nodes()
     rows = store.load(tmp_path)
     assert summary.counts == {"ok": len(cases)} and sorted(rows.case_id) == sorted(c.case_id for c in cases)
-    after = {p.name: p.read_bytes() for p in (tmp_path / store.RECORDS).glob("*.parquet")}
-    assert kept_before_kill and all(after[name] == data for name, data in kept_before_kill.items())
+    after = store.RunStore(tmp_path).rows(kept_before_kill)  # the run compacted, every row as it was
+    assert kept_before_kill and after == kept_before_kill
     retried = rows[rows.attempts > 1]
     assert len(retried) >= 1 and (retried.attempts == 2).all()  # the case in flight on the lost node ...
     assert (retried.node_id != second).all()  # ... ran again on the head

@@ -56,7 +56,7 @@ def test_report_shows_each_finding_verdict_figures_and_charts(run_dir, tmp_path)
     report = render.build([run_dir], tmp_path / "report")
     page = report.html.read_text()
     assert "Published findings" in page and "mqar: <span class='verdict-ok'>reproduced</span>" in page
-    assert "accuracy [95% interval]" in page and "finding-mqar-0.png" in page
+    assert "accuracy [95% interval]" in page and "finding-mqar-0.svg" in page
     assert (tmp_path / "report" / "charts" / "finding-mqar-0.svg").exists()
     assert "passkey" in page and "no data" in page  # undecided findings are listed, not hidden
     summary = report.markdown.read_text()

@@ -29,7 +29,7 @@ SUITE = "tests.fake_suite"
 # The columns every row has (store.REQUIRED), for rows written straight to the store.
 ROW = {"suite": "fake", "variant": "vanilla", "device": "cpu", "dtype": "float32", "status": "ok",
        "reason": "", "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:00:01+00:00"}
-RECORD_NAME = re.compile(r"[0-9a-f]{16}\.parquet")
+RECORD_NAME = re.compile(r"[0-9a-f]{16}\.parquet|suite-[a-z-]+\.parquet")
 
 
 def rows(path):
@@ -37,7 +37,7 @@ def rows(path):
 
 
 def only_records(run) -> list[str]:
-    """Names in records/ that are not one case's record (temp files, strays); .corrupt/ aside."""
+    """Names in records/ that are not a file of rows (temp files, strays); .corrupt/ aside."""
     return [p.name for p in (run / "records").iterdir() if p.name != store.CORRUPT
             and not RECORD_NAME.fullmatch(p.name)]
 
@@ -138,11 +138,11 @@ def test_duplicate_cases_run_and_count_once(tmp_path):
 def test_resume_skips_finished_cases(tmp_path):
     cases = [Case(seq_len=n) for n in (8, 16)]
     runner.run(cases[:1], SUITE, tmp_path, progress=False)
-    first = os.path.getmtime(next((tmp_path / "records").iterdir()))
+    first = store.RunStore(tmp_path).rows([cases[0].case_id])
     summary = runner.run(cases, SUITE, tmp_path, progress=False)
     assert summary.skipped_as_done == 1 and summary.counts == {"ok": 1} and summary.retried == 0
     assert len(store.load(tmp_path)) == 2
-    assert min(os.path.getmtime(p) for p in (tmp_path / "records").iterdir()) == first
+    assert store.RunStore(tmp_path).rows([cases[0].case_id]) == first  # not measured again
 
 
 def write_status_rows(run, cases_by_status):
@@ -336,12 +336,14 @@ def test_every_file_of_a_run_gets_the_umask_permissions(tmp_path):
     try:
         runner.run([Case(seq_len=8)], SUITE, tmp_path / "run", progress=False)
         render.build([tmp_path / "run"])
+        run = store.RunStore(tmp_path / "run")  # a case file beside the compacted one
+        run.write({**ROW, "case_id": "0123456789abcdef"})
     finally:
         os.umask(old)
     files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
     names = {p.name for p in files}
-    assert {store.ENVIRONMENT, fake_suite.CACHE_FILE, store.LOCK, "report.html", "summary.md"} <= names
-    assert any(RECORD_NAME.fullmatch(n) for n in names)
+    assert {store.ENVIRONMENT, fake_suite.CACHE_FILE, store.LOCK, "report.html", "summary.md",
+            "suite-fake.parquet", "0123456789abcdef.parquet"} <= names
     assert {p.relative_to(tmp_path): oct(p.stat().st_mode & 0o777) for p in files} == {
         p.relative_to(tmp_path): oct(0o644) for p in files}
 
@@ -371,22 +373,37 @@ def foreign_parquet(path):
 
 def other_case(path):
     """A valid record of another case under this file's name."""
-    other = sorted(p for p in path.parent.glob("*.parquet") if p != path)[0]
+    other = sorted(p for p in path.parent.glob("[0-9a-f]*.parquet") if p != path)[0]
     path.write_bytes(other.read_bytes())
 
 
 def bad_status(path):
     table = pq.read_table(path)
     index = table.column_names.index("status")
-    pq.write_table(table.set_column(index, "status", pa.array(["finished"])), path)
+    pq.write_table(table.set_column(index, "status", pa.array(["finished"] * table.num_rows)), path)
+
+
+def other_suite(path):
+    """Valid rows, of another suite than the file's name says."""
+    table = pq.read_table(path)
+    index = table.column_names.index("suite")
+    pq.write_table(table.set_column(index, "suite", pa.array(["throughput"] * table.num_rows)), path)
+
+
+def case_twice(path):
+    table = pq.read_table(path)
+    pq.write_table(pa.concat_tables([table, table]), path)
 
 
 def record(run):
-    return sorted((run / "records").glob("*.parquet"))[1]
+    """The second case file of a run (`finished_run` has two beside its compacted file)."""
+    return sorted((run / "records").glob("[0-9a-f]*.parquet"))[1]
 
 
 CORRUPTIONS = {
     "record": (record, [garbage, truncate, empty, foreign_parquet, other_case, bad_status]),
+    "compacted": (lambda run: run / "records" / "suite-fake.parquet",
+                  [garbage, truncate, empty, foreign_parquet, bad_status, other_suite, case_twice]),
     "environment": (lambda run: run / store.ENVIRONMENT, [garbage, truncate, empty, empty_object]),
     "cache": (lambda run: run / fake_suite.CACHE_FILE, [garbage, truncate, empty]),
     "lock": (lambda run: run / store.LOCK, [garbage, empty]),
@@ -401,14 +418,20 @@ def assert_complete(run, cases):
     cache = run / fake_suite.CACHE_FILE  # moved aside when corrupt, measured again when a case needs it
     assert not cache.exists() or store.read_json(cache)["figure"] == 1.0
     assert only_records(run) == []
+    assert [p.name for p in (run / "records").glob("*.parquet")] == ["suite-fake.parquet"]  # compacted
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """A complete run of three cases (copied by each test that damages it)."""
+    """A complete run of three cases in both layouts (copied by each test that damages it): the first
+    compacted, the other two in files of their own, as a resumed run leaves them until it finishes."""
     cases = [Case(seq_len=n) for n in (8, 16, 32)]
     run = tmp_path_factory.mktemp("finished") / "run"
-    runner.run(cases, SUITE, run, progress=False)
+    runner.run(cases[:1], SUITE, run, progress=False)
+    run_store, environment = store.RunStore(run), store.RunStore(run).environment()
+    for case in cases[1:]:
+        status, reason, metrics = runner.execute(SUITE, case)
+        run_store.write(runner.case_row(case, status, reason, metrics, environment, "t0", "t1"))
     return cases, run
 
 
@@ -423,8 +446,8 @@ def test_corrupting_any_file_then_rerunning_ends_in_a_complete_run_and_a_report(
     with caplog.at_level(logging.WARNING, logger="attnbench"):
         summary = runner.run(cases, SUITE, run, progress=False)
     assert_complete(run, cases)
-    if kind == "record":
-        assert summary.counts == {"ok": 1}  # the corrupt record's case, measured again
+    if kind in ("record", "compacted"):
+        assert summary.counts == {"ok": 1}  # the corrupt file's case, measured again
     if kind != "lock":
         warned = [r.getMessage() for r in caplog.records]
         assert len(warned) == 1 and str(target) in warned[0] and "moved to" in warned[0]

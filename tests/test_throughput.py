@@ -631,6 +631,7 @@ def test_find_max_n_records_the_frontier_beside_the_prediction(tmp_path):
     assert predicted / 1.5 <= largest <= predicted * 1.5
     assert (ok.mem_rss_peak_bytes <= 0.5 * 2**30).all()
     assert "vanilla: largest N" in proc.stdout
+    assert [p.name for p in (out / "records").glob("*.parquet")] == ["suite-throughput.parquet"]  # compacted
 
 
 def test_probe_lengths_runs_each_length_once_in_order_and_reads_the_frontier_from_them():

@@ -41,7 +41,6 @@ from harness.report.analysis import Pareto  # noqa: E402
 PANEL_SIZE = (4.2, 3.1)  # inches per facet
 LEGEND_WIDTH = 2.2
 MAX_COLUMNS = 3
-DPI = 110
 MIN_LABEL_GAP_LOG2 = 0.6
 SMOKE_LABEL = "smoke run"
 BAR_GROUP_WIDTH = 0.8  # seaborn's default: the bars of one x position share this width
@@ -462,14 +461,11 @@ def mark_smoke(fig: Figure, reasons: list[str]) -> None:
 
 
 def save(fig: Figure, out_dir: Path, name: str) -> Path:
-    """Write NAME.png and NAME.svg (fonts as paths: the SVG needs nothing from outside), each atomically;
-    return the PNG."""
-    png = out_dir / f"{name}.png"
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    store.atomic_write(png, buffer.getvalue())
-    fig.set_layout_engine("none")  # keep the layout the first save computed: the SVG needs no second pass
+    """Write NAME.svg atomically and return its path. One format: SVG, which scales to any screen and
+    print, keeps its text (fonts as paths: it needs nothing from outside) and is the same bytes for the
+    same chart (no date written)."""
+    svg = out_dir / f"{name}.svg"
     buffer = io.BytesIO()
     fig.savefig(buffer, format="svg", metadata={"Date": None})
-    store.atomic_write(out_dir / f"{name}.svg", buffer.getvalue())
-    return png
+    store.atomic_write(svg, buffer.getvalue())
+    return svg

@@ -42,8 +42,7 @@ class Chart:
     name: str
     title: str
     caption: str
-    png: str  # path relative to the report
-    svg: str
+    svg: str  # path relative to the report
 
 
 def esc(value) -> str:
@@ -75,8 +74,8 @@ def table(df: pd.DataFrame, row_class: str | None = None) -> str:
 
 
 def figure(chart: Chart) -> str:
-    return (f'<figure id="chart-{esc(chart.name)}"><img src="{esc(chart.png)}" alt="{esc(chart.title)}">'
-            f'<figcaption>{esc(chart.caption)} <a href="{esc(chart.svg)}">SVG</a></figcaption></figure>')
+    return (f'<figure id="chart-{esc(chart.name)}"><img src="{esc(chart.svg)}" alt="{esc(chart.title)}">'
+            f'<figcaption>{esc(chart.caption)}</figcaption></figure>')
 
 
 def missing(text: str) -> str:

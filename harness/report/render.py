@@ -123,15 +123,14 @@ def draw(findings: Findings, comparison: Comparison | None, out: Path) -> dict[s
         figures["ratio"] = ("Latency against the baseline",
                             charts.ratio_chart(comparison.ratios, comparison.threshold, colors))
     for stale in CAPTIONS:  # charts of an earlier report into the same directory
-        for suffix in (".png", ".svg"):
+        for suffix in (".png", ".svg"):  # PNGs too: reports before SVG alone wrote both
             (out / CHARTS_DIR / f"{stale}{suffix}").unlink(missing_ok=True)
     drawn = {}
     for name, (title, fig) in figures.items():
         if fig is not None:
             charts.mark_smoke(fig, findings.smoke_for(*CHART_PARTS[name]))
-            png = charts.save(fig, out / CHARTS_DIR, name)
-            drawn[name] = Chart(name, title, CAPTIONS[name], f"{CHARTS_DIR}/{png.name}",
-                                f"{CHARTS_DIR}/{png.with_suffix('.svg').name}")
+            svg = charts.save(fig, out / CHARTS_DIR, name)
+            drawn[name] = Chart(name, title, CAPTIONS[name], f"{CHARTS_DIR}/{svg.name}")
     return drawn
 
 

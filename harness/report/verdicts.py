@@ -143,17 +143,16 @@ def chart_figure(chart: dict) -> Figure | None:
 
 
 def draw(found: dict[str, dict], out_dir: Path) -> dict[str, list[html.Chart]]:
-    """Every evidence chart, saved under out_dir as finding-<name>-<i>.png/svg."""
+    """Every evidence chart, saved under out_dir as finding-<name>-<i>.svg."""
     drawn: dict[str, list[html.Chart]] = {}
     for name, finding in decided(found).items():
         for i, chart in enumerate(finding.get("charts", [])):
             fig = chart_figure(chart)
             if fig is None:
                 continue
-            png = charts.save(fig, out_dir, f"finding-{name}-{i}")
+            svg = charts.save(fig, out_dir, f"finding-{name}-{i}")
             drawn.setdefault(name, []).append(html.Chart(
-                f"finding-{name}-{i}", chart["title"], _caption(chart), f"{out_dir.name}/{png.name}",
-                f"{out_dir.name}/{png.with_suffix('.svg').name}"))
+                f"finding-{name}-{i}", chart["title"], _caption(chart), f"{out_dir.name}/{svg.name}"))
     return drawn
 
 
