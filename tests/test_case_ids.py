@@ -13,7 +13,8 @@ from pydantic import Field
 
 from harness import runner, store
 from harness.config import ADDED_LATER
-from suites import accuracy, long_range, throughput
+from suites import accuracy, long_range
+from suites.throughput import planning as throughput
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "results" / "reference"

@@ -211,8 +211,8 @@ def test_rows_reads_either_layout_and_leaves_out_ids_without_a_row(tmp_path):
 class InterruptedExecutor(runner.LocalExecutor):
     """Runs the first case, then Ctrl-C."""
 
-    def events(self, cases, suite_module, timeout_s, skips):
-        for i, event in enumerate(super().events(cases, suite_module, timeout_s, skips)):
+    def events(self, cases, suite_module, timeout_s, skips, context):
+        for i, event in enumerate(super().events(cases, suite_module, timeout_s, skips, context)):
             yield event
             if i == 1:
                 raise KeyboardInterrupt

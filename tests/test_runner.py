@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from harness import runner, store
+from harness.context import RunContext
 from harness.errors import RunDirError
 from harness.report import render
 from tests import fake_suite
@@ -430,7 +431,7 @@ def finished_run(tmp_path_factory):
     runner.run(cases[:1], SUITE, run, progress=False)
     run_store, environment = store.RunStore(run), store.RunStore(run).environment()
     for case in cases[1:]:
-        status, reason, metrics = runner.execute(SUITE, case)
+        status, reason, metrics = runner.execute(SUITE, case, RunContext(run))
         run_store.write(runner.case_row(case, status, reason, metrics, environment, "t0", "t1"))
     return cases, run
 
