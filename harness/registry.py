@@ -3,7 +3,8 @@
 A variant declares everything the suites need: its family (an open name), whether it is exact softmax
 attention, what it supports (device, dtype, head_dim, causal, cross-attention, packages it needs; the
 runner asks `supports()` first and records "unsupported" instead of crashing), its FLOPs, its naive
-reference and its mixer. Variants arrive through the `attnbench.variants` entry points
+reference and its mixer, and what it costs the planners (training work and the memory of one call: hooks
+whose defaults harness.costs states). Variants arrive through the `attnbench.variants` entry points
 (harness.plugins), which `names()`, `get()` and `all_variants()` load on first use.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from harness import attention, plugins
+from harness import attention, costs, plugins
 
 _DTYPE_NAMES = {
     "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
@@ -122,6 +123,12 @@ class Variant:
     # FLOPs of one attention call: flops(mode, batch, n_heads, head_dim, n_q, n_k, causal, **params).
     # Declared by softmax-kind variants (harness.flops.softmax); None: reported as latency and tokens/s only.
     flops: Callable[..., int] | None = None
+    # What it costs the planners (harness.costs; None: the default stated there). cost(d_model, n_layers,
+    # n_heads, seq_len, **params) -> costs.MixerCost, its mixers' training work per token (suites.estimate);
+    # peak_bytes(call: costs.KernelCall, **params) -> the bytes one kernel-level forward call's buffers peak
+    # at, None where the code path that runs has no model (suites.frontier).
+    cost: Callable[..., costs.MixerCost] | None = None
+    peak_bytes: Callable[..., int | float | None] | None = None
     # Parameters at toy sizes (a smoke run's short sequences), so that a pattern still differs from full
     # attention there (a window or block smaller than the sequence).
     small_params: dict[str, Any] = field(default_factory=dict)
@@ -145,6 +152,9 @@ class Variant:
             raise TypeError(f"variant {self.name!r} has neither an attention function nor a mixer")
         if (self.kernel is None) != (self.kernel_inputs is None):
             raise TypeError(f"variant {self.name!r}: kernel and kernel_inputs come together")
+        for hook in ("cost", "peak_bytes"):
+            if not (getattr(self, hook) is None or callable(getattr(self, hook))):
+                raise TypeError(f"variant {self.name!r}: {hook} must be a function or None")
 
     @property
     def source(self) -> plugins.Source:
@@ -210,6 +220,30 @@ class Variant:
             return None
         params = {**self.defaults, **(params or {})}
         return self.flops(mode, batch, n_heads, head_dim, n_q, n_k, causal, **params)
+
+    def mixer_cost(self, d_model: int, n_layers: int, n_heads: int, seq_len: int,
+                   params: dict[str, Any] | None = None) -> costs.MixerCost:
+        """Training work per token of `n_layers` of its mixers at this width and length, defaults overridden
+        by params: its `cost` hook, else harness.costs.default_cost."""
+        hook = self.cost or costs.default_cost
+        return hook(d_model, n_layers, n_heads, seq_len, **{**self.defaults, **(params or {})})
+
+    def predicted_peak_bytes(self, device: torch.device | str, dtype: torch.dtype | str, batch: int,
+                             n_heads: int, seq_len: int, head_dim: int,
+                             params: dict[str, Any] | None = None) -> int | float | None:
+        """The bytes one kernel-level forward call's buffers peak at, on the code path that runs on this
+        device: its `peak_bytes` hook, else harness.costs.default_peak_bytes (None: no model)."""
+        call = costs.KernelCall(device_type(device), self.backend_for(device), as_dtype(dtype), batch,
+                                n_heads, seq_len, head_dim)
+        if self.peak_bytes is None:
+            return costs.default_peak_bytes(call, attention=self.attention_fn is not None)
+        return self.peak_bytes(call, **{**self.defaults, **(params or {})})
+
+    @property
+    def default_models(self) -> tuple[str, ...]:
+        """The planners' models it leaves to harness.costs' defaults: 'cost', 'memory' (rows carry them)."""
+        return tuple(model for model, hook in (("cost", self.cost), ("memory", self.peak_bytes))
+                     if hook is None)
 
     def prefill(self, k: torch.Tensor, v: torch.Tensor, capacity: int | None = None, **params):
         """The decoding state after a context of k, v (batch, heads, n, head_dim); room for `capacity`."""

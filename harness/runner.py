@@ -243,13 +243,20 @@ class OomSkips:
             self.history.setdefault(group, []).append((case, status, metrics))
 
 
+def variant_facts(name: str) -> dict[str, Any]:
+    """Registry facts a row carries besides Case.flat()'s: whether the variant is the reference the others
+    are compared with, and which planners' models it leaves to harness.costs' defaults."""
+    v = registry.get(name)
+    return {"baseline": v.baseline, "default_models": ", ".join(v.default_models)}
+
+
 def case_row(case: Case, status: str, reason: str, metrics: dict[str, Any], environment: dict[str, Any],
              started: str, finished: str, run_fields: dict[str, Any] | None = None,
              where: dict[str, Any] | None = None) -> dict[str, Any]:
     """The store row of one case: its whole config, outcome, metrics and environment (`where`: the machine
     it ran on when that is not this one, a Ray node)."""
-    return {"case_id": case.case_id, **case.flat(), **(run_fields or {}), "status": status,
-            "reason": reason, **metrics, **env.row_fields(environment), **(where or {}),
+    return {"case_id": case.case_id, **case.flat(), **variant_facts(case.variant), **(run_fields or {}),
+            "status": status, "reason": reason, **metrics, **env.row_fields(environment), **(where or {}),
             "started_at": started, "finished_at": finished}
 
 

@@ -2,9 +2,11 @@
 
 Training is bounded by each case's step cap and time budget: the estimate charges the smaller of the
 budget and max_steps steps at a modelled step time, plus validations, evaluation, compilation and data
-generation from the rates below. Steps stop earlier at the validation criterion, so for trainings that
-reach it the estimate is an upper bound. The CPU rates were measured on the repository's 2-core machine
-(one thread per worker); the CUDA rates are assumptions (no GPU has run these suites yet).
+generation from the rates below. The work of a variant's mixers is the variant's to say (its `cost` hook;
+harness.costs states the default for one that declares none). Steps stop earlier at the validation
+criterion, so for trainings that reach it the estimate is an upper bound. The CPU rates were measured on
+the repository's 2-core machine (one thread per worker); the CUDA rates are assumptions (no GPU has run
+these suites yet).
 """
 
 from __future__ import annotations
@@ -17,20 +19,12 @@ WARMUP_S = {"cpu": 0.1, "cuda": 0.5}  # first training step of a model (cuBLAS, 
 FLEX_COMPILE_S = 15.0  # torch.compile of FlexAttention (block mask included) for one new shape, CUDA only
 FLEX_STATIC_SHAPES = 2  # dynamo compiles a shape, recompiles once with dynamic sizes, then reuses that
 WORKER_START_S = 20.0  # spawning the worker, importing torch and the variants, CUDA context
-# A training step: matmul FLOPs (6 per parameter and token, plus attention scores) at MATMUL_FLOPS, the
-# elementwise work of mamba's scan (about 30 passes over d_inner x d_state per token) at SCAN_ELEMENTS,
+# A training step: matmul FLOPs (6 per parameter and token, plus the mixers') at MATMUL_FLOPS, the
+# elementwise work of a scan at SCAN_ELEMENTS, the mixers' fixed time per layer (harness.costs.MixerCost),
 # and a fixed cost per step (Python, optimizer, small kernels).
 MATMUL_FLOPS = {"cpu": 2.4e10, "cuda": 2e13}
 SCAN_ELEMENTS = {"cpu": 4e9, "cuda": 2e11}
 STEP_OVERHEAD_S = {"cpu": 3e-3, "cuda": 1.5e-2}
-SCAN_PASSES = 30
-# The chunked recurrent families launch many small kernels per layer and step, a cost the FLOPs miss: their
-# training step minus vanilla's at MQAR's shapes (d_model 64, 2 layers, batch 32, N = 32 and 64, one CPU
-# thread), about constant in N, per layer. Unmeasured families (retnet) and CUDA get none. On an idle
-# machine `scripts/bench_training.py` reads about half (mamba2 15 ms per layer); the committed run's mamba2
-# MQAR trainings, one process per core, still took 171-306 s against the 138 s this charges.
-CHUNK_LOOP_S = {"cpu": {"mamba2": 0.031, "gated-deltanet": 0.040, "deltanet": 0.028, "gla": 0.016},
-                "cuda": {}}
 FORWARD_SHARE = 1 / 3  # evaluation and validation: forward only
 
 
@@ -45,27 +39,13 @@ def data_seconds(case) -> float:
                                           + (case.n_test + case.n_valid) * HASH_BUCKETS)
 
 
-def token_work(case, seq_len: int) -> tuple[float, float]:
-    """(matmul FLOPs, scan elements) of forward + backward per token of a sequence of seq_len."""
-    d, layers, family = case.d_model, case.n_layers, registry.get(case.variant).family
-    flops = 6 * layers * 12 * d * d  # parameters matched to an attention block with a 4x MLP
-    params = {**registry.get(case.variant).defaults, **case.params}
-    if family in ("vanilla", "flash", "sparse"):
-        flops += 6 * layers * 2 * d * seq_len  # scores and weighted values, a causal half of 4 N d
-    elif family == "longformer":
-        flops += 6 * layers * 2 * d * min(seq_len, 3 * params.get("window", 128))
-    elif family == "performer":
-        flops += 6 * layers * 4 * d * params.get("nb_features", 256) // case.n_heads
-    scan = 0
-    if family == "mamba":
-        scan = SCAN_PASSES * layers * params.get("expand", 2) * d * params.get("d_state", 16)
-    return flops, scan
-
-
 def step_seconds(case, device: str, tokens: int, seq_len: int, share: float = 1.0) -> float:
-    flops, scan = token_work(case, seq_len)
-    work = tokens * share * (flops / MATMUL_FLOPS[device] + scan / SCAN_ELEMENTS[device])
-    loops = share * case.n_layers * CHUNK_LOOP_S[device].get(case.variant, 0.0)
+    """One step over `tokens` tokens in sequences of seq_len (share: the forward's part of the work)."""
+    d, layers = case.d_model, case.n_layers
+    mixer = registry.get(case.variant).mixer_cost(d, layers, case.n_heads, seq_len, case.params)
+    flops = 6 * layers * 12 * d * d + mixer.flops  # parameters matched to an attention block with a 4x MLP
+    work = tokens * share * (flops / MATMUL_FLOPS[device] + mixer.scan_elements / SCAN_ELEMENTS[device])
+    loops = share * layers * mixer.loop_s.get(device, 0.0)
     return work + loops + STEP_OVERHEAD_S[device]
 
 

@@ -54,55 +54,20 @@ def run_case(case: Case, context: RunContext) -> dict[str, Any]:
 # --- memory model and the memory frontier -----------------------------------------------------------
 
 RUNTIME_BYTES = 64 * memory.MIB  # code and buffers a first call maps (oneDNN, torch's thread pool)
-SEGMENT_TOKENS = 64 * 64  # variants.linear: SEGMENT_CHUNKS chunks of CHUNK_SIZE tokens
-FUSED_BACKENDS = ("sdpa-flash-cpu", "sdpa-flash-cuda", "sdpa-cudnn", "sdpa-mem-efficient",
-                  "xformers-memory-efficient-attention", "xformers-local-attention",
-                  "flex-attention-compiled", "fla-chunk", "mamba_ssm.selective_scan_fn")
 
 
 def predicted_peak_bytes(case: Case) -> int | None:
-    """Arithmetic memory model of one kernel-level forward call: the bytes its live buffers peak at.
-
-    X = batch * heads * N * head_dim elements (one of q, k, v), S = batch * heads * N^2 (one score
-    matrix), e = the dtype's size, a = the accumulation dtype's size. The buffer counts are read off
-    each code path and checked against the measured peak resident memory in tests/test_throughput.py:
-    materialized softmax (vanilla; masked families on the CPU) keeps 3 score matrices alive (scores,
-    masked scores, probabilities); fused kernels hold q, k, v and the output; linear attention's
-    chunked path its feature maps of q and k, v in float32, the output, and one segment's temporaries
-    (variants.linear.SEGMENT_CHUNKS chunks: padded chunks, chunk states and their prefix, intra-chunk
-    scores); performer, on nb_features features, also the feature computation's temporaries; the banded
-    longformer 2.5 copies of its (N, 3 window) chunk scores (masked scores, probabilities; the raw scores
-    are freed part-way); mamba's chunked PyTorch scan, without a gradient, about 5 accumulation-dtype
-    copies of (batch, dim, L) (softplus'd and time-major delta and u, the output and its gating) and one
-    chunk of states (cache-sized). None for other levels and modes, and for
-    code paths it has no model of (the newer state-space and recurrent families: measured, not predicted).
+    """Arithmetic memory model of one kernel-level forward call: the bytes its live buffers peak at, plus
+    the runtime a first call maps. The buffers are the variant's to model, on the code path that runs on
+    the case's device (its `peak_bytes` hook; harness.costs states the default for a variant that declares
+    none); the models are checked against the measured peak resident memory in tests/test_throughput.py.
+    None for other levels and modes, and for code paths with no model (measured, not predicted).
     """
     if case.level != "kernel" or case.mode != "fwd":
         return None
-    v = registry.get(case.variant)
-    backend = v.backend_for(case.device)
-    params = {**v.defaults, **case.params}
-    e = case.torch_dtype.itemsize
-    a = max(e, 4)
-    rows = case.batch * case.n_heads * case.seq_len  # (query or key) rows over batch and heads
-    x = rows * case.head_dim
-    upcast = 3 * x * a if e < a else 0  # q, k, v converted to the accumulation dtype
-    if backend in ("vanilla", "dense-masked-softmax"):
-        peak = 4 * x * e + upcast + 3 * rows * case.seq_len * a + 2 * case.seq_len**2
-    elif backend == "torch-chunked" and v.family in ("linear", "performer"):  # on head_dim or m features
-        features = params.get("nb_features", case.head_dim)
-        segment = case.batch * case.n_heads * min(case.seq_len, SEGMENT_TOKENS) * (features + case.head_dim)
-        peak = 3 * x * e + x * (a if e < a else 0) + rows * a * (2 * features + 2 * case.head_dim)
-        peak += 4 * segment * a + (rows * a * features if "nb_features" in params else 0)
-    elif backend == "sliding-chunks":
-        peak = 3 * x * e + upcast + rows * a * (5 * case.head_dim + 7.5 * params["window"])
-    elif backend == "torch-scan":
-        peak = 3 * x * e + 5 * x * a
-    elif backend in FUSED_BACKENDS:  # inputs, output and per-row statistics
-        peak = 4 * x * e + 4 * rows
-    else:
-        return None  # no model of this code path (yet): the frontier is measured, not predicted
-    return int(peak + RUNTIME_BYTES)
+    peak = registry.get(case.variant).predicted_peak_bytes(
+        case.device, case.torch_dtype, case.batch, case.n_heads, case.seq_len, case.head_dim, case.params)
+    return None if peak is None else int(peak + RUNTIME_BYTES)
 
 
 FRONTIER_HEADS, FRONTIER_HEAD_DIM = 16, 64

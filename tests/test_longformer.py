@@ -10,10 +10,10 @@ from torch.utils._pytree import tree_leaves
 
 from harness import registry
 from harness.attention import softmax_attention
+from harness.flex import flex_masked_attention
 from harness.registry import Unsupported
 from tests.conftest import TOLERANCE, assert_same_output_and_grads, qkv
 from variants.longformer import longformer_mask, longformer_predicate
-from variants.sparse import flex_masked_attention
 
 SMALL = dict(window=5, global_tokens=3)
 BANDED_CASES = [  # (n, window, global_tokens), edge cases included

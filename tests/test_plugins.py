@@ -202,3 +202,99 @@ def test_the_example_plugin_runs_through_every_suite_and_the_report(example_inst
     tp = rows[(rows.suite == "throughput") & (rows.status == "ok") & (rows.level == "kernel")]
     assert tp.flops.notna().all() and (tp.flops > 0).all()
     assert json.loads((out / "environment.json").read_text())["torch"]
+
+
+# --- the example plugin's own cost and memory models, through the registry's hooks ---------------------
+
+@pytest.fixture
+def example_registered(monkeypatch):
+    """The example module imported here, its variant registered for this test only (a copy of the
+    registry is restored afterwards), as its entry point would register it."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    spec = importlib.util.spec_from_file_location("attnbench_sigmoid", EXAMPLE / "attnbench_sigmoid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_example_plugins_estimate_comes_from_its_hook(example_registered, monkeypatch):
+    from harness import costs
+    from suites import accuracy, estimate
+
+    v = registry.get("sigmoid")
+    assert v.cost is example_registered.sigmoid_cost and v.default_models == ()
+    calls = []
+
+    def spy(*args, **params):
+        calls.append(args)
+        return example_registered.sigmoid_cost(*args, **params)
+
+    monkeypatch.setattr(v, "cost", spy)
+    case = next(c for c in accuracy.plan("quick", "cpu", variants=["sigmoid"]) if c.task != "exactness")
+    tokens, n = case.batch_size * case.train_seq_len, case.train_seq_len
+    step = estimate.step_seconds(case, "cpu", tokens, n)
+    assert calls == [(case.d_model, case.n_layers, case.n_heads, n)]
+    # Every pair scored: twice the causal half the default (causal softmax attention) charges.
+    block = 6 * case.n_layers * 12 * case.d_model**2
+    charged = lambda mixer_flops: (tokens * (block + mixer_flops) / estimate.MATMUL_FLOPS["cpu"]  # noqa: E731
+                                   + estimate.STEP_OVERHEAD_S["cpu"])
+    every_pair = costs.attention_flops(case.d_model, case.n_layers, 2 * n)
+    assert step == pytest.approx(charged(every_pair), rel=1e-12)
+    default = costs.default_cost(case.d_model, case.n_layers, case.n_heads, n).flops
+    assert step > charged(default) * (1 + 1e-9)
+    assert estimate.case_cost(case) > 0 and len(calls) > 1
+
+
+def test_find_max_n_on_the_example_plugin_carries_its_prediction(example_installed, example_registered,
+                                                                 tmp_path):
+    """Through the CLI, as a user would: the rows carry the plugin's own model (not the default), and the
+    lengths that ran and failed sit either side of its predicted frontier."""
+    from harness import costs, store
+    from suites import frontier
+
+    out, cap = tmp_path / "frontier", 2**28  # --memory-gb 0.25
+    result = attnbench("run", "--suite", "throughput", "--device", "cpu", "--find-max-n", "--memory-gb",
+                       "0.25", "-n", "1024", "-n", "16384", "-v", "sigmoid", "--out", str(out),
+                       env=example_installed)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = store.load(out).sort_values("seq_len")
+    assert list(rows.seq_len) == [1024, 16384] and list(rows.status) == ["ok", "oom"]
+    assert set(rows.default_models) == {""} and set(rows.variant_package) == {"attnbench-sigmoid-example"}
+    ran = rows.iloc[0]  # a probe that ran records the model's peak for its call
+    call = costs.KernelCall("cpu", "sigmoid", registry.as_dtype(ran["dtype"]), 1, ran.n_heads, ran.seq_len,
+                            ran.head_dim)
+    modelled = example_registered.sigmoid_peak_bytes(call)
+    assert ran.predicted_peak_bytes == int(modelled + frontier.RUNTIME_BYTES)
+    assert ran.predicted_peak_bytes < costs.dense_softmax_bytes(call)  # not the default's model
+    predicted = frontier.predicted_max_n("sigmoid", "cpu", "float32", cap)
+    assert set(rows.predicted_max_n) == {predicted} and 1024 < predicted < 16384
+    assert f"sigmoid: largest N 1024 (predicted {predicted})" in result.stdout
+
+
+MEASURE_PEAK = """
+import json, sys
+from suites import frontier
+from suites import throughput as tp
+n, heads, dtype = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+case = tp.Case(variant="sigmoid", device="cpu", dtype=dtype, mode="fwd", level="kernel", seq_len=n, batch=1,
+               total_tokens=n, n_heads=heads, head_dim=64, budget_ms=1, warmup_ms=0, kind="frontier",
+               memory_cap_mb=4096)
+print(json.dumps(frontier.probe_frontier(case)))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n, heads, dtype", [(256, 512, "float32"), (1024, 128, "bfloat16")])
+def test_the_example_plugins_memory_model_predicts_the_measured_peak(example_installed, n, heads, dtype):
+    """Its model against the resident peak of one call in a fresh process, within 25% as the built-in
+    models are held (tests/test_throughput.py); shapes where its buffers dominate and the call is short."""
+    from harness import memory
+
+    if not memory.reset_peaks("cpu"):
+        pytest.skip("no resident-peak measurement here (/proc/self/clear_refs)")
+    proc = subprocess.run([sys.executable, "-c", MEASURE_PEAK, str(n), str(heads), dtype], cwd=ROOT,
+                          env=example_installed, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert measured["mem_rss_peak_bytes"] > 400 * memory.MIB
+    assert measured["predicted_peak_bytes"] == pytest.approx(measured["mem_rss_peak_bytes"], rel=0.25)

@@ -497,6 +497,28 @@ def test_summary_table_leads_with_the_baseline_and_fills_every_column(tmp_path):
         assert all(cell.strip() for cell in line.strip("|").split("|")[2:]), line  # then, exponent
 
 
+def test_the_summary_leads_with_the_row_flagged_baseline_and_names_defaulted_models(tmp_path):
+    """The order follows the rows' `baseline` flag, not a name; variants whose rows say they took the
+    planners' default models are named in the summary and the report."""
+    from harness.report import build
+
+    rows = [{**r, "variant": v, "baseline": v == "linear", "default_models": "cost, memory" * (v == "plug")}
+            for r in forward_rows(("flash-sdpa",)) for v in ("flash-sdpa", "linear", "plug", "vanilla")]
+    rows = [{**r, "case_id": fx.case_id({**r, "k": 1})} for r in rows]
+    report = build([small_run(tmp_path / "run", rows)])
+    text = report.markdown.read_text()
+    table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    assert [line.split("|")[1].strip() for line in table[1:5]] == ["linear", "flash-sdpa", "plug", "vanilla"]
+    assert "take the stated defaults (harness.costs): plug (cost, memory)." in text
+    assert "plug (cost, memory)" in report.html.read_text()
+    # Rows written before the flags were recorded: no reordering, no sentence.
+    old = [{k: x for k, x in r.items() if k not in ("baseline", "default_models")} for r in rows]
+    text = build([small_run(tmp_path / "old", old)]).markdown.read_text()
+    table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    assert [line.split("|")[1].strip() for line in table[1:5]] == ["flash-sdpa", "linear", "plug", "vanilla"]
+    assert "stated defaults" not in text
+
+
 @pytest.mark.parametrize("n", [3, 10, 17, 20, 21, 40])
 def test_every_variant_gets_its_own_colour(n):
     colors = charts.palette([f"variant-{i}" for i in range(n)])

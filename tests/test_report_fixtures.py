@@ -80,6 +80,7 @@ def case_id(config: dict) -> str:
 def row(config: dict, status: str = "ok", reason: str = "", **metrics) -> dict:
     return {"case_id": case_id(config), **config, "status": status, "reason": reason, **metrics,
             "family": FAMILY[config["variant"]], "exact": config["variant"] in ("vanilla", "flash-sdpa"),
+            "baseline": config["variant"] == "vanilla", "default_models": "",
             "device_name": DEVICE_NAME, "driver": "550.54", "cuda": "12.4", "torch": "2.13.0",
             "commit": "abc123", "started_at": "2026-01-01T00:00:00+00:00",
             "finished_at": "2026-01-01T00:00:01+00:00"}

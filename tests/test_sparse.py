@@ -3,17 +3,16 @@
 import pytest
 import torch
 
-from harness import masks, registry
+from harness import flex, masks, registry
 from harness.attention import softmax_attention
+from harness.flex import flex_masked_attention
 from tests.conftest import TOLERANCE, assert_same_output_and_grads, qkv
-from variants import sparse
 from variants.sparse import (
     bigbird_layout,
     bigbird_mask,
     bigbird_predicate,
     fixed_mask,
     fixed_predicate,
-    flex_masked_attention,
     strided_mask,
     strided_predicate,
 )
@@ -188,10 +187,10 @@ def test_flex_block_mask_matches_mask_reference_on_cpu(name, shape, causal):
 def test_block_masks_are_cached_by_pattern_size_and_heads():
     params = tuple(sorted(SMALL["sparse-bigbird"].items()))
     key = (bigbird_predicate, 40, 40, True, 3, params, "cpu")
-    assert sparse._block_mask(*key) is sparse._block_mask(*key)
-    assert sparse._block_mask(*key) is not sparse._block_mask(*key[:3], False, *key[4:])
-    assert sparse._block_mask(*key) is not sparse._block_mask(*key[:4], 2, *key[5:])
-    assert sparse._block_mask(*key).shape[1] == 3  # one block layout per head
+    assert flex.block_mask(*key) is flex.block_mask(*key)
+    assert flex.block_mask(*key) is not flex.block_mask(*key[:3], False, *key[4:])
+    assert flex.block_mask(*key) is not flex.block_mask(*key[:4], 2, *key[5:])
+    assert flex.block_mask(*key).shape[1] == 3  # one block layout per head
 
 
 def test_cuda_path_builds_block_masks_and_runs_flex_through_the_static_compiled_wrappers(monkeypatch):
@@ -205,25 +204,25 @@ def test_cuda_path_builds_block_masks_and_runs_flex_through_the_static_compiled_
             return fn(*args, **{**kwargs, "device": "cpu"} if "device" in kwargs else kwargs)
         return run
 
-    monkeypatch.setattr(sparse, "_compiled", spy)
-    sparse._block_mask.cache_clear()
+    monkeypatch.setattr(flex, "compiled_wrapper", spy)
+    flex.block_mask.cache_clear()
     params = tuple(sorted(SMALL["sparse-fixed"].items()))
     for _ in range(2):
-        sparse._block_mask(fixed_predicate, 48, 48, True, 1, params, "cuda:0")
+        flex.block_mask(fixed_predicate, 48, 48, True, 1, params, "cuda:0")
     assert calls == ["create_block_mask"]
     q, k, val = qkv(n_q=48)
     out = flex_masked_attention(q, k, val, fixed_predicate, True, dict(params))
     assert calls == ["create_block_mask", "flex_attention"]  # a cpu tensor's mask is built eagerly
     torch.testing.assert_close(out, softmax_attention(q, k, val, fixed_mask(48, 48, True, **dict(params))))
-    sparse._block_mask.cache_clear()
+    flex.block_mask.cache_clear()
 
 
 def test_one_compiled_wrapper_per_function():
     from harness import compiling
 
-    assert sparse._compiled(masks.dense) is sparse._compiled(masks.dense)
-    assert isinstance(sparse._compiled(masks.dense), compiling.Compiled)
-    sparse._compiled.cache_clear()
+    assert flex.compiled_wrapper(masks.dense) is flex.compiled_wrapper(masks.dense)
+    assert isinstance(flex.compiled_wrapper(masks.dense), compiling.Compiled)
+    flex.compiled_wrapper.cache_clear()
 
 
 @pytest.mark.cuda

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness import costs
 from harness.registry import ALL_FLOAT, HALF, Support, Unsupported, mixer_variant
 from variants.recurrent import (
     KERNEL_DTYPES,
@@ -33,6 +34,7 @@ from variants.recurrent import (
     RecurrentMixer,
     ShortConv,
     accumulation_dtype,
+    chunk_loop_cost,
     chunks,
     dt_bias_init,
     fla_installed,
@@ -204,6 +206,7 @@ class DeltaRuleMixer(RecurrentMixer):
     """(batch, seq, d_model) -> same: fla's DeltaNet layer (gated=False) or GatedDeltaNet layer."""
 
     gated: bool = False
+    sequence_op, step_op = staticmethod(delta_rule), staticmethod(delta_rule_step)
 
     def __init__(self, d_model: int, n_heads: int, *, expand_v: float, use_output_gate: bool,
                  conv_size: int = 4, chunk_size: int = CHUNK_SIZE, norm_eps: float = 1e-5,
@@ -248,13 +251,6 @@ class DeltaRuleMixer(RecurrentMixer):
         gate = None if self.g_proj is None else heads(self.g_proj(x), self.n_heads)
         return inputs, gate, new_state
 
-    def core(self, inputs, initial_state, output_final_state):
-        return delta_rule(**inputs, chunk_size=self.chunk_size, initial_state=initial_state,
-                          output_final_state=output_final_state)
-
-    def core_step(self, inputs, state):
-        return delta_rule_step(**inputs, state=state)
-
     def output(self, o, gate):
         return self.o_proj(merge_heads(self.o_norm(o, gate)))
 
@@ -267,6 +263,7 @@ SUPPORT = Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False
 
 @mixer_variant(
     "gated-deltanet", family="deltanet", exact=False, support=SUPPORT, backend=_backend(True),
+    cost=chunk_loop_cost(0.040), peak_bytes=costs.not_modelled,
     defaults=dict(expand_v=2, use_output_gate=True, conv_size=4, chunk_size=CHUNK_SIZE),
     kernel=gated_delta_kernel, kernel_reference=gated_delta_reference, kernel_inputs=delta_kernel_inputs,
     small_params={"chunk_size": 8},
@@ -283,6 +280,7 @@ class GatedDeltaNetMixer(DeltaRuleMixer):
 
 @mixer_variant(
     "deltanet", family="deltanet", exact=False, support=SUPPORT, backend=_backend(False),
+    cost=chunk_loop_cost(0.028), peak_bytes=costs.not_modelled,
     defaults=dict(expand_v=1, use_output_gate=False, conv_size=4, chunk_size=CHUNK_SIZE),
     kernel=delta_kernel, kernel_reference=delta_reference,
     kernel_inputs=functools.partial(delta_kernel_inputs, gated=False), small_params={"chunk_size": 8},

@@ -11,12 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from harness import flops
+from harness import costs, flops
 from harness.registry import ALL_FLOAT, HALF, Support, Unsupported, attention_variant
 
 CUDA_FLOAT = (torch.float32, *HALF)
 # How SDPA says that the pinned backend cannot take these inputs (CUDA and CPU wording).
 _NO_KERNEL_MESSAGES = ("No available kernel", "No viable backend")
+# Every kernel here is fused: charged as causal attention by the estimate, modelled as its inputs, output and
+# per-row statistics by the frontier.
+COST_HOOKS = dict(cost=costs.causal_attention_cost, peak_bytes=costs.fused_attention_bytes)
 
 
 def _sm_at_least(major: int, minor: int) -> bool:
@@ -76,7 +79,7 @@ def _efficient_check(device, dtype, head_dim, causal):
 
 
 @attention_variant(
-    "flash-sdpa", family="flash", exact=True, flops=flops.softmax(),
+    "flash-sdpa", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
     support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": HALF}, check=_flash_check),
     backend=lambda device: f"sdpa-flash-{device}",
     description="torch SDPA pinned to its FlashAttention backend (FA2 on CUDA, fused kernel on CPU)",
@@ -86,7 +89,7 @@ def flash_sdpa(q, k, v, causal=False):
 
 
 @attention_variant(
-    "flash-cudnn", family="flash", exact=True, flops=flops.softmax(),
+    "flash-cudnn", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
     # 128 is the limit cuDNN has everywhere; sm90/sm100 with a recent cuDNN also take 256.
     support=Support(dtypes={"cuda": HALF}, max_head_dim=128, head_dim_multiple=8, check=_sm80_check),
     backend=lambda device: "sdpa-cudnn",
@@ -97,7 +100,7 @@ def flash_cudnn(q, k, v, causal=False):
 
 
 @attention_variant(
-    "flash-efficient", family="flash", exact=True, flops=flops.softmax(),
+    "flash-efficient", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
     # Alignment: 8 elements covers fp16/bf16 (8) and fp32 (4) on every architecture.
     support=Support(dtypes={"cuda": CUDA_FLOAT}, head_dim_multiple=8, check=_efficient_check),
     backend=lambda device: "sdpa-mem-efficient",
@@ -128,7 +131,7 @@ def xformers_attention(q, k, v, attn_bias=None) -> torch.Tensor:
 
 
 @attention_variant(
-    "flash-xformers", family="flash", exact=True, flops=flops.softmax(),
+    "flash-xformers", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
     # Its dispatcher falls back to the CUTLASS kernel, which takes fp32 and head_dim up to 65536.
     support=Support(dtypes={"cuda": CUDA_FLOAT}, requires=("xformers",)),
     backend=lambda device: "xformers-memory-efficient-attention",

@@ -19,11 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness import costs
 from harness.registry import ALL_FLOAT, Support, Unsupported, mixer_variant
 from variants.recurrent import (
     GatedRMSNorm,
     RecurrentMixer,
     accumulation_dtype,
+    chunk_loop_cost,
     chunks,
     fla_installed,
     heads,
@@ -138,7 +140,8 @@ def _backend(device: str) -> str:
 
 
 @mixer_variant(
-    "gla", family="gla", exact=False, backend=_backend,
+    "gla", family="gla", exact=False, backend=_backend, cost=chunk_loop_cost(0.016),
+    peak_bytes=costs.not_modelled,
     support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False),
     defaults=dict(expand_k=0.5, expand_v=1.0, gate_low_rank_dim=16, gate_logit_normalizer=16,
                   chunk_size=CHUNK_SIZE),
@@ -149,6 +152,8 @@ def _backend(device: str) -> str:
 )
 class GLAMixer(RecurrentMixer):
     """(batch, seq, d_model) -> same: fla's GatedLinearAttention layer."""
+
+    sequence_op, step_op = staticmethod(gla), staticmethod(gla_step)
 
     def __init__(self, d_model: int, n_heads: int, expand_k: float = 0.5, expand_v: float = 1.0,
                  gate_low_rank_dim: int = 16, gate_logit_normalizer: float = 16, chunk_size: int = CHUNK_SIZE,
@@ -177,13 +182,6 @@ class GLAMixer(RecurrentMixer):
         inputs = dict(q=heads(self.q_proj(x), self.n_heads), k=heads(self.k_proj(x), self.n_heads),
                       v=heads(self.v_proj(x), self.n_heads), log_decay=heads(log_decay, self.n_heads))
         return inputs, heads(self.g_proj(x), self.n_heads), ()
-
-    def core(self, inputs, initial_state, output_final_state):
-        return gla(**inputs, chunk_size=self.chunk_size, initial_state=initial_state,
-                   output_final_state=output_final_state)
-
-    def core_step(self, inputs, state):
-        return gla_step(**inputs, state=state)
 
     def output(self, o, gate):
         return self.o_proj(merge_heads(self.g_norm(o, gate)))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness import masks
+from harness import costs, masks
 from harness.registry import Support, attention_variant, package_available
 
 CHUNK_SIZE = 64
@@ -37,9 +37,12 @@ def fla_backend_available() -> bool:
     return package_available("fla")
 
 
+FLA_BACKEND = "fla-chunk"
+
+
 def backend_name(device: str) -> str:
     """The code path of causal attention on a device type (non-causal is two einsums everywhere)."""
-    return "fla-chunk" if device == "cuda" and fla_backend_available() else "torch-chunked"
+    return FLA_BACKEND if device == "cuda" and fla_backend_available() else "torch-chunked"
 
 
 def _fla_usable(phi: torch.Tensor, v: torch.Tensor) -> bool:
@@ -83,6 +86,7 @@ def _align_bottom_right(phi_q, phi_k, v):
 
 
 SEGMENT_CHUNKS = 64  # chunks per segment of the causal path: its temporaries scale with this, not with N
+SEGMENT_TOKENS = SEGMENT_CHUNKS * CHUNK_SIZE  # a segment at the default chunk size (the memory model's)
 
 
 def _chunked_prefix_sums(phi_q, phi_k, v, chunk_size: int):
@@ -220,9 +224,31 @@ def linear_decode(q, k, v, state: RecurrentState, eps=1e-6, chunk_size=CHUNK_SIZ
     return state.read(elu_feature_map(q.to(acc)), eps).to(q.dtype), state
 
 
+# --- what it costs the planners ---------------------------------------------------------------------
+
+def chunked_peak_bytes(call: costs.KernelCall, features: int, feature_temporaries: bool) -> int:
+    """The chunked causal path on `features` features per head (head_dim for elu + 1): q, k, v and one of
+    them upcast; the feature maps of q and k, v in the accumulation dtype and the output (2 features + 2
+    head_dim per row); one segment's temporaries (4 x its padded chunks, chunk states and their prefix,
+    intra-chunk scores); with `feature_temporaries`, the feature computation's (performer's projections)."""
+    c = call
+    segment = c.batch * c.n_heads * min(c.seq_len, SEGMENT_TOKENS) * (features + c.head_dim)
+    peak = 3 * c.x * c.e + c.x * (c.a if c.e < c.a else 0) + c.rows * c.a * (2 * features + 2 * c.head_dim)
+    peak += 4 * segment * c.a + (c.rows * c.a * features if feature_temporaries else 0)
+    return peak
+
+
+def linear_peak_bytes(call: costs.KernelCall, **params) -> int:
+    """fla's fused chunk kernel on CUDA; elsewhere the chunked path on head_dim features."""
+    if call.backend == FLA_BACKEND:
+        return costs.fused_attention_bytes(call)
+    return chunked_peak_bytes(call, call.head_dim, False)
+
+
 @attention_variant(
     "linear", family="linear", exact=False, support=Support(cross=True),
     defaults={"eps": 1e-6, "chunk_size": CHUNK_SIZE}, backend=backend_name,
+    cost=costs.projections_only, peak_bytes=linear_peak_bytes,  # the estimate charges no state updates
     prefill_fn=linear_prefill, decode_fn=linear_decode, reference=linear_attention_reference,
     small_params={"chunk_size": 8},  # chunks no longer than a smoke run's shortest sequence
     description="linear attention, phi = elu + 1; causal via chunked prefix sums (fla kernel on CUDA)",

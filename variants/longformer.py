@@ -18,11 +18,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness import flops, masks
+from harness import costs, flex, flops, masks
 from harness.attention import softmax_attention
 from harness.registry import HALF, Support, Unsupported, attention_variant
 from variants.flash import xformers_attention, xformers_ops, zero_blind_queries
-from variants.sparse import FLEX_SUPPORT, flex_backend, masked_attention
 
 DEFAULTS = dict(window=128, global_tokens=8)
 
@@ -40,18 +39,32 @@ def longformer_pairs(n_q: int, n_k: int, causal: bool, *, window, global_tokens)
 FLOPS = flops.softmax(longformer_pairs)
 
 
+def longformer_cost(d_model, n_layers, n_heads, seq_len, *, window=128, **params) -> costs.MixerCost:
+    """Scores and weighted values over a band of 3 windows (the banded path's key chunks), at most N."""
+    return costs.MixerCost(flops=costs.attention_flops(d_model, n_layers, min(seq_len, 3 * window)))
+
+
+def banded_peak_bytes(call: costs.KernelCall, *, window, **params) -> float:
+    """The sliding-chunks path: q, k, v and the upcast inputs; per row, 5 head_dim-sized temporaries (padded
+    copies, the output and its parts) and 2.5 copies of its (3 window) chunk scores (masked scores,
+    probabilities; the raw scores are freed part-way)."""
+    c = call
+    return 3 * c.x * c.e + c.upcast + c.rows * c.a * (5 * c.head_dim + 7.5 * window)
+
+
 def longformer_mask(n_q: int, n_k: int, causal: bool = False, n_heads: int = 1, **params) -> torch.Tensor:
     return masks.dense(longformer_predicate(n_q, n_k, causal, **{**DEFAULTS, **params}), n_q, n_k)
 
 
 @attention_variant(
-    "longformer", family="longformer", exact=True, support=FLEX_SUPPORT, defaults=DEFAULTS,
-    mask_fn=longformer_mask, flops=FLOPS, backend=flex_backend,
+    "longformer", family="longformer", exact=True, support=flex.SUPPORT, defaults=DEFAULTS,
+    mask_fn=longformer_mask, flops=FLOPS, backend=flex.backend, cost=longformer_cost,
+    peak_bytes=flex.peak_bytes,
     small_params={"window": 8, "global_tokens": 2},
     description="sliding window + global tokens via FlexAttention (dense masked softmax on CPU)",
 )
 def longformer(q, k, v, causal=False, **params):
-    return masked_attention(q, k, v, longformer_predicate, causal, params)
+    return flex.masked_attention(q, k, v, longformer_predicate, causal, params)
 
 
 def _key_windows(x: torch.Tensor, chunk: int, n_chunks: int) -> torch.Tensor:
@@ -65,7 +78,8 @@ def _key_windows(x: torch.Tensor, chunk: int, n_chunks: int) -> torch.Tensor:
 
 @attention_variant(
     "longformer-banded", family="longformer", exact=True, support=Support(cross=False), defaults=DEFAULTS,
-    mask_fn=longformer_mask, flops=FLOPS, backend=lambda device: "sliding-chunks",
+    mask_fn=longformer_mask, flops=FLOPS, backend=lambda device: "sliding-chunks", cost=longformer_cost,
+    peak_bytes=banded_peak_bytes,
     small_params={"window": 8, "global_tokens": 2},
     description="Longformer in plain PyTorch with O(N * window) memory: sliding key chunks + global columns",
 )
@@ -107,7 +121,8 @@ def longformer_banded(q, k, v, causal=False, *, window, global_tokens):
     support=Support(dtypes={"cuda": HALF}, max_head_dim=256, requires=("xformers",)),
     defaults=dict(window=128, global_tokens=0), mask_fn=longformer_mask, flops=FLOPS,
     small_params={"window": 8},
-    backend=lambda device: "xformers-local-attention",
+    backend=lambda device: "xformers-local-attention", cost=longformer_cost,
+    peak_bytes=costs.fused_attention_bytes,
     description="sliding window via xformers LocalAttentionFromBottomRightMask (no global tokens)",
 )
 def longformer_xformers(q, k, v, causal=False, *, window, global_tokens):

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness import costs
 from harness.registry import (
     ALL_FLOAT,
     Support,
@@ -353,8 +354,28 @@ def _backend(device: str) -> str:
     return "mamba_ssm.mamba_inner_fn" if kernels.mamba_inner_fn else "mamba_ssm.selective_scan_fn"
 
 
+SCAN_PASSES = 30
+
+
+def scan_cost(d_model, n_layers, n_heads, seq_len, *, expand=2, d_state=16, **params) -> costs.MixerCost:
+    """Training the scan: about SCAN_PASSES elementwise passes over d_inner x d_state per token and layer."""
+    return costs.MixerCost(scan_elements=SCAN_PASSES * n_layers * expand * d_model * d_state)
+
+
+def scan_peak_bytes(call: costs.KernelCall, **params) -> int | None:
+    """The chunked PyTorch scan without a gradient: its inputs, about 5 accumulation-dtype copies of (batch,
+    dim, L) (softplus'd and time-major delta and u, the output and its gating) and one chunk of states
+    (cache-sized); mamba_ssm's selective_scan_fn: a fused kernel. No model of mamba_inner_fn."""
+    c = call
+    if c.backend == "torch-scan":
+        return 3 * c.x * c.e + 5 * c.x * c.a
+    if c.backend == "mamba_ssm.selective_scan_fn":
+        return costs.fused_attention_bytes(call)
+    return None
+
+
 @mixer_variant(
-    "mamba", family="mamba", exact=False, backend=_backend,
+    "mamba", family="mamba", exact=False, backend=_backend, cost=scan_cost, peak_bytes=scan_peak_bytes,
     kernel=selective_scan, kernel_reference=selective_scan_reference, kernel_inputs=scan_inputs,
     support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": KERNEL_DTYPES}, non_causal=False, cross=False),
     defaults=dict(d_state=16, d_conv=4, expand=2, dt_rank="auto"),

@@ -24,12 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness import costs
 from harness.registry import ALL_FLOAT, Support, Unsupported, mixer_variant
 from variants.recurrent import (
     GatedRMSNorm,
     RecurrentMixer,
     ShortConv,
     accumulation_dtype,
+    chunk_loop_cost,
     chunks,
     dt_bias_init,
     import_mamba_ssm_triton,
@@ -189,7 +191,8 @@ def _backend(device: str) -> str:
 # --- the mixer ------------------------------------------------------------------------------------
 
 @mixer_variant(
-    "mamba2", family="mamba2", exact=False, backend=_backend,
+    "mamba2", family="mamba2", exact=False, backend=_backend, cost=chunk_loop_cost(0.031),
+    peak_bytes=costs.not_modelled,
     support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False),
     defaults=dict(d_state=D_STATE, d_conv=4, expand=2, ngroups=1, chunk_size=CHUNK_SIZE),
     kernel=ssd_kernel, kernel_reference=ssd_reference, kernel_inputs=ssd_kernel_inputs,
@@ -200,6 +203,8 @@ def _backend(device: str) -> str:
 class Mamba2Mixer(RecurrentMixer):
     """(batch, seq, d_model) -> same: mamba_ssm's Mamba2 block (in_proj -> conv on x,B,C -> SSD -> D skip ->
     RMSNorm(y * silu(z)) -> out_proj)."""
+
+    sequence_op, step_op = staticmethod(ssd), staticmethod(ssd_step)
 
     def __init__(self, d_model: int, n_heads: int = 1, d_state: int = D_STATE, d_conv: int = 4,
                  expand: int = 2, headdim: int | None = None, ngroups: int = 1,
@@ -243,13 +248,6 @@ class Mamba2Mixer(RecurrentMixer):
                       dt=F.softplus(dt.to(acc) + self.dt_bias.to(acc)).transpose(1, 2),
                       A=-torch.exp(self.A_log.to(acc)))
         return inputs, (inputs["x"], z), new_state
-
-    def core(self, inputs, initial_state, output_final_state):
-        return ssd(**inputs, chunk_size=self.chunk_size, initial_state=initial_state,
-                   output_final_state=output_final_state)
-
-    def core_step(self, inputs, state):
-        return ssd_step(**inputs, state=state)
 
     def output(self, y, context):
         u, z = context

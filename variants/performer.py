@@ -15,11 +15,14 @@ import math
 
 import torch
 
+from harness import costs
 from harness.registry import Support, attention_variant
 from variants.linear import (
+    FLA_BACKEND,
     RecurrentState,
     accumulation_dtype,
     backend_name,
+    chunked_peak_bytes,
     normalized_linear_attention,
     quadratic_linear_attention,
 )
@@ -118,9 +121,25 @@ def performer_decode(q, k, v, state: RecurrentState, nb_features=256, seed=0, ep
     return state.read(phi_q, _scaled_eps(eps, shift_q, state.shift)).to(q.dtype), state
 
 
+# --- what it costs the planners ---------------------------------------------------------------------
+
+def performer_cost(d_model, n_layers, n_heads, seq_len, *, nb_features=256, **params) -> costs.MixerCost:
+    """The feature projections: 4 d_model nb_features / n_heads per layer and token, 6 times for training."""
+    return costs.MixerCost(flops=6 * n_layers * 4 * d_model * nb_features // n_heads)
+
+
+def performer_peak_bytes(call: costs.KernelCall, *, nb_features, **params) -> int:
+    """fla's fused chunk kernel on CUDA; elsewhere linear's chunked path on nb_features features, with the
+    feature computation's temporaries."""
+    if call.backend == FLA_BACKEND:
+        return costs.fused_attention_bytes(call)
+    return chunked_peak_bytes(call, nb_features, True)
+
+
 @attention_variant(
     "performer", family="performer", exact=False, support=Support(cross=True),
     defaults={"nb_features": 256, "seed": 0, "eps": 1e-6}, backend=backend_name,
+    cost=performer_cost, peak_bytes=performer_peak_bytes,
     prefill_fn=performer_prefill, decode_fn=performer_decode, reference=performer_attention_reference,
     small_params={"nb_features": 32},
     description="FAVOR+ positive orthogonal random features, drawn per head; causal via linear's chunked "

@@ -5,6 +5,10 @@ Every recurrent mixer here has the same life cycle: project x into per-head inpu
 field library's kernel on CUDA), then gate/normalize and project back. Decoding carries a constant-size
 state: the short convolutions' last inputs, the core's recurrent state and the position.
 
+`RecurrentMixer` is their common base: forward, prefill and one-token decoding with a constant-size state
+(`RecurrentState`) around the family's two core ops (`sequence_op`, `step_op`). `chunk_loop_cost` is the cost
+hook of the chunked ones (harness.costs).
+
 Layout convention of the cores: (batch, heads, seq, dim); the recurrent state is (batch, heads, K, V)
 with o_t = scale * S_t^T q_t (fla's [K, V] layout). The fast-path call sites transpose to the libraries'
 [B, T, H, ...] layout.
@@ -17,12 +21,14 @@ import importlib.machinery
 import math
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness import costs
 from harness.registry import cuda_available, package_available
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the Triton kernels take
@@ -160,16 +166,28 @@ class RecurrentState:
 
 
 class RecurrentMixer(nn.Module):
-    """forward / prefill / step around a core op. Subclasses define:
+    """forward / prefill / step around a core op. Subclasses set `d_model` and `chunk_size`, and define:
 
     - `features(x, conv_states, position) -> (inputs, context, new conv states)`: the core's inputs per
       head, and what `output` needs besides the core's result (gates, skip inputs);
-    - `core(inputs, initial_state, output_final_state) -> (o, state)`: the whole sequence (chunked);
-    - `core_step(inputs, state) -> (o, state)`: one token of the recurrence;
+    - `sequence_op(**inputs, chunk_size, initial_state, output_final_state) -> (o, state)`: the core over
+      the whole sequence (chunked; a library's kernel where it runs), as a staticmethod;
+    - `step_op(**inputs, state) -> (o, state)`: one token of the recurrence, as a staticmethod;
     - `output(o, context) -> y`: gate, norm and output projection.
     """
 
     causal_only_message = "is causal only: its recurrence runs left to right (causal=False)"
+    sequence_op: Callable[..., tuple]
+    step_op: Callable[..., tuple]
+
+    def core(self, inputs: dict, initial_state, output_final_state: bool):
+        """The whole sequence from `initial_state` (None: zeros): (o, final state or None)."""
+        return self.sequence_op(**inputs, chunk_size=self.chunk_size, initial_state=initial_state,
+                                output_final_state=output_final_state)
+
+    def core_step(self, inputs: dict, state):
+        """One token after `state`: (o, new state)."""
+        return self.step_op(**inputs, state=state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inputs, context, _ = self.features(x, None, 0)
@@ -208,3 +226,17 @@ def dt_bias_init(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float
     log_min, log_max = math.log(dt_min), math.log(dt_max)
     dt = torch.exp(torch.rand(n, **factory) * (log_max - log_min) + log_min).clamp(min=floor)
     return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+
+
+# The chunked mixers launch many small kernels per layer and step, a cost the FLOPs miss: their training step
+# minus vanilla's at MQAR's shapes (d_model 64, 2 layers, batch 32, N = 32 and 64, one CPU thread), about
+# constant in N, per layer. Unmeasured families (retnet) and CUDA get none. On an idle machine
+# `scripts/bench_training.py` reads about half (mamba2 15 ms per layer); the committed run's mamba2 MQAR
+# trainings, one process per core, still took 171-306 s against the 138 s this charges.
+def chunk_loop_cost(cpu_s: float) -> Callable[..., costs.MixerCost]:
+    """The cost hook of a chunked recurrent mixer: nothing beyond its block's projections but `cpu_s` seconds
+    per layer and training step on the CPU."""
+    def cost(d_model: int, n_layers: int, n_heads: int, seq_len: int, **params) -> costs.MixerCost:
+        return costs.MixerCost(loop_s={"cpu": cpu_s})
+
+    return cost

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness import costs
 from harness.attention import rotary
 from harness.registry import ALL_FLOAT, Support, Unsupported, mixer_variant
 from variants.mamba2 import scalar_decay_chunked
@@ -118,7 +119,8 @@ def _backend(device: str) -> str:
 
 
 @mixer_variant(
-    "retnet", family="retnet", exact=False, backend=_backend,
+    "retnet", family="retnet", exact=False, backend=_backend, cost=costs.projections_only,  # loop unmeasured
+    peak_bytes=costs.not_modelled,
     support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False),
     defaults=dict(expand_k=1.0, expand_v=2.0, chunk_size=CHUNK_SIZE),
     kernel=retention_kernel, kernel_reference=retention_reference, kernel_inputs=retention_kernel_inputs,
@@ -128,6 +130,8 @@ def _backend(device: str) -> str:
 )
 class RetNetMixer(RecurrentMixer):
     """(batch, seq, d_model) -> same: fla's MultiScaleRetention layer."""
+
+    sequence_op, step_op = staticmethod(retention), staticmethod(retention_step)
 
     def __init__(self, d_model: int, n_heads: int, expand_k: float = 1.0, expand_v: float = 2.0,
                  chunk_size: int = CHUNK_SIZE, norm_eps: float = 1e-5, causal: bool = True, device=None,
@@ -152,13 +156,6 @@ class RetNetMixer(RecurrentMixer):
         q, k = (rotary(heads(proj(x), self.n_heads), offset=position) for proj in (self.q_proj, self.k_proj))
         inputs = dict(q=q, k=k, v=heads(self.v_proj(x), self.n_heads))
         return inputs, heads(self.g_proj(x), self.n_heads), ()
-
-    def core(self, inputs, initial_state, output_final_state):
-        return retention(**inputs, chunk_size=self.chunk_size, initial_state=initial_state,
-                         output_final_state=output_final_state)
-
-    def core_step(self, inputs, state):
-        return retention_step(**inputs, state=state)
 
     def output(self, o, gate):
         return self.o_proj(merge_heads(self.g_norm(o, gate)))

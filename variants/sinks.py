@@ -23,14 +23,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness import flops, masks
+from harness import costs, flex, flops, masks
 from harness.attention import AttentionMixer, softmax_attention
 from harness.registry import Support, Unsupported, attention_variant
-from variants.sparse import FLEX_SUPPORT, _block_mask, _compiled, flex_backend
 
 WINDOW = 128
 SINK_TOKENS = 4
-SUPPORT = Support(dtypes=FLEX_SUPPORT.dtypes, check=FLEX_SUPPORT.check, non_causal=False)
+SUPPORT = Support(dtypes=flex.SUPPORT.dtypes, check=flex.SUPPORT.check, non_causal=False)
 
 
 def sink_predicate(n_q, n_k, causal, n_heads=1, device="cpu", *, window, sink_tokens) -> masks.Predicate:
@@ -78,8 +77,8 @@ def flex_sink_attention(q, k, v, *, window, sink_tokens, sink_logit=None, compil
 
     params = (("sink_tokens", sink_tokens), ("window", window))
     n_heads, n_q, n_k = q.shape[1], q.shape[-2], k.shape[-2]
-    block_mask = _block_mask(sink_predicate, n_q, n_k, True, n_heads, params, str(q.device))
-    attention = _compiled(flex_attention) if compiled else flex_attention
+    block_mask = flex.block_mask(sink_predicate, n_q, n_k, True, n_heads, params, str(q.device))
+    attention = flex.compiled_wrapper(flex_attention) if compiled else flex_attention
     if sink_logit is None:
         return attention(q, k, v, block_mask=block_mask)
     out, aux = attention(q, k, v, block_mask=block_mask, return_aux=AuxRequest(lse=True))
@@ -141,6 +140,9 @@ def sink_pairs(n_q: int, n_k: int, causal: bool, *, window, sink_tokens, **_para
 
 
 FLOPS = flops.softmax(sink_pairs)
+# The estimate charges the sinks no attention work beyond the block's projections (as before the hooks:
+# their window's scores are not modelled there); the frontier models FlexAttention's code paths.
+COST_HOOKS = dict(cost=costs.projections_only, peak_bytes=flex.peak_bytes)
 
 
 class SinkAttentionMixer(AttentionMixer):
@@ -166,7 +168,7 @@ LEARNED_DEFAULTS = dict(window=WINDOW, sink_tokens=0, sink_logit=0.0)
 
 @attention_variant(
     "swa-sinks", family="sinks", exact=True, support=SUPPORT, defaults=TOKENS_DEFAULTS, mask_fn=sink_mask,
-    backend=flex_backend, prefill_fn=sink_prefill, decode_fn=sink_decode, flops=FLOPS,
+    backend=flex.backend, prefill_fn=sink_prefill, decode_fn=sink_decode, flops=FLOPS, **COST_HOOKS,
     small_params={"window": 8, "sink_tokens": 2},
     description="sliding window + StreamingLLM sink tokens via FlexAttention (dense masked softmax on CPU)",
 )
@@ -176,7 +178,7 @@ def swa_sinks(q, k, v, causal=True, *, window, sink_tokens, sink_logit=None):
 
 @attention_variant(
     "swa-learned-sinks", family="sinks", exact=False, support=SUPPORT, defaults=LEARNED_DEFAULTS,
-    mask_fn=sink_mask, backend=flex_backend, prefill_fn=sink_prefill, decode_fn=sink_decode,
+    mask_fn=sink_mask, backend=flex.backend, prefill_fn=sink_prefill, decode_fn=sink_decode, **COST_HOOKS,
     mixer_factory=SinkAttentionMixer, reference=sink_attention_reference, flops=FLOPS,
     small_params={"window": 8},
     description="sliding window + a learned sink logit per head in the softmax denominator; FlexAttention "

@@ -21,78 +21,19 @@ every block's summary columns. The stride and summary columns touch every FlexAt
 two save no compute over dense attention there: they are kept for their accuracy, not their speed.
 Queries at negative positions (n_q > n_k) see nothing under these patterns.
 
-The FlexAttention machinery here (`masked_attention`, `flex_masked_attention`) also serves longformer.
+The FlexAttention path is harness.flex's, shared with longformer and the sinks.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from harness import compiling, flops, masks
-from harness.attention import softmax_attention
-from harness.registry import ALL_FLOAT, HALF, Support, attention_variant
+from harness import costs, flex, flops, masks
+from harness.registry import attention_variant
 
 BIGBIRD_DEFAULTS = dict(block_size=64, window_blocks=1, global_blocks=1, random_blocks=3, seed=0)
 STRIDED_DEFAULTS = dict(stride=128)
 FIXED_DEFAULTS = dict(stride=128, summary=8)
-
-
-def _flex_check(device, dtype, head_dim, causal):
-    if device == "cuda" and not 16 <= head_dim <= 256:
-        return f"FlexAttention on CUDA needs 16 <= head_dim <= 256 (got {head_dim})"
-    return None
-
-
-FLEX_SUPPORT = Support(dtypes={"cpu": ALL_FLOAT, "cuda": (torch.float32, *HALF)}, check=_flex_check)
-
-
-def flex_backend(device: str) -> str:
-    return "flex-attention-compiled" if device == "cuda" else "dense-masked-softmax"
-
-
-# --- FlexAttention path ---------------------------------------------------------------------------
-
-@functools.cache
-def _compiled(fn) -> compiling.Compiled:
-    """One compiled wrapper per function (static shapes; knows whether its graph ran)."""
-    return compiling.Compiled(fn)
-
-
-@functools.lru_cache(maxsize=64)
-def _block_mask(make_predicate, n_q: int, n_k: int, causal: bool, n_heads: int, params: tuple, device: str):
-    """The BlockMask of a pattern at one size, built once per (pattern, params, sizes, heads, device)."""
-    from torch.nn.attention.flex_attention import create_block_mask  # late: loads torch._dynamo
-
-    pred = make_predicate(n_q, n_k, causal, n_heads, device, **dict(params))
-    # Eager create_block_mask materializes the predicate's (n_q, n_k) int64 intermediates; compiled (as
-    # FlexAttention's docs advise) it fuses them into the block reduction, which long sequences need.
-    build = _compiled(create_block_mask) if device.startswith("cuda") else create_block_mask
-    return build(masks.flex_mask_mod(pred, n_q, n_k), None, masks.heads_of(pred), n_q, n_k, device=device)
-
-
-def flex_masked_attention(q, k, v, make_predicate, causal: bool, params: dict, compiled: bool = True):
-    """FlexAttention under `make_predicate(n_q, n_k, causal, n_heads, device, **params)`.
-
-    compiled=False runs FlexAttention eagerly (CPU tests use it to check the block-mask construction).
-    """
-    from torch.nn.attention.flex_attention import flex_attention
-
-    n_heads, n_q, n_k = q.shape[1], q.shape[-2], k.shape[-2]
-    block_mask = _block_mask(make_predicate, n_q, n_k, causal, n_heads, tuple(sorted(params.items())),
-                             str(q.device))
-    attend = _compiled(flex_attention) if compiled else flex_attention
-    return attend(q, k, v, block_mask=block_mask)
-
-
-def masked_attention(q, k, v, make_predicate, causal: bool, params: dict):
-    """Compiled FlexAttention on CUDA; the dense masked softmax reference elsewhere."""
-    if q.is_cuda:
-        return flex_masked_attention(q, k, v, make_predicate, causal, params)
-    n_q, n_k = q.shape[-2], k.shape[-2]
-    pred = make_predicate(n_q, n_k, causal, q.shape[1], q.device, **params)
-    return softmax_attention(q, k, v, masks.dense(pred, n_q, n_k, q.device))
 
 
 # --- BigBird --------------------------------------------------------------------------------------
@@ -185,34 +126,39 @@ def fixed_mask(n_q: int, n_k: int, causal: bool = False, n_heads: int = 1, **par
 
 # --- variants -------------------------------------------------------------------------------------
 
+# The estimate charges the sparse patterns as full causal attention (an upper bound: the FLOPs they skip
+# are not modelled there); the frontier models FlexAttention's code paths.
+COST_HOOKS = dict(cost=costs.causal_attention_cost, peak_bytes=flex.peak_bytes)
+
+
 @attention_variant(
-    "sparse-bigbird", family="sparse", exact=True, support=FLEX_SUPPORT, defaults=BIGBIRD_DEFAULTS,
-    mask_fn=bigbird_mask, flops=flops.softmax(bigbird_pairs, per_head=True), backend=flex_backend,
-    small_params={"block_size": 8},
+    "sparse-bigbird", family="sparse", exact=True, support=flex.SUPPORT, defaults=BIGBIRD_DEFAULTS,
+    mask_fn=bigbird_mask, flops=flops.softmax(bigbird_pairs, per_head=True), backend=flex.backend,
+    **COST_HOOKS, small_params={"block_size": 8},
     description="BigBird ITC block-sparse attention (window 3 + first/last global + 3 random blocks per "
                 "head) via FlexAttention",
 )
 def sparse_bigbird(q, k, v, causal=False, **params):
-    return masked_attention(q, k, v, bigbird_predicate, causal, params)
+    return flex.masked_attention(q, k, v, bigbird_predicate, causal, params)
 
 
 @attention_variant(
-    "sparse-strided", family="sparse", exact=True, support=FLEX_SUPPORT, defaults=STRIDED_DEFAULTS,
-    mask_fn=strided_mask, flops=flops.softmax(strided_pairs), backend=flex_backend,
-    small_params={"stride": 4},
+    "sparse-strided", family="sparse", exact=True, support=flex.SUPPORT, defaults=STRIDED_DEFAULTS,
+    mask_fn=strided_mask, flops=flops.softmax(strided_pairs), backend=flex.backend,
+    **COST_HOOKS, small_params={"stride": 4},
     description="Sparse Transformer strided pattern (local band + every stride-th key, relative) via "
                 "FlexAttention",
 )
 def sparse_strided(q, k, v, causal=False, **params):
-    return masked_attention(q, k, v, strided_predicate, causal, params)
+    return flex.masked_attention(q, k, v, strided_predicate, causal, params)
 
 
 @attention_variant(
-    "sparse-fixed", family="sparse", exact=True, support=FLEX_SUPPORT, defaults=FIXED_DEFAULTS,
-    mask_fn=fixed_mask, flops=flops.softmax(fixed_pairs), backend=flex_backend,
-    small_params={"stride": 8, "summary": 2},
+    "sparse-fixed", family="sparse", exact=True, support=flex.SUPPORT, defaults=FIXED_DEFAULTS,
+    mask_fn=fixed_mask, flops=flops.softmax(fixed_pairs), backend=flex.backend,
+    **COST_HOOKS, small_params={"stride": 8, "summary": 2},
     description="Sparse Transformer fixed pattern (own block + summary columns of every block; LRA's) via "
                 "FlexAttention",
 )
 def sparse_fixed(q, k, v, causal=False, **params):
-    return masked_attention(q, k, v, fixed_predicate, causal, params)
+    return flex.masked_attention(q, k, v, fixed_predicate, causal, params)

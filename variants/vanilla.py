@@ -1,12 +1,13 @@
 """Vanilla softmax attention: the O(N^2)-memory reference every other variant is compared with."""
 
-from harness import flops
+from harness import costs, flops
 from harness.attention import causal_mask, softmax_attention
 from harness.registry import Support, attention_variant
 
 
 @attention_variant(
     "vanilla", family="vanilla", exact=True, baseline=True, support=Support(), flops=flops.softmax(),
+    cost=costs.causal_attention_cost, peak_bytes=costs.dense_softmax_bytes,
     description="materialized softmax(QK^T/sqrt(d))V in plain PyTorch",
 )
 def vanilla(q, k, v, causal=False):

@@ -90,6 +90,24 @@ def fill_family(rows: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
+def baseline_variants(rows: pd.DataFrame) -> set[str]:
+    """The variants the registry marks as the reference the others are compared with (rows' `baseline`;
+    rows written before it was recorded name none)."""
+    if "baseline" not in rows:
+        return set()
+    return set(rows.variant[rows.baseline.fillna(False).astype(bool)])
+
+
+def default_models(rows: pd.DataFrame) -> dict[str, str]:
+    """variant -> the planners' models it leaves to the stated defaults ('cost, memory'), for the variants
+    that leave any (rows' `default_models`; harness.costs states the defaults)."""
+    if "default_models" not in rows:
+        return {}
+    named = rows.dropna(subset=["default_models"])
+    named = named[named.default_models.astype(str) != ""]
+    return dict(sorted(named.groupby("variant").default_models.last().items()))
+
+
 def short_device(name) -> str:
     if isinstance(name, list):  # a merged run's environment lists the devices of its sources
         return ", ".join(map(short_device, name))

@@ -47,7 +47,7 @@ def _statuses(rows: pd.DataFrame) -> str:
                      for suite in counts.index)
 
 
-def _throughput(findings: Findings) -> list[str]:
+def _throughput(findings: Findings, baselines: set[str]) -> list[str]:
     if not findings.headlines:
         ran_none = "_No throughput case ran ok: see the failures in the full report._"
         return [ran_none if len(findings.points) else "_No throughput results._"]
@@ -64,9 +64,8 @@ def _throughput(findings: Findings) -> list[str]:
                               "largest feasible N": largest.largest_feasible_n.values,
                               "then": largest.first_failure.values,
                               "k: time per sequence ~ N^k [95%]": exponent})
-        family = findings.points.drop_duplicates("series").set_index("series").family
-        baseline_first = table.variant.map(family).ne("vanilla")  # the reference row leads the table
-        table = table.assign(_order=baseline_first.values).sort_values(["_order", "variant"], kind="stable")
+        reference_first = ~table.variant.isin(baselines)  # the reference row leads the table
+        table = table.assign(_order=reference_first.values).sort_values(["_order", "variant"], kind="stable")
         lines += [f"### Throughput: {config}", *md_table(table.drop(columns="_order")), ""]
     ordered = sorted(findings.crossings, key=lambda c: c.config not in findings.headlines)
     if ordered:
@@ -92,6 +91,21 @@ def _timer_and_frontier(rows: pd.DataFrame) -> list[str]:
                           "next_n", "next_status"]]
         lines += ["**Memory frontier** (one forward call, batch 1)", *md_table(shown), ""]
     return lines
+
+
+def default_models_sentence(rows: pd.DataFrame) -> str | None:
+    """Which variants' cost estimates and memory predictions rest on the stated defaults, or None."""
+    named = data.default_models(rows)
+    if not named:
+        return None
+    return ("Assumed models: these variants declare no cost or memory model of their own, so the wall-time "
+            "estimate and the frontier's prediction take the stated defaults (harness.costs): "
+            + "; ".join(f"{variant} ({models})" for variant, models in named.items()) + ".")
+
+
+def _default_models(rows: pd.DataFrame) -> list[str]:
+    sentence = default_models_sentence(rows)
+    return [] if sentence is None else [f"_{sentence}_", ""]
 
 
 def _quality(findings: Findings) -> list[str]:
@@ -123,7 +137,9 @@ def summary(results: data.Results, findings: Findings, comparison: Comparison | 
         lines += [f"> **{smoke}**", ""]
     lines += [*_runs(results), "", f"Rows: {_statuses(results.rows)}", ""]
     lines += verdicts.markdown_lines(published or {}, md_table)
-    lines += _throughput(findings) + [""] + _timer_and_frontier(results.rows) + _quality(findings) + [""]
+    lines += _throughput(findings, data.baseline_variants(results.rows)) + [""]
+    lines += _timer_and_frontier(results.rows) + _quality(findings) + [""]
+    lines += _default_models(results.rows)
     if comparison is not None:
         lines += _comparison(comparison) + [""]
     lines.append(f"Full report: `{page}`")

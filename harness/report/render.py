@@ -201,6 +201,8 @@ def _environment(results, before) -> str:
     for run, devices in data.mixed_devices(results.rows).items():
         body += html.missing(f"Mixed hardware: {run} holds rows from {len(devices)} devices "
                              f"({', '.join(devices)}); its timings are comparable per device only.")
+    if (assumed := markdown.default_models_sentence(results.rows)) is not None:
+        body += html.missing(assumed)
     return body
 
 

@@ -4,13 +4,15 @@ the bias b = -log(n_k) that keeps the output's scale independent of the length. 
 keys, so a query that sees no key outputs zero.
 
 The fast path works in query chunks (memory O(chunk * N)); the reference materializes the N x N matrix.
+It tells attnbench's planners what it costs (`sigmoid_cost`, `sigmoid_peak_bytes`: harness.costs), so the
+wall-time estimate and the memory frontier's prediction are its own, not the defaults.
 """
 
 import math
 
 import torch
 
-from harness import flops, masks
+from harness import costs, flops, masks
 from harness.registry import Support, attention_variant
 
 CHUNK = 256
@@ -38,9 +40,26 @@ def sigmoid_reference(q, k, v, causal=False):
     return (weights @ v.to(acc)).to(q.dtype)
 
 
+def sigmoid_cost(d_model, n_layers, n_heads, seq_len, **params) -> costs.MixerCost:
+    """Every (query, key) pair is scored, causal or not (the causal mask multiplies the weights): twice the
+    causal half that softmax attention is charged."""
+    return costs.MixerCost(flops=costs.attention_flops(d_model, n_layers, 2 * seq_len))
+
+
+def sigmoid_peak_bytes(call: costs.KernelCall, **params) -> float:
+    """q, k and v; the chunks' outputs so far, in the accumulation dtype; and one chunk's (CHUNK x N) score
+    matrices: the code holds three at once (scores, weights, masked weights), but 2.5 fits the resident
+    peaks measured on the CPU (float32 and bfloat16, N from 256 to 8192) within 10%, three overshoot them by
+    about 20%."""
+    c = call
+    chunk_rows = c.batch * c.n_heads * min(CHUNK, c.seq_len)
+    return 3 * c.x * c.e + c.x * c.a + 2.5 * chunk_rows * c.seq_len * c.a
+
+
 @attention_variant(
     "sigmoid", family="sigmoid", exact=False, support=Support(), reference=sigmoid_reference,
     flops=flops.softmax(),  # the same two matmuls per visible pair as softmax attention
+    cost=sigmoid_cost, peak_bytes=sigmoid_peak_bytes,
     description="sigmoid attention with bias -log(n), query chunks (example plugin)",
 )
 def sigmoid_attention(q, k, v, causal=False):

@@ -1,0 +1,118 @@
+"""What a variant costs, as the planners model it: the work of training its mixers (suites.estimate) and the
+peak memory of one kernel-level forward call (suites.frontier's memory model).
+
+A variant declares both as hooks in the registry, beside its FLOPs; the arithmetic lives in the variant's
+own module, the one place that knows its code paths:
+
+    cost(d_model, n_layers, n_heads, seq_len, **params) -> MixerCost
+    peak_bytes(call: KernelCall, **params) -> bytes (int or float), or None: no model of this code path
+
+`params` are the variant's defaults overridden by the case's. The models several code paths share are
+here (`causal_attention_cost`, `dense_softmax_bytes`, `fused_attention_bytes`, ...). A variant that declares
+no hook gets the stated default:
+
+- cost (`default_cost`): charged as causal softmax attention, scores and weighted values over every key
+  (`attention_flops` with N keys), and no per-layer loop time;
+- memory (`default_peak_bytes`): an attention function (`attention_fn`) is modelled as materialized softmax
+  attention (`dense_softmax_bytes`: q, k, v, the output and three N x N score matrices per head); a mixer's
+  kernel has no model (None: its frontier is measured, not predicted).
+
+Rows carry the hooks a variant left to these defaults (`default_models`), and the report names them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class MixerCost:
+    """Work of training `n_layers` of a variant's mixers, per token (forward and backward), beyond the
+    parameter matmuls suites.estimate charges every block alike (an attention block with a 4x MLP)."""
+
+    flops: int | float = 0  # matmul FLOPs
+    scan_elements: int | float = 0  # elementwise work of a scan over its state, in elements touched
+    # Fixed time per layer and training step (many small kernel launches the FLOPs miss): device type ->
+    # seconds. A device type not named costs none.
+    loop_s: Mapping[str, float] = field(default_factory=dict)
+
+
+def attention_flops(d_model: int, n_layers: int, keys: int) -> int:
+    """Training FLOPs per token of attention's scores and weighted values when a query sees `keys` keys, as
+    the estimate charges them: 6 * layers * 2 * d_model * keys (a causal half of 4 N d)."""
+    return 6 * n_layers * 2 * d_model * keys
+
+
+def causal_attention_cost(d_model: int, n_layers: int, n_heads: int, seq_len: int, **params) -> MixerCost:
+    """Softmax attention over every key: the scores and weighted values, nothing else."""
+    return MixerCost(flops=attention_flops(d_model, n_layers, seq_len))
+
+
+def projections_only(d_model: int, n_layers: int, n_heads: int, seq_len: int, **params) -> MixerCost:
+    """A mixer charged nothing beyond its block's parameter matmuls."""
+    return MixerCost()
+
+
+default_cost = causal_attention_cost  # a variant that declares no cost hook
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """One kernel-level forward call, as a memory model sees it, and the quantities the models are written
+    in: e the dtype's size, a the accumulation dtype's (float32 or wider), rows = batch * heads * N (query
+    or key rows), x = rows * head_dim (the elements of one of q, k, v)."""
+
+    device: str  # device type
+    backend: str  # the code path that runs there (Variant.backend_for)
+    dtype: torch.dtype
+    batch: int
+    n_heads: int
+    seq_len: int
+    head_dim: int
+
+    @property
+    def e(self) -> int:
+        return self.dtype.itemsize
+
+    @property
+    def a(self) -> int:
+        return max(self.e, 4)
+
+    @property
+    def rows(self) -> int:
+        return self.batch * self.n_heads * self.seq_len
+
+    @property
+    def x(self) -> int:
+        return self.rows * self.head_dim
+
+    @property
+    def upcast(self) -> int:
+        """q, k, v converted to the accumulation dtype (none when they are in it already)."""
+        return 3 * self.x * self.a if self.e < self.a else 0
+
+
+def dense_softmax_bytes(call: KernelCall, **params) -> int:
+    """Materialized softmax attention (PyTorch, a mask or none): q, k, v and the output, the upcast inputs,
+    3 score matrices alive at once (scores, masked scores, probabilities) and two N x N boolean masks."""
+    c = call
+    return 4 * c.x * c.e + c.upcast + 3 * c.rows * c.seq_len * c.a + 2 * c.seq_len**2
+
+
+def fused_attention_bytes(call: KernelCall, **params) -> int:
+    """A fused kernel that never materializes the scores: q, k, v, the output and per-row statistics."""
+    return 4 * call.x * call.e + 4 * call.rows
+
+
+def not_modelled(call: KernelCall, **params) -> None:
+    """No model of this code path: its frontier is measured, not predicted."""
+    return None
+
+
+def default_peak_bytes(call: KernelCall, *, attention: bool) -> int | None:
+    """The memory model of a variant that declares none: materialized softmax attention for an attention
+    function, no model for a mixer's kernel."""
+    return dense_softmax_bytes(call) if attention else not_modelled(call)

@@ -1,0 +1,83 @@
+"""FlexAttention under a mask predicate (harness.masks), for any variant: compiled on CUDA, the dense masked
+softmax elsewhere.
+
+`block_mask` builds (and caches) the BlockMask of a pattern at one size; `compiled_wrapper` holds one
+static-shape compiled wrapper per function (harness.compiling); `flex_masked_attention` runs FlexAttention
+under a pattern and `masked_attention` picks the code path by device. `SUPPORT`, `backend` and
+`peak_bytes` are the registry fields a FlexAttention variant declares (what it runs on, the name of its code
+path, its memory model).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from harness import compiling, costs, masks
+from harness.attention import softmax_attention
+from harness.registry import ALL_FLOAT, HALF, Support
+
+COMPILED_BACKEND = "flex-attention-compiled"
+DENSE_BACKEND = "dense-masked-softmax"
+
+
+def _check(device, dtype, head_dim, causal):
+    if device == "cuda" and not 16 <= head_dim <= 256:
+        return f"FlexAttention on CUDA needs 16 <= head_dim <= 256 (got {head_dim})"
+    return None
+
+
+SUPPORT = Support(dtypes={"cpu": ALL_FLOAT, "cuda": (torch.float32, *HALF)}, check=_check)
+
+
+def backend(device: str) -> str:
+    return COMPILED_BACKEND if device == "cuda" else DENSE_BACKEND
+
+
+def peak_bytes(call: costs.KernelCall, **params) -> int:
+    """FlexAttention's fused kernel on CUDA; on the CPU the dense masked softmax, which materializes its
+    scores as full attention does."""
+    if call.backend == COMPILED_BACKEND:
+        return costs.fused_attention_bytes(call)
+    return costs.dense_softmax_bytes(call)
+
+
+@functools.cache
+def compiled_wrapper(fn) -> compiling.Compiled:
+    """One compiled wrapper per function (static shapes; knows whether its graph ran)."""
+    return compiling.Compiled(fn)
+
+
+@functools.lru_cache(maxsize=64)
+def block_mask(make_predicate, n_q: int, n_k: int, causal: bool, n_heads: int, params: tuple, device: str):
+    """The BlockMask of a pattern at one size, built once per (pattern, params, sizes, heads, device)."""
+    from torch.nn.attention.flex_attention import create_block_mask  # late: loads torch._dynamo
+
+    pred = make_predicate(n_q, n_k, causal, n_heads, device, **dict(params))
+    # Eager create_block_mask materializes the predicate's (n_q, n_k) int64 intermediates; compiled (as
+    # FlexAttention's docs advise) it fuses them into the block reduction, which long sequences need.
+    build = compiled_wrapper(create_block_mask) if device.startswith("cuda") else create_block_mask
+    return build(masks.flex_mask_mod(pred, n_q, n_k), None, masks.heads_of(pred), n_q, n_k, device=device)
+
+
+def flex_masked_attention(q, k, v, make_predicate, causal: bool, params: dict, compiled: bool = True):
+    """FlexAttention under `make_predicate(n_q, n_k, causal, n_heads, device, **params)`.
+
+    compiled=False runs FlexAttention eagerly (CPU tests use it to check the block-mask construction).
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    n_heads, n_q, n_k = q.shape[1], q.shape[-2], k.shape[-2]
+    mask = block_mask(make_predicate, n_q, n_k, causal, n_heads, tuple(sorted(params.items())), str(q.device))
+    attend = compiled_wrapper(flex_attention) if compiled else flex_attention
+    return attend(q, k, v, block_mask=mask)
+
+
+def masked_attention(q, k, v, make_predicate, causal: bool, params: dict):
+    """Compiled FlexAttention on CUDA; the dense masked softmax reference elsewhere."""
+    if q.is_cuda:
+        return flex_masked_attention(q, k, v, make_predicate, causal, params)
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    pred = make_predicate(n_q, n_k, causal, q.shape[1], q.device, **params)
+    return softmax_attention(q, k, v, masks.dense(pred, n_q, n_k, q.device))
