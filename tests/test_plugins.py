@@ -274,7 +274,7 @@ def test_find_max_n_on_the_example_plugin_carries_its_prediction(example_install
 MEASURE_PEAK = """
 import json, sys
 from suites import frontier
-from suites import throughput as tp
+from suites.throughput import planning as tp
 n, heads, dtype = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 case = tp.Case(variant="sigmoid", device="cpu", dtype=dtype, mode="fwd", level="kernel", seq_len=n, batch=1,
                total_tokens=n, n_heads=heads, head_dim=64, budget_ms=1, warmup_ms=0, kind="frontier",

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness import env, store
+from harness import env, runner, store
 from suites.throughput.measuring import metrics_from_benchmark
 from suites.throughput.planning import Case
 
@@ -26,7 +26,8 @@ def _rows_from_benchmark_report(report: dict[str, Any]) -> list[dict[str, Any]]:
         info = bench["extra_info"]
         case = Case(**info["case"])
         rows.append({
-            "case_id": case.case_id, **case.flat(), "status": "ok", "reason": "",
+            "case_id": case.case_id, **case.flat(), **runner.variant_facts(case.variant), "status": "ok",
+            "reason": "",
             **metrics_from_benchmark(bench),
             **env.row_fields(info["environment"]),
             "started_at": info["started_at"], "finished_at": info["finished_at"],
