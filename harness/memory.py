@@ -248,10 +248,10 @@ class AllocationTrace:
             self.reason = "another profiler is running on this thread"
             return
         session = torch.autograd.profiler.profile(profile_memory=True)
-        try:
+        try:  # under a case's memory cap: its failure is the figure's, never the case's
             with _quiet_stderr():
                 session.__enter__()
-        except RuntimeError as e:
+        except (RuntimeError, MemoryError, OSError) as e:
             self.reason = f"the profiler did not start ({_first_line(e)})"
             return
         self._session = session
@@ -260,8 +260,12 @@ class AllocationTrace:
         session, self._session = self._session, None
         if session is None:
             return
-        with _quiet_stderr():
-            session.__exit__(None, None, None)
+        try:
+            with _quiet_stderr():
+                session.__exit__(None, None, None)
+        except (RuntimeError, MemoryError, OSError) as e:
+            self.reason = self.reason or f"the profiler did not stop cleanly ({_first_line(e)})"
+            return
         if not count:
             return
         try:

@@ -147,6 +147,23 @@ def test_a_profiler_that_cannot_start_leaves_both_cpu_figures_out_with_the_reaso
     assert "tracked: another profiler is running" in found["mem_reason"]
 
 
+def test_a_profiler_that_fails_under_the_cap_costs_the_figure_not_the_case(monkeypatch):
+    class Refused:
+        def __init__(self, **options):
+            pass
+
+        def __enter__(self):
+            raise MemoryError("std::bad_alloc")
+
+    monkeypatch.setattr(torch.autograd.profiler, "profile", Refused)
+    with memory.call_memory("cpu") as meter:
+        meter.trace_call(lambda: torch.ones(MIB), lambda: None)
+        meter.start_call()
+        found = meter.read()
+    assert found["mem_tracked_peak_bytes"] is None
+    assert "tracked: the profiler did not start (MemoryError: std::bad_alloc)" in found["mem_reason"]
+
+
 def test_tracing_stops_when_the_call_fails():
     with pytest.raises(MemoryError), memory.call_memory("cpu") as meter:
         meter.start_call()
