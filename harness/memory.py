@@ -1,8 +1,8 @@
 """Memory figures of a case, and a memory cap that makes out-of-memory reproducible.
 
 The figures cover one call of a case, inputs included: `with call_memory(device) as meter:` opens before
-the case builds its inputs, `meter.start_call()` comes right before the measured call and `meter.read()`
-right after it.
+the case builds its inputs, `meter.trace_call(call, reset)` makes the CPU's traced call right after the
+build, `meter.start_call()` comes right before the measured call and `meter.read()` right after it.
 
 On CUDA they are torch's allocator peaks (`torch.cuda.max_memory_allocated`, `max_memory_reserved`, reset
 by `start_call`). The CPU allocator keeps no statistics; two independent figures stand there:
@@ -13,17 +13,19 @@ by `start_call`). The CPU allocator keeps no statistics; two independent figures
   allocate never counts. It sees every tensor whatever memory malloc reuses; it does not see memory
   outside torch's allocator (MKL's and oneDNN's own buffers, thread stacks, code) or an allocation made
   on another thread (an OpenMP worker inside a parallel region: ATen allocates a kernel's outputs and
-  buffers before it parallelizes). Tracing costs a few microseconds per operator, on the build and the
-  measured call only.
+  buffers before it parallelizes). Tracing costs about 2 us of CPU per operator, which would more than
+  double a recurrent mixer's decode step (some 300 operators in 0.5 ms), so a sweep's case traces its
+  build and one extra untimed call (`trace_call`), never the sizing call or the timed rounds; a probe
+  whose one call is all there is (the memory frontier) traces that call.
 - `mem_rss_peak_bytes`: the resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs)
-  during the call, minus the resident set before the build. It sees all of the process's memory, but a
-  freed region that malloc reuses is resident already and is never counted again, so the heap's free
-  pages are handed back to the kernel (glibc's `malloc_trim`) before the baseline and before the call.
+  during the measured call, minus the resident set before the build. It sees all of the process's memory,
+  but a freed region that malloc reuses is resident already and is never counted again, so the heap's
+  free pages are handed back to the kernel (glibc's `malloc_trim`) before the baseline and the call.
   It is kept only where it can be vouched for: with /proc's reset and `malloc_trim`, and at least the
   tracked figure (resident pages below what torch's allocator provably held mean reused memory, or pages
   never touched). Memory another allocator keeps for reuse (MKL's buffers) stays unseen.
 
-A figure left null says why in `mem_reason` ("rss: ...; tracked: ...").
+A CPU figure left null says why in `mem_reason` ("rss: ...; tracked: ...").
 
 A cap applies to one case in the worker and is lifted afterwards; either way it means "at most cap_mb
 MiB more than now". On CUDA it bounds the caching allocator (`torch.cuda.set_per_process_memory_fraction`
