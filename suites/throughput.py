@@ -473,7 +473,7 @@ def measure_case(case: Case, benchmark) -> None:
                 raise compiling.EagerFallback("a compiled kernel ran eagerly before the timed rounds "
                                               "(dynamo's recompile limit was reached): not timed")
             compiled = compiling.counts()
-            figures = meter.read()  # tracing (CPU) stops here, before the rounds
+            figures = meter.read()
             runner.check_finite(case.variant, out, *(t.grad for t in work.leaves if t.grad is not None))
             del out
             flush = timing.L2Flush(case.device)
