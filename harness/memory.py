@@ -1,9 +1,31 @@
 """Memory figures of a case, and a memory cap that makes out-of-memory reproducible.
 
-On CUDA the figures are torch's allocator peaks. On the CPU, where torch keeps no such statistics, the
-peak comes from the kernel: the resident-set high-water mark (VmHWM), reset before the call through
-/proc/self/clear_refs, minus the resident set before the case built its inputs (null where /proc does
-not allow the reset).
+The figures cover one call of a case, inputs included: `with call_memory(device) as meter:` opens before
+the case builds its inputs, `meter.trace_call(call, reset)` makes the CPU's traced call right after the
+build, `meter.start_call()` comes right before the measured call and `meter.read()` right after it.
+
+On CUDA they are torch's allocator peaks (`torch.cuda.max_memory_allocated`, `max_memory_reserved`, reset
+by `start_call`). The CPU allocator keeps no statistics; two independent figures stand there:
+
+- `mem_tracked_peak_bytes`: the peak of the bytes torch's CPU allocator held for the case, from its build
+  to the end of the call: every allocation and free of that allocator on the calling thread, from the
+  torch profiler's memory events (`profile_memory`), matched by address so that a block the case did not
+  allocate never counts. It sees every tensor whatever memory malloc reuses; it does not see memory
+  outside torch's allocator (MKL's and oneDNN's own buffers, thread stacks, code) or an allocation made
+  on another thread (an OpenMP worker inside a parallel region: ATen allocates a kernel's outputs and
+  buffers before it parallelizes). Tracing costs about 2 us of CPU per operator, which would more than
+  double a recurrent mixer's decode step (some 300 operators in 0.5 ms), so a sweep's case traces its
+  build and one extra untimed call (`trace_call`), never the sizing call or the timed rounds; a probe
+  whose one call is all there is (the memory frontier) traces that call.
+- `mem_rss_peak_bytes`: the resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs)
+  during the measured call, minus the resident set before the build. It sees all of the process's memory,
+  but a freed region that malloc reuses is resident already and is never counted again, so the heap's
+  free pages are handed back to the kernel (glibc's `malloc_trim`) before the baseline and the call.
+  It is kept only where it can be vouched for: with /proc's reset and `malloc_trim`, and at least the
+  tracked figure (resident pages below what torch's allocator provably held mean reused memory, or pages
+  never touched). Memory another allocator keeps for reuse (MKL's buffers) stays unseen.
+
+A CPU figure left null says why in `mem_reason` ("rss: ...; tracked: ...").
 
 A cap applies to one case in the worker and is lifted afterwards; either way it means "at most cap_mb
 MiB more than now". On CUDA it bounds the caching allocator (`torch.cuda.set_per_process_memory_fraction`
@@ -15,9 +37,13 @@ CPU allocator then fails with a RuntimeError, re-raised here as MemoryError, the
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
+import os
 import resource
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -170,14 +196,201 @@ def reset_peaks(device: str) -> bool:
     return reset_resident_peak()
 
 
-def read_peaks(device: str, resident_before: int | None = None) -> dict[str, int | None]:
-    """Peaks since `reset_peaks`: torch's allocated and reserved bytes on CUDA; on the CPU, the resident
-    high-water mark minus `resident_before` (the RSS before the case built anything), in
-    `mem_rss_peak_bytes`."""
-    if device_type(device) != "cuda":
-        peak = resident_peak_bytes()
-        rss = None if peak is None or resident_before is None else max(peak - resident_before, 0)
-        return {"mem_alloc_peak_bytes": None, "mem_reserved_peak_bytes": None, "mem_rss_peak_bytes": rss}
-    torch.cuda.synchronize(device)
-    return {"mem_alloc_peak_bytes": torch.cuda.max_memory_allocated(device),
-            "mem_reserved_peak_bytes": torch.cuda.max_memory_reserved(device), "mem_rss_peak_bytes": None}
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def trim_heap() -> bool:
+    """Hand the heap's free pages back to the kernel (glibc's malloc_trim), so that memory freed earlier,
+    which malloc reuses, is faulted in again and shows in the resident set. False without malloc_trim."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Kineto prints a line to stderr as a profiler session starts and stops: not for a run's output."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class AllocationTrace:
+    """torch's CPU allocations on this thread over profiler sessions (`start`, `stop`): the bytes of the
+    blocks allocated since the first session and not freed (`held`), and their peak since `mark`.
+
+    A free counts only for a block the trace saw allocated (by address), so memory freed that another
+    case left (garbage collected during the build) never lowers the figure.
+    """
+
+    def __init__(self) -> None:
+        self.live: dict[int, int] = {}  # address -> bytes
+        self.held = 0
+        self.peak = 0
+        self.reason: str | None = None  # why there is no figure
+        self._session: Any = None
+
+    def start(self) -> None:
+        if self.reason is not None:
+            return
+        if torch.autograd._profiler_enabled():  # a second session would end the first one unannounced
+            self.reason = "another profiler is running on this thread"
+            return
+        session = torch.autograd.profiler.profile(profile_memory=True)
+        try:  # under a case's memory cap: its failure is the figure's, never the case's
+            with _quiet_stderr():
+                session.__enter__()
+        except (RuntimeError, MemoryError, OSError) as e:
+            self.reason = f"the profiler did not start ({_first_line(e)})"
+            return
+        self._session = session
+
+    def stop(self, count: bool = True) -> None:
+        session, self._session = self._session, None
+        if session is None:
+            return
+        try:
+            with _quiet_stderr():
+                session.__exit__(None, None, None)
+        except (RuntimeError, MemoryError, OSError) as e:
+            self.reason = self.reason or f"the profiler did not stop cleanly ({_first_line(e)})"
+            return
+        if not count:
+            return
+        try:
+            events = _allocations(session.kineto_results)
+        except (AttributeError, RuntimeError) as e:
+            self.reason = f"the profiler gave no allocation events ({_first_line(e)})"
+            return
+        for address, nbytes in events:
+            if nbytes > 0:
+                self.held += nbytes - self.live.get(address, 0)
+                self.live[address] = nbytes
+            elif address in self.live:
+                self.held -= self.live.pop(address)
+            self.peak = max(self.peak, self.held)
+
+    @property
+    def running(self) -> bool:
+        return self._session is not None
+
+    def mark(self) -> None:
+        """The peak counts from here: what the trace holds now, and any more it allocates later."""
+        self.peak = self.held
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+
+def _allocations(results: Any) -> list[tuple[int, int]]:
+    """(address, bytes: + allocated, - freed) of the CPU allocator's events in a profiler session's
+    results, in time order (ties in the order recorded)."""
+    allocation = torch._C._profiler._EventType.Allocation
+    found, stack = [], list(reversed(results.experimental_event_tree()))
+    while stack:  # pre-order: a parent's events before its children's
+        node = stack.pop()
+        stack.extend(reversed(node.children))
+        if node.tag == allocation and node.extra_fields.device.type == "cpu":
+            found.append((node.start_time_ns, node.extra_fields.ptr, node.extra_fields.alloc_size))
+    found.sort(key=lambda e: e[0])
+    return [(address, nbytes) for _, address, nbytes in found]
+
+
+RSS_SLACK = 0.05  # the resident peak may sit this far below the tracked one (a page's rounding per block)
+
+
+class CallMemory:
+    """The memory figures of one call of a case, inputs included (see the module's docstring)."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device_type(device) == "cuda"
+        self.device = device
+        self.trace = AllocationTrace()
+        self.trimmed = False
+        self.resident_before: int | None = None
+        self.resettable = False
+        if not self.cuda:  # the profiler's own memory (a first session maps its buffers) in the baseline
+            self.trace.start()
+            self.trimmed = trim_heap()
+            self.resident_before = resident_bytes()
+
+    def trace_call(self, call: Callable[[], Any], reset: Callable[[], None]) -> None:
+        """CPU: one untimed call after the build, traced: the tracked figure is its peak, and tracing stops
+        (it costs a few microseconds per operator, which no timed call should carry). CUDA: nothing."""
+        if self.cuda or not self.trace.running:
+            return
+        self._mark()
+        reset()
+        call()
+        self.trace.stop()
+
+    def start_call(self) -> None:
+        """Right before the measured call: its peaks count from here (on the CPU, a trace still running
+        since the build goes on through the call, for a probe whose one call is all there is)."""
+        if self.cuda:
+            reset_peaks(self.device)
+            return
+        if self.trace.running:
+            self._mark()
+        self.trimmed = trim_heap() and self.trimmed
+        self.resettable = reset_peaks(self.device)
+
+    def _mark(self) -> None:
+        self.trace.stop()
+        self.trace.mark()
+        self.trace.start()
+
+    def read(self) -> dict[str, int | str | None]:
+        """The figures, right after the measured call."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            return {"mem_alloc_peak_bytes": torch.cuda.max_memory_allocated(self.device),
+                    "mem_reserved_peak_bytes": torch.cuda.max_memory_reserved(self.device),
+                    "mem_rss_peak_bytes": None, "mem_tracked_peak_bytes": None, "mem_reason": None}
+        self.trace.stop()
+        tracked = None if self.trace.reason else self.trace.peak
+        rss, rss_reason = self._resident_peak(tracked)
+        reasons = [f"rss: {rss_reason}"] if rss_reason else []
+        reasons += [f"tracked: {self.trace.reason}"] if self.trace.reason else []
+        return {"mem_alloc_peak_bytes": None, "mem_reserved_peak_bytes": None, "mem_rss_peak_bytes": rss,
+                "mem_tracked_peak_bytes": tracked, "mem_reason": "; ".join(reasons) or None}
+
+    def _resident_peak(self, tracked: int | None) -> tuple[int | None, str | None]:
+        """The resident peak the call added, or None and why it cannot be vouched for."""
+        peak = resident_peak_bytes() if self.resettable else None
+        if peak is None or self.resident_before is None:
+            return None, "no resident peak here (/proc/self/clear_refs cannot reset it)"
+        if not self.trimmed:
+            return None, "no malloc_trim: freed heap memory that malloc reuses would not be counted"
+        if tracked is None:
+            return None, "nothing to check it against (no tracked figure)"
+        rss = max(peak - self.resident_before, 0)
+        if rss < tracked * (1 - RSS_SLACK):
+            return None, (f"{rss / MIB:.1f} MiB, below the {tracked / MIB:.1f} MiB torch's allocator held "
+                          "(memory reused unseen, or pages never touched)")
+        return rss, None
+
+
+@contextmanager
+def call_memory(device: str) -> Iterator[CallMemory]:
+    """Measure one call's memory (CallMemory); opened before the case builds its inputs. On the CPU,
+    tracing stops on the way out whatever happened (an out-of-memory error propagates unchanged)."""
+    meter = CallMemory(device)
+    try:
+        yield meter
+    finally:
+        meter.trace.stop(count=False)

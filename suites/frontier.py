@@ -32,13 +32,12 @@ def probe_frontier(case: Case) -> dict[str, Any]:
     """One call of the case under its memory cap: does it run, in how long, with how much memory."""
     clock = time.perf_counter()
     check_level(case)
-    with memory.memory_cap(case.device, cap_mb(case)):
-        resident_before = memory.resident_bytes()
+    with memory.call_memory(case.device) as meter, memory.memory_cap(case.device, cap_mb(case)):
         work = build_workload(case)
-        measuring = memory.reset_peaks(case.device)
+        meter.start_call()
         out, call_ms = timing.timed_call(work.call, case.device)
         timing.synchronize(case.device)
-        figures = memory.read_peaks(case.device, resident_before if measuring else None)
+        figures = meter.read()
         runner.check_finite(case.variant, out)
         del out, work
     return {"latency_ms": call_ms, "tokens_per_s": case.batch * case.seq_len / (call_ms / 1e3), **figures,

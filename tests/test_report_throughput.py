@@ -130,8 +130,9 @@ def frontier_row(variant, n, status, reason="", peak=None, predicted_n=10_000):
     config = {"suite": "throughput", "variant": variant, "device": "cpu", "dtype": "float32", "params": "{}",
               "mode": "fwd", "level": "kernel", "batch": 1, "seq_len": n, "n_heads": 16, "head_dim": 64,
               "causal": True, "total_tokens": n, "kind": "frontier", "memory_cap_mb": 20 * 1024}
-    return fx.row(config, status, reason, latency_ms=1.0 if status == "ok" else None, mem_rss_peak_bytes=peak,
-                  predicted_peak_bytes=None if peak is None else 1.1 * peak, predicted_max_n=predicted_n)
+    return fx.row(config, status, reason, latency_ms=1.0 if status == "ok" else None,
+                  mem_tracked_peak_bytes=peak, predicted_peak_bytes=None if peak is None else 1.1 * peak,
+                  predicted_max_n=predicted_n)
 
 
 def test_timer_checks_and_the_frontier_stay_out_of_the_curves_and_into_their_tables(tmp_path):

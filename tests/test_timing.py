@@ -123,26 +123,6 @@ def test_the_cuda_cap_allows_the_cap_more_than_the_allocator_holds(monkeypatch):
         assert fractions == [(1.0, "cuda:0")]
 
 
-def test_cpu_peak_memory_is_the_resident_high_water_mark_of_the_call():
-    if not memory.reset_peaks("cpu"):
-        pytest.skip("/proc/self/clear_refs cannot be written here")
-    out = in_fresh_process("""
-        import torch
-        from harness import memory
-        before = memory.resident_bytes()
-        memory.reset_peaks("cpu")
-        block = torch.ones(256 * memory.MIB, dtype=torch.uint8)  # touched: resident
-        del block
-        peaks = memory.read_peaks("cpu", before)
-        print(peaks["mem_alloc_peak_bytes"], peaks["mem_reserved_peak_bytes"], peaks["mem_rss_peak_bytes"],
-              memory.read_peaks("cpu", None)["mem_rss_peak_bytes"])
-    """)
-    alloc, reserved, rss, without_baseline = out.split()
-    assert alloc == reserved == "None"
-    assert 250 * memory.MIB <= int(rss) < 512 * memory.MIB  # give or take pages freed
-    assert without_baseline == "None"  # no baseline: no figure
-
-
 # --- noise ----------------------------------------------------------------------------------------------
 
 def test_spread_and_the_median_interval():

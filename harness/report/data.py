@@ -29,12 +29,13 @@ THROUGHPUT_METRICS = (
     "pct_of_peak", "peak_matmul_tflops", "mem_alloc_peak_bytes", "mem_reserved_peak_bytes",
     "device_mem_total_bytes", "power_w_mean", "energy_j_per_token", "rounds", "spread_iqr", "median_ci",
     "noisy", "mem_rss_peak_bytes", "mem_peak_bytes", "decode_state_bytes", "decode_state_bytes_per_seq",
+    "mem_tracked_peak_bytes",
 )
 FIDELITY_COLUMNS = ("device_name", "variant", "level", "mode", "dtype", "seq_len", "batch", "latency_ms",
                     "reference_latency_ms", "fidelity_ratio", "reference_timer", "rounds", "threads")
 FRONTIER_COLUMNS = ("device_name", "variant", "level", "dtype", "n_heads", "head_dim", "seq_len", "status",
                     "reason", "latency_ms", "mem_rss_peak_bytes", "mem_alloc_peak_bytes",
-                    "predicted_peak_bytes", "predicted_max_n", "memory_cap_mb")
+                    "mem_tracked_peak_bytes", "predicted_peak_bytes", "predicted_max_n", "memory_cap_mb")
 THROUGHPUT_COLUMNS = (*CONFIG_KEYS, "seq_len", "params", "family", "exact", "backend", "reason",
                       *THROUGHPUT_METRICS)
 LEARNED_COLUMNS = ("task", "seq_len", "train_seq_len", "d_model", "n_layers", "n_heads", "kv_pairs",
@@ -187,10 +188,10 @@ def _throughput_kind(rows: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 def throughput(rows: pd.DataFrame) -> pd.DataFrame:
     """Sweep rows with a `series` (line), `config` (full description) and panel labels. `mem_peak_bytes`:
-    torch's allocated peak on CUDA, the peak resident memory on the CPU."""
+    torch's allocated peak, on CUDA from its allocator, on the CPU traced (`mem_tracked_peak_bytes`); never
+    the resident peak, which rows before the tracing have unchecked (harness.memory)."""
     tp = with_columns(_throughput_kind(rows, "sweep"), THROUGHPUT_COLUMNS)
-    tp["mem_peak_bytes"] = pd.to_numeric(tp.mem_alloc_peak_bytes, errors="coerce").fillna(
-        pd.to_numeric(tp.mem_rss_peak_bytes, errors="coerce"))
+    tp["mem_peak_bytes"] = peak_bytes(tp)
     tp["noisy"] = tp.noisy.astype(float)  # bool, or null in rows written before noise was measured
     if tp.empty:
         return tp.assign(series=[], config=[], panel_row=[], panel_col=[])
@@ -206,6 +207,12 @@ def throughput(rows: pd.DataFrame) -> pd.DataFrame:
     tp["panel_row"] = [_describe(r, varying, False, several_devices) for r in tp.itertuples()]
     tp["panel_col"] = tp["mode"].map(lambda m: MODE_NAMES.get(m, str(m)))
     return tp
+
+
+def peak_bytes(rows: pd.DataFrame) -> pd.Series:
+    """torch's allocated peak of each row: CUDA's allocator statistics, else the CPU's traced figure."""
+    return pd.to_numeric(rows.mem_alloc_peak_bytes, errors="coerce").fillna(
+        pd.to_numeric(rows.mem_tracked_peak_bytes, errors="coerce"))
 
 
 def points(tp: pd.DataFrame) -> pd.DataFrame:
@@ -242,8 +249,9 @@ def frontier(rows: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["device_name", "variant", "dtype", "level", "memory_cap_gib",
                                      "largest_n", "peak_gib_at_largest", "predicted_peak_gib",
                                      "predicted_max_n", "next_n", "next_status", "next_reason"])
-    df = _numeric(df, ("seq_len", "mem_rss_peak_bytes", "mem_alloc_peak_bytes", "predicted_peak_bytes",
-                       "predicted_max_n", "memory_cap_mb"))
+    df = _numeric(df, ("seq_len", "mem_rss_peak_bytes", "mem_alloc_peak_bytes", "mem_tracked_peak_bytes",
+                       "predicted_peak_bytes", "predicted_max_n", "memory_cap_mb"))
+    df["mem_peak_bytes"] = peak_bytes(df)
     table = []
     keys = ["device_name", "variant", "dtype", "level", "memory_cap_mb"]
     for key, group in df.groupby(keys, sort=True, dropna=False):
@@ -251,8 +259,7 @@ def frontier(rows: pd.DataFrame) -> pd.DataFrame:
         largest = ok.iloc[-1] if len(ok) else None
         above = group[(group.status != "ok") & (group.seq_len > (0 if largest is None else largest.seq_len))]
         first = above.sort_values("seq_len").iloc[0] if len(above) else None
-        peak = None if largest is None else largest.mem_alloc_peak_bytes
-        peak = largest.mem_rss_peak_bytes if largest is not None and pd.isna(peak) else peak
+        peak = None if largest is None or pd.isna(largest.mem_peak_bytes) else largest.mem_peak_bytes
         table.append({
             **dict(zip(keys[:-1], key[:-1], strict=True)), "memory_cap_gib": key[-1] * 2**20 / GIB,
             "largest_n": None if largest is None else int(largest.seq_len),

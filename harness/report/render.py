@@ -25,8 +25,9 @@ CAPTIONS = {
                "percentile; X at the top of a panel: out of memory at that N; star: the largest N that ran "
                "where a larger one failed for its size (none where nothing failed); ring: a noisy point (its "
                "median's 95% interval stayed wider than +-2%).",
-    "memory": "Peak memory of one call: torch's allocated peak on CUDA, the peak resident memory the case "
-              "added on the CPU (inputs included); dashed: the device's memory.",
+    "memory": "Peak memory of one call, inputs included: the bytes torch's allocator held at the peak (CUDA: "
+              "its statistics; CPU: every allocation traced, not MKL's or oneDNN's own buffers); dashed: the "
+              "device's memory.",
     "tflops": "Achieved TFLOP/s, for softmax kernels only (FLOPs of the visible query-key pairs; backward "
               "2.5x forward); right axis: percent of the matmul peak measured on the same device in the "
               "panel's precision.",

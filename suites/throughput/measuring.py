@@ -123,15 +123,15 @@ def measure_case(case: Case, benchmark, context: RunContext) -> None:
     gpu = telemetry.GpuTelemetry.open(case.device)
     timer = timing.timer_for(case.device)
     try:
-        with memory.memory_cap(case.device, cap_mb(case)):
-            resident_before = memory.resident_bytes()
+        with memory.call_memory(case.device) as meter, memory.memory_cap(case.device, cap_mb(case)):
             work = build_workload(case)
+            meter.trace_call(work.call, work.reset)  # CPU: an untimed call, traced (the tracked memory peak)
             compiled = compiling.counts()
             # No warm-up budget (the CPU profiles: nothing compiles or autotunes there): the sizing call
-            # below is the first call.
+            # below is the first call timed.
             warmup_calls, first_call_ms = (timing.warm_up(work.call, work.reset, case.device, case.warmup_ms)
                                            if case.warmup_ms > 0 else (0, None))
-            measuring = memory.reset_peaks(case.device)  # the steady-state call: memory, NaN check, rounds
+            meter.start_call()  # the steady-state call: memory, NaN check, rounds
             work.reset()
             out, estimate_ms = timing.timed_call(work.call, case.device)
             first_call_ms = estimate_ms if first_call_ms is None else first_call_ms
@@ -139,7 +139,7 @@ def measure_case(case: Case, benchmark, context: RunContext) -> None:
                 raise compiling.EagerFallback("a compiled kernel ran eagerly before the timed rounds "
                                               "(dynamo's recompile limit was reached): not timed")
             compiled = compiling.counts()
-            figures = memory.read_peaks(case.device, resident_before if measuring else None)
+            figures = meter.read()
             runner.check_finite(case.variant, out, *(t.grad for t in work.leaves if t.grad is not None))
             del out
             flush = timing.L2Flush(case.device)
@@ -219,6 +219,7 @@ FIGURES = (
     "first_call_ms", "warmup_calls", "l2_flush_bytes", "timer", "threads", "cpu_governor", "extra_rounds",
     "noisy", "decode_state_bytes", "reference_latency_ms", "reference_timer", "case_wall_ms",
     "eager_fallback", "telemetry_reason", "others_cpu_share",
+    "mem_tracked_peak_bytes", "mem_reason",
 )
 
 
