@@ -196,11 +196,12 @@ def test_a_sweeps_case_after_a_larger_one_reads_its_score_matrices():
     N = 256, batch 64 (score matrices of 16 MiB), measured after N = 1024 in the same worker."""
     proc = in_worker("""
     from harness import runner
-    from suites import throughput as tp
+    from harness.context import RunContext
+    from suites.throughput import planning as tp
     for n in (1024, 256):
         case = tp.Case(variant="vanilla", device="cpu", dtype="float32", mode="fwd", level="kernel",
                        seq_len=n, batch=16384 // n, total_tokens=16384, n_heads=1, head_dim=64, budget_ms=1)
-        status, reason, metrics = runner.execute("suites.throughput", case)
+        status, reason, metrics = runner.execute("suites.throughput.suite", case, RunContext())
         assert status == "ok", reason
     print({k: metrics[k] for k in ("mem_tracked_peak_bytes", "mem_rss_peak_bytes", "mem_reason")})
     """)
