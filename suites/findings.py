@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from suites import intervals, recipes
+from suites import grids, intervals, recipes
 from suites.intervals import Estimate
 from suites.tasks import baselines, held_out_set, make_task
 
@@ -49,7 +49,7 @@ NEAR_BASELINE = 0.1  # "fails": at most this far above the trivial baseline
 LRA_GAP = 0.10  # ListOps: linear attention and Performer at least 10 points below softmax
 EXTRAPOLATION = 4  # induction: softmax judged from this multiple of the training length on
 SOFTMAX_VARIANTS = ("vanilla", "flash-sdpa", "flash-cudnn", "flash-efficient", "flash-xformers")
-CONTROL = "mamba-lti"  # selective copying: Mamba's block with the selection removed (variants.mamba)
+CONTROL = grids.SELECTION_REMOVED  # selective copying: Mamba's block with the selection removed
 # Long Range Arena (Tay et al. 2021), ListOps test accuracy (%), printed beside the CPU figures.
 LRA_LISTOPS = {"Transformer": 36.37, "Local attention": 15.82, "Sparse Transformer": 17.07,
                "Longformer": 35.63, "BigBird": 36.05, "Linear Transformer": 16.13, "Performer": 18.01}
