@@ -38,6 +38,7 @@ from harness.registry import as_dtype, dtype_name
 from harness.runner import check_finite
 from suites import estimate, findings, grids
 from suites import model as lm
+from suites import recipes as recipe_book
 from suites.grids import TaskSpec
 from suites.tasks import Task, held_out_set, make_task, train_batches, validation_set
 from suites.tasks.passkey import Passkey
@@ -576,3 +577,4 @@ def run_case(case: AccuracyCase) -> dict:
 estimated_seconds = estimate.estimated_seconds
 summarize = findings.summarize
 case_cost = estimate.case_cost
+recipes = recipe_book.recipes  # each experiment's recipe, recorded before the first case

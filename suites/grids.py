@@ -202,9 +202,9 @@ def experiments(s: Sizes) -> tuple[list[TaskSpec], list[TaskSpec]]:
                  n_test=512, **common),
         TaskSpec("listops", (s.listops_len,), (s.listops_width,), s.lrs, s.listops_batch, s.listops_steps,
                  s.time_budget_s, task_params={"min_length": s.listops_min}, train_pool=s.listops_pool,
-                 n_layers=s.listops_layers, experiment="listops_lra", variants=("vanilla", "linear", "performer"),
-                 variant_params=SMALL_STATE,
-                 n_valid=512, n_test=s.listops_test, **{**common, "seeds": s.listops_seeds or s.seeds}),
+                 n_layers=s.listops_layers, experiment="listops_lra",
+                 variants=("vanilla", "linear", "performer"), variant_params=SMALL_STATE, n_valid=512,
+                 n_test=s.listops_test, **{**common, "seeds": s.listops_seeds or s.seeds}),
     ]
     long_range = [
         TaskSpec("induction", (s.induction_len,), (64,), s.lrs, s.induction_batch, s.induction_steps,

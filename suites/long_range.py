@@ -19,6 +19,7 @@ from suites.accuracy import (
     estimated_seconds,
     filtered,
     learned_variants,
+    recipes,
     run_task,
     summarize,
     task_cases,
@@ -42,4 +43,4 @@ def run_case(case: TaskCase) -> dict:
     return run_task(case)
 
 
-__all__ = ["TIMEOUT_S", "Case", "plan", "run_case", "summarize", "estimated_seconds", "case_cost"]
+__all__ = ["TIMEOUT_S", "Case", "plan", "run_case", "summarize", "estimated_seconds", "case_cost", "recipes"]
