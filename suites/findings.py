@@ -70,6 +70,16 @@ class Check:
     text: str
     holds: bool | None
     figures: str = ""
+    deciding: str = ""  # the figures that decided it, where it reads many (the reason quotes these)
+
+
+def cells_check(text: str, cells: list[tuple[str, Estimate | None, bool | None]]) -> Check:
+    """A check that holds in every cell (label, estimate, outcome); its deciding figures are the cells
+    that fail it, else those left undecided."""
+    holds = intervals.all_of([outcome for *_, outcome in cells]) if cells else None
+    shown = lambda chosen: ", ".join(f"{label}: {_text(e)}" for label, e, _ in chosen)  # noqa: E731
+    deciding = [c for c in cells if c[2] is holds] if holds is not True else []
+    return Check(text, holds, shown(cells), shown(deciding))
 
 
 @dataclass
@@ -350,7 +360,7 @@ def _decide(finding: Finding, required: list[Family] | None = None) -> Finding:
             finding.reason = "every check holds: " + "; ".join(c.text for c in finding.checks)
         else:
             c = next(c for c in finding.checks if c.holds is holds)
-            finding.reason = f"{c.text}: {_holds(c.holds)} ({c.figures})"
+            finding.reason = f"{c.text}: {_holds(c.holds)} ({c.deciding or c.figures})"
     excluded = [f.name for f in finding.families if f.verdict == NOT_TESTABLE and f not in untrained]
     if excluded and finding.verdict != NOT_TESTABLE:
         finding.reason += f"; not testable at this budget (did not train): {', '.join(excluded)}"
@@ -409,10 +419,10 @@ def mqar_capacity(rows: pd.DataFrame) -> Finding:
         softmax = precondition(softmax_name, at(softmax_name, fewest), f"kv_pairs={fewest}, d_model={width}")
         finding.families.append(softmax)
         required.append(softmax)
-        solved = [(kv, _estimate(at(softmax_name, kv))) for kv in kvs]
-        finding.checks.append(Check(f"{softmax_name} (d_model {width}) >= {SOLVED} at every kv_pairs",
-                                    intervals.all_of([intervals.at_least(e, SOLVED) for _, e in solved]),
-                                    ", ".join(f"kv={kv}: {_text(e)}" for kv, e in solved)))
+        solved = [(f"kv={kv}", e, intervals.at_least(e, SOLVED))
+                  for kv, e in ((kv, _estimate(at(softmax_name, kv))) for kv in kvs)]
+        finding.checks.append(cells_check(f"{softmax_name} (d_model {width}) >= {SOLVED} at every kv_pairs",
+                                          solved))
     small_state = sorted(set(base.variant) - set(SOFTMAX_VARIANTS))
     trained = []
     for family in small_state:
@@ -552,23 +562,21 @@ def induction_extrapolation(rows: pd.DataFrame) -> Finding:
     required = []
     if not mamba.empty:
         required.append(precondition("mamba", mamba[mamba.ratio == 1], "the training length L"))
-        tested = [(int(n), _estimate(g)) for n, g in mamba[mamba.ratio >= 1].groupby("seq_len")]
-        finding.checks.append(Check(f"mamba >= {HIGH} at every length from L to {int(mamba.ratio.max())}L",
-                                    intervals.all_of([intervals.at_least(e, HIGH) for _, e in tested]),
-                                    ", ".join(f"N={n}: {e.text()}" for n, e in tested)))
+        tested = [(f"N={int(n)}", e, intervals.at_least(e, HIGH))
+                  for n, e in ((n, _estimate(g)) for n, g in mamba[mamba.ratio >= 1].groupby("seq_len"))]
+        finding.checks.append(cells_check(f"mamba >= {HIGH} at every length from L to "
+                                          f"{int(mamba.ratio.max())}L", tested))
     if softmax_name is not None:
         softmax = rows[rows.variant == softmax_name]
         required.append(precondition(softmax_name, softmax[softmax.ratio == 1], "the training length L"))
         at_l = _estimate(softmax[softmax.ratio == 1])
-        far = [(int(n), _estimate(g), _baseline(g))
-               for n, g in softmax[softmax.ratio >= EXTRAPOLATION].groupby("seq_len")]
+        far = [(f"N={int(n)} (baseline {b:.3f})", e, intervals.at_most(e, b + NEAR_BASELINE))
+               for n, g in softmax[softmax.ratio >= EXTRAPOLATION].groupby("seq_len")
+               for e, b in [(_estimate(g), _baseline(g))]]
         finding.checks.append(Check(f"{softmax_name} learns the task at L (>= {HIGH})",
                                     intervals.at_least(at_l, HIGH), _text(at_l)))
-        finding.checks.append(Check(f"{softmax_name} within {NEAR_BASELINE} of the trivial baseline from "
-                                    f"{EXTRAPOLATION}L on",
-                                    intervals.all_of([intervals.at_most(e, b + NEAR_BASELINE)
-                                                      for _, e, b in far]),
-                                    ", ".join(f"N={n}: {e.text()} (baseline {b:.3f})" for n, e, b in far)))
+        finding.checks.append(cells_check(f"{softmax_name} within {NEAR_BASELINE} of the trivial baseline "
+                                          f"from {EXTRAPOLATION}L on", far))
     finding.families = required
     _decide(finding, required)
     finding.charts = [Chart("lines", "Induction heads: accuracy against test length (trained at L)",
@@ -626,20 +634,16 @@ def passkey_window(rows: pd.DataFrame) -> Finding:
                 ("inside", lambda e, b: intervals.at_least(e, HIGH), f">= {HIGH}"),
                 ("outside", lambda e, b: intervals.at_most(e, b + NEAR_BASELINE),
                  f"within {NEAR_BASELINE} of the trivial baseline")):
-            cells = [((int(n), float(d)), _estimate(g), _baseline(g))
-                     for (n, d), g in windowed[windowed.reach == reach].groupby(["seq_len", "depth"])]
-            finding.checks.append(Check(f"{variant} {text} where the key is {reach} its reach",
-                                        intervals.all_of([test_of(e, b) for _, e, b in cells]) if cells
-                                        else None,
-                                        ", ".join(f"N={n} depth={d:g}: {e.text()}"
-                                                  for (n, d), e, _ in cells)))
+            cells = [(f"N={int(n)} depth={d:g}", e, test_of(e, _baseline(g)))
+                     for (n, d), g in windowed[windowed.reach == reach].groupby(["seq_len", "depth"])
+                     for e in [_estimate(g)]]
+            finding.checks.append(cells_check(f"{variant} {text} where the key is {reach} its reach", cells))
     if softmax_name is not None:
         full = rows[rows.variant == softmax_name]
         required.append(precondition(softmax_name, trained_len(full), "the training length, every depth"))
-        cells = [((int(n), float(d)), _estimate(g)) for (n, d), g in full.groupby(["seq_len", "depth"])]
-        finding.checks.append(Check(f"{softmax_name} >= {HIGH} at every depth and length",
-                                    intervals.all_of([intervals.at_least(e, HIGH) for _, e in cells]),
-                                    ", ".join(f"N={n} depth={d:g}: {e.text()}" for (n, d), e in cells)))
+        cells = [(f"N={int(n)} depth={d:g}", e, intervals.at_least(e, HIGH))
+                 for (n, d), g in full.groupby(["seq_len", "depth"]) for e in [_estimate(g)]]
+        finding.checks.append(cells_check(f"{softmax_name} >= {HIGH} at every depth and length", cells))
     finding.families = required
     _decide(finding, required)
     series = [{"name": variant, "points": [{"x": _plain(n), "y": _plain(d), **_estimate(g).as_dict()}

@@ -269,3 +269,15 @@ def test_findings_main_rewrites_a_runs_findings_and_rejects_a_non_run(tmp_path, 
 def test_every_finding_names_its_experiment_and_says_why_it_has_no_verdict(name):
     f = F.check_claims(pd.DataFrame())[name]
     assert f.experiment == F.EXPERIMENTS[name] and f.verdict == "no data" and f.reason and f.source
+
+
+def test_the_reason_quotes_the_cells_that_decided_it():
+    rows = [r for r in passkey_rows() if not (r["variant"] == "vanilla" and r["depth"] == 1.0)]
+    fields = dict(task="passkey", seq_len=128, train_seq_len=128, depth=1.0, key_distance=3, key_position=125,
+                  key_len=2, task_params=json.dumps({"key_len": 2}), short_conv=4)
+    rows += seeds("passkey_window", "vanilla", 0.5, **fields)
+    f = F.check_claims(pd.DataFrame(rows))["passkey"]
+    assert f.verdict == "not reproduced"
+    assert "N=128 depth=1: 0.500" in f.reason and "depth=0.5" not in f.reason
+    check = next(c for c in f.checks if c.text.startswith("vanilla"))
+    assert "depth=0.5" in check.figures  # the check keeps every cell
