@@ -250,7 +250,7 @@ def precondition(name: str, rows: pd.DataFrame, condition: str) -> Family:
     """Whether a family's rows at its easiest condition lie clear above the trivial baseline there."""
     e, base = _estimate(rows), _baseline(rows)
     trained = intervals.above(e, base) if base is not None else None
-    family = Family(name, condition, e.as_dict() if e else None, None if base is None else round(base, 4),
+    family = Family(name, condition, e.as_dict() if e else None, None if base is None else round(base, 6),
                     trained)
     if trained is not True:
         family.verdict = NOT_TESTABLE
@@ -279,7 +279,7 @@ def _row(rows: pd.DataFrame, **labels) -> dict:
     base = _baseline(rows) if "baseline_example" in rows else None
     steps = _steps(runs)
     return {**labels, **(e.as_dict() if e else {}),
-            "baseline": None if base is None else round(base, 4),
+            "baseline": None if base is None else round(base, 6),
             "steps_to_criterion": steps, "reached": f"{sum(s is not None for s in steps)}/{len(steps)}",
             "lr": _lr_text(runs)}
 
@@ -304,8 +304,8 @@ def _baseline_points(rows: pd.DataFrame, x: str, name: str = "trivial baseline")
     points = []
     for value, group in rows.groupby(x, sort=True):
         base = _baseline(group)
-        points.append({"x": _plain(value), "mean": round(base, 4), "low": round(base, 4),
-                       "high": round(base, 4), "n_seeds": group.training_id.nunique()})
+        points.append({"x": _plain(value), "mean": round(base, 6), "low": round(base, 6),
+                       "high": round(base, 6), "n_seeds": group.training_id.nunique()})
     return [{"name": name, "points": points}] if points else []
 
 
@@ -407,7 +407,7 @@ def mqar_capacity(rows: pd.DataFrame) -> Finding:
     base = rows[rows.d_model == width]
     kvs = sorted(int(k) for k in base.kv_pairs.unique())
     fewest, most = kvs[0], kvs[-1]
-    table = [_row(g, variant=v, d_model=int(d), kv_pairs=int(kv))
+    table = [_row(g, variant=v, d_model=int(d), kv_pairs=int(kv), one_over_kv=round(1 / kv, 4))
              for (v, d, kv), g in rows.groupby(["variant", "d_model", "kv_pairs"])]
     finding = Finding(name, MQAR_CLAIM, MQAR_SOURCE, experiment, "", "", test, table=table,
                       seeds=_seed_counts(rows, ["variant", "d_model", "kv_pairs"]),
@@ -512,7 +512,7 @@ def selective_copying(rows: pd.DataFrame) -> Finding:
     finding.families.append(selective)
     if not control.empty:
         e, base = _estimate(control), _baseline(control)
-        finding.families.append(Family(CONTROL, f"N={n}", e.as_dict(), round(base, 4),
+        finding.families.append(Family(CONTROL, f"N={n}", e.as_dict(), round(base, 6),
                                        intervals.above(e, base), "control",
                                        "the control is expected to fail: no precondition"))
     e = _estimate(mamba)

@@ -46,8 +46,8 @@ class Estimate:
         return self.n_seeds >= MIN_SEEDS
 
     def as_dict(self) -> dict:
-        return {"mean": round(float(self.mean), 4), "low": round(float(self.low), 4),
-                "high": round(float(self.high), 4), "n_seeds": int(self.n_seeds),
+        return {"mean": round(float(self.mean), 6), "low": round(float(self.low), 6),
+                "high": round(float(self.high), 6), "n_seeds": int(self.n_seeds),
                 "n_examples": int(self.n_examples)}
 
     def text(self) -> str:

@@ -1,11 +1,17 @@
-"""The published findings a run decided: verdicts, figures with intervals and evidence charts.
+"""The published findings a run decided: verdicts with their reasons, the trained precondition, figures
+with intervals and seed counts, recipe changes, and evidence charts.
 
 The learned-task suites write `findings.json` into the run directory after each run (the suites decide;
-the report only reads what they wrote). Each finding holds its verdict, the checks that decided it, a
-table of figures (mean and 95% interval with the seed count) and the data of its charts:
-`lines` (accuracy against x with an interval band per series), `bars` (an interval per series, with a
-published figure beside it where there is one), `heatmap` (one panel per series over x and y) and
-`curves` (validation accuracy against training steps, the band spanning the seeds).
+the report only reads what they wrote). Each finding holds the claim it tests and its source, its verdict
+(reproduced, not reproduced, inconclusive, not testable at this budget, or no data) with a one-line
+reason, the checks that decided it, each family's trained precondition (its accuracy at the easiest
+condition beside the trivial baseline measured on the same test examples), a table of figures (mean and
+95% interval with the seed count), a "recipe changed after results" label with its diff where the
+experiment's recipe changed once rows existed, and the data of its charts: `lines` (accuracy against x
+with an interval band per series), `bars` (an interval per series, with a published figure beside it
+where there is one), `heatmap` (one panel per series over x and y) and `curves` (validation accuracy
+against training steps, the band spanning the seeds). `harness.report.findings_doc` renders the same
+for the documentation.
 """
 
 from __future__ import annotations
