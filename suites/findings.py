@@ -443,7 +443,7 @@ def mqar_capacity(rows: pd.DataFrame) -> Finding:
         finding.checks.append(check)
         f.verdict, f.reason = VERDICTS[check.holds], f"{check.text}: {_holds(check.holds)} ({check.figures})"
     finding.checks += _mqar_width(rows, finding, softmax_name, width, most)
-    if small_state and not trained:  # nothing to compare softmax with: each one is why
+    if softmax_name is not None and small_state and not trained:  # nothing to compare softmax with
         required += [f for f in finding.families if f.name in small_state]
     _decide(finding, required)
     label = lambda r: f"{r.variant} d={int(r.d_model)}"  # noqa: E731
