@@ -40,15 +40,12 @@ from harness.registry import as_dtype, dtype_name
 from harness.runner import check_finite
 from suites import estimate, findings, grids
 from suites import model as lm
+from suites import recipes as recipe_book
 from suites.findings import EXPERIMENTS
 from suites.grids import TaskSpec
 from suites.learning_rate import SWEEP_SEED, choose_lr
-from suites.tasks import Task, held_out_set, train_batches, validation_set
-from suites.tasks.induction import Induction
-from suites.tasks.listops import ListOps
-from suites.tasks.mqar import MQAR
+from suites.tasks import Task, held_out_set, make_task, train_batches, validation_set
 from suites.tasks.passkey import Passkey
-from suites.tasks.selective_copy import SelectiveCopy
 
 TIMEOUT_S = 900.0
 OPTIONS = ("seeds", "findings", "criterion")  # plan's learned-task options (--seeds, --finding, --criterion)
@@ -201,19 +198,6 @@ class TaskCase(AccuracyCase):
         their rate in one --shard part with the sweep they choose from."""
         sweep = (self.task, self.variant, self.dtype, self.d_model)
         return sweep, max(self.seq_len, self.train_seq_len)
-
-
-def make_task(name: str, seq_len: int, kv_pairs: int | None, depth: float | None, options: dict) -> Task:
-    if (kv_pairs is None) == (name == "mqar"):
-        raise ValueError("kv_pairs is an MQAR option, which MQAR needs")
-    if depth is not None and name != "passkey":
-        raise ValueError(f"depth is a passkey option, not one of {name}")
-    if name == "mqar":
-        return MQAR(seq_len=seq_len, kv_pairs=kv_pairs, **options)
-    if name == "passkey":
-        return Passkey(seq_len=seq_len, depth=depth, **options)
-    factories = {"selective_copy": SelectiveCopy, "induction": Induction, "listops": ListOps}
-    return factories[name](seq_len=seq_len, **options)
 
 
 # --- plans ----------------------------------------------------------------------------------------
@@ -591,3 +575,4 @@ def run_case(case: AccuracyCase, context: RunContext) -> dict:
 estimated_seconds = estimate.estimated_seconds
 summarize = findings.summarize
 case_cost = estimate.case_cost
+recipes = recipe_book.recipes  # each experiment's recipe, recorded before the first case

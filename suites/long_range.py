@@ -22,6 +22,7 @@ from suites.accuracy import (
     filtered,
     learned_variants,
     needs,
+    recipes,
     run_task,
     summarize,
     task_cases,
@@ -46,4 +47,4 @@ def run_case(case: TaskCase, context: RunContext) -> dict:
 
 
 __all__ = ["TIMEOUT_S", "OPTIONS", "Case", "plan", "run_case", "summarize", "estimated_seconds", "case_cost",
-           "needs"]
+           "needs", "recipes"]

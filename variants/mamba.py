@@ -7,6 +7,11 @@ PyTorch and the scan in `selective_scan_fn`), prefill through `selective_scan_fn
 state), and decoding through causal-conv1d's `causal_conv1d_update` and mamba-ssm's Triton
 `selective_state_update`. Everywhere else in PyTorch, with the same state_dict.
 `selective_scan_reference` is the plain recurrence the tests hold both to.
+
+`mamba-lti` is the control of the Mamba paper's selective-copying claim (Table 1: selective against
+time-invariant): the same block with Delta, B and C learned parameters instead of projections of x, so
+its SSM is linear time-invariant, a convolution (`time_invariant_scan`, by FFT, on every device; its twin
+is the same recurrence, `selective_scan_reference`, with constant inputs).
 """
 
 from __future__ import annotations
@@ -367,11 +372,19 @@ def scan_peak_bytes(call: costs.KernelCall, **params) -> int | None:
     dim, L) (softplus'd and time-major delta and u, the output and its gating) and one chunk of states
     (cache-sized); mamba_ssm's selective_scan_fn: a fused kernel. No model of mamba_inner_fn."""
     c = call
-    if c.backend == "torch-scan":
+    if c.backend.startswith("torch-scan"):  # on CUDA too, when the fused path is unsupported
         return 3 * c.x * c.e + 5 * c.x * c.a
     if c.backend == "mamba_ssm.selective_scan_fn":
         return costs.fused_attention_bytes(call)
     return None
+
+
+def _dt_bias(d_inner: int, dt_min: float, dt_max: float, dt_init_floor: float, factory: dict) -> torch.Tensor:
+    """The bias whose softplus is log-uniform in [dt_min, dt_max] per channel (mamba_ssm's dt init)."""
+    log_min, log_max = math.log(dt_min), math.log(dt_max)
+    dt = torch.exp(torch.rand(d_inner, **factory) * (log_max - log_min) + log_min)
+    dt = dt.clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
 
 
 @mixer_variant(
@@ -419,11 +432,8 @@ class MambaMixer(nn.Module):
             nn.init.constant_(self.dt_proj.weight, std)
         else:
             nn.init.uniform_(self.dt_proj.weight, -std, std)
-        log_min, log_max = math.log(dt_min), math.log(dt_max)
-        dt = torch.exp(torch.rand(self.d_inner, **factory) * (log_max - log_min) + log_min)
-        dt = dt.clamp(min=dt_init_floor)
         with torch.no_grad():
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            self.dt_proj.bias.copy_(_dt_bias(self.d_inner, dt_min, dt_max, dt_init_floor, factory))
         self.dt_proj.bias._no_reinit = True  # model-level init must not zero this bias
 
     def _acc(self) -> torch.dtype:
@@ -453,13 +463,17 @@ class MambaMixer(nn.Module):
         # The decode state: the last d_conv conv inputs, zero-padded when the context is shorter.
         conv_state = F.pad(x, (self.d_conv - length, 0)) if return_state else None
         x = self._conv(x, _kernels_for(hidden_states))
+        y, ssm_state = self._ssm(x, z, return_state)
+        return self.out_proj(y.transpose(1, 2)), conv_state, ssm_state
+
+    def _ssm(self, x: torch.Tensor, z: torch.Tensor, return_state: bool):
+        """The selective SSM and gate over x, z (batch, d_inner, L): (y, last state or None)."""
         delta, B, C = self._scan_inputs(x)
         acc = self._acc()
         out = selective_scan(x, delta, self.A, B, C, self.D.to(acc), z=z,
                              delta_bias=self.dt_proj.bias.to(acc), delta_softplus=True,
                              return_last_state=return_state)
-        y, ssm_state = out if return_state else (out, None)
-        return self.out_proj(y.transpose(1, 2)), conv_state, ssm_state
+        return out if return_state else (out, None)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """On CUDA with mamba-ssm and causal-conv1d: mamba_ssm's fused block (mamba_inner_fn: conv,
@@ -505,14 +519,17 @@ class MambaMixer(nn.Module):
         kernels = _kernels_for(hidden_states)
         x, z = self.in_proj(hidden_states[:, 0]).chunk(2, dim=-1)  # (batch, d_inner)
         x = self._conv_step(x, conv_state, kernels)
+        y = self._ssm_step(ssm_state, x, z, kernels)
+        return self.out_proj(y.to(hidden_states.dtype)).unsqueeze(1), (conv_state, ssm_state)
+
+    def _ssm_step(self, ssm_state, x, z, kernels) -> torch.Tensor:
+        """One token (x, z: (batch, d_inner)) through the selective SSM and gate; ssm_state in place."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # the bias is applied in the state update
         if kernels is not None:  # mamba_ssm's Triton kernel: updates ssm_state in place
-            y = kernels.selective_state_update(ssm_state, x, dt, self.A, B, C, self.D, z=z,
-                                               dt_bias=self.dt_proj.bias, dt_softplus=True)
-        else:
-            y = self._state_update(ssm_state, x, dt, B, C, z)
-        return self.out_proj(y.to(hidden_states.dtype)).unsqueeze(1), (conv_state, ssm_state)
+            return kernels.selective_state_update(ssm_state, x, dt, self.A, B, C, self.D, z=z,
+                                                  dt_bias=self.dt_proj.bias, dt_softplus=True)
+        return self._state_update(ssm_state, x, dt, B, C, z)
 
     def _conv_step(self, x: torch.Tensor, conv_state: torch.Tensor, kernels) -> torch.Tensor:
         """Shift x (batch, d_inner) into conv_state in place; silu of the conv over it."""
@@ -539,3 +556,122 @@ class MambaMixer(nn.Module):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
                 f"d_conv={self.d_conv}, dt_rank={self.dt_rank}")
+
+
+
+# --- the time-invariant control (mamba-lti) ---------------------------------------------------------
+
+def time_invariant_scan(u, delta_bias, A, B, C, D=None, z=None, return_last_state=False):
+    """The SSM with Delta, B and C constant in time, as a causal convolution y = K * u (by FFT):
+
+        delta   = softplus(delta_bias)                          (per channel)
+        K_d(t)  = sum_n C_dn B_dn delta_d exp(t delta_d A_dn),  t = 0 .. L - 1
+
+    which equals the recurrence h_t = exp(delta A) h_{t-1} + delta B u_t, y_t = C . h_t; then + D u and
+    * silu(z), as the selective scan. u, z: (batch, dim, L); A, B, C: (dim, N); D, delta_bias: (dim,).
+    Computed in the accumulation dtype (float32 for half inputs); with `return_last_state` also h_L
+    (batch, dim, N), which carries no gradient (as the selective scan's).
+    """
+    out_dtype, acc = u.dtype, _accumulation_dtype(u.dtype)
+    u = u.to(acc)
+    length = u.shape[-1]
+    delta = F.softplus(delta_bias.to(acc))
+    lags = torch.arange(length, device=u.device, dtype=acc)
+    decay = torch.exp((delta[:, None] * A.to(acc))[..., None] * lags)  # (dim, N, L): exp(t delta A)
+    drive = delta[:, None] * B.to(acc)  # (dim, N)
+    kernel = torch.einsum("dn,dnl->dl", drive * C.to(acc), decay)
+    n_fft = 1 << (2 * length - 1).bit_length()  # no wrap-around: at least 2L - 1
+    y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft) * torch.fft.rfft(kernel, n=n_fft), n=n_fft)[..., :length]
+    y = _gated(y, u, D, z).to(out_dtype)
+    if not return_last_state:
+        return y
+    last_state = torch.einsum("bdl,dnl->bdn", u, decay.flip(-1)) * drive  # h_L = sum_s exp((L-1-s) dA) dB u_s
+    return y, last_state.detach()
+
+
+def time_invariant_scan_reference(u, delta_bias, A, B, C, D=None, z=None):
+    """The same recurrence one step at a time in float64: the selective scan's reference with a zero
+    input-dependent delta and B, C held constant over time (one group per channel)."""
+    batch, dim, length = u.shape
+    constant = lambda M: M[None, :, :, None].expand(batch, dim, M.shape[-1], length)  # noqa: E731
+    return selective_scan_reference(u, torch.zeros_like(u), A, constant(B), constant(C), D, z,
+                                    delta_bias=delta_bias, delta_softplus=True)
+
+
+def time_invariant_scan_inputs(batch: int, heads: int, seq_len: int, head_dim: int,
+                               generator: torch.Generator, dtype: torch.dtype = torch.float64) -> dict:
+    """Inputs of the time-invariant scan over heads * head_dim channels, drawn in float64 from `generator`:
+    activations in `dtype`, the SSM's parameters in the accumulation dtype (as the block keeps them)."""
+    randn = functools.partial(torch.randn, generator=generator, dtype=torch.float64)
+    dim, acc = heads * head_dim, _accumulation_dtype(dtype)
+    act = dict(u=randn(batch, dim, seq_len), z=randn(batch, dim, seq_len))
+    params = dict(delta_bias=randn(dim) * 0.5 - 1.0, A=-torch.exp(randn(dim, SCAN_STATE)),
+                  B=randn(dim, SCAN_STATE), C=randn(dim, SCAN_STATE), D=randn(dim))
+    return {k: t.to(dtype) for k, t in act.items()} | {k: t.to(acc) for k, t in params.items()}
+
+
+@mixer_variant(
+    # Cost: charged as the selective scan (its kernel build touches d_inner x d_state per token, as the scan
+    # does; the FFTs add O(log L) per element). Memory: not modelled (measured, not predicted).
+    "mamba-lti", family="mamba", exact=False, backend=lambda device: "torch-fft-conv", cost=scan_cost,
+    peak_bytes=costs.not_modelled,
+    kernel=time_invariant_scan, kernel_reference=time_invariant_scan_reference,
+    kernel_inputs=time_invariant_scan_inputs,
+    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False),
+    defaults=dict(d_state=16, d_conv=4, expand=2),
+    description="Mamba's block with a time-invariant SSM (Delta, B, C learned, not projections of x): the "
+                "selective-copying control; an FFT convolution in PyTorch on every device",
+)
+class MambaLTIMixer(MambaMixer):
+    """Mamba's block (in_proj, conv, SSM, gate, out_proj) with the selection removed: Delta, B and C are
+    parameters (per channel, S4D's real form: B ones, C normal, A = -(1..N)) where the selective block
+    projects them from x. It runs `time_invariant_scan` everywhere: mamba_ssm's fused block and decode
+    kernels take the selective parameters, so on CUDA too the SSM is PyTorch's FFT (the conv uses
+    causal-conv1d's kernel where the selective block would)."""
+
+    def __init__(self, d_model: int, n_heads: int | None = None, d_state: int = 16, d_conv: int = 4,
+                 expand: int = 2, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 conv_bias: bool = True, bias: bool = False, causal: bool = True, device=None, dtype=None):
+        nn.Module.__init__(self)
+        if not causal:
+            raise Unsupported("mamba-lti is causal only: its recurrence runs left to right (causal=False)")
+        factory = dict(device=device, dtype=dtype)
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
+                                padding=d_conv - 1, bias=conv_bias, **factory)
+        # Where the selective block has x_proj and dt_proj: parameters, float32 like A_log and D.
+        self.B = nn.Parameter(torch.ones(self.d_inner, d_state, device=device))
+        self.C = nn.Parameter(torch.randn(self.d_inner, d_state, device=device))
+        dt_bias = _dt_bias(self.d_inner, dt_min, dt_max, dt_init_floor, dict(device=device))
+        self.dt_bias = nn.Parameter(dt_bias)
+        self.dt_bias._no_reinit = True
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        for p in (self.A_log, self.D, self.B, self.C):
+            p._no_weight_decay = True
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def _ssm(self, x: torch.Tensor, z: torch.Tensor, return_state: bool):
+        acc = self._acc()
+        out = time_invariant_scan(x, self.dt_bias.to(acc), self.A, self.B.to(acc), self.C.to(acc),
+                                  self.D.to(acc), z=z, return_last_state=return_state)
+        return out if return_state else (out, None)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self._mix(hidden_states, return_state=False)[0]
+
+    def _ssm_step(self, ssm_state, x, z, kernels) -> torch.Tensor:
+        """One step of the time-invariant recurrence in the state's dtype; ssm_state in place."""
+        acc = ssm_state.dtype
+        delta = F.softplus(self.dt_bias.to(acc))[:, None]  # (d_inner, 1)
+        x = x.to(acc)
+        ssm_state.copy_(torch.exp(delta * self.A.to(acc)) * ssm_state + x[..., None] * delta * self.B.to(acc))
+        y = (ssm_state * self.C.to(acc)).sum(-1) + self.D.to(acc) * x
+        return y * F.silu(z.to(acc))
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
+                f"d_conv={self.d_conv}, time-invariant")

@@ -1,11 +1,17 @@
-"""The published findings a run decided: verdicts, figures with intervals and evidence charts.
+"""The published findings a run decided: verdicts with their reasons, the trained precondition, figures
+with intervals and seed counts, recipe changes, and evidence charts.
 
 The learned-task suites write `findings.json` into the run directory after each run (the suites decide;
-the report only reads what they wrote). Each finding holds its verdict, the checks that decided it, a
-table of figures (mean and 95% interval over seeds and test examples) and the data of its charts:
-`lines` (accuracy against x with an interval band per series), `bars` (an interval per series, with a
-published figure beside it where there is one), `heatmap` (one panel per series over x and y) and
-`curves` (validation accuracy against training steps, the band spanning the seeds).
+the report only reads what they wrote). Each finding holds the claim it tests and its source, its verdict
+(reproduced, not reproduced, inconclusive, not testable at this budget, or no data) with a one-line
+reason, the checks that decided it, each family's trained precondition (its accuracy at the easiest
+condition beside the trivial baseline measured on the same test examples), a table of figures (mean and
+95% interval with the seed count), a "recipe changed after results" label with its diff where the
+experiment's recipe changed once rows existed, and the data of its charts: `lines` (accuracy against x
+with an interval band per series), `bars` (an interval per series, with a published figure beside it
+where there is one), `heatmap` (one panel per series over x and y) and `curves` (validation accuracy
+against training steps, the band spanning the seeds). `harness.report.findings_doc` renders the same
+for the documentation.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from matplotlib.figure import Figure
 from harness.report import charts, html
 
 FINDINGS_FILE = "findings.json"
-VERDICT_CLASS = {"reproduced": "ok", "not reproduced": "bad", "inconclusive": "warn", "no data": "none"}
+VERDICT_CLASS = {"reproduced": "ok", "not reproduced": "bad", "inconclusive": "warn",
+                 "not testable at this budget": "warn", "no data": "none"}
 
 
 def load(run_dirs) -> dict[str, dict]:
@@ -76,7 +83,7 @@ def _lines(chart: dict, curves: bool = False) -> Figure:
         ax.set_ylim(-0.02, 1.05)
         _references(ax, chart)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-        band = "range over seeds" if curves else "95% interval over seeds and test examples"
+        band = "range over seeds" if curves else "95% interval: t over seeds, with the test examples'"
         fig.suptitle(f"{chart['title']}\n(shaded: {band})", fontweight="bold", fontsize="medium")
     return fig
 
@@ -102,7 +109,7 @@ def _bars(chart: dict) -> Figure:
         ax.set_ylim(0, 1.05)
         _references(ax, chart)
         note = "; diamond: published figure" if chart.get("published") else ""
-        fig.suptitle(f"{chart['title']}\n(bars: 95% interval over seeds and test examples{note})",
+        fig.suptitle(f"{chart['title']}\n(bars: 95% interval, t over seeds with the test examples'{note})",
                      fontweight="bold", fontsize="medium")
     return fig
 
@@ -161,14 +168,49 @@ def _caption(chart: dict) -> str:
         return "Validation accuracy during training: mean over seeds, shaded between the seeds."
     if chart["kind"] == "heatmap":
         return "Mean exact-match accuracy over seeds per (context length, depth); intervals in the table."
-    return "Mean over seeds with its 95% interval (bootstrap over seeds and test examples)."
+    return ("Mean over seeds with its 95% interval (t over the seed means, never narrower than the test "
+            "examples allow); the trivial baseline is measured on the same test examples.")
 
 
 # --- tables and text --------------------------------------------------------------------------------
 
+def seeds_text(finding: dict) -> str:
+    """Seeds per configuration the finding read: "3", or "3-5" where they differ."""
+    seeds = finding.get("seeds") or {}
+    if not seeds:
+        return ""
+    low, high = seeds.get("min"), seeds.get("max")
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _recipe_label(finding: dict) -> str:
+    return (finding.get("recipe") or {}).get("label", "")
+
+
 def verdict_table(found: dict[str, dict]) -> pd.DataFrame:
-    return pd.DataFrame([{"finding": name, "verdict": f["verdict"], "claim": f["claim"]}
+    return pd.DataFrame([{"finding": name, "verdict": f["verdict"], "reason": f.get("reason", ""),
+                          "seeds": seeds_text(f), "recipe": _recipe_label(f),
+                          "claim (source)": f"{f['claim']} ({f.get('source', '')})"}
                          for name, f in found.items()])
+
+
+def interval_text(e: dict | None) -> str:
+    """mean [low, high] (n=seeds) of an estimate's dict; "" without one."""
+    if not e or e.get("mean") is None or not np.isfinite(e["mean"]):
+        return ""
+    seeds = f" (n={e['n_seeds']})" if e.get("n_seeds") is not None else ""
+    return f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]{seeds}"
+
+
+def families_table(finding: dict) -> pd.DataFrame:
+    """The trained precondition of each family: its accuracy at the easiest condition beside the trivial
+    baseline measured on the same test examples, and the family's own verdict."""
+    return pd.DataFrame([{"family": f["name"], "easiest condition": f["condition"],
+                          "accuracy [95% interval] (seeds)": interval_text(f.get("accuracy")),
+                          "trivial baseline": "" if f.get("baseline") is None else f"{f['baseline']:.3f}",
+                          "trained": {True: "yes", False: "no"}.get(f.get("trained"), "undecided"),
+                          "verdict": f.get("verdict") or ""}
+                         for f in finding.get("families", [])])
 
 
 def figures_table(finding: dict) -> pd.DataFrame:
@@ -180,7 +222,11 @@ def figures_table(finding: dict) -> pd.DataFrame:
                      [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(m) else "" for m, lo, hi in
                       zip(table["mean"], table["low"], table["high"], strict=True)])
         table = table.drop(columns=["mean", "low", "high"])
-    return table
+    return table.rename(columns={"n_seeds": "seeds"})
+
+
+def _holds(holds) -> str:
+    return {True: "holds", False: "fails"}.get(holds, "undecided")
 
 
 def html_section(found: dict[str, dict], drawn: dict[str, list[html.Chart]]) -> str:
@@ -194,25 +240,49 @@ def html_section(found: dict[str, dict], drawn: dict[str, list[html.Chart]]) -> 
                   for c in f.get("checks", [])]
         css = VERDICT_CLASS.get(f["verdict"], "none")
         verdict = f"<span class='verdict-{css}'>{html.esc(f['verdict'])}</span>"
-        body += (f"<h3 id='finding-{html.esc(name)}'>{html.esc(name)}: {verdict}</h3>"
-                 f"<p>{html.esc(f['claim'])}</p><ul>" + "".join(f"<li>{c}</li>" for c in checks) + "</ul>")
+        label = _recipe_label(f)
+        flag = f" <span class='verdict-warn'>({html.esc(label)})</span>" if label else ""
+        body += (f"<h3 id='finding-{html.esc(name)}'>{html.esc(name)}: {verdict}{flag}</h3>"
+                 f"<p><b>Claim</b> ({html.esc(f.get('source', ''))}): {html.esc(f['claim'])}</p>"
+                 f"<p><b>Tested here</b>: {html.esc(f.get('test', ''))}</p>"
+                 f"<p><b>Why</b>: {html.esc(f.get('reason', ''))} <span class='figures'>(seeds per "
+                 f"configuration: {html.esc(seeds_text(f))})</span></p>")
+        if label:
+            body += (f"<p class='missing'>{html.esc(label)}: " + "; ".join(
+                html.esc(line) for line in f["recipe"].get("diff", [])) + "</p>")
+        if f.get("families"):
+            body += (f"<p>Trained precondition (trivial baseline: {html.esc(f.get('baseline_rule', ''))})</p>"
+                     + html.table(families_table(f)))
+        body += "<ul>" + "".join(f"<li>{c}</li>" for c in checks) + "</ul>"
         body += "".join(html.figure(chart) for chart in drawn.get(name, []))
         body += ("<details><summary>Figures with intervals</summary>" + html.table(figures_table(f))
                  + "</details>")
     return body
 
 
-def _holds(holds) -> str:
-    return {True: "holds", False: "fails"}.get(holds, "undecided")
-
-
 def markdown_lines(found: dict[str, dict], md_table) -> list[str]:
     if not found:
         return []
-    lines = ["## Findings", "", *md_table(verdict_table(found)), ""]
+    return ["## Findings", "", *finding_lines(found, md_table)]
+
+
+def finding_lines(found: dict[str, dict], md_table, figures: bool = True) -> list[str]:
+    """The verdict table, then each decided finding: claim, test, reason, precondition, checks (and with
+    `figures` its table of figures)."""
+    lines = [*md_table(verdict_table(found)), ""]
     for name, f in decided(found).items():
-        lines += [f"### {name}: {f['verdict']}", "", f["claim"], ""]
+        label = _recipe_label(f)
+        lines += [f"### {name}: {f['verdict']}" + (f" ({label})" if label else ""), "",
+                  f"Claim ({f.get('source', '')}): {f['claim']}", "", f"Tested here: {f.get('test', '')}", "",
+                  f"Why: {f.get('reason', '')} (seeds per configuration: {seeds_text(f)})", ""]
+        if label:
+            lines += [f"{label}:", *[f"- `{line}`" for line in f["recipe"].get("diff", [])], ""]
+        if f.get("families"):
+            lines += [f"Trained precondition (trivial baseline: {f.get('baseline_rule', '')}):", "",
+                      *md_table(families_table(f)), ""]
         lines += [f"- {_holds(c['holds'])}: {c['text']}" + (f" ({c['figures']})" * bool(c.get("figures")))
                   for c in f.get("checks", [])]
-        lines += ["", *md_table(figures_table(f), limit=60), ""]
+        if figures:
+            lines += ["", *md_table(figures_table(f), limit=60)]
+        lines.append("")
     return lines
