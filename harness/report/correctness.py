@@ -83,7 +83,7 @@ class Correctness:
             "<p>Each exactness row is one check of <code>harness.contract</code>: the output in its dtype "
             "against a float64 reference on the same rounded inputs (softmax under its mask for an exact "
             "variant, its own reference for an approximation), within a tolerance set by the dtype's unit "
-            "roundoff, N and the largest logit. An approximation's distance from softmax is its method, "
+            "roundoff, N and the size of the logits. An approximation's distance from softmax is its method, "
             "not a fault: it is the approximation chart, never judged here.</p>")
 
     def markdown(self, md_table) -> list[str]:

@@ -1,7 +1,7 @@
 """Exact softmax attention written right once and wrong ten ways: every variant here declares `exact=True`,
 and each `planted-*` but `planted-correct` carries one classic kernel bug that attnbench's correctness gate
-(harness.contract: the doctor, the exactness rows, the report) must catch. `BUGS` names, per variant, the
-checks that catch it.
+(harness.contract: the doctor, the exactness rows, the report) must catch (tests/test_planted_bugs.py says
+which checks catch which bug).
 
 The fast path is FlashAttention's recurrence over blocks of keys (a running maximum and sum), written so
 that each bug is one argument away from the correct kernel.
@@ -18,22 +18,6 @@ from harness.registry import Support, attention_variant
 WINDOW = 16  # the windowed variants' window: smaller than every sequence the checks draw
 BLOCK = 32  # keys per block of the recurrence
 
-# variant -> the contract checks that fail it at float32 (at bfloat16 the same, but for the half-precision
-# accumulation, which is right there)
-REFERENCE = ("random", "peaked", "large_logits", "near_duplicate", "long")
-BUGS = {
-    "planted-missing-scale": (*REFERENCE, "cross", "no_visible_key", "decode"),
-    "planted-causal-offset": ("cross", "no_visible_key", "decode"),
-    "planted-nan-empty-row": ("cross", "no_visible_key"),
-    "planted-uniform-empty-row": ("cross", "no_visible_key"),
-    "planted-wrong-axis": (*REFERENCE, "cross", "no_visible_key", "decode"),
-    "planted-window-off-by-one": (*REFERENCE, "cross", "no_visible_key", "decode"),
-    "planted-half-accumulation": (*REFERENCE, "cross", "no_visible_key", "decode"),
-    "planted-no-max-subtraction": ("large_logits",),
-    "planted-decode-drops-last-key": ("decode",),
-    "planted-transposed-output": (*REFERENCE, "cross", "no_visible_key", "causality"),
-}
-CORRECT = "planted-correct"
 
 
 def visible(n_q: int, n_k: int, causal: bool, window: int | None, device, top_left: bool = False):
@@ -94,7 +78,7 @@ def _register(name: str, description: str, **fields):
 
 # --- the correct one ------------------------------------------------------------------------------------
 
-@_register(CORRECT, "windowed softmax attention, FlashAttention's recurrence: correct",
+@_register("planted-correct", "windowed softmax attention, FlashAttention's recurrence: correct",
            mask_fn=window_mask, defaults={"window": WINDOW})
 def correct(q, k, v, causal=False, window=WINDOW):
     return attend(q, k, v, causal, window=window)
@@ -166,5 +150,3 @@ def transposed_output(q, k, v, causal=False):
     out = attend(q, k, v, causal)
     return out.transpose(1, 2).reshape(out.shape)
 
-
-NAMES = (CORRECT, *BUGS)
