@@ -88,12 +88,11 @@ class Correctness:
 
     def markdown(self, md_table) -> list[str]:
         """The section for summary.md; `md_table(df)` renders a table."""
-        mark = "❌ " if self.failed else ""
-        lines = ["### Correctness", "", f"**{mark}{self.sentence()}**", ""]
-        lines += [f"_{n}_" for n in self.notes()] + ([""] if self.notes() else [])
-        if self.failed:
-            lines += [*md_table(per_variant(self.failures)), ""]
-        return lines
+        notes = "".join(f" _{n}_" for n in self.notes())
+        if not self.failed:
+            return ["### Correctness", f"{self.sentence()}{notes}", ""]
+        table = md_table(per_variant(self.failures))
+        return ["### Correctness", f"**❌ {self.sentence()}**{notes}", "", *table, ""]
 
 
 def _row_failures(rows: pd.DataFrame) -> pd.DataFrame:

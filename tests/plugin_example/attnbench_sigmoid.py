@@ -4,6 +4,8 @@ the bias b = -log(n_k) that keeps the output's scale independent of the length. 
 keys, so a query that sees no key outputs zero.
 
 The fast path works in query chunks (memory O(chunk * N)); the reference materializes the N x N matrix.
+The bias depends on the whole sequence's length, so decoding one token at a time (a KV cache of the
+tokens so far) would compute another function than the causal forward: the plugin declares no decoding.
 """
 
 import math
@@ -11,7 +13,7 @@ import math
 import torch
 
 from harness import flops, masks
-from harness.registry import Support, attention_variant
+from harness.registry import Support, Unsupported, attention_variant
 
 CHUNK = 256
 
@@ -38,8 +40,14 @@ def sigmoid_reference(q, k, v, causal=False):
     return (weights @ v.to(acc)).to(q.dtype)
 
 
+def no_decoding(k, v, capacity=None):
+    raise Unsupported("sigmoid attention's bias -log(n) needs the whole sequence's length: no token-by-token "
+                      "decoding")
+
+
 @attention_variant(
     "sigmoid", family="sigmoid", exact=False, support=Support(), reference=sigmoid_reference,
+    prefill_fn=no_decoding,
     flops=flops.softmax(),  # the same two matmuls per visible pair as softmax attention
     description="sigmoid attention with bias -log(n), query chunks (example plugin)",
 )
