@@ -295,13 +295,15 @@ def test_bad_input_is_a_one_line_value_error():
 def test_profiles_fit_their_documented_budgets_by_the_estimate():
     """Upper estimates (step caps; the criterion stops most trainings earlier): the GPU standard grid at
     the published sizes with 3 seeds within 7 hours, the CPU standard grid within 6.5 hours of one core
-    (results/README.md; the committed run used two processes), quick within 8 minutes."""
+    (results/README.md; the committed run used two processes), quick within 9 minutes."""
     total = sum(s.estimated_seconds(s.plan("standard", "cuda"), "cuda") for s in (A, long_range))
     assert total < 7 * 3600
     cpu = sum(s.estimated_seconds(s.plan("standard", "cpu"), "cpu") for s in (A, long_range))
     assert cpu < 6.5 * 3600
     quick = sum(s.estimated_seconds(s.plan("quick", "cpu"), "cpu") for s in (A, long_range))
-    assert quick < 8 * 60  # 5 minutes before issue 14's seven variants (about 24 s each in quick)
+    # 5 minutes before issue 14's seven variants (about 24 s each in quick), 8 before the correctness
+    # checks (issue 21: about 420 more exactness cases)
+    assert quick < 9 * 60
 
 
 # --- CUDA twins of the CPU paths (skipped without a GPU) -------------------------------------------
