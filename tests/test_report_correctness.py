@@ -94,13 +94,15 @@ def test_fail_on_incorrect_exits_1_after_writing_the_report(monkeypatch, capsys,
 
 
 def test_the_approximation_error_is_its_own_chart_and_never_the_implementation_error(tmp_path):
-    approximate = exactness_row("linear", rel_err=0.7, impl_err=2e-7)
-    report = build([run_with(tmp_path, [exactness_row("vanilla"), approximate])])
+    approximate = exactness_row("linear", rel_err=0.7, impl_err=2e-7, checked_err=3e-7)
+    before_the_gate = {k: v for k, v in exactness_row("performer", rel_err=0.9, impl_err=4e-7).items()
+                       if k not in ("checked_err", "tolerance", "within_tolerance", "check_detail")}
+    report = build([run_with(tmp_path, [exactness_row("vanilla"), approximate, before_the_gate])])
     exact = report.findings.exactness
     implementation = data.implementation_error(exact).set_index("variant").rel_err
     approximation = data.approximation_error(exact).set_index("variant").rel_err
-    assert implementation.to_dict() == {"vanilla": 1e-7, "linear": 2e-7}
-    assert approximation.to_dict() == {"linear": 0.7}
+    assert implementation.to_dict() == {"vanilla": 1e-7, "linear": 3e-7, "performer": 4e-7}
+    assert approximation.to_dict() == {"linear": 0.7, "performer": 0.9}
     charts = {c.name: c for c in report.charts}
     assert {"exactness", "approximation"} <= set(charts)
     assert charts["approximation"].title == "Approximation error" and "not a fault" in charts[

@@ -57,8 +57,8 @@ class Correctness:
         if self.failed:
             variants = sorted(set(self.failures.variant))
             return (f"{len(self.failures)} correctness failure{'s' * (len(self.failures) != 1)} in "
-                    f"{len(variants)} variant{'s' * (len(variants) != 1)} ({', '.join(variants)}): their "
-                    "other figures measure a wrong function.")
+                    f"{len(variants)} variant{'s' * (len(variants) != 1)} ({', '.join(variants)}): there, "
+                    "they do not compute the function they declare.")
         if not self.judged and not self.doctored:
             return "Nothing judged: no exactness row with a tolerance and no doctor result in these runs."
         return (f"Every judged check within its tolerance: {self.judged} exactness rows, "

@@ -35,10 +35,10 @@ CAPTIONS = {
     "tokens": "Tokens processed per second (batch x N / latency).",
     "energy": "Energy per token from the device's power readings during the timed calls.",
     "exactness": "Implementation error: the worst relative error of each variant's output against its "
-                 "float64 reference on the unrounded inputs (the dtype's rounding included), per input kind: "
-                 "softmax under its mask for an exact variant, its own naive reference for an approximation, "
-                 "kernel_reference for a mixer-only family; n/a: not measured for that variant. The "
-                 "Correctness section judges each check against its dtype's tolerance.",
+                 "float64 reference on the same inputs rounded to its dtype, over the dtypes, per input "
+                 "kind: softmax under its mask for an exact variant, its own naive reference for an "
+                 "approximation, kernel_reference for a mixer-only family; n/a: not measured for that "
+                 "variant. The Correctness section judges each against its dtype's tolerance.",
     "approximation": "Approximation error: how far each approximation (not exact softmax attention) is "
                      "from softmax attention, worst relative error per input kind. A property of the method, "
                      "not a fault of the implementation: no tolerance judges it.",
