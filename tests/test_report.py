@@ -284,7 +284,7 @@ def test_html_report_is_self_contained():
     page = report.html.read_text()
     out = report.html.parent
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert len(sources) == len(report.charts) == 11
+    assert len(sources) == len(report.charts) == 12
     for src in sources:
         assert not src.startswith(("/", "http:", "https:", "file:")) and (out / src).is_file()
         assert (out / src).with_suffix(".svg").is_file() and (out / src).stat().st_size > 10_000
