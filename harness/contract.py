@@ -103,9 +103,14 @@ class Outcome:
         """The verdict in one line, naming the check."""
         return f"{self.check}: {self.detail}"
 
+    @property
+    def finite_error(self) -> float | None:
+        """The error, None where there is none or it is NaN (strict JSON has no NaN)."""
+        return self.error if self.error is not None and math.isfinite(self.error) else None
+
     def summary(self) -> dict[str, Any]:
         """The verdict without its tensors (JSON-able)."""
-        return {"check": self.check, "status": self.status, "detail": self.detail, "error": self.error,
+        return {"check": self.check, "status": self.status, "detail": self.detail, "error": self.finite_error,
                 "tolerance": self.tolerance}
 
 

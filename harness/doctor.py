@@ -98,8 +98,8 @@ def check(v, device: str) -> Check:
     outcomes = [(dtype, _outcome(v, name, dtype, device, causal)) for name, dtype in plan]
     status, detail, (dtype, about) = _summary(outcomes)
     checks = [{**o.summary(), "dtype": registry.dtype_name(d)} for d, o in outcomes]
-    return Check(v.name, status, detail, backend, registry.dtype_name(dtype), about.error, about.tolerance,
-                 checks)
+    return Check(v.name, status, detail, backend, registry.dtype_name(dtype), about.finite_error,
+                 about.tolerance, checks)
 
 
 def run(device: str, names: list[str] | None = None) -> dict[str, Any]:
