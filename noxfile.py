@@ -1,5 +1,6 @@
-"""Sessions: `nox -s tests` (CPU test suite), `nox -s lint`, `nox -s bench` (every suite, then the report),
-`nox -s gpu-smoke` (a new GPU runner's first minutes; docs/gpu.md).
+"""Sessions: `nox -s tests` (CPU test suite), `nox -s lint`, `nox -s bench` (every suite, then the report,
+which fails the session when a variant computes the wrong function), `nox -s gpu-smoke` (a new GPU runner's
+first minutes; docs/gpu.md).
 
 On a pre-provisioned GPU runner with no network, run in the current environment instead of a new
 virtualenv: `nox --no-venv -s bench` (installs are skipped; the environment must already hold the
@@ -47,7 +48,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Every suite on the default device (cuda when present), then the report.
+    """Every suite on the default device (cuda when present), then the report, which fails the session
+    (`--fail-on-incorrect`) when its Correctness section lists an exactness check outside its tolerance or a
+    doctor failure: the figures of a variant that computes the wrong function are not findings.
 
     `nox -s bench -- --profile standard --out results/my-run` passes options to every suite. The run
     directory defaults to results/bench-<device>-<profile>, so running the same command again resumes
@@ -56,7 +59,8 @@ def bench(session: nox.Session) -> None:
     install(session)
     device = _option(session.posargs, "--device") or session.run("python", "-c", PROBE, silent=True).strip()
     for command in bench_commands(list(session.posargs), device):
-        # The doctor exits 1 when a variant fails its parity smoke: the suites then record it row by row.
+        # The doctor exits 1 when a variant fails a contract check: the suites still run (their exactness
+        # rows say which cases are wrong) and the report, which keeps the doctor's result, fails the session.
         session.run(*command, success_codes=[0, 1] if command[1] == "doctor" else [0])
 
 
@@ -89,7 +93,8 @@ def _option(args: list[str], name: str) -> str | None:
 
 
 def bench_commands(args: list[str], device: str) -> list[list[str]]:
-    """The commands of `nox -s bench -- ARGS`: the doctor, each suite into one run directory, the report.
+    """The commands of `nox -s bench -- ARGS`: the doctor, each suite into one run directory, the report
+    (exit 1 on a correctness failure).
 
     The doctor goes first (a broken library shows in one table, kept in the run's environment.json).
     `--fresh` goes to the first suite only (it clears the directory the other suites then add to), and
@@ -105,4 +110,4 @@ def bench_commands(args: list[str], device: str) -> list[list[str]]:
     runs = [["attnbench", "run", "--suite", suite, *args, *(["--fresh"] if fresh and i == 0 else [])]
             for i, suite in enumerate(SUITES)]
     first = [runs[0], doctor] if fresh else [doctor, runs[0]]
-    return [*first, *runs[1:], ["attnbench", "report", out]]
+    return [*first, *runs[1:], ["attnbench", "report", out, "--fail-on-incorrect"]]

@@ -262,16 +262,18 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
 def doctor(
     device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
     out: Annotated[str | None, typer.Option(help="Run directory to keep the result in")] = None,
+    variant: Annotated[list[str] | None, typer.Option("--variant", "-v", help="Only these variants")] = None,
 ) -> None:
-    """Optional packages, GPU, driver and CUDA, and a parity smoke of every variant's fast path against
-    its reference. Exit code 1 when a supported variant fails."""
+    """Optional packages, GPU, driver and CUDA, and every variant through the registry's contract checks
+    (harness.contract) on the device. Exit code 1 when a supported variant fails one."""
     from harness import doctor as checkup
 
     device = checked_device(device)
+    names = checked_variants(variant)
     out = validate.output_dir(out)
     if out is not None:
         errors.log_to(out)
-    result = checkup.run(device)
+    result = checkup.run(device, names or None)
     Console(width=max(console.width, 160)).print(checkup.table(result))
     if out is not None:
         checkup.save(result, out)

@@ -30,8 +30,12 @@ def report(
     pareto_n: Annotated[int | None, typer.Option(help="Length of the quality-vs-throughput chart")] = None,
     fail_on_regression: Annotated[bool, typer.Option(
         "--fail-on-regression", help="Exit with code 1 when --compare finds a regression (for CI)")] = False,
+    fail_on_incorrect: Annotated[bool, typer.Option(
+        "--fail-on-incorrect", help="Exit with code 1 when the Correctness section lists a failure: an "
+        "exactness check outside its tolerance or a doctor failure (for CI)")] = False,
 ) -> None:
-    """Render charts, report.html and summary.md; print the path of report.html."""
+    """Render charts, report.html and summary.md; print the path of report.html. The exit codes of the
+    --fail-on options come after the report is written."""
     from harness.report import render
 
     paths = list({p.resolve(): p for p in (validate.input_path(r, "RESULTS") for r in results)}.values())
@@ -50,8 +54,11 @@ def report(
     if built.comparison is not None:
         n = len(built.comparison.regressions)
         print(f"{n} regression{'s' * (n != 1)} beyond {threshold:.0%} against {compare}", file=sys.stderr)
+    if built.correctness.failed:
+        print(built.correctness.sentence(), file=sys.stderr)
     print(built.html)
-    if fail_on_regression and len(built.comparison.regressions):
+    regressed = fail_on_regression and len(built.comparison.regressions)
+    if regressed or (fail_on_incorrect and built.correctness.failed):
         raise typer.Exit(1)
 
 

@@ -1,41 +1,46 @@
-"""`attnbench doctor`: is this machine ready to benchmark? One table, in the first minute of a run.
+"""`attnbench doctor`: is this machine ready to benchmark, and does every variant honour its contract?
 
-It lists the optional packages and their versions, the device, driver and CUDA, then runs every
-registered variant once on the device, small, and compares its fast path with its reference:
-- attention: `attention_reference` in float64 on the CPU (softmax under the variant's own mask for the
-  exact ones, the declared naive twin for the others);
-- mixers (mamba, the recurrent families): the same module, weights copied, on the CPU in float64, and
-  the declared core `kernel` against its `kernel_reference`.
-Each variant passes, fails (with the error, or how far off it is) or is unsupported (with the reason).
-A failure is a broken library or a wrong call into one: `nox -s bench` runs the doctor first and keeps
-its result in the run's environment.json.
+One table, in the first minutes of a run. It lists the optional packages and their versions, the device,
+driver and CUDA, then puts every registered variant, plugins included, through the checks of
+harness.contract on the device, small: the float64 reference on random, peaked, large-logit,
+near-duplicate and long inputs (softmax under its mask for an exact variant, its declared reference for an
+approximation), Nq != Nk alignment, zeros for a query with no visible key, causality, decode against the
+full forward, and for a mixer-only family its kernel and its whole block. Every check runs in the first
+dtype of the device the variant takes (bfloat16 on CUDA, float32 on the CPU); the reference check also in
+the others, so that an fp32 call computing in half precision fails. Each variant passes, fails (the first
+failed check in one line) or is unsupported (with the reason). A failure is a wrong kernel, a broken
+library or a wrong call into one: `nox -s bench` runs the doctor first and keeps its result in the run's
+environment.json, the report lists its failures in its Correctness section, and
+`attnbench report --fail-on-incorrect` exits 1 on them.
 """
 
 from __future__ import annotations
 
-import copy
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-from harness import env, registry, store
+from harness import compiling, contract, env, registry, store
 
-BATCH, HEADS, SEQ_LEN, HEAD_DIM = 1, 2, 256, 64
-# Largest |fast - reference| / max |reference| a pass allows, by the dtype the fast path runs in.
-TOLERANCE = {torch.float32: 5e-3, torch.float16: 2e-2, torch.bfloat16: 6e-2, torch.float64: 1e-6}
+BATCH, HEADS, SEQ_LEN, HEAD_DIM = 1, 2, 128, 64
+LENGTHS = {"long": 1024}  # N of the checks that do not run at SEQ_LEN
 DEVICE_DTYPES = {"cuda": (torch.bfloat16, torch.float16, torch.float32), "cpu": (torch.float32,)}
 
 
 @dataclass
 class Check:
+    """One variant's verdict: its status, one line (the first failed check, or a summary), and every check."""
+
     variant: str
     status: str  # "pass", "fail" or "unsupported"
     detail: str
     backend: str
-    dtype: str | None = None
-    error: float | None = None  # max |fast - reference| / max |reference|
+    dtype: str | None = None  # the dtype every check ran in (or the failed check's)
+    error: float | None = None  # the failed check's error (else the worst), relative to the float64 reference
+    tolerance: float | None = None  # ... and its tolerance
+    checks: list[dict[str, Any]] = field(default_factory=list)  # contract.Outcome.summary() and dtype
 
 
 def packages() -> dict[str, str | None]:
@@ -48,73 +53,61 @@ def machine(device: str) -> dict[str, Any]:
             "driver": env.nvidia_driver() if cuda else None, "cuda": torch.version.cuda}
 
 
-def _inputs(device: str, dtype: torch.dtype):
-    g = torch.Generator().manual_seed(0)
-    make = lambda: torch.randn(BATCH, HEADS, SEQ_LEN, HEAD_DIM, generator=g)  # noqa: E731
-    return tuple(make().to(device=device, dtype=dtype) for _ in range(3))
+def _outcome(v, check: str, dtype: torch.dtype, device: str, causal: bool) -> contract.Outcome:
+    """One contract check; an exception is its failure (a broken kernel or a wrong call into a library)."""
+    setting = contract.Setting(n=LENGTHS.get(check, SEQ_LEN), dtype=dtype, device=device, causal=causal,
+                               batch=BATCH, n_heads=HEADS, head_dim=HEAD_DIM)
+    try:
+        return contract.run(v, check, setting)
+    except Exception as e:
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        text = (str(e).strip().splitlines() or [""])[0]
+        line = f"{type(e).__name__}: {text} (at {where.filename}:{where.lineno})"
+        return contract.Outcome(check, "fail", line[:500])
 
 
-def _attention_pair(v, device: str, dtype: torch.dtype):
-    """attention() on the device against attention_reference() on the CPU in float64."""
-    q, k, val = _inputs(device, dtype)
-    out = v.attention(q, k, val, causal=True)
-    return out, v.attention_reference(*(t.cpu().double() for t in (q, k, val)), causal=True)
+Ran = tuple[torch.dtype, contract.Outcome]  # a check's outcome and the dtype it ran in
 
 
-def _mixer_pair(v, device: str, dtype: torch.dtype):
-    """The mixer on the device against the same module (weights copied) on the CPU in float64."""
-    d_model = HEADS * HEAD_DIM
-    torch.manual_seed(0)
-    mixer = v.mixer(d_model, HEADS, causal=True)
-    twin = copy.deepcopy(mixer).double()
-    x = torch.randn(BATCH, SEQ_LEN, d_model, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        return mixer.to(device=device, dtype=dtype)(x.to(device=device, dtype=dtype)), twin(x.double())
-
-
-def _kernel_pair(v, device: str, dtype: torch.dtype):
-    """A mixer family's core kernel against its naive twin in float64, on the same inputs."""
-    inputs = v.kernel_inputs(BATCH, HEADS, SEQ_LEN, HEAD_DIM, torch.Generator().manual_seed(0), dtype=dtype)
-    on_device = {k: t.to(device) if torch.is_tensor(t) else t for k, t in inputs.items()}
-    as64 = {k: t.cpu().double() if torch.is_tensor(t) else t for k, t in inputs.items()}
-    return v.kernel(**on_device), v.kernel_reference(**as64)
-
-
-def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.cpu().double() - ref).abs().max() / ref.abs().max().clamp(min=1e-12))
+def _summary(outcomes: list[Ran]) -> tuple[str, str, Ran]:
+    """(status, one line, the outcome the line is about) of a variant's checks."""
+    failed = [(d, o) for d, o in outcomes if o.status == "fail"]
+    ran = [(d, o) for d, o in outcomes if o.status == "pass"]
+    if failed:
+        others = [o.check for _, o in failed[1:]]
+        more = f"; {len(others)} more failed ({', '.join(others)})" if others else ""
+        return "fail", failed[0][1].line() + more, failed[0]
+    if not ran:
+        return "unsupported", outcomes[0][1].detail, outcomes[0]
+    worst = max(ran, key=lambda pair: pair[1].error / pair[1].tolerance)
+    skipped = [o.check for _, o in outcomes if o.status == "unsupported"]
+    line = (f"{len(ran)} checks within tolerance (worst {worst[1].check}: error {worst[1].error:.1e} of "
+            f"{worst[1].tolerance:.1e})" + (f"; not run: {', '.join(skipped)}" if skipped else ""))
+    return "pass", line, worst
 
 
 def check(v, device: str) -> Check:
-    """One variant's smoke: its fast path on `device` against its reference."""
+    """One variant through the contract's checks on `device` (module docstring)."""
     backend = v.backend_for(device)
-    dtypes = [d for d in DEVICE_DTYPES[device] if v.supports(device, d, HEAD_DIM, True)[0]]
+    causal = v.support.causal
+    dtypes = [d for d in DEVICE_DTYPES[device] if v.supports(device, d, HEAD_DIM, causal)[0]]
     if not dtypes:
-        return Check(v.name, "unsupported", v.supports(device, DEVICE_DTYPES[device][0], HEAD_DIM, True)[1],
+        return Check(v.name, "unsupported", v.supports(device, DEVICE_DTYPES[device][0], HEAD_DIM, causal)[1],
                      backend)
-    dtype = dtypes[0]
-    try:
-        with torch.no_grad():
-            if v.attention_fn is not None:
-                error = _relative_error(*_attention_pair(v, device, dtype))
-            else:  # the whole block, and the core kernel where the family declares one
-                error = _relative_error(*_mixer_pair(v, device, dtype))
-                if v.kernel is not None:
-                    error = max(error, _relative_error(*_kernel_pair(v, device, dtype)))
-    except registry.Unsupported as e:
-        return Check(v.name, "unsupported", str(e), backend, registry.dtype_name(dtype))
-    except Exception as e:  # a broken kernel or a wrong call into a library: that is the finding
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        text = (str(e).strip().splitlines() or [""])[0]
-        return Check(v.name, "fail", f"{type(e).__name__}: {text} (at {where.filename}:{where.lineno})"[:500],
-                     backend, registry.dtype_name(dtype))
-    passed = error <= TOLERANCE[dtype]  # NaN fails
-    detail = f"max error {error:.1e} of max |reference| (tolerance {TOLERANCE[dtype]:.0e})"
-    return Check(v.name, "pass" if passed else "fail", detail, backend, registry.dtype_name(dtype), error)
+    plan = [(name, dtypes[0]) for name in contract.applicable(v)] + [("random", d) for d in dtypes[1:]]
+    outcomes = [(dtype, _outcome(v, name, dtype, device, causal)) for name, dtype in plan]
+    status, detail, (dtype, about) = _summary(outcomes)
+    checks = [{**o.summary(), "dtype": registry.dtype_name(d)} for d, o in outcomes]
+    return Check(v.name, status, detail, backend, registry.dtype_name(dtype), about.finite_error,
+                 about.tolerance, checks)
 
 
-def run(device: str) -> dict[str, Any]:
-    """The doctor's findings as one JSON-able dict; `ok` is False when a supported variant failed."""
-    checks = [check(v, device) for v in registry.all_variants()]
+def run(device: str, names: list[str] | None = None) -> dict[str, Any]:
+    """The doctor's findings as one JSON-able dict; `ok` is False when a supported variant failed.
+    `names`: only these variants (default: every registered one)."""
+    variants = [registry.get(n) for n in names] if names else registry.all_variants()
+    compiling.allow_recompiles(device)  # the checks' shapes (Nq != Nk, each decoded token) are many
+    checks = [check(v, device) for v in variants]
     return {**machine(device), "packages": packages(), "variants": [asdict(c) for c in checks],
             "ok": all(c.status != "fail" for c in checks)}
 

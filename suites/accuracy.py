@@ -1,10 +1,8 @@
 """Accuracy suite: how exact each variant is (Part A), and what a small model built on it learns (Part B).
 
-Part A (task "exactness", no training): every attention variant and dtype against float64 softmax
-attention (under the variant's own mask for masked families) on random, peaked (large logits), long and
-nearly-duplicate-key inputs; linear and performer against softmax as N and nb_features grow; masked
-families also report how far their pattern is from full attention. Mamba has no attention: its
-selective scan is held to the float64 recurrence instead.
+Part A (task "exactness", no training) is suites.exactness: every variant and dtype through the checks
+of harness.contract, each row judged against its dtype's tolerance (the correctness gate), with the
+approximation error of the approximations measured apart.
 
 Part B (learned tasks): MQAR, selective copying, induction heads, passkey retrieval and ListOps, one
 small model per (task, variant, config, seed, learning rate), trained until its validation accuracy
@@ -33,28 +31,24 @@ import torch
 from pydantic import Field, model_validator
 
 from harness import compiling, registry
-from harness.attention import causal_mask, softmax_attention
 from harness.config import ADDED_LATER, Case
 from harness.context import RunContext
 from harness.registry import as_dtype, dtype_name
-from harness.runner import check_finite
-from suites import estimate, findings, grids
+from suites import estimate, exactness, findings, grids
 from suites import model as lm
 from suites import recipes as recipe_book
+from suites.exactness import ExactnessCase
 from suites.findings import EXPERIMENTS
-from suites.grids import TaskSpec
+from suites.grids import TaskSpec, variant_params
 from suites.learning_rate import SWEEP_SEED, choose_lr
-from suites.tasks import Task, held_out_set, make_task, train_batches, validation_set
+from suites.tasks import Task, held_out_set, train_batches, validation_set
+from suites.tasks.factory import make_task
 from suites.tasks.passkey import Passkey
 
 TIMEOUT_S = 900.0
 OPTIONS = ("seeds", "findings", "criterion")  # plan's learned-task options (--seeds, --finding, --criterion)
 TASKS = ("mqar", "selective_copy", "induction", "passkey", "listops")
 CLASSIFICATION_TASKS = ("listops",)  # posed as LRA poses ListOps: a bidirectional encoder and a classifier
-INPUT_KINDS = ("random", "peaked", "long", "near_duplicate")
-DTYPES = ("float64", "float32", "float16", "bfloat16")
-PEAK_SCALE = 4.0  # "peaked": q and k times 4, so logits have a standard deviation of about 16
-DUPLICATE_KEYS, DUPLICATE_NOISE = 4, 1e-3  # "near_duplicate": keys are 4 vectors plus 1e-3 noise
 EVAL_TOKENS = {"cpu": 8192, "cuda": 32768}  # tokens per evaluation batch
 MAX_SEEDS = 100  # more would plan millions of trainings: a typo, not an experiment
 
@@ -65,25 +59,6 @@ class AccuracyCase(Case):
     suite: Literal["accuracy", "long-range"] = "accuracy"
     task: str
     seed: int = Field(0, ge=0)
-
-
-class ExactnessCase(AccuracyCase):
-    """Part A: one variant, dtype and input against the float64 reference."""
-
-    task: Literal["exactness"] = "exactness"
-    input_kind: Literal["random", "peaked", "long", "near_duplicate"]
-    seq_len: int = Field(gt=0)
-    head_dim: int = Field(64, gt=0)
-    n_heads: int = Field(2, gt=0)
-    batch: int = Field(1, gt=0)
-    causal: bool = True
-
-    def describe(self) -> str:
-        extra = "".join(f" {k}={v}" for k, v in sorted(self.params.items()))
-        return f"exactness {self.variant} {self.dtype} {self.input_kind} N={self.seq_len}" + extra
-
-    def oom_key(self):
-        return (self.variant, self.dtype, self.causal, json.dumps(self.params, sort_keys=True)), self.seq_len
 
 
 class TaskCase(AccuracyCase):
@@ -202,11 +177,6 @@ class TaskCase(AccuracyCase):
 
 # --- plans ----------------------------------------------------------------------------------------
 
-def variant_params(profile: str, name: str) -> dict:
-    """The quick profile runs each variant at its small_params (patterns still sparse at short N)."""
-    return dict(registry.get(name).small_params) if profile == "quick" else {}
-
-
 def learned_dtype(name: str, device: str) -> str:
     """bf16 autocast on CUDA where the variant takes bf16 there, else float32; float32 on CPU."""
     if device == "cuda" and torch.bfloat16 in registry.get(name).support.dtypes.get("cuda", ()):
@@ -249,33 +219,6 @@ def task_cases(specs: list[TaskSpec], suite: str, device: str, names: list[str] 
                 for seq_len, depth in evaluations:
                     cases.append(TaskCase(**trained, seq_len=seq_len, depth=depth))
     return cases
-
-
-def exactness_cases(profile: str, device: str, names: list[str]) -> list[ExactnessCase]:
-    grid, cases = grids.exactness_grid(profile, device), []
-    for name in names:
-        v, params = registry.get(name), variant_params(profile, name)
-        kinds = INPUT_KINDS if v.attention_fn is not None else ("random", "long")  # a scan has no keys
-        for kind, n in grid.points:
-            if kind not in kinds:
-                continue
-            for dtype in DTYPES:
-                both = kind == "random" and grid.non_causal and v.support.non_causal
-                for causal in (False, True) if both else (True,):
-                    cases.append(ExactnessCase(variant=name, device=device, dtype=dtype, params=params,
-                                               input_kind=kind, seq_len=n, causal=causal))
-        if v.attention_fn is None:
-            continue
-        for n in grid.n_sweep:
-            cases.append(ExactnessCase(variant=name, device=device, dtype="float32", params=params,
-                                       input_kind="random", seq_len=n, causal=True))
-        if v.family == "performer":
-            for m in grid.nb_features_sweep:
-                for causal in (False, True) if grid.non_causal else (True,):
-                    cases.append(ExactnessCase(variant=name, device=device, dtype="float32",
-                                               params={**params, "nb_features": m}, input_kind="random",
-                                               seq_len=grid.nb_features_len, causal=causal))
-    return list({c.case_id: c for c in cases}.values())  # sweeps may repeat a grid point
 
 
 def check_profile(profile: str) -> None:
@@ -328,84 +271,16 @@ def chosen_specs(suite: str, profile: str, device: str, seeds: int | None = None
 
 def plan(profile: str, device: str, variants: list[str] | None = None, seq_lens: list[int] | None = None,
          dtypes: list[str] | None = None, seeds: int | None = None, findings: list[str] | None = None,
-         criterion: float | None = None) -> list[AccuracyCase]:
+         criterion: float | None = None) -> list[ExactnessCase | AccuracyCase]:
     """Part A and Part B of a profile; `findings` keeps only those experiments (and no Part A)."""
     check_profile(profile)
     specs = chosen_specs("accuracy", profile, device, seeds, findings, criterion)
     names = selected_variants(variants)
     if profile == "standard" and not variants:
         names = [n for n in names if n not in grids.STANDARD_EXACTNESS_SKIPPED]
-    cases = [] if findings else exactness_cases(profile, device, names)
+    cases = [] if findings else exactness.cases(profile, device, names)
     cases += task_cases(specs, "accuracy", device, learned_variants(variants), profile)
     return filtered(cases, seq_lens, dtypes)
-
-
-# --- Part A: exactness ----------------------------------------------------------------------------
-
-def exactness_inputs(case: ExactnessCase) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v (batch, heads, seq, head_dim) in float64 on the case's device, deterministic by seed."""
-    g = torch.Generator().manual_seed(case.seed)
-    shape = (case.batch, case.n_heads, case.seq_len, case.head_dim)
-    q, k, v = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3))
-    if case.input_kind == "peaked":
-        q, k = q * PEAK_SCALE, k * PEAK_SCALE
-    elif case.input_kind == "near_duplicate":
-        base = torch.randn(*shape[:2], DUPLICATE_KEYS, shape[-1], generator=g, dtype=torch.float64)
-        k = base[..., torch.arange(case.seq_len) % DUPLICATE_KEYS, :] + DUPLICATE_NOISE * k
-    return q.to(case.device), k.to(case.device), v.to(case.device)
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """Frobenius-norm relative error; 0 when both are zero."""
-    ref_norm = float(ref.norm())
-    diff = float((out - ref).norm())
-    return diff / ref_norm if ref_norm > 0 else diff
-
-
-def error_columns(out: torch.Tensor, ref: torch.Tensor) -> dict:
-    out = out.double()
-    return {"max_abs_err": float((out - ref).abs().max()), "rel_err": relative_error(out, ref)}
-
-
-def attention_exactness(case: ExactnessCase, v) -> dict:
-    params = {**v.defaults, **case.params}
-    q, k, val = exactness_inputs(case)
-    n = case.seq_len
-    full = softmax_attention(q, k, val, causal_mask(n, n, q.device) if case.causal else None)
-    row = {"reference": "softmax", "full_attention_err": None, "impl_err": None,
-           "nb_features": params.get("nb_features")}
-    reference = full
-    if v.mask is not None:
-        mask = v.mask(n, n, causal=case.causal, n_heads=q.shape[1], **params)  # (heads,) n, n
-        reference = softmax_attention(q, k, val, mask.to(q.device))
-        row |= {"reference": "masked_softmax", "full_attention_err": relative_error(reference, full)}
-    dt = case.torch_dtype
-    out = v.attention(q.to(dt), k.to(dt), val.to(dt), causal=case.causal, **case.params)
-    check_finite(case.variant, out)
-    if not v.exact:  # an approximation: also against its own float64 naive twin (rounding and the fast path)
-        own = v.attention_reference(q, k, val, causal=case.causal, **case.params)
-        row["impl_err"] = relative_error(out.double(), own)
-    return row | error_columns(out, reference)
-
-
-def kernel_exactness(case: ExactnessCase, v) -> dict:
-    """A mixer-only family: its kernel in this dtype against its float64 naive twin on the same inputs."""
-    g = torch.Generator().manual_seed(case.seed)
-    inputs = v.kernel_inputs(case.batch, case.n_heads, case.seq_len, case.head_dim, g, dtype=case.torch_dtype)
-    inputs = {k: t.to(case.device) if torch.is_tensor(t) else t for k, t in inputs.items()}
-    as64 = {k: t.double() if torch.is_tensor(t) else t for k, t in inputs.items()}
-    reference = v.kernel_reference(**as64)
-    out = v.kernel(**inputs)
-    check_finite(case.variant, out)
-    return {"reference": "kernel_reference", "full_attention_err": None, "impl_err": None,
-            "nb_features": None, **error_columns(out, reference)}
-
-
-def run_exactness(case: ExactnessCase) -> dict:
-    v = registry.get(case.variant)
-    with torch.no_grad():
-        metrics = attention_exactness(case, v) if v.attention_fn is not None else kernel_exactness(case, v)
-    return metrics
 
 
 # --- Part B: learned tasks ------------------------------------------------------------------------
@@ -568,7 +443,8 @@ def run_task(case: TaskCase, context: RunContext) -> dict:
 def run_case(case: AccuracyCase, context: RunContext) -> dict:
     compiling.allow_recompiles(case.device)
     if isinstance(case, ExactnessCase):
-        return run_exactness(case)
+        with torch.no_grad():
+            return exactness.run(case)
     return run_task(case, context)
 
 

@@ -12,9 +12,13 @@ these suites yet).
 from __future__ import annotations
 
 from harness import registry
+from suites.exactness import CHECK_KINDS
 
 CASE_OVERHEAD_S = {"cpu": 0.05, "cuda": 0.1}  # row write, pipe, cache clearing
-EXACTNESS_S = {"cpu": 0.1, "cuda": 0.1}  # one Part A case, excluding compilation
+EXACTNESS_S = {"cpu": 0.1, "cuda": 0.1}  # one Part A case that measures rel_err, excluding compilation
+# One of Part A's other checks (suites.exactness.CHECK_KINDS) at the grid's short N: 0.01-0.04 s of CPU time
+# measured here for every family (a few calls of N = 128); CUDA assumed like the others.
+CHECK_S = {"cpu": 0.03, "cuda": 0.1}
 WARMUP_S = {"cpu": 0.1, "cuda": 0.5}  # first training step of a model (cuBLAS, allocator)
 FLEX_COMPILE_S = 15.0  # torch.compile of FlexAttention (block mask included) for one new shape, CUDA only
 FLEX_STATIC_SHAPES = 2  # dynamo compiles a shape, recompiles once with dynamic sizes, then reuses that
@@ -59,6 +63,10 @@ def training_seconds(case, device: str) -> float:
     return steps * step + steps / case.validate_every * validation + WARMUP_S[device]
 
 
+def exactness_seconds(case, device: str) -> float:
+    return (CHECK_S if case.input_kind in CHECK_KINDS else EXACTNESS_S)[device]
+
+
 def flex_compilations(case, device: str) -> list[tuple]:
     """The FlexAttention compile keys a case can trigger: (variant, dtype, phase, causal) with a shape."""
     if device != "cuda" or not registry.get(case.variant).backend_for(device).startswith("flex"):
@@ -77,7 +85,7 @@ def estimated_seconds(cases: list, device: str) -> float:
         if case.torch_dtype not in registry.get(case.variant).support.dtypes.get(device, ()):
             continue  # recorded unsupported without running
         if case.task == "exactness":
-            total += EXACTNESS_S[device]
+            total += exactness_seconds(case, device)
         else:
             if case.training_key() not in trained:
                 trained.add(case.training_key())
@@ -100,7 +108,7 @@ def case_cost(case) -> float:
     training length and the first depth, which the profiles all plan; the others cost their evaluation."""
     device, seconds = case.device, CASE_OVERHEAD_S[case.device]
     if case.task == "exactness":
-        return seconds + EXACTNESS_S[device]
+        return seconds + exactness_seconds(case, device)
     if case.seq_len == case.train_seq_len and case.depth in (None, 0.0):
         seconds += training_seconds(case, device) + data_seconds(case)
     return seconds + step_seconds(case, device, case.n_test * case.seq_len, case.seq_len, FORWARD_SHARE)

@@ -41,7 +41,8 @@ import pandas as pd
 from suites import grids, intervals, recipes
 from suites.intervals import Estimate
 from suites.learning_rate import SWEEP_SEED, choose_lr
-from suites.tasks import baselines, held_out_set, make_task
+from suites.tasks import baselines, held_out_set
+from suites.tasks.factory import make_task
 
 FINDINGS_FILE = "findings.json"
 SOLVED = 0.9  # MQAR: softmax attention "solves" a configuration at or above this

@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from harness import registry
+
 # Learned tasks in the GPU standard profile: the variants of the published findings. Flash computes
 # vanilla's function; longformer-banded computes longformer's without FlexAttention's compilation, which
 # the 20 minutes cannot afford for every training shape; the sparse family trains in quick and full.
@@ -91,6 +93,11 @@ CPU_EXACTNESS = {  # the CPU standard profile: the same kinds, at lengths a 2-co
     "standard": ExactnessGrid((("random", 512), ("peaked", 512), ("near_duplicate", 512), ("long", 4096)),
                               (128, 1024, 4096), (16, 64, 256, 1024), 512, non_causal=False),
 }
+
+
+def variant_params(profile: str, name: str) -> dict:
+    """The quick profile runs each variant at its small_params (patterns still sparse at short N)."""
+    return dict(registry.get(name).small_params) if profile == "quick" else {}
 
 
 def exactness_grid(profile: str, device: str) -> ExactnessGrid:

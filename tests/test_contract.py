@@ -1,29 +1,21 @@
-"""The registry contract that every variant honours, whatever its family."""
+"""The registry contract that every variant honours, whatever its family.
+
+The checks of the contract's behaviour (the float64 reference per dtype, Nq != Nk, no visible key,
+causality, decode) live in harness.contract, which the doctor and the exactness suite also run: here every
+registered variant goes through them on the CPU. The declaration's own promises are tested below.
+"""
 
 import itertools
 
 import pytest
 import torch
 
-from harness import masks, registry
+from harness import contract, registry
 from harness.attention import softmax_attention
-from harness.registry import ALL_FLOAT, Unsupported, package_available
-from tests.conftest import TOLERANCE, attention_variants, qkv, skip_unless_cpu_runnable
+from harness.registry import ALL_FLOAT, package_available
+from tests.conftest import TOLERANCE, qkv, skip_unless_cpu_runnable
 
 ALL = registry.names()
-ATTENTION = [v.name for v in attention_variants()]
-
-
-def reference(v, q, k, val, causal):
-    """Float64 softmax attention under the variant's own mask (or plain causal)."""
-    n_q, n_k = q.shape[-2], k.shape[-2]
-    if v.mask is not None:
-        mask = v.mask(n_q, n_k, causal=causal, **v.defaults)
-    elif causal:
-        mask = masks.dense(masks.causal(), n_q, n_k)
-    else:
-        mask = None
-    return softmax_attention(q.double(), k.double(), val.double(), mask)
 
 
 def test_names_sorted_and_unknown_name_lists_valid_ones():
@@ -100,63 +92,32 @@ def test_declares_family_and_exactness(name):
         assert v.exact or v.reference is not None
 
 
-@pytest.mark.parametrize("name", [n for n in ATTENTION if registry.get(n).exact])
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("shape", [(100, 100), (37, 100), (100, 37)], ids=["square", "short-q", "long-q"])
-def test_exact_variants_match_float64_reference(name, causal, shape):
-    v = registry.get(name)
-    n_q, n_k = shape
-    skip_unless_cpu_runnable(v, causal=causal)
-    if n_q != n_k and not v.support.cross:
-        with pytest.raises(Unsupported):
-            v.attention(*qkv(n_q=n_q, n_k=n_k), causal=causal)
-        return
-    q, k, val = qkv(n_q=n_q, n_k=n_k)
-    torch.testing.assert_close(
-        v.attention(q, k, val, causal=causal).double(), reference(v, q, k, val, causal),
-        **TOLERANCE[torch.float32],
-    )
-
-
-@pytest.mark.parametrize("name", [n for n in ATTENTION if registry.get(n).exact])
-def test_exact_variants_in_bfloat16(name):
-    v = registry.get(name)
-    skip_unless_cpu_runnable(v, dtype=torch.bfloat16, causal=True)
-    q, k, val = qkv(n_q=128, dtype=torch.bfloat16)
-    out = v.attention(q, k, val, causal=True)
-    assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.double(), reference(v, q, k, val, True), **TOLERANCE[torch.bfloat16])
-
-
-@pytest.mark.parametrize("name", ATTENTION)
-def test_causal_attention_never_looks_ahead(name):
-    v = registry.get(name)
-    skip_unless_cpu_runnable(v, causal=True)
-    q, k, val = qkv(n_q=96)
-    t = 70
-    out = v.attention(q, k, val, causal=True)
-    k2, v2 = k.clone(), val.clone()
-    k2[..., t:, :] += 3.0 * torch.randn_like(k2[..., t:, :])
-    v2[..., t:, :] += 3.0 * torch.randn_like(v2[..., t:, :])
-    out2 = v.attention(q, k2, v2, causal=True)
-    torch.testing.assert_close(out2[..., :t, :], out[..., :t, :], atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(out2[..., t:, :], out[..., t:, :], atol=1e-3)
+def declared_unsupported(v, check: str, dtype: torch.dtype) -> bool:
+    """Whether the variant's declaration rules the check out on the CPU (so it may not run)."""
+    if not v.supports("cpu", dtype, 64, True)[0] and not v.supports("cpu", dtype, 64, False)[0]:
+        return True
+    if check in ("cross", "no_visible_key") or (check == "decode" and v.attention_fn is not None):
+        return not v.support.cross  # a decoded token is one query against the cache's keys
+    return check == "decode" and not hasattr(v.mixer(64, 2), "prefill")
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_causal_mixer_never_looks_ahead(name):
+@pytest.mark.parametrize("check", contract.CHECKS)
+def test_every_variant_honours_the_contract_on_the_cpu(name, check):
+    """Each check of harness.contract in float32 (the reference kinds of attention in bfloat16 too: the
+    exactness suite runs every dtype), at a short length with the quick profile's parameters (a window or
+    block smaller than the sequence): pass, or unsupported where the declaration says so."""
     v = registry.get(name)
-    skip_unless_cpu_runnable(v, causal=True)
-    mixer = v.mixer(64, 2).eval()
-    x = torch.randn(2, 80, 64)
-    t = 50
-    x2 = x.clone()
-    x2[:, t:] += torch.randn_like(x2[:, t:])
-    with torch.no_grad():
-        y, y2 = mixer(x), mixer(x2)
-    assert y.shape == x.shape
-    torch.testing.assert_close(y2[:, :t], y[:, :t], atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(y2[:, t:], y[:, t:], atol=1e-4)
+    if check not in contract.applicable(v):
+        assert contract.run(v, check, contract.Setting(n=100, dtype=torch.float32)).status == "unsupported"
+        return
+    both = check in contract.REFERENCE_KINDS and v.attention_fn is not None
+    for dtype in (torch.float32, torch.bfloat16) if both else (torch.float32,):
+        outcome = contract.run(v, check, contract.Setting(n=100, dtype=dtype, params=dict(v.small_params)))
+        if outcome.status == "unsupported":
+            assert declared_unsupported(v, check, dtype), outcome.line()
+        else:
+            assert outcome.passed, outcome.line()
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if registry.get(n).trainable])
@@ -182,50 +143,12 @@ def test_unsupported_combination_returns_a_reason(name):
     assert isinstance(ok, bool) and reason
 
 
-def test_fully_masked_rows_are_zero_not_nan():
+def test_fully_masked_rows_are_zero_not_nan_in_the_backward_pass_too():
     q, k, val = qkv(n_q=10, n_k=4, requires_grad=True)
     out = registry.get("vanilla").attention(q, k, val, causal=True)  # first 6 queries see no key
     assert torch.isfinite(out).all() and out[..., :6, :].abs().max() == 0
     out.sum().backward()
     assert torch.isfinite(q.grad).all()
-
-
-@pytest.mark.parametrize("name", ATTENTION)
-def test_kernel_decode_matches_full_causal_attention(name):
-    v = registry.get(name)
-    skip_unless_cpu_runnable(v, causal=True)
-    q, k, val = qkv(n_q=40)
-    try:
-        state = v.prefill(k[..., :36, :], val[..., :36, :], capacity=40)
-        outs = []
-        for t in range(36, 40):
-            o, state = v.decode(q[..., t:t + 1, :], k[..., t:t + 1, :], val[..., t:t + 1, :], state)
-            outs.append(o)
-    except Unsupported as e:
-        pytest.skip(str(e))
-    full = v.attention(q, k, val, causal=True)
-    torch.testing.assert_close(torch.cat(outs, dim=-2), full[..., 36:, :], atol=1e-5, rtol=1e-4)
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_mixer_step_matches_forward(name):
-    v = registry.get(name)
-    skip_unless_cpu_runnable(v, causal=True)
-    mixer = v.mixer(64, 2).eval()
-    if not hasattr(mixer, "prefill"):
-        pytest.skip(f"{name} mixer has no prefill/step yet")
-    x = torch.randn(2, 30, 64)
-    with torch.no_grad():
-        try:
-            _, state = mixer.prefill(x[:, :26], capacity=30)
-            steps = []
-            for t in range(26, 30):
-                y, state = mixer.step(x[:, t:t + 1], state)
-                steps.append(y)
-        except Unsupported as e:
-            pytest.skip(str(e))
-        full = mixer(x)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 26:], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if registry.get(n).mask is not None])

@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from harness import runner, store
+from harness import contract, runner, store
 from suites import accuracy as A
-from suites import long_range
+from suites import exactness, long_range
+from suites.exactness import ExactnessCase
 
 SUITE = "suites.long_range"
 
@@ -69,14 +70,17 @@ def test_resume_skips_done_cases_and_rows_rebuild_their_case(quick_run):
 
 
 def test_accuracy_quick_subset_through_the_runner(tmp_path):
-    """Part A of the accuracy suite for one variant and dtype: every input kind becomes an ok row."""
+    """Part A of the accuracy suite for one variant and dtype: every check becomes an ok row within its
+    tolerance."""
     cases = [c for c in A.plan("quick", "cpu", variants=["longformer"], dtypes=["float32"])
-             if isinstance(c, A.ExactnessCase)]
+             if isinstance(c, ExactnessCase)]
     summary = runner.run(cases, "suites.accuracy", tmp_path, progress=False)
     df = store.load(tmp_path)
     assert summary.counts == {"ok": len(cases)}
-    assert set(df.input_kind) == set(A.INPUT_KINDS) and (df.reference == "masked_softmax").all()
-    assert (df.rel_err < 1e-5).all() and (df.full_attention_err > 0).all()
+    assert set(df.input_kind) == set(contract.ATTENTION_CHECKS) and df.within_tolerance.all()
+    measured = df[df.input_kind.isin(exactness.MEASURED_KINDS)]
+    assert (measured.reference == "masked_softmax").all()
+    assert (measured.rel_err < 1e-5).all() and (measured.full_attention_err > 0).all()
 
 
 @pytest.mark.parametrize("args,message", [

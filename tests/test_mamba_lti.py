@@ -111,3 +111,14 @@ def test_it_trains_in_the_suites_models_with_matched_parameters():
     tokens = torch.randint(0, 16, (3, 24))
     logits = model.logits(model.hidden(tokens))
     assert logits.shape[:2] == (3, 24) and torch.isfinite(logits).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.smoke_if(dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_the_convolution_on_cuda_matches_the_float64_recurrence(dtype, tolerance):
+    x = inputs(300, dtype)
+    out = time_invariant_scan(**{name: t.cuda() for name, t in x.items()})
+    reference = time_invariant_scan_reference(**inputs(300))
+    assert out.is_cuda and out.dtype == dtype
+    assert (out.double().cpu() - reference).norm() / reference.norm() < tolerance

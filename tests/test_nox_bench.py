@@ -1,4 +1,8 @@
-"""`nox -s bench`: one stable run directory per device and profile, so the same command resumes it."""
+"""`nox -s bench`: one stable run directory per device and profile, so the same command resumes it; a
+doctor failure lets the suites run, and a correctness failure in the report fails the session."""
+
+import pytest
+from nox.command import CommandFailed
 
 import noxfile  # the repository root is on the path (pyproject's pythonpath)
 
@@ -11,10 +15,11 @@ def test_the_default_run_directory_is_named_by_device_and_profile():
         ["attnbench", "run", "--suite", "throughput", "--profile", "standard", "--out", out],
         ["attnbench", "run", "--suite", "accuracy", "--profile", "standard", "--out", out],
         ["attnbench", "run", "--suite", "long-range", "--profile", "standard", "--out", out],
-        ["attnbench", "report", out],
+        ["attnbench", "report", out, "--fail-on-incorrect"],
     ]
-    assert noxfile.bench_commands([], "cpu")[-1] == ["attnbench", "report", "results/bench-cpu-quick"]
-    assert noxfile.bench_commands(["--profile=full"], "cpu")[-1][-1] == "results/bench-cpu-full"
+    assert noxfile.bench_commands([], "cpu")[-1] == ["attnbench", "report", "results/bench-cpu-quick",
+                                                     "--fail-on-incorrect"]
+    assert noxfile.bench_commands(["--profile=full"], "cpu")[-1][-2] == "results/bench-cpu-full"
 
 
 def test_the_same_command_twice_gives_the_same_directory_and_fresh_goes_to_the_first_suite_only():
@@ -23,5 +28,30 @@ def test_the_same_command_twice_gives_the_same_directory_and_fresh_goes_to_the_f
     assert [c.count("--fresh") for c in commands] == [1, 0, 0, 0, 0]
     # The doctor right after the suite that clears the directory: its findings are kept.
     assert [c[1] for c in commands] == ["run", "doctor", "run", "run", "report"]
-    assert commands[-1] == ["attnbench", "report", "results/mine"]
+    assert commands[-1] == ["attnbench", "report", "results/mine", "--fail-on-incorrect"]
     assert all(c[c.index("--out") + 1] == "results/mine" for c in commands[:4])
+
+
+class FakeSession:
+    """Records what the session runs; the commands named in `exit_1` exit with code 1."""
+
+    venv_backend = "none"  # no installs
+
+    def __init__(self, exit_1: tuple[str, ...] = ()):
+        self.posargs, self.exit_1, self.ran = ["--device", "cpu", "--out", "results/x"], exit_1, []
+
+    def run(self, *args, success_codes=(0,), silent=False):
+        self.ran.append(args[1])
+        code = 1 if args[1] in self.exit_1 else 0
+        if code not in success_codes:
+            raise CommandFailed(f"{args[1]} exited {code}")
+
+
+def test_a_doctor_failure_lets_the_suites_run_and_the_report_fail_the_session():
+    session = FakeSession(exit_1=("doctor",))
+    noxfile.bench(session)  # the doctor's exit 1 is no reason to stop: the suites record row by row
+    assert session.ran == ["doctor", "run", "run", "run", "report"]
+    session = FakeSession(exit_1=("doctor", "report"))  # the report's --fail-on-incorrect found a failure
+    with pytest.raises(CommandFailed, match="report exited 1"):
+        noxfile.bench(session)
+    assert session.ran[-1] == "report"

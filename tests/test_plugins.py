@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import plugins, registry
+from harness import contract, plugins, registry
 from harness.registry import Support, Variant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,11 +184,11 @@ def test_the_example_plugin_runs_through_every_suite_and_the_report(example_inst
     listed = attnbench("list", env={**env, "COLUMNS": "250"})
     assert "sigmoid" in listed.stdout and "attnbench-sigmoid-example 0.1.0" in listed.stdout
     common = ["-v", "sigmoid", "--device", "cpu", "--profile", "quick", "--no-progress", "--out", str(out)]
-    for suite, lengths in [("throughput", []), ("accuracy", ["-n", "8", "-n", "128"]),
+    for suite, lengths in [("throughput", []), ("accuracy", ["-n", "8", "-n", "128", "-n", "1024"]),
                            ("long-range", ["-n", "16"])]:
         result = attnbench("run", "--suite", suite, *common, *lengths, env=env)
         assert result.returncode == 0, (suite, result.stderr[-2000:])
-    report = attnbench("report", str(out), env=env)
+    report = attnbench("report", str(out), "--fail-on-incorrect", env=env)
     assert report.returncode == 0, report.stderr[-2000:]
     assert (out / "report" / "report.html").exists()
 
@@ -197,7 +197,12 @@ def test_the_example_plugin_runs_through_every_suite_and_the_report(example_inst
     assert set(rows.variant) == {"sigmoid"} and set(rows.variant_package) == {"attnbench-sigmoid-example"}
     failed = rows[~rows.status.isin(["ok", "unsupported"])]
     assert failed.empty, failed[["suite", "status", "reason"]].to_string()
-    exact = rows[(rows.task == "exactness") & (rows.dtype == "float64")] if "task" in rows else rows.iloc[:0]
+    checked = rows[rows.task == "exactness"] if "task" in rows else rows.iloc[:0]
+    assert set(checked.input_kind) == set(contract.ATTENTION_CHECKS)
+    assert checked[checked.status == "ok"].within_tolerance.astype(bool).all()  # the report's gate passed
+    no_decoding = checked[checked.status == "unsupported"]  # the plugin declares why (its bias needs N)
+    assert set(no_decoding.input_kind) <= {"decode"} and no_decoding.reason.str.contains("-log\\(n\\)").all()
+    exact = checked[(checked.dtype == "float64") & checked.impl_err.notna()]
     assert not exact.empty and (exact.impl_err < 1e-10).all()  # the chunked path equals its reference
     tp = rows[(rows.suite == "throughput") & (rows.status == "ok") & (rows.level == "kernel")]
     assert tp.flops.notna().all() and (tp.flops > 0).all()

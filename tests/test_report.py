@@ -284,7 +284,7 @@ def test_html_report_is_self_contained():
     page = report.html.read_text()
     out = report.html.parent
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert len(sources) == len(report.charts) == 11
+    assert len(sources) == len(report.charts) == 12
     for src in sources:
         assert not src.startswith(("/", "http:", "https:", "file:")) and (out / src).is_file()
         assert src.endswith(".svg") and (out / src).stat().st_size > 10_000
@@ -321,7 +321,7 @@ def test_report_without_throughput_says_which_suite_to_run(tmp_path):
     (run / "report" / "charts").mkdir(parents=True)
     (run / "report" / "charts" / "latency.png").write_bytes(b"from an earlier report")
     report = build([run])
-    assert [c.name for c in report.charts] == ["exactness", "accuracy"]
+    assert [c.name for c in report.charts] == ["exactness", "approximation", "accuracy"]
     assert not (run / "report" / "charts" / "latency.png").exists()
     page = report.html.read_text()
     assert "no throughput results: run `attnbench run --suite throughput" in page
@@ -359,7 +359,8 @@ def test_a_quick_profile_run_is_labelled_a_smoke_run_everywhere(tmp_path):
     sentence = ("Smoke run (throughput: quick profile; exactness: quick profile; learned tasks: quick "
                 "profile): it shows that the pipeline works, not which architecture to choose.")
     assert f'<p class="smoke"><strong>{sentence}</strong></p>' in report.html.read_text()
-    assert report.markdown.read_text().splitlines()[2] == f"> **{sentence}**"
+    lines = report.markdown.read_text().splitlines()
+    assert lines[2] == "### Correctness" and lines[5] == f"> **{sentence}**"  # right after the correctness
     for chart in report.charts:
         svg = (report.html.parent / chart.svg).read_text()
         assert "<!-- smoke run (quick profile): not findings -->" in svg or (

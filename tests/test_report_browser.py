@@ -65,12 +65,12 @@ def test_report_opens_offline_with_every_image_and_no_console_error(browser):
     browser.get(report.html.resolve().as_uri())
     assert browser.title == "attnbench report"
     shown = images(browser)
-    assert len(shown) == len(report.charts) == 11
+    assert len(shown) == len(report.charts) == 12
     assert [i["src"] for i in shown if not (i["complete"] and i["width"] > 0)] == []
     assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
     sections = browser.execute_script("return Array.from(document.querySelectorAll('section h2'))"
                                       ".map(h => h.textContent)")
-    assert sections[:2] == ["Overview", "Environment"] and "Comparison" in sections
+    assert sections[:3] == ["Correctness", "Overview", "Environment"] and "Comparison" in sections
 
 
 def test_a_missing_image_is_caught(browser, tmp_path):

@@ -629,7 +629,8 @@ def test_find_max_n_records_the_frontier_beside_the_prediction(tmp_path):
     assert (df.predicted_max_n == predicted).all()
     # The N^2 wall: measured and predicted within a factor 1.5 of each other under the same cap.
     assert predicted / 1.5 <= largest <= predicted * 1.5
-    assert (ok.mem_rss_peak_bytes <= 0.5 * 2**30).all()
+    # What the call allocated stays under the cap (the process's resident peak also counts torch itself).
+    assert ok.mem_tracked_peak_bytes.notna().all() and (ok.mem_tracked_peak_bytes <= 0.5 * 2**30).all()
     assert "vanilla: largest N" in proc.stdout
     assert [p.name for p in (out / "records").glob("*.parquet")] == ["suite-throughput.parquet"]  # compacted
 

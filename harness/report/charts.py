@@ -412,10 +412,11 @@ def _inside(box, frame) -> bool:
     return box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
 
 
-def exactness_chart(exact: pd.DataFrame):
-    """Relative error against the float64 reference, per variant and input kind (log scale). A pair that
-    was not measured (mamba takes no q, k for the peaked and near-duplicate inputs) says "n/a" where its
-    bar would be, and an error of exactly 0 says "0": neither has a height on a log axis."""
+def exactness_chart(exact: pd.DataFrame, title: str = "Implementation error against the float64 reference"):
+    """`rel_err` per variant and input kind (log scale): the implementation error, or with the
+    approximations' rows the approximation error (`title` says which). A pair that was not measured
+    (mamba takes no q, k for the peaked and near-duplicate inputs) says "n/a" where its bar would be, and
+    an error of exactly 0 says "0": neither has a height on a log axis."""
     if exact.empty or exact.rel_err.isna().all():
         return None
     worst = exact.groupby(["variant", "input_kind"]).rel_err.max().reset_index()
@@ -439,7 +440,7 @@ def exactness_chart(exact: pd.DataFrame):
         ax.set_ylabel("relative error (worst case)")
         ax.tick_params(axis="x", rotation=30)
         ax.legend(title="input", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-        fig.suptitle("Exactness against the float64 reference", fontweight="bold")
+        fig.suptitle(title, fontweight="bold")
     return fig
 
 

@@ -41,7 +41,8 @@ THROUGHPUT_COLUMNS = (*CONFIG_KEYS, "seq_len", "params", "family", "exact", "bac
 LEARNED_COLUMNS = ("task", "seq_len", "train_seq_len", "d_model", "n_layers", "n_heads", "kv_pairs",
                    "depth", "lr", "seed", "accuracy", "params", "family", "device_name", "dtype")
 EXACTNESS_COLUMNS = ("task", "input_kind", "seq_len", "head_dim", "causal", "nb_features", "max_abs_err",
-                     "rel_err", "full_attention_err", "reference", "family", "exact", "dtype")
+                     "rel_err", "impl_err", "checked_err", "full_attention_err", "reference", "family",
+                     "exact", "dtype")
 # A trained model: the best learning rate is chosen per one of these, over all its evaluations.
 TRAINING_KEYS = ("suite", "variant", "device_name", "dtype", "params", "task", "train_len", "d_model",
                  "n_layers", "n_heads", "kv_pairs", "seed")
@@ -329,9 +330,35 @@ def quality(best: pd.DataFrame) -> pd.DataFrame:
 
 
 def exactness(rows: pd.DataFrame) -> pd.DataFrame:
+    """Exactness rows that measured the error against the unrounded inputs (the kinds random, peaked,
+    near_duplicate and long; the other checks are judged in the report's Correctness section)."""
     df = with_columns(rows[rows.suite == "accuracy"], EXACTNESS_COLUMNS)
-    df = df[(df.task == "exactness") & (df.status == "ok")]
-    return _numeric(df, ("seq_len", "head_dim", "max_abs_err", "rel_err", "full_attention_err"))
+    df = df[(df.task == "exactness") & (df.status == "ok") & df.rel_err.notna()]
+    return _numeric(df, ("seq_len", "head_dim", "max_abs_err", "rel_err", "impl_err", "checked_err",
+                         "full_attention_err"))
+
+
+def _approximations(exact: pd.DataFrame) -> pd.Series:
+    """Rows of approximations of attention: not exact, and measured against softmax (under a mask or not);
+    a mixer-only family's rows measure its kernel against kernel_reference instead."""
+    not_exact = exact.exact != True  # noqa: E712  (an object column: True, False or missing)
+    return not_exact & exact.reference.isin(("softmax", "masked_softmax"))
+
+
+def implementation_error(exact: pd.DataFrame) -> pd.DataFrame:
+    """Each row's error against its implementation's float64 reference, as `rel_err`: the correctness
+    gate's `checked_err` (on the inputs rounded to the dtype); for rows recorded before the gate, `rel_err`,
+    or for approximations `impl_err` (against their own reference) in place of their distance from
+    softmax."""
+    if exact.empty:
+        return exact
+    before_the_gate = exact.impl_err.where(_approximations(exact), exact.rel_err)
+    return exact.assign(rel_err=exact.checked_err.where(exact.checked_err.notna(), before_the_gate))
+
+
+def approximation_error(exact: pd.DataFrame) -> pd.DataFrame:
+    """The approximations' rows: `rel_err` is their distance from softmax attention (the method's error)."""
+    return exact[_approximations(exact)] if not exact.empty else exact
 
 
 def preferred_dtype(dtypes) -> str:

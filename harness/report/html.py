@@ -33,6 +33,8 @@ tr.improvement td { background: #e6f6ea; }
 ul.findings li { margin: 3px 0; }
 code { background: #f3f5f9; padding: 1px 4px; border-radius: 3px; }
 .verdict-ok { color: #1a7f37; } .verdict-bad { color: #b42318; } .verdict-warn { color: #8a5a00; }
+.incorrect { color: #b42318; } .correct { color: #1a7f37; }
+tr.incorrect td { background: #fde8e8; color: #b42318; }
 .figures { color: #4a5468; font-size: 13.5px; }
 """
 

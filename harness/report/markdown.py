@@ -9,6 +9,7 @@ import pandas as pd
 from harness.report import data, verdicts
 from harness.report.analysis import MIN_LENGTHS, Findings
 from harness.report.compare import Comparison
+from harness.report.correctness import Correctness
 from harness.report.html import cell
 
 MAX_ROWS = 24  # every registered variant fits
@@ -131,8 +132,10 @@ def _comparison(comparison: Comparison) -> list[str]:
 
 
 def summary(results: data.Results, findings: Findings, comparison: Comparison | None, page: Path,
-            published: dict | None = None) -> str:
+            published: dict | None = None, correctness: Correctness | None = None) -> str:
     lines = ["## attnbench report", ""]
+    if correctness is not None:  # first: a wrong kernel makes the rest meaningless
+        lines += correctness.markdown(md_table)
     if (smoke := findings.smoke_sentence()) is not None:
         lines += [f"> **{smoke}**", ""]
     lines += [*_runs(results), "", f"Rows: {_statuses(results.rows)}", ""]

@@ -11,6 +11,7 @@ import pandas as pd
 from harness.report import analysis, charts, data, html, markdown, verdicts
 from harness.report.analysis import Findings, pareto_lengths
 from harness.report.compare import Comparison, compare
+from harness.report.correctness import Correctness
 from harness.report.html import Chart
 
 CHARTS_DIR = "charts"
@@ -18,6 +19,7 @@ REPORT_DIR = "report"  # the default report directory, inside the (first) run di
 # The parts of the results (data.smoke_reasons) each chart shows: its smoke-run label comes from them.
 CHART_PARTS = {"latency": ("throughput",), "memory": ("throughput",), "tflops": ("throughput",),
                "tokens": ("throughput",), "energy": ("throughput",), "exactness": ("exactness",),
+               "approximation": ("exactness",),
                "accuracy": ("learned",), "long_range": ("learned",), "passkey": ("learned",),
                "pareto": ("throughput", "learned"), "ratio": ("throughput",), "decode_state": ("throughput",)}
 CAPTIONS = {
@@ -33,8 +35,14 @@ CAPTIONS = {
               "panel's precision.",
     "tokens": "Tokens processed per second (batch x N / latency).",
     "energy": "Energy per token from the device's power readings during the timed calls.",
-    "exactness": "Worst relative error against a float64 reference (under the variant's own mask for "
-                 "masked families), per input kind; n/a: not measured for that variant.",
+    "exactness": "Implementation error: the worst relative error of each variant's output against its "
+                 "float64 reference on the same inputs rounded to its dtype, over the dtypes, per input "
+                 "kind: softmax under its mask for an exact variant, its own naive reference for an "
+                 "approximation, kernel_reference for a mixer-only family; n/a: not measured for that "
+                 "variant. The Correctness section judges each against its dtype's tolerance.",
+    "approximation": "Approximation error: how far each approximation (not exact softmax attention) is "
+                     "from softmax attention, worst relative error per input kind. A property of the method, "
+                     "not a fault of the implementation: no tolerance judges it.",
     "accuracy": "Accuracy on held-out data at each model's best learning rate, averaged over the task's "
                 "evaluations and seeds.",
     "long_range": "Accuracy against evaluation length (best learning rate per trained model).",
@@ -56,6 +64,7 @@ class Report:
     charts: list[Chart]
     findings: Findings
     comparison: Comparison | None
+    correctness: Correctness | None = None
 
 
 def build(paths: list[str | Path], out: str | Path | None = None, baseline: str | Path | None = None,
@@ -89,13 +98,15 @@ def build(paths: list[str | Path], out: str | Path | None = None, baseline: str 
     evidence = verdicts.draw(published, out / CHARTS_DIR)
     sections = html_sections(results, findings, drawn, comparison, before, paths)
     sections.insert(2, ("findings", "Published findings", verdicts.html_section(published, evidence)))
+    correctness = Correctness.of(results)  # first: a wrong kernel makes the rest meaningless
+    sections.insert(0, ("correctness", "Correctness", correctness.html()))
     subtitle = (f"{', '.join(map(str, paths))}; generated "
                 f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
     page = html.write(out / "report.html", html.page("attnbench report", subtitle, sections,
                                                      banner=smoke_banner(findings)))
-    summary = markdown.summary(results, findings, comparison, page, published)
+    summary = markdown.summary(results, findings, comparison, page, published, correctness)
     md = html.write(out / "summary.md", summary)
-    return Report(page, md, list(drawn.values()), findings, comparison)
+    return Report(page, md, list(drawn.values()), findings, comparison, correctness)
 
 
 def smoke_banner(findings: Findings) -> str:
@@ -106,7 +117,7 @@ def smoke_banner(findings: Findings) -> str:
 def draw(findings: Findings, comparison: Comparison | None, out: Path) -> dict[str, Chart]:
     """Every chart the data allows, saved as PNG and SVG under out/charts."""
     colors = charts.palette(findings.variants())
-    pts, best = findings.points, findings.best
+    pts, best, exact = findings.points, findings.best, findings.exactness
     figures = {
         "latency": ("Latency", charts.latency_chart(pts, colors, findings.largest)),
         "memory": ("Peak memory", charts.memory_chart(pts, colors)),
@@ -114,7 +125,9 @@ def draw(findings: Findings, comparison: Comparison | None, out: Path) -> dict[s
         "tokens": ("Tokens per second", charts.tokens_chart(pts, colors)),
         "energy": ("Energy per token", charts.energy_chart(pts, colors)),
         "decode_state": ("Decode state per sequence", charts.decode_state_chart(pts, colors)),
-        "exactness": ("Exactness", charts.exactness_chart(findings.exactness)),
+        "exactness": ("Implementation error", charts.exactness_chart(data.implementation_error(exact))),
+        "approximation": ("Approximation error", charts.exactness_chart(
+            data.approximation_error(exact), title="Approximation error against softmax attention")),
         "accuracy": ("Accuracy by task", charts.accuracy_chart(data.task_accuracy(best), colors)),
         "long_range": ("Long-range accuracy", charts.long_range_chart(best, colors)),
         "passkey": ("Passkey retrieval", charts.passkey_chart(best)),
@@ -165,7 +178,7 @@ def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparis
                  else "<p>No latency crossover beyond the noise.</p>")
         body += _timer_checks(results.rows) + _frontier(results.rows)
         sections.append(("throughput", "Throughput", body))
-    quality = figs("exactness")
+    quality = figs("exactness", "approximation")
     if not findings.exactness.empty:
         quality += html.table(exactness_table(findings.exactness))
     if findings.best.empty:

@@ -6,6 +6,8 @@ keys, so a query that sees no key outputs zero.
 The fast path works in query chunks (memory O(chunk * N)); the reference materializes the N x N matrix.
 It tells attnbench's planners what it costs (`sigmoid_cost`, `sigmoid_peak_bytes`: harness.costs), so the
 wall-time estimate and the memory frontier's prediction are its own, not the defaults.
+The bias depends on the whole sequence's length, so decoding one token at a time (a KV cache of the
+tokens so far) would compute another function than the causal forward: the plugin declares no decoding.
 """
 
 import math
@@ -13,7 +15,7 @@ import math
 import torch
 
 from harness import costs, flops, masks
-from harness.registry import Support, attention_variant
+from harness.registry import Support, Unsupported, attention_variant
 
 CHUNK = 256
 
@@ -56,8 +58,14 @@ def sigmoid_peak_bytes(call: costs.KernelCall, **params) -> float:
     return 3 * c.x * c.e + c.x * c.a + 2.5 * chunk_rows * c.seq_len * c.a
 
 
+def no_decoding(k, v, capacity=None):
+    raise Unsupported("sigmoid attention's bias -log(n) needs the whole sequence's length: no token-by-token "
+                      "decoding")
+
+
 @attention_variant(
     "sigmoid", family="sigmoid", exact=False, support=Support(), reference=sigmoid_reference,
+    prefill_fn=no_decoding,
     flops=flops.softmax(),  # the same two matmuls per visible pair as softmax attention
     cost=sigmoid_cost, peak_bytes=sigmoid_peak_bytes,
     description="sigmoid attention with bias -log(n), query chunks (example plugin)",

@@ -1,0 +1,147 @@
+"""Exactness, the accuracy suite's Part A (task "exactness", no training): is each variant the function it
+claims to be in each dtype, and how far is that function from softmax attention?
+
+Every row is one check of harness.contract on one variant, dtype and input kind (`input_kind` names the
+check: random, peaked, large_logits, near_duplicate, long, cross, no_visible_key, causality, decode, and
+mixer for the mixer-only families). It carries the correctness gate: `checked_err`, the error against
+the float64 reference on the same rounded inputs (softmax under its mask for an exact variant, its own
+reference for an approximation, `kernel_reference` or the float64 block for a mixer-only family), the
+dtype's `tolerance`, `within_tolerance`, and `check_detail`, the check's verdict in one line. A check that
+cannot run is an `unsupported` row with the reason; NaN or Inf is a `nonfinite` row naming the check.
+
+The kinds random, peaked, near_duplicate and long also keep the measures of the dtype's and the method's
+error against the unrounded float64 inputs: `rel_err` (and `max_abs_err`) against softmax attention, under
+the mask of masked families; for approximations `impl_err` against their own reference; for masked
+families `full_attention_err`, how far the pattern is from full attention. For linear and performer,
+`rel_err` is their approximation error: a measure of the method, which no tolerance judges. Plus float32
+sweeps over N (every attention variant) and over performer's nb_features.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from harness import contract, registry
+from harness.attention import causal_mask, softmax_attention
+from harness.config import Case
+from harness.registry import Unsupported
+from harness.runner import NonFinite
+from suites import grids
+
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+MEASURED_KINDS = ("random", "peaked", "near_duplicate", "long")  # also measured against unrounded inputs
+# Checks without a length of their own in the grid: they run at its random-input length.
+CHECK_KINDS = ("large_logits", "cross", "no_visible_key", "causality", "decode", "mixer")
+
+
+class ExactnessCase(Case):
+    """One variant, dtype and input kind (a check of harness.contract) against the float64 reference."""
+
+    suite: Literal["accuracy", "long-range"] = "accuracy"
+    task: Literal["exactness"] = "exactness"
+    seed: int = Field(0, ge=0)
+    input_kind: Literal["random", "peaked", "large_logits", "near_duplicate", "long", "cross",
+                        "no_visible_key", "causality", "decode", "mixer"]
+    seq_len: int = Field(gt=0)  # N: the number of keys (the cross checks also vary the queries)
+    head_dim: int = Field(64, gt=0)
+    n_heads: int = Field(2, gt=0)
+    batch: int = Field(1, gt=0)
+    causal: bool = True
+
+    def describe(self) -> str:
+        extra = "".join(f" {k}={v}" for k, v in sorted(self.params.items()))
+        return f"exactness {self.variant} {self.dtype} {self.input_kind} N={self.seq_len}" + extra
+
+    def oom_key(self):
+        return (self.variant, self.dtype, self.causal, json.dumps(self.params, sort_keys=True)), self.seq_len
+
+    def setting(self) -> contract.Setting:
+        return contract.Setting(n=self.seq_len, dtype=self.torch_dtype, device=self.device,
+                                causal=self.causal, params=dict(self.params), seed=self.seed,
+                                batch=self.batch, n_heads=self.n_heads, head_dim=self.head_dim)
+
+
+# --- the plan -------------------------------------------------------------------------------------------
+
+def cases(profile: str, device: str, names: list[str]) -> list[ExactnessCase]:
+    """Every check that concerns each variant, at every dtype, on the profile's grid."""
+    grid, planned = grids.exactness_grid(profile, device), []
+    short = dict(grid.points)["random"]
+    for name in names:
+        v, params = registry.get(name), grids.variant_params(profile, name)
+        kinds = contract.applicable(v)
+        points = [p for p in grid.points if p[0] in kinds] + [(k, short) for k in CHECK_KINDS if k in kinds]
+        for (kind, n), dtype in ((p, d) for p in points for d in DTYPES):
+            both = kind in ("random", "cross") and grid.non_causal and v.support.non_causal
+            for causal in (False, True) if both else (True,):
+                planned.append(ExactnessCase(variant=name, device=device, dtype=dtype, params=params,
+                                             input_kind=kind, seq_len=n, causal=causal))
+        if v.attention_fn is None:
+            continue
+        for n in grid.n_sweep:
+            planned.append(ExactnessCase(variant=name, device=device, dtype="float32", params=params,
+                                         input_kind="random", seq_len=n, causal=True))
+        if v.family == "performer":
+            for m in grid.nb_features_sweep:
+                for causal in (False, True) if grid.non_causal else (True,):
+                    planned.append(ExactnessCase(variant=name, device=device, dtype="float32",
+                                                 params={**params, "nb_features": m}, input_kind="random",
+                                                 seq_len=grid.nb_features_len, causal=causal))
+    return list({c.case_id: c for c in planned}.values())  # sweeps may repeat a grid point
+
+
+# --- one case -------------------------------------------------------------------------------------------
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Frobenius-norm relative error; 0 when both are zero."""
+    ref_norm = float(ref.norm())
+    diff = float((out - ref).norm())
+    return diff / ref_norm if ref_norm > 0 else diff
+
+
+def error_columns(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    out = out.double()
+    return {"max_abs_err": float((out - ref).abs().max()), "rel_err": relative_error(out, ref)}
+
+
+def measured_columns(case: ExactnessCase, v, out: torch.Tensor) -> dict:
+    """The output against the unrounded float64 inputs: softmax (under the variant's mask), and for an
+    approximation its own reference."""
+    if v.attention_fn is None:  # a mixer-only family: its kernel against kernel_reference is the measure
+        return {"reference": "kernel_reference", "nb_features": None}
+    params = {**v.defaults, **case.params}
+    n = case.seq_len
+    q, k, val = (t.to(case.device) for t in contract.qkv(case.input_kind, n, n, case.seed, case.batch,
+                                                          case.n_heads, case.head_dim))
+    full = softmax_attention(q, k, val, causal_mask(n, n, q.device) if case.causal else None)
+    row = {"reference": "softmax", "full_attention_err": None, "nb_features": params.get("nb_features")}
+    against = full
+    if v.mask is not None:
+        mask = v.mask(n, n, causal=case.causal, n_heads=q.shape[1], **case.params)  # (heads,) n, n
+        against = softmax_attention(q, k, val, mask.to(q.device))
+        row |= {"reference": "masked_softmax", "full_attention_err": relative_error(against, full)}
+    if not v.exact:  # an approximation: also against its own float64 naive twin (rounding and the fast path)
+        own = v.attention_reference(q, k, val, causal=case.causal, **case.params)
+        row["impl_err"] = relative_error(out.double(), own)
+    return row | error_columns(out, against)
+
+
+def run(case: ExactnessCase) -> dict:
+    v = registry.get(case.variant)
+    outcome = contract.run(v, case.input_kind, case.setting())
+    if outcome.status == "unsupported":
+        raise Unsupported(outcome.line())
+    if outcome.nonfinite:
+        raise NonFinite(outcome.line())
+    row = {"reference": None, "full_attention_err": None, "impl_err": None, "nb_features": None,
+           "max_abs_err": None, "rel_err": None}
+    if case.input_kind in MEASURED_KINDS:
+        row |= measured_columns(case, v, outcome.output)
+        if v.attention_fn is None:
+            row |= error_columns(outcome.output, outcome.reference)
+    return row | {"checked_err": outcome.error, "tolerance": outcome.tolerance,
+                  "within_tolerance": outcome.passed, "check_detail": outcome.line()}
