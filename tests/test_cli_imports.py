@@ -32,7 +32,8 @@ def plotting_modules(*args, preload: str = "") -> tuple[subprocess.CompletedProc
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
-    rows = [r for r in fx.throughput_rows() if r["mode"] == "fwd" and r["dtype"] == "bfloat16" and r["causal"]]
+    rows = [r for r in fx.throughput_rows()
+            if r["mode"] == "fwd" and r["dtype"] == "bfloat16" and r["causal"]]
     return fx.write_run(tmp_path_factory.mktemp("imports") / "run", rows)
 
 
