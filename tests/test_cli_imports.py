@@ -37,6 +37,7 @@ def small_run(tmp_path_factory):
     return fx.write_run(tmp_path_factory.mktemp("imports") / "run", rows)
 
 
+@pytest.mark.slow
 def test_recommend_loads_no_plotting_library(small_run):
     done, loaded = plotting_modules("recommend", small_run, "--seq-len", 4096, "--causal")
     assert done.returncode == 0, done.stderr
@@ -44,6 +45,7 @@ def test_recommend_loads_no_plotting_library(small_run):
     assert loaded == []
 
 
+@pytest.mark.slow
 def test_list_loads_no_plotting_library():
     done, loaded = plotting_modules("list")
     assert done.returncode == 0, done.stderr
@@ -51,6 +53,7 @@ def test_list_loads_no_plotting_library():
     assert loaded == []
 
 
+@pytest.mark.slow
 def test_the_check_sees_a_plotting_library_where_one_is_loaded():
     """The checks above can fail: the report's builder, looked up, brings matplotlib and seaborn in."""
     done, loaded = plotting_modules("list", preload="import harness.report; harness.report.build")

@@ -53,6 +53,7 @@ def test_reference_twin_is_the_paper_recurrence(gated):
     torch.testing.assert_close(v.kernel_reference(**inputs), expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_gradcheck_through_the_triangular_solve():
     inputs = tuple(t.requires_grad_() for t in _inputs(True, b=1, h=1, n=6, d=3).values())
     names = ["q", "k", "v", "beta", "log_decay"]

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from harness import doctor, registry, store
@@ -11,6 +12,7 @@ from tests.test_report_fixtures import run_cli
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_every_variant_passes_or_says_why_not_on_the_cpu():
     result = doctor.run("cpu")
     checks = {c["variant"]: c for c in result["variants"]}
@@ -32,6 +34,7 @@ def test_a_wrong_fast_path_fails_and_so_does_one_that_raises(monkeypatch):
     assert checks["linear"].status == "fail" and checks["linear"].detail.startswith("ZeroDivisionError")
 
 
+@pytest.mark.slow
 def test_cli_prints_one_table_keeps_the_findings_and_exits_1_on_a_failure(monkeypatch, capsys, tmp_path):
     code, out, _ = run_cli(monkeypatch, capsys, "doctor", "--device", "cpu", "--out", tmp_path)
     assert code == 0

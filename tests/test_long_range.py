@@ -27,6 +27,7 @@ def quick_run(tmp_path_factory):
     return out, cases, summary
 
 
+@pytest.mark.slow
 def test_quick_subset_rows(quick_run):
     out, cases, summary = quick_run
     df = store.load(out)
@@ -68,6 +69,7 @@ def test_resume_skips_done_cases_and_rows_rebuild_their_case(quick_run):
     assert A.TaskCase(**fields).case_id == row.case_id
 
 
+@pytest.mark.slow
 def test_accuracy_quick_subset_through_the_runner(tmp_path):
     """Part A of the accuracy suite for one variant and dtype: every input kind becomes an ok row."""
     cases = [c for c in A.plan("quick", "cpu", variants=["longformer"], dtypes=["float32"])
@@ -79,6 +81,7 @@ def test_accuracy_quick_subset_through_the_runner(tmp_path):
     assert (df.rel_err < 1e-5).all() and (df.full_attention_err > 0).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--profile", "huge"], "unknown profile"),
     (["--dtype", "int7"], "unknown dtype"),

@@ -106,6 +106,7 @@ def test_the_feature_estimate_of_exp_qk_is_unbiased():
     assert z.abs().max() < 4, z
 
 
+@pytest.mark.slow
 def test_error_to_softmax_falls_as_one_over_sqrt_features():
     """Log-log slope of the error against m over 16..16384 features: -1/2 (Monte Carlo). 16 heads
     carry the same inputs and draw 16 independent sets of features. A biased draw levels off (slope
@@ -136,6 +137,7 @@ def test_every_head_draws_its_own_features_and_a_redraw_draws_new_ones():
     assert not torch.allclose(performer(q, k, v, draw=1), out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("causal", [False, True])
 def test_error_to_softmax_shrinks_as_features_grow(causal):
     q, k, v = qkv(b=1, h=2, n_q=64, d=16)
@@ -204,6 +206,7 @@ def test_each_layer_draws_from_its_own_seed(name):
     assert "seed" not in small_model("vanilla").blocks[0].mixer.params
 
 
+@pytest.mark.slow
 def test_training_redraws_the_features_every_redraw_every_steps():
     from suites.model import train
     from suites.tasks import Batch

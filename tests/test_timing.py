@@ -89,6 +89,7 @@ def in_fresh_process(code: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_a_real_allocation_fails_under_a_cpu_memory_cap():
     out = in_fresh_process("""
         import torch
@@ -123,6 +124,7 @@ def test_the_cuda_cap_allows_the_cap_more_than_the_allocator_holds(monkeypatch):
         assert fractions == [(1.0, "cuda:0")]
 
 
+@pytest.mark.slow
 def test_cpu_peak_memory_is_the_resident_high_water_mark_of_the_call():
     if not memory.reset_peaks("cpu"):
         pytest.skip("/proc/self/clear_refs cannot be written here")
