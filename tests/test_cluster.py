@@ -103,6 +103,7 @@ def test_oom_skips_larger_sizes_on_the_cluster_too(cluster, tmp_path):
     assert statuses == {8: "ok", 16: "ok", 32: "oom", 64: "skipped", 128: "skipped"}
 
 
+@pytest.mark.slow
 def test_cuda_on_a_cluster_without_gpus_is_one_line_and_exit_code_2(cluster, tmp_path, monkeypatch, capsys):
     code, _, err = fx.run_cli(monkeypatch, capsys, "run", "--suite", "throughput", "--device", "cuda",
                               "--executor", "ray", "--ray-address", cluster.address, "--out", tmp_path)

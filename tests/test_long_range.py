@@ -56,6 +56,7 @@ def test_quick_subset_rows(quick_run):
     assert set(ok[ok.variant == "vanilla"].rope) == {True} and set(ok[ok.variant == "mamba"].rope) == {False}
 
 
+@pytest.mark.slow
 def test_resume_skips_done_cases_and_rows_rebuild_their_case(quick_run):
     out, cases, _ = quick_run
     again = runner.run(cases, SUITE, out, progress=False)
