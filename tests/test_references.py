@@ -22,7 +22,7 @@ HEAD_DIM = 40  # not a power of two
 # 100 is a multiple of neither a 64-query chunk nor an 8-token block; (1, 40) is a decode step.
 SHAPES = [(100, 100), (37, 100), (100, 37), (1, 40)]
 SHAPE_IDS = ["square", "short-q", "long-q", "decode"]
-GRAD_SHAPES = [(64, 64), (23, 64), (64, 23), (1, 40)]
+GRAD_SHAPES = [(40, 40), (17, 40), (40, 17), (1, 24)]
 CHECK_SHAPES = [(9, 9), (5, 9), (9, 5)]  # gradcheck: two 8-token chunks or blocks, both alignments
 
 
@@ -70,7 +70,7 @@ def test_attention_matches_its_reference_in_every_dtype(name, dtype):
     to softmax attention under its mask."""
     v = registry.get(name)
     for causal, n_q, n_k in cases(v, dtype, SHAPES):
-        q, k, val = qkv(n_q=n_q, n_k=n_k, d=HEAD_DIM, dtype=dtype)
+        q, k, val = qkv(b=1, h=2, n_q=n_q, n_k=n_k, d=HEAD_DIM, dtype=dtype)
         if refuses_cross_attention(v, q, k, val, causal):
             continue
         if v.mask is not None and n_q == n_k:  # else the check below would be full softmax attention
@@ -88,7 +88,7 @@ def test_attention_gradients_match_its_reference_and_finite_differences(name):
     autograd against finite differences (gradcheck) on tiny shapes."""
     v = registry.get(name)
     for causal, n_q, n_k in cases(v, torch.float32, GRAD_SHAPES):
-        q, k, val = qkv(n_q=n_q, n_k=n_k, requires_grad=True)
+        q, k, val = qkv(b=1, h=2, n_q=n_q, n_k=n_k, requires_grad=True)
         if refuses_cross_attention(v, q, k, val, causal):
             continue
         out = v.attention(q, k, val, causal=causal, **v.small_params)
