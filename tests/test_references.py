@@ -19,9 +19,8 @@ from tests.conftest import TOLERANCE, assert_same_output_and_grads, attention_va
 ATTENTION = [v.name for v in attention_variants()]
 KERNELS = [v.name for v in registry.all_variants() if v.kernel is not None]
 HEAD_DIM = 40  # not a power of two
-# 100 is a multiple of neither a 64-query chunk nor an 8-token block; (1, 40) is a decode step.
-SHAPES = [(100, 100), (37, 100), (100, 37), (1, 40)]
-SHAPE_IDS = ["square", "short-q", "long-q", "decode"]
+# 100 is a multiple of neither a 64-query chunk nor an 8-token block, 64 of both; (1, 40) is a decode step.
+SHAPES = [(100, 100), (37, 100), (100, 37), (64, 64), (1, 40)]
 GRAD_SHAPES = [(40, 40), (17, 40), (40, 17), (1, 24)]
 CHECK_SHAPES = [(9, 9), (5, 9), (9, 5)]  # gradcheck: two 8-token chunks or blocks, both alignments
 
