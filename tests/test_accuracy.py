@@ -31,6 +31,7 @@ def model_configs():
     return configs
 
 
+@pytest.mark.slow
 def test_parameter_counts_within_ten_percent_across_variants():
     groups = {}
     for key, case in model_configs().items():
@@ -67,6 +68,7 @@ def tiny_mqar(**changes):
     return A.TaskCase(**{**fields, **changes})
 
 
+@pytest.mark.slow
 def test_vanilla_learns_the_quick_mqar_and_stops_at_the_validation_criterion():
     """Seeded and deterministic on CPU, within the quick profile's step budget. Its time budget is
     lifted here: how many steps fit in it depends on the machine, and a test must not."""
@@ -109,6 +111,7 @@ def test_the_case_carries_how_long_the_criterion_must_hold():
         tiny_mqar(criterion_holds=0)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_by_seed():
     rows = []
     for seed in (0, 0, 1):
@@ -198,6 +201,7 @@ def test_choose_lr_prefers_reaching_the_criterion_early_then_validation_accuracy
     assert choose_lr([(1e-3, 0.5, None), (3e-3, 0.5, None)]) == 1e-3
 
 
+@pytest.mark.slow
 def test_seeds_after_the_sweep_train_at_the_rate_it_chose(tmp_path):
     spec = grids.TaskSpec("mqar", (8,), (16,), (1e-6, 3e-3), 64, 120, 60.0, kv_pairs=(2,),
                           task_params={"vocab": 8}, n_heads=2, seeds=2, criterion=0.99, validate_every=20,
@@ -298,6 +302,7 @@ def test_bad_input_is_a_one_line_value_error():
     assert {c.seq_len for c in A.plan("quick", "cpu", seq_lens=[1024])} == {1024}
 
 
+@pytest.mark.slow
 def test_profiles_fit_their_documented_budgets_by_the_estimate():
     """Upper estimates (step caps; the criterion stops most trainings earlier): the GPU standard grid at
     the published sizes with 3 seeds within 7 hours, the CPU standard grid (5 seeds) within 7 hours of one

@@ -417,6 +417,7 @@ def test_the_default_timeout_and_a_given_one_reach_the_runner(monkeypatch, capsy
     assert {json.dumps(call[2]["run_fields"]) for call in stub.calls} == {'{"profile": "quick"}'}
 
 
+@pytest.mark.slow
 def test_a_run_named_twice_in_report_counts_once(inputs, tmp_path, monkeypatch, capsys):
     from harness.report import data, render
 
@@ -429,6 +430,7 @@ def test_a_run_named_twice_in_report_counts_once(inputs, tmp_path, monkeypatch, 
     assert code == 0 and out.strip().endswith("report.html")
 
 
+@pytest.mark.slow
 def test_a_pareto_length_is_checked_against_the_lengths_that_have_one(tmp_path, monkeypatch, capsys):
     names = ("vanilla", "flash-sdpa", "linear")
     run = fx.write_run(tmp_path / "both", forward_rows(names)
@@ -440,6 +442,7 @@ def test_a_pareto_length_is_checked_against_the_lengths_that_have_one(tmp_path, 
     assert code == 0 and (tmp_path / "r" / "charts" / "pareto.svg").is_file()
 
 
+@pytest.mark.slow
 def test_a_corrupt_environment_is_named_and_the_report_still_renders(inputs, tmp_path, monkeypatch, capsys):
     run = fx.write_run(tmp_path / "run", forward_rows())
     (run / store.ENVIRONMENT).write_text('{"device": "cuda", ')
@@ -448,6 +451,7 @@ def test_a_corrupt_environment_is_named_and_the_report_still_renders(inputs, tmp
     assert err.startswith("attnbench: warning: corrupt ") and str(run / store.ENVIRONMENT) in err
 
 
+@pytest.mark.slow
 def test_records_that_turn_read_only_during_a_run_end_in_one_line(tmp_path, monkeypatch, capsys):
     """As root a chmod does not stop a write: the store's write is made to fail as it would then."""
     use_fake_suite(monkeypatch)
@@ -496,6 +500,7 @@ def test_a_run_directory_of_another_device_exits_2(tmp_path, monkeypatch, capsys
     assert code == 2 and ONE_LINE.fullmatch(err) and "holds a run on NVIDIA H100 (cuda)" in err
 
 
+@pytest.mark.slow
 def test_rerunning_the_same_command_after_damage_completes_the_run_and_its_report(tmp_path, monkeypatch,
                                                                                  capsys):
     """The command line end to end: a worker dies, a record is corrupted; the same command again
@@ -581,6 +586,7 @@ def argument_lists(draw) -> list[str]:
 FUZZ = os.environ.get("ATTNBENCH_FUZZ_EXAMPLES")
 
 
+@pytest.mark.slow
 @settings(max_examples=int(FUZZ or 250), deadline=None, derandomize=FUZZ is None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(args=argument_lists())

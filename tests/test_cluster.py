@@ -39,6 +39,7 @@ def cluster(tmp_path_factory):
 QUICK_VARIANTS = ["-v", "vanilla", "-v", "flash-cudnn", "-v", "longformer-banded"]
 
 
+@pytest.mark.slow
 def test_quick_throughput_plan_gives_the_local_case_ids_and_statuses(cluster, tmp_path, monkeypatch, capsys):
     common = ["run", "--suite", "throughput", "--device", "cpu", "--profile", "quick", "--no-progress",
               *QUICK_VARIANTS]
@@ -58,6 +59,7 @@ def test_quick_throughput_plan_gives_the_local_case_ids_and_statuses(cluster, tm
     assert not ray.is_initialized()  # the command disconnected
 
 
+@pytest.mark.slow
 def test_a_hanging_case_is_a_timeout_row_and_its_chain_goes_on(cluster, tmp_path):
     cases = [Case(action="hang_first", seq_len=8), Case(action="hang_first", seq_len=16),
              Case(action="ok", seq_len=8)]
@@ -71,6 +73,7 @@ def test_a_hanging_case_is_a_timeout_row_and_its_chain_goes_on(cluster, tmp_path
     assert rows.loc[("hang_first", 16), "status"] == "ok"
 
 
+@pytest.mark.slow
 def test_a_case_lost_on_every_try_is_an_error_row_naming_the_loss(cluster, tmp_path):
     cases = [Case(action="crash", seq_len=8)]  # SIGKILLs its worker process, on every try
     summary = runner.run(cases, SUITE, tmp_path, progress=False,
@@ -80,6 +83,7 @@ def test_a_case_lost_on_every_try_is_an_error_row_naming_the_loss(cluster, tmp_p
     assert row.reason.startswith("worker process died on each of 2 attempts (WorkerCrashedError")
 
 
+@pytest.mark.slow
 def test_resume_sends_only_the_cases_without_a_row(cluster, tmp_path):
     first = [Case(action="ok", seq_len=n) for n in (8, 16)]
     runner.run(first, SUITE, tmp_path, progress=False, executor=ray_executor.RayExecutor(cluster.address))
@@ -107,6 +111,7 @@ def test_a_case_on_a_node_finds_the_rows_it_needs(cluster, tmp_path):
     assert list(rows.loc[second.case_id, "found"]) == [16.0, 16.0]
 
 
+@pytest.mark.slow
 def test_oom_skips_larger_sizes_on_the_cluster_too(cluster, tmp_path):
     cases = [Case(action="oom", seq_len=n) for n in (8, 16, 32, 64, 128)]
     runner.run(cases, SUITE, tmp_path, progress=False, executor=ray_executor.RayExecutor(cluster.address))
@@ -114,6 +119,7 @@ def test_oom_skips_larger_sizes_on_the_cluster_too(cluster, tmp_path):
     assert statuses == {8: "ok", 16: "ok", 32: "oom", 64: "skipped", 128: "skipped"}
 
 
+@pytest.mark.slow
 def test_cuda_on_a_cluster_without_gpus_is_one_line_and_exit_code_2(cluster, tmp_path, monkeypatch, capsys):
     code, _, err = fx.run_cli(monkeypatch, capsys, "run", "--suite", "throughput", "--device", "cuda",
                               "--executor", "ray", "--ray-address", cluster.address, "--out", tmp_path)
@@ -121,6 +127,7 @@ def test_cuda_on_a_cluster_without_gpus_is_one_line_and_exit_code_2(cluster, tmp
     assert not ray.is_initialized()
 
 
+@pytest.mark.slow
 def test_killing_a_node_mid_sweep_loses_no_finished_row(cluster, tmp_path):
     # 4 chains of 4 one-second cases, one CPU per node: when the second node has finished a case, the
     # next one of its chain is in flight there, and outlives the raylet by less than a second
@@ -169,6 +176,7 @@ def test_bad_cluster_input_is_one_line_and_exit_code_2(args, says, tmp_path, mon
     assert not (tmp_path / "run").exists() and not ray.is_initialized()
 
 
+@pytest.mark.slow
 def test_executor_ray_without_ray_installed_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     code, _, err = fx.run_cli(monkeypatch, capsys, "run", "--suite", "throughput", "--device", "cpu",

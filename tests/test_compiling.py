@@ -105,6 +105,7 @@ def recompile_limit_one():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_throughput_records_whether_the_compiled_graph_ran(monkeypatch, recompile_limit_one):
     from harness import runner
     from tests.test_throughput import CONTEXT, SUITE, case

@@ -13,6 +13,7 @@ from tests.test_report_fixtures import run_cli
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_every_variant_passes_or_says_why_not_on_the_cpu():
     result = doctor.run("cpu")
     checks = {c["variant"]: c for c in result["variants"]}
@@ -42,6 +43,7 @@ def test_a_wrong_fast_path_fails_and_so_does_one_that_raises(monkeypatch):
     assert "\n" not in checks["linear"].detail + checks["vanilla"].detail
 
 
+@pytest.mark.slow
 def test_cli_prints_one_table_keeps_the_findings_and_exits_1_on_a_failure(monkeypatch, capsys, tmp_path):
     chosen = ("-v", "vanilla", "-v", "sparse-fixed", "-v", "flash-cudnn")
     code, out, _ = run_cli(monkeypatch, capsys, "doctor", "--device", "cpu", "--out", tmp_path, *chosen)

@@ -28,6 +28,7 @@ def quick_run(tmp_path_factory):
     return out, cases, summary
 
 
+@pytest.mark.slow
 def test_quick_subset_rows(quick_run):
     out, cases, summary = quick_run
     df = store.load(out)
@@ -56,6 +57,7 @@ def test_quick_subset_rows(quick_run):
     assert set(ok[ok.variant == "vanilla"].rope) == {True} and set(ok[ok.variant == "mamba"].rope) == {False}
 
 
+@pytest.mark.slow
 def test_resume_skips_done_cases_and_rows_rebuild_their_case(quick_run):
     out, cases, _ = quick_run
     again = runner.run(cases, SUITE, out, progress=False)
@@ -69,6 +71,7 @@ def test_resume_skips_done_cases_and_rows_rebuild_their_case(quick_run):
     assert A.TaskCase(**fields).case_id == row.case_id
 
 
+@pytest.mark.slow
 def test_accuracy_quick_subset_through_the_runner(tmp_path):
     """Part A of the accuracy suite for one variant and dtype: every check becomes an ok row within its
     tolerance."""
@@ -83,6 +86,7 @@ def test_accuracy_quick_subset_through_the_runner(tmp_path):
     assert (measured.rel_err < 1e-5).all() and (measured.full_attention_err > 0).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--profile", "huge"], "unknown profile"),
     (["--dtype", "int7"], "unknown dtype"),

@@ -27,6 +27,7 @@ def rows(path, status="ok", device_name=fx.DEVICE_NAME, variant="vanilla", slowd
     return path
 
 
+@pytest.mark.slow
 def test_shards_merged_equal_the_unsharded_run(tmp_path, monkeypatch, capsys):
     for args in ([], ["--shard", "1/2"], ["--shard", "2/2"]):
         name = args[-1].replace("/", "of") if args else "whole"
@@ -100,6 +101,7 @@ def test_merge_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, caps
         merge.merge(tmp_path / "merged", [a])
 
 
+@pytest.mark.slow
 def test_a_merged_report_groups_by_hardware_and_flags_mixed_devices(tmp_path, monkeypatch, capsys):
     h100 = rows(tmp_path / "h100")
     h200 = rows(tmp_path / "h200", device_name="NVIDIA H200", variant="flash-sdpa", hostname="gpu-2")
@@ -120,6 +122,7 @@ def test_a_merged_report_groups_by_hardware_and_flags_mixed_devices(tmp_path, mo
     assert "Mixed hardware" not in (fx.built_report().markdown.read_text())
 
 
+@pytest.mark.slow
 def test_report_fail_on_regression_exit_code(tmp_path, monkeypatch, capsys):
     current, baseline = rows(tmp_path / "current", slowdown=1.2), rows(tmp_path / "baseline")
     args = ["report", current, "--compare"]

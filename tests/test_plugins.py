@@ -131,6 +131,7 @@ def attnbench(*args, env, cwd=None, timeout=600) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_list_reports_each_broken_plugin_in_one_line_and_keeps_the_rest(broken_plugins):
     result = attnbench("list", env=broken_plugins)
     assert result.returncode == 0, result.stderr
@@ -148,6 +149,7 @@ def test_list_reports_each_broken_plugin_in_one_line_and_keeps_the_rest(broken_p
     assert "'throughput'" not in out  # the suites that keep the protocol are no problem
 
 
+@pytest.mark.slow
 def test_run_fails_only_when_asking_for_what_is_broken(broken_plugins, tmp_path):
     common = ["run", "--suite", "throughput", "--device", "cpu", "--no-progress", "-n", "128"]
     asked = attnbench(*common, "-v", "vanilla", "--out", str(tmp_path / "a"), env=broken_plugins)
@@ -179,6 +181,7 @@ def example_installed(tmp_path_factory) -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
 
 
+@pytest.mark.slow
 def test_the_example_plugin_runs_through_every_suite_and_the_report(example_installed, tmp_path):
     env, out = example_installed, tmp_path / "run"
     listed = attnbench("list", env={**env, "COLUMNS": "250"})

@@ -15,6 +15,7 @@ def ask(rows=None, **request):
     return rec.recommend(fx.full_rows() if rows is None else rows, rec.Request(seq_len=N, **request))
 
 
+@pytest.mark.slow
 def test_without_constraints_every_runnable_variant_is_ranked_by_latency():
     answer = ask(causal=True)
     # forward latency at 8192: linear 2.08 < flash 2.55 < bigbird 4.30 < vanilla 8.19 ms
@@ -128,6 +129,7 @@ def test_recommend_command_unusable_input_is_one_line_and_exit_code_2(args, cli_
     assert len(err.strip().splitlines()) == 1 and err.startswith("attnbench: error: ")
 
 
+@pytest.mark.slow
 def test_a_smoke_run_says_so_in_the_recommendation(tmp_path):
     def advice(run):
         return rec.render(rec.recommend(Results.load(run).rows, rec.Request(seq_len=4096, causal=True)))

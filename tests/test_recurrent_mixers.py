@@ -16,7 +16,10 @@ def _mixer(name, d_model=32, n_heads=4, **params):
 
 
 @pytest.mark.parametrize("name", RECURRENT)
-@pytest.mark.parametrize("prompt", [0, 3, 11], ids=["from-empty", "short-prompt", "prompt"])
+@pytest.mark.parametrize("prompt", [  # 17 and 14 decode steps take over 5 s for the slower mixers
+    pytest.param(0, id="from-empty", marks=pytest.mark.slow),
+    pytest.param(3, id="short-prompt", marks=pytest.mark.slow),
+    pytest.param(11, id="prompt")])
 def test_prefill_then_step_equals_forward(name, prompt):
     mixer = _mixer(name, chunk_size=4).double()
     x = torch.randn(2, 17, 32, dtype=torch.float64)

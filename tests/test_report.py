@@ -328,6 +328,7 @@ def test_report_without_throughput_says_which_suite_to_run(tmp_path):
     assert "_No throughput results._" in report.markdown.read_text()
 
 
+@pytest.mark.slow
 def test_report_command_prints_the_path_of_report_html(tmp_path, monkeypatch, capsys):
     run = small_run(tmp_path / "run", forward_rows())
     code, out, _ = fx.run_cli(monkeypatch, capsys, "report", run)
@@ -349,6 +350,7 @@ def test_report_command_bad_input_is_one_line_and_exit_code_2(args, tmp_path, mo
 
 # --- honest about what the results can say ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_quick_profile_run_is_labelled_a_smoke_run_everywhere(tmp_path):
     from harness.report import build
 
@@ -367,6 +369,7 @@ def test_a_quick_profile_run_is_labelled_a_smoke_run_everywhere(tmp_path):
             "smoke run (quick profile): not findings" in svg), chart.name
 
 
+@pytest.mark.slow
 def test_one_seed_labels_the_learned_charts_only(tmp_path):
     from harness.report import build
 
@@ -481,6 +484,7 @@ def test_pareto_labels_overlap_no_label_and_no_other_point(findings):
             assert other == name or not box.contains(x, y), (name, other)
 
 
+@pytest.mark.slow
 def test_summary_table_leads_with_the_baseline_and_fills_every_column(tmp_path):
     from harness.report import build
 

@@ -1,8 +1,8 @@
 """The HTML report in a real headless Chromium, offline: every image loads, the console stays clean, and
 no label of any chart overlaps another (measured on the SVG as the browser lays it out).
 
-Chromium and its driver come from Debian's packages (`bash .ci/install-chromium.sh`). Without them the
-test is skipped, except under CI (CI=true), where it must run.
+Chromium and its driver come from Debian's packages (`bash .ci/install-chromium.sh`). Where either is
+missing the tests skip with the reason, except under CI (CI=true), where they must run.
 """
 
 import functools
@@ -22,36 +22,76 @@ from tests import test_report_fixtures as fx
 REFERENCE_RUN = Path(__file__).resolve().parents[1] / "results" / "reference" / "cpu-quick-intel-xeon-2core"
 OVERLAP_PX = 0.5  # boxes that share less than this (anti-aliasing, touching edges) do not overlap
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--window-size=1400,1000")
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-    reason="chromium is not installed (bash .ci/install-chromium.sh); under CI this test always runs",
-)
+
+
+def locate(program: str) -> str | None:
+    """The program on PATH, else Debian's place for it, else None."""
+    found = shutil.which(program) or f"/usr/bin/{program}"
+    return found if Path(found).exists() else None
+
+
+def under_ci(environ) -> bool:
+    """CI=true, as CI services set it (an empty, "0" or "false" CI is not CI)."""
+    return environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def why_skip(environ, locate=locate) -> str | None:
+    """Why the browser tests cannot run here, or None: they run where Chromium and chromedriver are both
+    installed, and always under CI (where a missing browser must fail, not skip)."""
+    missing = [program for program in ("chromium", "chromedriver") if locate(program) is None]
+    if not missing or under_ci(environ):
+        return None
+    return f"{' and '.join(missing)} not installed (bash .ci/install-chromium.sh); under CI these tests run"
 
 
 @pytest.fixture
 def browser():
+    reason = why_skip(os.environ)
+    if reason:
+        pytest.skip(reason)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     profile = tempfile.mkdtemp(prefix="attnbench-chromium-")
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = locate("chromium") or "/usr/bin/chromium"
     for flag in (*FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path: selenium must not try to download one (the network is closed).
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver = webdriver.Chrome(options=options,
+                              service=Service(locate("chromedriver") or "/usr/bin/chromedriver"))
     try:
         yield driver
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("installed", "ci", "skips_for"), [
+    ({"chromium", "chromedriver"}, "", None),
+    ({"chromedriver"}, "", "chromium not installed"),
+    ({"chromium"}, "", "chromedriver not installed"),
+    (set(), "", "chromium and chromedriver not installed"),
+    (set(), "false", "chromium and chromedriver not installed"),
+    (set(), "true", None),
+    ({"chromium"}, "true", None),
+], ids=["both-installed", "no-chromium", "no-driver", "neither", "ci-false", "ci-neither", "ci-no-driver"])
+def test_the_browser_tests_skip_outside_ci_when_chromium_or_its_driver_is_missing(installed, ci, skips_for):
+    """No browser needed: the programs found and CI are stand-ins. Under CI the tests always run (a
+    missing browser then fails them); elsewhere a missing program skips them, naming it."""
+    def fake_locate(program):
+        return f"/usr/bin/{program}" if program in installed else None
+
+    reason = why_skip({"CI": ci} if ci else {}, fake_locate)
+    if skips_for is None:
+        assert reason is None
+    else:
+        assert reason.startswith(skips_for) and "install-chromium.sh" in reason
 
 
 def images(driver) -> list[dict]:

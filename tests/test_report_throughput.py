@@ -135,6 +135,7 @@ def frontier_row(variant, n, status, reason="", peak=None, predicted_n=10_000):
                   predicted_max_n=predicted_n)
 
 
+@pytest.mark.slow
 def test_timer_checks_and_the_frontier_stay_out_of_the_curves_and_into_their_tables(tmp_path):
     rows = [sweep_row("vanilla", n, per_call(2e-6 * n**2, n),
                       others_cpu_share=0.4 if n == LENGTHS[-1] else 0.0) for n in LENGTHS]

@@ -57,6 +57,7 @@ def test_a_length_axis_ticks_exactly_the_measured_lengths():
     assert ax.get_xscale() == "log" and list(ax.get_xticks()) == [64, 256, 1024]
 
 
+@pytest.mark.slow
 def test_report_shows_each_verdict_with_its_reason_seeds_precondition_and_recipe(run_dir, tmp_path):
     report = render.build([run_dir], tmp_path / "report")
     page = report.html.read_text()

@@ -43,6 +43,7 @@ def only_records(run) -> list[str]:
             and not RECORD_NAME.fullmatch(p.name)]
 
 
+@pytest.mark.slow
 def test_failures_are_rows_with_status_and_reason(tmp_path):
     cases = [Case(action="ok", seq_len=8), Case(action="nan", seq_len=8), Case(action="error", seq_len=8),
              Case(action="hang", seq_len=8), Case(action="crash", seq_len=8)]
@@ -58,6 +59,7 @@ def test_failures_are_rows_with_status_and_reason(tmp_path):
     assert df.loc["crash", "reason"] == "worker process died (exit code -9)"
 
 
+@pytest.mark.slow
 def test_each_run_s_cases_find_its_directory_through_their_context(tmp_path):
     """The fake suite caches a figure in its context's run directory: each run in its own."""
     for name in ("a", "b"):
@@ -66,6 +68,7 @@ def test_each_run_s_cases_find_its_directory_through_their_context(tmp_path):
     assert "ATTNBENCH_RUN_DIR" not in os.environ  # no run directory is named to the process
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("action", ["oom", "cpu_oom"])
 def test_oom_skips_larger_sizes_of_the_same_group(tmp_path, action):
     """CUDA's OutOfMemoryError and the CPU's "can't allocate memory" are both oom."""
@@ -77,6 +80,7 @@ def test_oom_skips_larger_sizes_of_the_same_group(tmp_path, action):
     assert df[df.action == "ok"].status.tolist() == ["ok"]  # another group is not affected
 
 
+@pytest.mark.slow
 def test_an_oom_recorded_earlier_still_skips_larger_sizes_on_resume(tmp_path):
     runner.run([Case(action="oom", seq_len=32)], SUITE, tmp_path, progress=False)
     summary = runner.run([Case(action="oom", seq_len=n) for n in (32, 64)], SUITE, tmp_path, progress=False)
@@ -95,6 +99,7 @@ def test_is_oom_knows_cpu_and_cuda_memory_errors(exc, oom):
     assert runner.is_oom(exc) is oom
 
 
+@pytest.mark.slow
 def test_unsupported_is_recorded_not_run(tmp_path):
     # flash-cudnn runs on CUDA only: unsupported on the CPU of every machine, with or without a GPU.
     runner.run([Case(variant="flash-cudnn", device="cpu", seq_len=8)], SUITE, tmp_path, progress=False)
@@ -104,6 +109,7 @@ def test_unsupported_is_recorded_not_run(tmp_path):
     assert (row.family, row.exact) == ("flash", True)  # registry facts on failed rows too
 
 
+@pytest.mark.slow
 def test_schema_round_trip(tmp_path):
     case = Case(action="ok", seq_len=8, params={"window": 4})
     runner.run([case], SUITE, tmp_path, progress=False, run_fields={"profile": "quick"})
@@ -119,6 +125,7 @@ def test_schema_round_trip(tmp_path):
     assert env["schema_version"] == store.SCHEMA_VERSION and env["device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_load_reads_several_runs_in_one_call_each_once(tmp_path):
     runner.run([Case(seq_len=8)], SUITE, tmp_path / "a", progress=False)
     runner.run([Case(seq_len=16)], SUITE, tmp_path / "b", progress=False)
@@ -130,12 +137,14 @@ def test_load_reads_several_runs_in_one_call_each_once(tmp_path):
     assert sorted(named.seq_len) == [8, 16]
 
 
+@pytest.mark.slow
 def test_duplicate_cases_run_and_count_once(tmp_path):
     cases = [Case(seq_len=8), Case(seq_len=16), Case(seq_len=8)]
     summary = runner.run(cases, SUITE, tmp_path, progress=False)
     assert summary.counts == {"ok": 2} and len(store.load(tmp_path)) == 2
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_cases(tmp_path):
     cases = [Case(seq_len=n) for n in (8, 16)]
     runner.run(cases[:1], SUITE, tmp_path, progress=False)
@@ -154,6 +163,7 @@ def write_status_rows(run, cases_by_status):
             rs.write({**ROW, "case_id": case.case_id, **case.flat(), "status": status, "reason": "earlier"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("retry, measured_again", [
     ("failed", {"error", "timeout"}),
     ("none", set()),
@@ -177,6 +187,7 @@ def test_unknown_retry_policy_is_refused():
         runner.cases_to_run([], {}, "sometimes")
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_is_one_error_row_and_the_rerun_measures_it_again(tmp_path):
     marker = tmp_path / "died"
     cases = [Case(seq_len=8), Case(action="die_once", seq_len=16, params={"marker": str(marker)}),
@@ -221,6 +232,7 @@ def worker_pid(pid) -> int:
     return workers[0]
 
 
+@pytest.mark.slow
 def test_killing_the_worker_from_outside_costs_one_case_and_the_rerun_completes(tmp_path):
     proc = start_run(tmp_path, n_cases=8)
     wait_for_records(tmp_path, 3, proc)
@@ -236,6 +248,7 @@ def test_killing_the_worker_from_outside_costs_one_case_and_the_rerun_completes(
     assert (store.load(tmp_path).status == "ok").all() and len(store.load(tmp_path)) == 8
 
 
+@pytest.mark.slow
 def test_sigkill_loses_at_most_the_case_in_flight_and_resume_finishes(tmp_path):
     proc = start_run(tmp_path)
     wait_for_records(tmp_path, 3, proc)
@@ -265,6 +278,7 @@ def test_a_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "records").iterdir()) == [".abc.parquet.1234.tmp"]
 
 
+@pytest.mark.slow
 def test_temp_files_of_a_write_cut_short_are_removed_on_resume(tmp_path):
     runner.run([Case(seq_len=8)], SUITE, tmp_path, progress=False)
     (tmp_path / "records" / ".0123456789abcdef.parquet.1a2b3c4d.tmp").write_bytes(b"half a row")
@@ -273,6 +287,7 @@ def test_temp_files_of_a_write_cut_short_are_removed_on_resume(tmp_path):
     assert only_records(tmp_path) == [] and not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_run_from_another_device(tmp_path):
     runner.run([Case(seq_len=8)], SUITE, tmp_path, progress=False)
     env_file = tmp_path / store.ENVIRONMENT
@@ -311,6 +326,7 @@ def hold_lock(run) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_directory_is_refused_naming_the_holder(tmp_path):
     holder = hold_lock(tmp_path)
     try:
@@ -325,6 +341,7 @@ def test_a_second_run_on_the_same_directory_is_refused_naming_the_holder(tmp_pat
     assert runner.run([Case(seq_len=8)], SUITE, tmp_path, progress=False).counts == {"ok": 1}
 
 
+@pytest.mark.slow
 def test_a_stale_lock_file_is_taken_over(tmp_path):
     (tmp_path / store.LOCK).write_text('{"pid": 999999999, "host": "gone", "command": "attnbench run"}')
     assert runner.run([Case(seq_len=8)], SUITE, tmp_path, progress=False).counts == {"ok": 1}
@@ -332,6 +349,7 @@ def test_a_stale_lock_file_is_taken_over(tmp_path):
     assert holder["pid"] == os.getpid()
 
 
+@pytest.mark.slow
 def test_every_file_of_a_run_gets_the_umask_permissions(tmp_path):
     old = os.umask(0o022)
     try:
@@ -436,8 +454,9 @@ def finished_run(tmp_path_factory):
     return cases, run
 
 
-@pytest.mark.parametrize("kind, damage", CORRUPTION_CASES,
-                         ids=[f"{k}-{d.__name__}" for k, d in CORRUPTION_CASES])
+@pytest.mark.parametrize("kind, damage", [  # a damaged record's case is measured again: slow
+    pytest.param(k, d, id=f"{k}-{d.__name__}", marks=[pytest.mark.slow] if k == "record" else [])
+    for k, d in CORRUPTION_CASES])
 def test_corrupting_any_file_then_rerunning_ends_in_a_complete_run_and_a_report(tmp_path, kind, damage,
                                                                                 caplog, finished_run):
     cases, run = finished_run[0], tmp_path / "run"
@@ -457,6 +476,7 @@ def test_corrupting_any_file_then_rerunning_ends_in_a_complete_run_and_a_report(
     assert report.html.is_file() and "fake" in report.markdown.read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("after, kind, damage", [(2, "record", truncate), (5, "environment", garbage),
                                                  (8, "cache", truncate)])
 def test_a_run_killed_at_any_point_with_a_file_corrupted_completes_on_rerun(tmp_path, after, kind, damage):
@@ -471,6 +491,7 @@ def test_a_run_killed_at_any_point_with_a_file_corrupted_completes_on_rerun(tmp_
     assert render.build([tmp_path]).html.is_file()
 
 
+@pytest.mark.slow
 def test_a_truncated_peak_matmul_file_is_measured_again_not_an_error_in_every_case(tmp_path, caplog):
     """The throughput suite's per-run cache: truncated, it used to make every throughput case an error."""
     from suites.throughput import measuring

@@ -163,6 +163,7 @@ def test_each_row_is_compared_with_the_peak_of_its_own_dtype():
 
 # --- failures are data ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_mamba_kernel_is_its_scan_and_it_decodes_at_the_layer_level():
     scan = case(variant="mamba", level="kernel", seq_len=64)
     status, reason, metrics = runner.execute(SUITE, scan, CONTEXT)
@@ -180,6 +181,7 @@ def test_nan_output_is_a_recorded_failure(monkeypatch):
     assert status == "nonfinite" and "NaN" in reason and metrics == {}
 
 
+@pytest.mark.slow
 def test_oom_under_a_memory_cap_skips_larger_n_and_a_hang_is_stopped(tmp_path):
     # 96 MiB: N = 512 needs about 32 MiB of scores; glibc heap layout makes a tighter cap flaky
     capped = [case(seq_len=n, memory_cap_mb=96) for n in (128, 512, 4096, 8192)]
@@ -194,6 +196,7 @@ def test_oom_under_a_memory_cap_skips_larger_n_and_a_hang_is_stopped(tmp_path):
     assert df.loc[after.case_id, "status"] == "ok"  # the sweep goes on, memory freed, worker replaced
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     cases = [case(seq_len=n, budget_ms=300) for n in (64, 128, 256, 512, 1024, 2048)]
     script = textwrap.dedent(f"""
@@ -223,6 +226,7 @@ def attnbench(*args: str) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_bad_arguments_exit_2_with_one_line(tmp_path):
     bad = {
         "unknown variant": ["--device", "cpu", "-v", "nope"],
@@ -237,6 +241,7 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_cpu(tmp_path):
     out = tmp_path / "run"
     proc = attnbench("--device", "cpu", "-v", "vanilla", "-v", "linear", "-n", "128", "--out", str(out),
@@ -289,6 +294,7 @@ def test_summarize_prints_a_table_of_a_run(tmp_path):
 
 # --- pytest-benchmark route ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_pytest_benchmark_json_converts_to_store_rows(tmp_path):
     report = tmp_path / "bench.json"
     environment = {**os.environ, "ATTNBENCH_DEVICE": "cpu", "ATTNBENCH_VARIANTS": "vanilla,linear",
@@ -397,6 +403,7 @@ def test_time_cap_and_timeouts_skip_the_longer_lengths():
     assert case(seq_len=2048).skip_reason([timed(short, 99.0)]) is None  # no cap
 
 
+@pytest.mark.slow
 def test_the_runner_skips_what_the_time_cap_rules_out(tmp_path):
     capped = [case(seq_len=n, time_cap_ms=1) for n in (64, 128, 256)]
     runner.run(capped, SUITE, tmp_path, progress=False)
@@ -600,6 +607,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--find-max-n", "--memory-gb", "-1"], "--memory-gb must be a number greater than 0, got -1"),
     (["--memory-gb", "2"], "--memory-gb applies to --find-max-n"),
@@ -613,6 +621,7 @@ def test_frontier_bad_input_exits_2_with_one_line(tmp_path, args, message):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_find_max_n_records_the_frontier_beside_the_prediction(tmp_path):
     out = tmp_path / "frontier"
     proc = cli("--device", "cpu", "--find-max-n", "--memory-gb", "0.5", "-v", "vanilla", "--out", str(out),
@@ -651,6 +660,7 @@ def test_probe_lengths_runs_each_length_once_in_order_and_reads_the_frontier_fro
     assert (found.largest_ok, found.first_failure) == (1024, None)
 
 
+@pytest.mark.slow
 def test_find_max_n_with_lengths_probes_only_those(tmp_path):
     out = tmp_path / "frontier"
     proc = cli("--device", "cpu", "--find-max-n", "-n", "1024", "-n", "512", "-v", "vanilla",

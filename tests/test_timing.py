@@ -89,6 +89,7 @@ def in_fresh_process(code: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_a_real_allocation_fails_under_a_cpu_memory_cap():
     out = in_fresh_process("""
         import torch
