@@ -359,9 +359,10 @@ def run(
             if fresh:
                 store.clear()
             environment = {**env.describe(cases[0].device if cases else "cpu"), **executor.environment()}
-            store.open(environment)
+            suite = load_suite(suite_module)
+            store.open(environment, machine_bound=suite.machine_bound)
             recorded = store.statuses()
-            record_recipes(store, load_suite(suite_module).recipes(cases), has_rows=bool(recorded))
+            record_recipes(store, suite.recipes(cases), has_rows=bool(recorded))
             todo = cases_to_run(cases, recorded, retry)
             summary.skipped_as_done = len(cases) - len(todo)
             summary.retried = sum(c.case_id in recorded for c in todo)

@@ -37,6 +37,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -360,8 +361,12 @@ class RunStore:
         except (OSError, ValueError, KeyError, TypeError):
             return "another process"
 
-    def open(self, environment: dict[str, Any]) -> None:
+    def open(self, environment: dict[str, Any], machine_bound: bool = True) -> None:
         """Create the run, or check that a resumed one was measured on the same kind of machine.
+
+        A suite whose rows do not depend on the machine (`machine_bound=False`: accuracies and errors,
+        not speeds) may resume on another machine of the same device kind: each row names its machine,
+        and environment.json lists every other machine under `resumed_on`.
 
         A corrupt environment.json is moved aside and written again, after checking the device against
         the rows already on disk instead; a corrupt cache file beside it is moved aside, and temp files
@@ -381,7 +386,9 @@ class RunStore:
             previous = self._environment_from_rows()
         if previous is not None:
             for key in ("device", "device_name"):
-                if previous.get(key) != environment.get(key):
+                if key == "device_name" and not machine_bound and env_path.exists():
+                    self._note_other_machine(env_path, previous, environment)
+                elif previous.get(key) != environment.get(key):
                     raise RunDirError(
                         f"{self.root} holds a run on {previous.get('device_name')} "
                         f"({previous.get('device')}); this one is on {environment.get('device_name')} "
@@ -394,6 +401,17 @@ class RunStore:
         for cache in sorted(self.root.glob("*.json")):  # per-run caches (peak_matmul.json): a corrupt one
             if cache.name != ENVIRONMENT:                # is moved aside now, and measured again when needed
                 read_json_cache(cache)
+
+    def _note_other_machine(self, env_path: Path, previous: dict[str, Any],
+                            environment: dict[str, Any]) -> None:
+        if previous.get("device_name") == environment.get("device_name"):
+            return
+        others = previous.setdefault("resumed_on", [])
+        machine = {k: environment.get(k) for k in ("device_name", "cpu_threads", "hostname", "commit",
+                                                   "torch")}
+        if machine not in [{k: o.get(k) for k in machine} for o in others]:
+            others.append({**machine, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            self._write(env_path, lambda: write_json(env_path, previous))
 
     def _environment_from_rows(self) -> dict[str, Any] | None:
         rows = self.table(["device", "device_name"])

@@ -21,6 +21,10 @@ and may declare these capabilities; a suite that does not gets the default on th
     needs(case) -> [case_id]               the cases whose rows `run_case`    []: none
                                            reads through its context
 
+and may declare `MACHINE_BOUND = False` (default True) when its rows do not depend on the machine that
+measured them (accuracies and errors, not speeds): a run of it may then resume on another machine of the
+same device kind (harness.store.RunStore.open).
+
 `Suite.of(module)` checks the declared members and fills in the defaults (a module that lacks a member
 is a SuiteError naming it, which harness.plugins reports as a plugin problem); the harness reads a suite
 only through the `Suite` it returns.
@@ -71,6 +75,7 @@ class Suite:
     import_benchmark_json: Callable[[Any, Any], int] | None = None
     recipes: Callable[[list], dict[str, dict]] = _no_recipes
     needs: Callable[[Any], list[str]] = _needs_nothing
+    machine_bound: bool = True
 
     @classmethod
     def of(cls, module: ModuleType) -> Suite:
@@ -89,10 +94,13 @@ class Suite:
             wrong.append("OPTIONS (a tuple of plan keywords)")
         wrong += [name for name, member in capabilities.items()
                   if not callable(member) and not (member is None and name in MAY_BE_NONE)]
+        machine_bound = declared.get("MACHINE_BOUND", True)
+        if not isinstance(machine_bound, bool):
+            wrong.append("MACHINE_BOUND (True or False)")
         if wrong:
             raise SuiteError(f"{module.__name__}: malformed {', '.join(wrong)} (see harness.suite)")
         return cls(module.__name__, declared["plan"], declared["run_case"], float(timeout),
-                   declared["case_cost"], tuple(options), **capabilities)
+                   declared["case_cost"], tuple(options), **capabilities, machine_bound=machine_bound)
 
 
 def load_suite(module: str) -> Suite:

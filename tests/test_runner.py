@@ -296,6 +296,23 @@ def test_resume_refuses_a_run_from_another_device(tmp_path):
         runner.run([Case(seq_len=16)], SUITE, tmp_path, progress=False)
 
 
+def test_only_a_suite_not_bound_to_its_machine_resumes_on_another_model_of_the_same_device(tmp_path):
+    """Speeds belong to one machine; accuracies do not (MACHINE_BOUND = False): such a run resumes on
+    another CPU model, its rows name their machine, and environment.json lists the other machine once."""
+    rs = store.RunStore(tmp_path)
+    here = {"device": "cpu", "device_name": "Intel Xeon", "commit": "a"}
+    rs.open(here)
+    with pytest.raises(RunDirError, match="holds a run on Intel Xeon"):
+        rs.open({**here, "device_name": "AMD EPYC"})
+    for _ in range(2):
+        rs.open({**here, "device_name": "AMD EPYC", "commit": "b"}, machine_bound=False)
+    recorded = json.loads((tmp_path / store.ENVIRONMENT).read_text())
+    assert recorded["device_name"] == "Intel Xeon"
+    assert [(m["device_name"], m["commit"]) for m in recorded["resumed_on"]] == [("AMD EPYC", "b")]
+    with pytest.raises(RunDirError, match="holds a run on Intel Xeon"):  # the device kind still binds
+        rs.open({**here, "device": "cuda", "device_name": "AMD EPYC"}, machine_bound=False)
+
+
 def test_empty_results_load_to_an_empty_frame(tmp_path):
     (tmp_path / "records").mkdir()
     assert isinstance(store.load(tmp_path), pd.DataFrame) and store.load(tmp_path).empty
