@@ -79,9 +79,8 @@ def test_the_current_code_resumes_the_committed_run_and_adds_a_seed_without_reru
     for suite in (accuracy, long_range):
         planned = runner.unique(suite.plan(profile="standard", device="cpu"))
         assert runner.cases_to_run(planned, recorded) == []  # the committed run is whole under this code
-        more = runner.unique(suite.plan(profile="standard", device="cpu", seeds=4))
+        more = runner.unique(suite.plan(profile="standard", device="cpu", seeds=6))
         todo = runner.cases_to_run(more, recorded)
-        new_seed = [c for c in more if isinstance(c, accuracy.TaskCase) and c.seed == 3
+        new_seed = [c for c in more if isinstance(c, accuracy.TaskCase) and c.seed == 5
                     and c.case_id not in recorded]
-        assert todo == new_seed and todo, suite.__name__  # exactly the fourth seed's cases
-        assert "listops" not in {c.task for c in todo}  # it trains 5 seeds already
+        assert todo == new_seed and todo, suite.__name__  # exactly the sixth seed's cases
