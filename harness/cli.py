@@ -96,7 +96,8 @@ def run(
     )] = False,
     memory_gb: Annotated[float | None, typer.Option(
         help="With --find-max-n: the memory cap in GiB (default: 90% of the memory available)")] = None,
-    seeds: Annotated[int | None, typer.Option(help="Learned tasks: seeds per configuration")] = None,
+    seeds: Annotated[int | None, typer.Option(
+        help="Learned tasks: seeds per configuration (0: none, the exactness checks alone)")] = None,
     finding: Annotated[list[str] | None, typer.Option(
         "--finding", help="Learned tasks: only the experiments of these findings")] = None,
     criterion: Annotated[float | None, typer.Option(

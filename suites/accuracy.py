@@ -258,8 +258,10 @@ def chosen_specs(suite: str, profile: str, device: str, seeds: int | None = None
                  findings: list[str] | None = None, criterion: float | None = None) -> list[TaskSpec]:
     """The profile's learned-task configurations, with the command line's overrides: `seeds` per
     configuration, only the experiments of `findings`, the validation `criterion` (in (0, 1])."""
-    if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
-        raise ValueError(f"--seeds must be between 1 and {MAX_SEEDS}, got {seeds}")
+    if seeds is not None and not 0 <= seeds <= MAX_SEEDS:
+        raise ValueError(f"--seeds must be between 0 and {MAX_SEEDS}, got {seeds}")
+    if seeds == 0:  # no trainings: the accuracy suite's exactness checks alone
+        return []
     if criterion is not None and not 0 < criterion <= 1:
         raise ValueError(f"--criterion must be in (0, 1], got {criterion:g}")
     for name in findings or []:
