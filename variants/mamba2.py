@@ -13,7 +13,7 @@ That is linear attention with a scalar decay: q = C, k = B, v = dt x, log decay 
 
 The mixer is mamba_ssm's `Mamba2` block (ngroups=1, rmsnorm after the SiLU(z) gate, D per head), with the
 same parameter names and shapes, so a state_dict loads into either. Defaults chosen for the small widths of
-the learned tasks (documented in the README): d_state 64 (the library's 128 leaves no MLP to match
+the learned tasks (docs/variants.md): d_state 64 (the library's 128 leaves no MLP to match
 parameters with below d_model 48) and headdim = expand * d_model / n_heads (the harness's head count; 64 at
 d_model 64 with 2 heads, the library's default there).
 """
