@@ -227,7 +227,7 @@ def metric_vs_length(points: pd.DataFrame, metric: str, ylabel: str, title: str,
 
 NOISY_LABEL = "noisy (interval wider than +-2%)"
 MAX_SERIES_PER_PANEL = 8  # above this a configuration's panel splits into highlighted subsets
-SUBSETS = {True: "exact kernels", False: "approximations and other mixers"}
+SUBSETS = {True: "exact kernels", False: "approximations, other mixers"}
 
 
 def _split_crowded(points: pd.DataFrame) -> pd.DataFrame:
@@ -235,12 +235,15 @@ def _split_crowded(points: pd.DataFrame) -> pd.DataFrame:
     kernels; the rest), each highlighting its subset over the others in grey; `context_row` keeps the
     configuration's row label."""
     points = points.assign(context_row=points.panel_row)
-    ok = points[points.status == "ok"]
-    if ok.empty or ok.groupby(["panel_row", "panel_col"]).series.nunique().max() <= MAX_SERIES_PER_PANEL:
+    counts = points[points.status == "ok"].groupby(["panel_row", "panel_col"]).series.nunique()
+    crowded = set(counts[counts > MAX_SERIES_PER_PANEL].index)
+    if not crowded:
         return points
     exact = points.exact.map(lambda v: v is True or v == 1.0) if "exact" in points else False
     subset = pd.Series(exact, index=points.index).map(SUBSETS)
-    return points.assign(panel_row=points.panel_row + " \u00b7 " + subset)
+    split = pd.Series([key in crowded for key in zip(points.panel_row, points.panel_col, strict=True)],
+                      index=points.index)
+    return points.assign(panel_row=points.panel_row.where(~split, points.panel_row + "\n" + subset))
 
 
 def _draw_context(ax, points, panel, metric, scale) -> set[int]:
