@@ -218,7 +218,8 @@ def peak_bytes(rows: pd.DataFrame) -> pd.Series:
 
 def points(tp: pd.DataFrame) -> pd.DataFrame:
     """One point per (config, series, N): the median of its ok rows, else its most telling failure."""
-    keys = ["config", "panel_row", "panel_col", *CONFIG_KEYS, "series", "variant", "family", "seq_len"]
+    keys = ["config", "panel_row", "panel_col", *CONFIG_KEYS, "series", "variant", "family", "exact",
+            "seq_len"]
     if tp.empty:
         return pd.DataFrame(columns=[*keys, "status", "reason", *THROUGHPUT_METRICS])
     ok = tp[tp.status == "ok"]
