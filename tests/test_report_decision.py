@@ -65,10 +65,17 @@ def test_latency_relative_to_the_baseline_the_rows_mark(found):
     assert d.relative.loc["vanilla"].dropna().eq(1.0).all() and np.isnan(d.relative.loc["vanilla", 16384])
 
 
-def test_without_a_marked_baseline_a_named_exact_variant_stands_in():
+def test_rows_written_before_the_baseline_column_take_the_registry_s():
     rows = fx.full_rows().drop(columns=["baseline"])
     d = decision.decisions(Findings.compute(rows), rows)[0]
-    # flash-sdpa ran at all 5 lengths, vanilla at 4: flash-sdpa stands in, and the page says so.
+    assert d.baseline == "vanilla" and d.baseline_note == ""  # vanilla is the registry's baseline
+
+
+def test_without_a_baseline_that_ran_a_named_exact_variant_stands_in():
+    rows = fx.full_rows()
+    rows = rows[rows.variant != "vanilla"].drop(columns=["baseline"])
+    d = decision.decisions(Findings.compute(rows), rows)[0]
+    # flash-sdpa ran at all 5 lengths: it stands in, and the page says so.
     assert d.baseline == "flash-sdpa" and "mark no baseline" in d.baseline_note
 
 
