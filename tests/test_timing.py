@@ -149,6 +149,7 @@ def test_pytest_benchmark_records_exactly_the_rounds_it_is_handed(pytester):
     assert bench["stats"]["data"] == durations and bench["stats"]["rounds"] == len(durations)
     assert bench["stats"]["median"] == statistics.median(durations) and bench["stats"]["iterations"] == 1
     assert bench["extra_info"] == {"figure": 42}
+    assert bench["options"]["timer"] == "replayed_rounds"  # the row's `timer` column names the real one
     assert timing.latency_summary(bench["stats"]) == timing.latency_summary(timing.round_stats(durations))
 
 
