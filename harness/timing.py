@@ -1,5 +1,5 @@
-"""Timing with one engine, our own loop: `attnbench run` and the pytest-benchmark module both time
-through `time_rounds` (pytest-benchmark records the rounds it measured: `ReplayClock`).
+"""Timing with one engine, our own loop: `attnbench run` and suites/bench_throughput.py both time
+through `time_rounds`; the latter hands the rounds to pytest-benchmark's fixture (`ReplayClock`).
 
 Method (results/README.md, "What is measured"): a warm-up that runs until compile and autotune are
 done (one call, then on until `warmup_ms` has passed), one call timed alone that sizes the run, then
