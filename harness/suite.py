@@ -20,8 +20,9 @@ and may declare these capabilities; a suite that does not gets the default on th
                                            rates), recorded in environment.json by the runner
     needs(case) -> [case_id]               the cases whose rows `run_case`    []: none
                                            reads through its context
-    estimate(cases) -> harness.estimate.Estimate  a plan's estimated seconds,  None: the sum of case_cost
-                                           compiling included (`run --estimate`)
+    estimate(cases) -> Estimate            a plan's estimated seconds,        None: the sum of case_cost
+                                           compiling included (harness.estimate;
+                                           `attnbench run --estimate`)
 
 and may declare `MACHINE_BOUND = False` (default True) when its rows do not depend on the machine that
 measured them (accuracies and errors, not speeds): a run of it may then resume on another machine of the
