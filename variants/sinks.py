@@ -143,7 +143,7 @@ def sink_pairs(n_q: int, n_k: int, causal: bool, *, window, sink_tokens, **_para
 FLOPS = flops.softmax(sink_pairs)
 # The estimate charges the sinks no attention work beyond the block's projections (as before the hooks:
 # their window's scores are not modelled there); the frontier models FlexAttention's code paths.
-COST_HOOKS = dict(cost=costs.projections_only, peak_bytes=flex.peak_bytes)
+COST_HOOKS = dict(cost=costs.projections_only, peak_bytes=flex.peak_bytes, compiles=flex.compiles)
 
 
 class SinkAttentionMixer(AttentionMixer):

@@ -132,7 +132,7 @@ def fixed_mask(n_q: int, n_k: int, causal: bool = False, n_heads: int = 1, **par
 
 # The estimate charges the sparse patterns as full causal attention (an upper bound: the FLOPs they skip
 # are not modelled there); the frontier models FlexAttention's code paths.
-COST_HOOKS = dict(cost=costs.causal_attention_cost, peak_bytes=flex.peak_bytes)
+COST_HOOKS = dict(cost=costs.causal_attention_cost, peak_bytes=flex.peak_bytes, compiles=flex.compiles)
 
 
 @attention_variant(
