@@ -130,7 +130,8 @@ class AttentionMixer(nn.Module):
     """(batch, seq, d_model) -> same: fused QKV projection, a registered attention, output projection.
 
     `kv_heads` (None: n_heads) projects keys and values to that many heads (grouped-query attention): the
-    fused projection is d_model -> d_model + 2 * kv_heads * head_dim, and the decoding state holds kv_heads."""
+    fused projection is d_model -> d_model + 2 * kv_heads * head_dim, and the decoding state holds
+    kv_heads."""
 
     def __init__(self, d_model: int, n_heads: int, *, variant, causal: bool = True, rope: bool = False,
                  kv_heads: int | None = None, **params):
@@ -180,4 +181,5 @@ class AttentionMixer(nn.Module):
 
     def extra_repr(self) -> str:
         kv = "" if self.kv_heads == self.n_heads else f", kv_heads={self.kv_heads}"
-        return f"variant={self.variant.name}, heads={self.n_heads}{kv}, causal={self.causal}, rope={self.rope}"
+        return (f"variant={self.variant.name}, heads={self.n_heads}{kv}, causal={self.causal}, "
+                f"rope={self.rope}")

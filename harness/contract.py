@@ -180,6 +180,11 @@ def qkv(kind: str, n_q: int, n_k: int, seed: int = 0, batch: int = 1, n_heads: i
     return q, k, v
 
 
+def _draw(kind: str, n_q: int, n_k: int, s: Setting):
+    """The setting's q, k, v (qkv)."""
+    return qkv(kind, n_q, n_k, s.seed, s.batch, s.n_heads, s.head_dim, s.kv_heads)
+
+
 def visible(v: Variant, n_q: int, n_k: int, causal: bool, n_heads: int, params: dict,
             device="cpu") -> torch.Tensor | None:
     """Which keys each query may see: the variant's own mask, else the causal one (None: every key)."""
@@ -250,7 +255,7 @@ class _Run:
 
 
 def _attention_run(v: Variant, kind: str, n_q: int, n_k: int, causal: bool, s: Setting) -> _Run:
-    (q, k, val), rounded = _rounded(qkv(kind, n_q, n_k, s.seed, s.batch, s.n_heads, s.head_dim, s.kv_heads), s)
+    (q, k, val), rounded = _rounded(_draw(kind, n_q, n_k, s), s)
     out = v.attention(q, k, val, causal=causal, **s.params)
     tol = tolerance(s.dtype, n_k, logit_bound(*rounded[:2]))
     return _Run(out, reference(v, *rounded, causal, s.params), tol, rounded[2])
@@ -298,7 +303,7 @@ def _no_visible_key(v: Variant, s: Setting) -> Outcome:
 
 def _attention_causality(v: Variant, s: Setting) -> Outcome:
     t = int(CAUSALITY_SPLIT * s.n)
-    q, k, val = qkv("random", s.n, s.n, s.seed, s.batch, s.n_heads, s.head_dim, s.kv_heads)
+    q, k, val = _draw("random", s.n, s.n, s)
     g = torch.Generator().manual_seed(s.seed + 1)
     k2, v2 = k.clone(), val.clone()
     k2[..., t:, :] += 3.0 * torch.randn(k2[..., t:, :].shape, generator=g, dtype=torch.float64)
@@ -325,7 +330,7 @@ def _causality(before, after, t: int, s: Setting, what: str, logit: float = 1.0,
 
 def _attention_decode(v: Variant, s: Setting) -> Outcome:
     context = s.n - DECODE_STEPS
-    (q, k, val), rounded = _rounded(qkv("random", s.n, s.n, s.seed, s.batch, s.n_heads, s.head_dim, s.kv_heads), s)
+    (q, k, val), rounded = _rounded(_draw("random", s.n, s.n, s), s)
     state = v.prefill(k[..., :context, :], val[..., :context, :], capacity=s.n, **s.params)
     steps = []
     for t in range(context, s.n):

@@ -186,7 +186,8 @@ class Variant:
         causal: bool = False,
         grouped: bool = False,
     ) -> tuple[bool, str]:
-        """(True, "ok"), or (False, why not). `grouped`: k and v have fewer heads than q (Support.grouped_kv)."""
+        """(True, "ok"), or (False, why not). `grouped`: k and v have fewer heads than q
+        (Support.grouped_kv)."""
         try:
             dev, dt = device_type(device), as_dtype(dtype)
         except (RuntimeError, ValueError) as e:
@@ -239,7 +240,8 @@ class Variant:
         else:
             mask = attention.causal_mask(n_q, n_k, q.device) if causal else None
         group = attention.kv_group(q, k)
-        return attention.softmax_attention(q, attention.repeat_kv(k, group), attention.repeat_kv(v, group), mask)
+        k, v = attention.repeat_kv(k, group), attention.repeat_kv(v, group)
+        return attention.softmax_attention(q, k, v, mask)
 
     def attention_flops(self, mode: str, batch: int, n_heads: int, head_dim: int, n_q: int, n_k: int,
                         causal: bool, params: dict[str, Any] | None = None) -> int | None:

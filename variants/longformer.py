@@ -48,9 +48,10 @@ def longformer_cost(d_model, n_layers, n_heads, seq_len, *, window=128, **params
 
 
 def banded_peak_bytes(call: costs.KernelCall, *, window, **params) -> float:
-    """The sliding-chunks path: q, k, v (k and v at kv_heads) and the upcast inputs; per query row, 5 head_dim-sized temporaries (padded
-    copies, the output and its parts) and 2.5 copies of its (3 window) chunk scores (masked scores,
-    probabilities; the raw scores are freed part-way)."""
+    """The sliding-chunks path: q, k, v (k and v at kv_heads) and the upcast inputs; per query row, 5
+    head_dim-sized temporaries (padded copies, the output and its parts; counted per query head, an upper
+    bound for grouped KV heads) and 2.5 copies of its (3 window) chunk scores (masked scores, probabilities;
+    the raw scores are freed part-way)."""
     c = call
     return c.qkv_x * c.e + c.upcast + c.rows * c.a * (5 * c.head_dim + 7.5 * window)
 

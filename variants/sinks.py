@@ -24,7 +24,14 @@ import torch
 from torch import nn
 
 from harness import costs, flex, flops, masks
-from harness.attention import AttentionMixer, group_mask, group_queries, kv_group, repeat_kv, softmax_attention
+from harness.attention import (
+    AttentionMixer,
+    group_mask,
+    group_queries,
+    kv_group,
+    repeat_kv,
+    softmax_attention,
+)
 from harness.registry import Support, Unsupported, attention_variant
 
 WINDOW = 128
