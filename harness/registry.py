@@ -149,6 +149,10 @@ class Variant:
     # Recurrent families (linear, performer) register their constant-size state instead.
     prefill_fn: Callable[..., Any] | None = None  # (k, v, capacity, **params) -> state
     decode_fn: Callable[..., Any] | None = None  # (q_t, k_t, v_t, state, **params) -> (o_t, state)
+    # What the decoding state is: "kv_cache" (keys and values of the context, at kv_heads; a bounded one
+    # for a window) or "recurrent" (a state whose size does not grow with the context). None: a KV cache
+    # for an attention variant on the default prefill, a recurrent state otherwise.
+    decode_state: str | None = None
     module: str = ""  # the Python module that registered it (its plugin: `source`)
 
     def __post_init__(self) -> None:
@@ -164,9 +168,18 @@ class Variant:
             raise TypeError(f"variant {self.name!r} has neither an attention function nor a mixer")
         if (self.kernel is None) != (self.kernel_inputs is None):
             raise TypeError(f"variant {self.name!r}: kernel and kernel_inputs come together")
+        if self.decode_state not in (None, "kv_cache", "recurrent"):
+            raise TypeError(f"variant {self.name!r}: decode_state must be 'kv_cache', 'recurrent' or None")
         for hook in ("cost", "peak_bytes"):
             if not (getattr(self, hook) is None or callable(getattr(self, hook))):
                 raise TypeError(f"variant {self.name!r}: {hook} must be a function or None")
+
+    @property
+    def decode_state_kind(self) -> str:
+        """"kv_cache" or "recurrent": what decoding keeps (the `decode_state` field, else its default)."""
+        if self.decode_state is not None:
+            return self.decode_state
+        return "kv_cache" if self.attention_fn is not None and self.prefill_fn is None else "recurrent"
 
     @property
     def source(self) -> plugins.Source:

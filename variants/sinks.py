@@ -193,7 +193,8 @@ LEARNED_DEFAULTS = dict(window=WINDOW, sink_tokens=0, sink_logit=0.0)
 
 @attention_variant(
     "swa-sinks", family="sinks", exact=True, support=SUPPORT, defaults=TOKENS_DEFAULTS, mask_fn=sink_mask,
-    backend=flex.backend, prefill_fn=sink_prefill, decode_fn=sink_decode, flops=FLOPS, **COST_HOOKS,
+    backend=flex.backend, prefill_fn=sink_prefill, decode_fn=sink_decode, decode_state="kv_cache",
+    flops=FLOPS, **COST_HOOKS,
     small_params={"window": 8, "sink_tokens": 2},
     description="sliding window + StreamingLLM sink tokens via FlexAttention (dense masked softmax on CPU)",
 )
@@ -203,7 +204,8 @@ def swa_sinks(q, k, v, causal=True, *, window, sink_tokens, sink_logit=None):
 
 @attention_variant(
     "swa-learned-sinks", family="sinks", exact=False, support=SUPPORT, defaults=LEARNED_DEFAULTS,
-    mask_fn=sink_mask, backend=flex.backend, prefill_fn=sink_prefill, decode_fn=sink_decode, **COST_HOOKS,
+    mask_fn=sink_mask, backend=flex.backend, prefill_fn=sink_prefill, decode_fn=sink_decode,
+    decode_state="kv_cache", **COST_HOOKS,
     mixer_factory=SinkAttentionMixer, reference=sink_attention_reference, flops=FLOPS,
     small_params={"window": 8},
     description="sliding window + a learned sink logit per head in the softmax denominator; FlexAttention "
