@@ -469,3 +469,37 @@ def test_layer_flops_count_the_smaller_kv_projection():
 
     assert flops.projection_flops("fwd", 10, 64) == 8 * 10 * 64 * 64 * flops.PROJECTION_MODE_FACTOR["fwd"]
     assert flops.projection_flops("fwd", 10, 64, 16) < flops.projection_flops("fwd", 10, 64)
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,message", [
+    (["--kv-heads", "3"], "--kv-heads 3 must be at least 1 and divide n_heads 4"),
+    (["--kv-heads", "0"], "--kv-heads 0 must be at least 1 and divide n_heads 4"),
+    (["--kv-heads", "2", "--find-max-n"], "--find-max-n takes no --kv-heads"),
+])
+def test_bad_kv_heads_exit_2_with_one_line(monkeypatch, capsys, tmp_path, args, message):
+    import sys
+
+    from harness import cli
+
+    monkeypatch.setattr(sys, "argv", ["attnbench", "run", "--suite", "throughput", "--device", "cpu",
+                                      "-v", "vanilla", "--out", str(tmp_path / "run"), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_kv_heads_is_refused_by_a_suite_that_does_not_plan_it(monkeypatch, capsys, tmp_path):
+    import sys
+
+    from harness import cli
+
+    monkeypatch.setattr(sys, "argv", ["attnbench", "run", "--suite", "accuracy", "--device", "cpu",
+                                      "--kv-heads", "2", "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    assert "--kv-heads applies to the throughput suite, not to accuracy" in capsys.readouterr().err
