@@ -139,11 +139,7 @@ class AttentionMixer(nn.Module):
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
         self.variant, self.n_heads, self.causal, self.rope = variant, n_heads, causal, rope
-        self.kv_heads = checked_kv_heads(n_heads, kv_heads)
-        if self.kv_heads != n_heads and variant.support.grouped_kv_reason():
-            from harness.registry import Unsupported  # late: the registry imports this module
-
-            raise Unsupported(f"{variant.name}: {variant.support.grouped_kv_reason()}")
+        self.kv_heads = checked_kv_heads(n_heads, kv_heads)  # Variant.mixer refuses undeclared grouping
         self.params = params
         head_dim = d_model // n_heads
         self.qkv = nn.Linear(d_model, d_model + 2 * self.kv_heads * head_dim, bias=False)

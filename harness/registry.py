@@ -313,6 +313,10 @@ class Variant:
             n_q, n_k, causal=causal, **{**self.defaults, **params})
 
     def mixer(self, d_model: int, n_heads: int, **params) -> torch.nn.Module:
+        """Its sequence mixer; `kv_heads` below n_heads (grouped KV heads) only where declared."""
+        kv_heads = params.get("kv_heads")
+        if kv_heads is not None and kv_heads != n_heads and self.support.grouped_kv_reason():
+            raise Unsupported(f"{self.name}: {self.support.grouped_kv_reason()}")
         return self.mixer_factory(d_model, n_heads, **params)
 
     def backend_for(self, device: torch.device | str) -> str:

@@ -242,8 +242,12 @@ def test_the_ungrouped_mixer_keeps_its_layout_and_weights():
 
 
 def test_a_mixer_of_a_variant_without_grouped_kv_refuses_kv_heads():
+    undeclared = fake_variant()
+    undeclared.mixer_factory = lambda d_model, n_heads, **params: AttentionMixer(
+        d_model, n_heads, variant=undeclared, **params)
     with pytest.raises(Unsupported, match="grouped KV heads not declared"):
-        AttentionMixer(64, 8, variant=fake_variant(), kv_heads=2)
+        undeclared.mixer(64, 8, kv_heads=2)
+    assert undeclared.mixer(64, 8, kv_heads=8).kv_heads == 8  # n_heads itself is the ungrouped mixer
     with pytest.raises(ValueError, match="divide"):
         AttentionMixer(64, 8, variant=registry.get("vanilla"), kv_heads=3)
 
