@@ -16,10 +16,11 @@ families `full_attention_err`, how far the pattern is from full attention. For l
 `rel_err` is their approximation error: a measure of the method, which no tolerance judges. Plus float32
 sweeps over N (every attention variant) and over performer's nb_features.
 
-Grouped KV heads: every attention variant also runs the checks of GROUPED_KINDS with 4 query heads and
-`kv_heads` 1 (multi-query) and 2 (grouped-query, n_heads / 2), against the reference with its KV heads
-repeated (harness.contract). A variant that does not declare grouped KV heads gets `unsupported` rows that
-name the setting and the reason.
+Grouped KV heads: every attention variant also runs the checks of GROUPED_KINDS at every dtype with 4
+query heads and `kv_heads` 1 (multi-query) and 2 (grouped-query, n_heads / 2), against the reference with
+its KV heads repeated (harness.contract); the quick profile runs GROUPED_QUICK's (its time budget). A
+variant that does not declare grouped KV heads gets `unsupported` rows that name the setting and the
+reason.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ CHECK_KINDS = ("large_logits", "cross", "no_visible_key", "causality", "decode",
 # cache), with GROUPED_N_HEADS query heads and kv_heads 1 and GROUPED_N_HEADS // 2.
 GROUPED_KINDS = ("random", "cross", "no_visible_key", "decode")
 GROUPED_N_HEADS = 4
+GROUPED_QUICK = (("random", "decode"), ("float32",))  # kinds, dtypes: causal random inputs and the cache
 
 
 class ExactnessCase(Case):
@@ -101,7 +103,8 @@ def cases(profile: str, device: str, names: list[str]) -> list[ExactnessCase]:
                                              input_kind=kind, seq_len=n, causal=causal))
         if v.attention_fn is None:
             continue
-        planned += grouped_cases(name, device, params, short, grid.non_causal and v.support.non_causal)
+        both = grid.non_causal and v.support.non_causal
+        planned += grouped_cases(profile, name, device, params, short, both)
         for n in grid.n_sweep:
             planned.append(ExactnessCase(variant=name, device=device, dtype="float32", params=params,
                                          input_kind="random", seq_len=n, causal=True))
@@ -114,13 +117,17 @@ def cases(profile: str, device: str, names: list[str]) -> list[ExactnessCase]:
     return list({c.case_id: c for c in planned}.values())  # sweeps may repeat a grid point
 
 
-def grouped_cases(name: str, device: str, params: dict, n: int, non_causal: bool) -> list[ExactnessCase]:
-    """The grouped-KV checks of one attention variant: GROUPED_KINDS at every dtype, kv_heads 1 and
-    GROUPED_N_HEADS // 2 of GROUPED_N_HEADS query heads, at the grid's random-input length."""
+def grouped_cases(profile: str, name: str, device: str, params: dict, n: int,
+                  non_causal: bool) -> list[ExactnessCase]:
+    """The grouped-KV checks of one attention variant: GROUPED_KINDS at every dtype (quick: GROUPED_QUICK,
+    causal), kv_heads 1 and GROUPED_N_HEADS // 2 of GROUPED_N_HEADS query heads, at the grid's random-input
+    length."""
+    kinds, dtypes = GROUPED_QUICK if profile == "quick" else (GROUPED_KINDS, DTYPES)
+    both = non_causal and profile != "quick"
     return [ExactnessCase(variant=name, device=device, dtype=dtype, params=params, input_kind=kind, seq_len=n,
                           causal=causal, n_heads=GROUPED_N_HEADS, kv_heads=kv_heads)
-            for kv_heads in (1, GROUPED_N_HEADS // 2) for kind in GROUPED_KINDS for dtype in DTYPES
-            for causal in ((False, True) if kind in ("random", "cross") and non_causal else (True,))]
+            for kv_heads in (1, GROUPED_N_HEADS // 2) for kind in kinds for dtype in dtypes
+            for causal in ((False, True) if kind in ("random", "cross") and both else (True,))]
 
 
 # --- one case -------------------------------------------------------------------------------------------

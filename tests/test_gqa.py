@@ -358,13 +358,15 @@ def test_cuda_sdpa_grouped_training_matches_the_twin():
 
 # --- the exactness suite -----------------------------------------------------------------------------------
 
-def test_exactness_plans_grouped_checks_for_every_attention_variant():
-    cases = E.cases("quick", "cpu", registry.names())
+@pytest.mark.parametrize("profile", ["quick", "standard"])
+def test_exactness_plans_grouped_checks_for_every_attention_variant(profile):
+    cases = E.cases(profile, "cpu", registry.names())
     grouped = [c for c in cases if c.kv_heads is not None]
     attention_variants = {n for n in registry.names() if registry.get(n).attention_fn is not None}
     assert {c.variant for c in grouped} == attention_variants
     assert {(c.n_heads, c.kv_heads) for c in grouped} == {(4, 1), (4, 2)}
-    assert {c.input_kind for c in grouped} == set(E.GROUPED_KINDS)
+    kinds, dtypes = E.GROUPED_QUICK if profile == "quick" else (E.GROUPED_KINDS, E.DTYPES)
+    assert {c.input_kind for c in grouped} == set(kinds) and {c.dtype for c in grouped} == set(dtypes)
     ungrouped = [c for c in cases if c.kv_heads is None]
     assert all("kv_heads" not in c.identity() for c in ungrouped)  # ADDED_LATER: the old ids stand
     with pytest.raises(ValueError):
