@@ -103,6 +103,9 @@ def run(
         "--finding", help="Learned tasks: only the experiments of these findings")] = None,
     criterion: Annotated[float | None, typer.Option(
         help="Learned tasks: the validation accuracy that ends training, in (0, 1]")] = None,
+    kv_heads: Annotated[list[int] | None, typer.Option(
+        "--kv-heads", help="Throughput: grouped-query attention, k and v with this many heads (each must "
+                           "divide n_heads; repeat for several; 1 is multi-query)")] = None,
     estimate: Annotated[bool, typer.Option(
         "--estimate", help="Run nothing: print the plan's (or the shard's) case count and estimated time, "
                            "in all and per family, compiling and autotuning included (a --device cuda plan "
@@ -113,6 +116,10 @@ def run(
         fail("--memory-gb applies to --find-max-n")
     learned = {k: v for k, v in dict(seeds=seeds, findings=finding or None, criterion=criterion).items()
                if v is not None}
+    if kv_heads:
+        if find_max_n:
+            fail("--find-max-n takes no --kv-heads (it probes the forward kernel at n_heads)")
+        learned["kv_heads"] = validate.unique(kv_heads)  # a plan option of the throughput suite
     shape = {k: v for k, v in dict(mode=mode, level=level, kind=kind).items() if v}
     if find_max_n:
         if estimate:
@@ -254,6 +261,8 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
     if fresh and out.is_dir() and any(out.iterdir()) and not store.is_run_dir(out):
         fail(f"--fresh: {out} is not a run directory (no records/ or environment.json); it is left alone")
     for name in sorted(set(learned) - set(chosen.options)):
+        if name == "kv_heads":
+            fail(f"--kv-heads applies to the throughput suite, not to {suite}")
         option = {"seeds": "--seeds", "findings": "--finding", "criterion": "--criterion"}[name]
         fail(f"{option} applies to the learned-task suites (accuracy, long-range), not to {suite}")
     try:

@@ -18,6 +18,12 @@ The checks (`CHECKS`), on q, k, v drawn in float64 from a seed and rounded to th
 - `decode`: a prefill, then one token at a time: the outputs equal the full causal forward's last rows.
 - `mixer` (mixer-only families): the whole block in the dtype against itself in float64.
 
+Grouped KV heads: a setting with `kv_heads` (dividing n_heads) draws k and v with that many heads; the
+variant gets them as they are, and the reference gets them repeated to the query heads (repeat_interleave:
+harness.attention.repeat_kv), softmax's or the approximation's own (which repeats them itself). A variant
+that does not declare grouped KV heads (Support.grouped_kv) gets `unsupported` with its reason, and so does
+a mixer-only family (no KV heads): never a silent repeat.
+
 The reference. An exact variant (`exact=True`) is held to softmax attention under its own mask, never to
 a reference it declares: a plugin cannot vouch for itself. An approximation is held to its declared naive
 `reference` (how far that is from softmax is the method's approximation error, measured apart by the
@@ -49,7 +55,7 @@ from typing import Any
 
 import torch
 
-from harness.attention import causal_mask, softmax_attention
+from harness.attention import causal_mask, checked_kv_heads, kv_group, repeat_kv, softmax_attention
 from harness.registry import Unsupported, Variant, dtype_name
 
 REFERENCE_KINDS = ("random", "peaked", "large_logits", "near_duplicate", "long")
@@ -79,6 +85,11 @@ class Setting:
     batch: int = 1
     n_heads: int = 2
     head_dim: int = 64
+    kv_heads: int | None = None  # k and v's heads (grouped-query attention); None: n_heads
+
+    @property
+    def grouped(self) -> bool:
+        return self.kv_heads is not None and self.kv_heads != self.n_heads
 
 
 @dataclass
@@ -151,19 +162,27 @@ def logit_bound(q: torch.Tensor, k: torch.Tensor) -> float:
 
 # --- inputs and references ------------------------------------------------------------------------------
 
-def qkv(kind: str, n_q: int, n_k: int, seed: int = 0, batch: int = 1, n_heads: int = 2, head_dim: int = 64):
-    """q (n_q), k and v (n_k) in float64 on the CPU, deterministic by seed: (batch, heads, seq, head_dim)."""
+def qkv(kind: str, n_q: int, n_k: int, seed: int = 0, batch: int = 1, n_heads: int = 2, head_dim: int = 64,
+        kv_heads: int | None = None):
+    """q (n_q), k and v (n_k) in float64 on the CPU, deterministic by seed: (batch, heads, seq, head_dim),
+    k and v with kv_heads heads (None: n_heads)."""
     g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(batch, n_heads, n, head_dim, generator=g, dtype=torch.float64)
-               for n in (n_q, n_k, n_k))
+    kv_heads = checked_kv_heads(n_heads, kv_heads)
+    q, k, v = (torch.randn(batch, heads, n, head_dim, generator=g, dtype=torch.float64)
+               for n, heads in ((n_q, n_heads), (n_k, kv_heads), (n_k, kv_heads)))
     if kind == "peaked":
         q, k = q * PEAK_SCALE, k * PEAK_SCALE
     elif kind == "large_logits":
         q, k = q * LARGE_LOGIT_SCALE, k * LARGE_LOGIT_SCALE
     elif kind == "near_duplicate":
-        base = torch.randn(batch, n_heads, DUPLICATE_KEYS, head_dim, generator=g, dtype=torch.float64)
+        base = torch.randn(batch, kv_heads, DUPLICATE_KEYS, head_dim, generator=g, dtype=torch.float64)
         k = base[..., torch.arange(n_k) % DUPLICATE_KEYS, :] + DUPLICATE_NOISE * k
     return q, k, v
+
+
+def _draw(kind: str, n_q: int, n_k: int, s: Setting):
+    """The setting's q, k, v (qkv)."""
+    return qkv(kind, n_q, n_k, s.seed, s.batch, s.n_heads, s.head_dim, s.kv_heads)
 
 
 def visible(v: Variant, n_q: int, n_k: int, causal: bool, n_heads: int, params: dict,
@@ -176,12 +195,13 @@ def visible(v: Variant, n_q: int, n_k: int, causal: bool, n_heads: int, params: 
 
 def reference(v: Variant, q, k, val, causal: bool, params: dict) -> torch.Tensor:
     """In float64 on q's device: softmax under the variant's mask if it is exact, else its declared
-    reference."""
+    reference; grouped KV heads repeated to the query heads (the declared reference repeats them itself)."""
     q, k, val = (t.detach().double() for t in (q, k, val))
     if not v.exact:
         return v.attention_reference(q, k, val, causal=causal, **params)
+    group = kv_group(q, k)
     mask = visible(v, q.shape[-2], k.shape[-2], causal, q.shape[1], params, q.device)
-    return softmax_attention(q, k, val, mask)
+    return softmax_attention(q, repeat_kv(k, group), repeat_kv(val, group), mask)
 
 
 def _rounded(tensors, s: Setting):
@@ -213,9 +233,13 @@ def _against(v: Variant) -> str:
     return "its reference" if not v.exact else "softmax under its mask" if v.mask is not None else "softmax"
 
 
-def _shape(n_q: int, n_k: int, causal: bool) -> str:
+def _grouping(s: Setting | None) -> str:
+    return f" kv_heads={s.kv_heads} of {s.n_heads}" if s is not None and s.grouped else ""
+
+
+def _shape(n_q: int, n_k: int, causal: bool, s: Setting | None = None) -> str:
     shape = f"N={n_k}" if n_q == n_k else f"Nq={n_q} Nk={n_k}"
-    return shape + (" causal" if causal else "")
+    return shape + (" causal" if causal else "") + _grouping(s)
 
 
 # --- attention checks -----------------------------------------------------------------------------------
@@ -231,7 +255,7 @@ class _Run:
 
 
 def _attention_run(v: Variant, kind: str, n_q: int, n_k: int, causal: bool, s: Setting) -> _Run:
-    (q, k, val), rounded = _rounded(qkv(kind, n_q, n_k, s.seed, s.batch, s.n_heads, s.head_dim), s)
+    (q, k, val), rounded = _rounded(_draw(kind, n_q, n_k, s), s)
     out = v.attention(q, k, val, causal=causal, **s.params)
     tol = tolerance(s.dtype, n_k, logit_bound(*rounded[:2]))
     return _Run(out, reference(v, *rounded, causal, s.params), tol, rounded[2])
@@ -243,7 +267,7 @@ def _judge(check: str, what: str, r: _Run, s: Setting, note: str = "") -> Outcom
 
 def _reference_kind(v: Variant, check: str, s: Setting) -> Outcome:
     r = _attention_run(v, check, s.n, s.n, s.causal, s)
-    return _judge(check, f"{check} {_shape(s.n, s.n, s.causal)} against {_against(v)}", r, s)
+    return _judge(check, f"{check} {_shape(s.n, s.n, s.causal, s)} against {_against(v)}", r, s)
 
 
 def cross_shapes(n: int) -> tuple[tuple[int, int], ...]:
@@ -254,7 +278,7 @@ def cross_shapes(n: int) -> tuple[tuple[int, int], ...]:
 def _cross(v: Variant, s: Setting) -> Outcome:
     if not v.support.cross:
         raise Unsupported(f"{v.name} needs Nq == Nk (Support.cross is False)")
-    outcomes = [_judge("cross", f"{_shape(n_q, n_k, s.causal)} (bottom-right) against {_against(v)}",
+    outcomes = [_judge("cross", f"{_shape(n_q, n_k, s.causal, s)} (bottom-right) against {_against(v)}",
                        _attention_run(v, "random", n_q, n_k, s.causal, s), s)
                 for n_q, n_k in cross_shapes(s.n)]
     failed = [o for o in outcomes if not o.passed]
@@ -273,13 +297,13 @@ def _no_visible_key(v: Variant, s: Setting) -> Outcome:
     note, blind = "", r.out[empty]
     if n_empty and torch.isfinite(blind).all() and blind.abs().max() > 0:
         note = f"; queries with no visible key give |o| up to {float(blind.abs().max()):.2g}, not 0"
-    what = f"{_shape(n_q, n_k, True)}, {n_empty} queries with no visible key, against {_against(v)}"
+    what = f"{_shape(n_q, n_k, True, s)}, {n_empty} queries with no visible key, against {_against(v)}"
     return _judge("no_visible_key", what, r, s, note)
 
 
 def _attention_causality(v: Variant, s: Setting) -> Outcome:
     t = int(CAUSALITY_SPLIT * s.n)
-    q, k, val = qkv("random", s.n, s.n, s.seed, s.batch, s.n_heads, s.head_dim)
+    q, k, val = _draw("random", s.n, s.n, s)
     g = torch.Generator().manual_seed(s.seed + 1)
     k2, v2 = k.clone(), val.clone()
     k2[..., t:, :] += 3.0 * torch.randn(k2[..., t:, :].shape, generator=g, dtype=torch.float64)
@@ -306,7 +330,7 @@ def _causality(before, after, t: int, s: Setting, what: str, logit: float = 1.0,
 
 def _attention_decode(v: Variant, s: Setting) -> Outcome:
     context = s.n - DECODE_STEPS
-    (q, k, val), rounded = _rounded(qkv("random", s.n, s.n, s.seed, s.batch, s.n_heads, s.head_dim), s)
+    (q, k, val), rounded = _rounded(_draw("random", s.n, s.n, s), s)
     state = v.prefill(k[..., :context, :], val[..., :context, :], capacity=s.n, **s.params)
     steps = []
     for t in range(context, s.n):
@@ -314,7 +338,8 @@ def _attention_decode(v: Variant, s: Setting) -> Outcome:
         steps.append(o)
     ref = reference(v, *rounded, True, s.params)[..., context:, :]
     tol = tolerance(s.dtype, s.n, logit_bound(*rounded[:2]))
-    what = f"{DECODE_STEPS} tokens decoded after {context} of context, against {_against(v)} (full forward)"
+    what = (f"{DECODE_STEPS} tokens decoded after {context} of context{_grouping(s)}, "
+            f"against {_against(v)} (full forward)")
     return _judge("decode", what, _Run(torch.cat(steps, dim=-2), ref, tol, rounded[2]), s)
 
 
@@ -404,9 +429,13 @@ def run(v: Variant, check: str, s: Setting) -> Outcome:
         kind = "a sequence mixer with no q, k, v" if v.attention_fn is None else "not a mixer-only family"
         return Outcome(check, "unsupported", f"does not apply: {v.name} is {kind}")
     causal = s.causal or check in CAUSAL_CHECKS
-    ok, reason = v.supports(s.device, s.dtype, s.head_dim, causal)
+    if s.grouped and v.attention_fn is None:
+        return Outcome(check, "unsupported", f"grouped KV heads (kv_heads={s.kv_heads}): {v.name} is a "
+                       "sequence mixer with no KV heads")
+    checked_kv_heads(s.n_heads, s.kv_heads)  # ValueError: a setting that cannot exist
+    ok, reason = v.supports(s.device, s.dtype, s.head_dim, causal, grouped=s.grouped)
     if not ok:
-        return Outcome(check, "unsupported", reason)
+        return Outcome(check, "unsupported", reason if not s.grouped else f"kv_heads={s.kv_heads}: {reason}")
     try:
         with torch.no_grad():
             return _dispatch(v, check, dataclasses.replace(s, causal=causal))

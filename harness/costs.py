@@ -67,7 +67,8 @@ default_cost = causal_attention_cost  # a variant that declares no cost hook
 class KernelCall:
     """One kernel-level forward call, as a memory model sees it, and the quantities the models are written
     in: e the dtype's size, a the accumulation dtype's (float32 or wider), rows = batch * heads * N (query
-    or key rows), x = rows * head_dim (the elements of one of q, k, v)."""
+    rows), x = rows * head_dim (the elements of q or the output), kv_x = the elements of one of k, v
+    (kv_heads of them: grouped-query attention), qkv_x = the elements of q, k and v together."""
 
     device: str  # device type
     backend: str  # the code path that runs there (Variant.backend_for)
@@ -76,6 +77,7 @@ class KernelCall:
     n_heads: int
     seq_len: int
     head_dim: int
+    kv_heads: int | None = None  # the heads of k and v (None: n_heads)
 
     @property
     def e(self) -> int:
@@ -94,21 +96,39 @@ class KernelCall:
         return self.rows * self.head_dim
 
     @property
+    def n_kv_heads(self) -> int:
+        return self.n_heads if self.kv_heads is None else self.kv_heads
+
+    @property
+    def kv_rows(self) -> int:
+        return self.batch * self.n_kv_heads * self.seq_len
+
+    @property
+    def kv_x(self) -> int:
+        return self.kv_rows * self.head_dim
+
+    @property
+    def qkv_x(self) -> int:
+        return self.x + 2 * self.kv_x
+
+    @property
     def upcast(self) -> int:
         """q, k, v converted to the accumulation dtype (none when they are in it already)."""
-        return 3 * self.x * self.a if self.e < self.a else 0
+        return self.qkv_x * self.a if self.e < self.a else 0
 
 
 def dense_softmax_bytes(call: KernelCall, **params) -> int:
-    """Materialized softmax attention (PyTorch, a mask or none): q, k, v and the output, the upcast inputs,
-    3 score matrices alive at once (scores, masked scores, probabilities) and two N x N boolean masks."""
+    """Materialized softmax attention (PyTorch, a mask or none): q, k, v (k and v at kv_heads) and the
+    output, the upcast inputs, 3 score matrices alive at once (scores, masked scores, probabilities; one
+    per query head, whatever the KV heads) and two N x N boolean masks."""
     c = call
-    return 4 * c.x * c.e + c.upcast + 3 * c.rows * c.seq_len * c.a + 2 * c.seq_len**2
+    return (c.qkv_x + c.x) * c.e + c.upcast + 3 * c.rows * c.seq_len * c.a + 2 * c.seq_len**2
 
 
 def fused_attention_bytes(call: KernelCall, **params) -> int:
-    """A fused kernel that never materializes the scores: q, k, v, the output and per-row statistics."""
-    return 4 * call.x * call.e + 4 * call.rows
+    """A fused kernel that never materializes the scores: q, k, v (k and v at kv_heads), the output and
+    per-row statistics."""
+    return (call.qkv_x + call.x) * call.e + 4 * call.rows
 
 
 def not_modelled(call: KernelCall, **params) -> None:

@@ -6,6 +6,9 @@ static-shape compiled wrapper per function (harness.compiling); `flex_masked_att
 under a pattern and `masked_attention` picks the code path by device. `SUPPORT`, `backend`, `peak_bytes`
 and `compiles` are the registry fields a FlexAttention variant declares (what it runs on, the name of its
 code path, its memory model, what it compiles per shape).
+
+Grouped KV heads (harness.attention) run on both paths: FlexAttention with `enable_gqa=True` (torch >= 2.5;
+its block mask indexed by query head), the dense path through softmax_attention's group view.
 """
 
 from __future__ import annotations
@@ -28,7 +31,12 @@ def _check(device, dtype, head_dim, causal):
     return None
 
 
-SUPPORT = Support(dtypes={"cpu": ALL_FLOAT, "cuda": (torch.float32, *HALF)}, check=_check)
+SUPPORT = Support(dtypes={"cpu": ALL_FLOAT, "cuda": (torch.float32, *HALF)}, check=_check, grouped_kv=True)
+
+
+def gqa_flag(q: torch.Tensor, k: torch.Tensor) -> dict:
+    """FlexAttention's keyword for grouped KV heads (torch >= 2.5), given only when they are grouped."""
+    return {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
 
 
 def backend(device: str) -> str:
@@ -91,7 +99,7 @@ def flex_masked_attention(q, k, v, make_predicate, causal: bool, params: dict, c
     n_heads, n_q, n_k = q.shape[1], q.shape[-2], k.shape[-2]
     mask = block_mask(make_predicate, n_q, n_k, causal, n_heads, tuple(sorted(params.items())), str(q.device))
     attend = compiled_wrapper(flex_attention) if compiled else flex_attention
-    return attend(q, k, v, block_mask=mask)
+    return attend(q, k, v, block_mask=mask, **gqa_flag(q, k))
 
 
 def masked_attention(q, k, v, make_predicate, causal: bool, params: dict):

@@ -147,6 +147,8 @@ def percent_of_peak(tflops: float | None, peak_tflops: float | None) -> float | 
     return 100 * tflops / peak_tflops if tflops and peak_tflops else None
 
 
-def projection_flops(mode: str, tokens: int, d_model: int) -> int:
-    """FLOPs of the attention layer's projections: QKV (d -> 3d) and output (d -> d), 8 tokens d^2."""
-    return round(8 * tokens * d_model**2 * PROJECTION_MODE_FACTOR[mode])
+def projection_flops(mode: str, tokens: int, d_model: int, kv_dim: int | None = None) -> int:
+    """FLOPs of the attention layer's projections: QKV (d -> d + 2 kv_dim) and output (d -> d), 8 tokens d^2
+    when kv_dim = d (None); grouped KV heads project to kv_dim = kv_heads * head_dim."""
+    kv_dim = d_model if kv_dim is None else kv_dim
+    return round(4 * tokens * d_model * (d_model + kv_dim) * PROJECTION_MODE_FACTOR[mode])

@@ -1,8 +1,8 @@
 """The variant registry: every attention implementation is one decorated function or class.
 
 A variant declares everything the suites need: its family (an open name), whether it is exact softmax
-attention, what it supports (device, dtype, head_dim, causal, cross-attention, packages it needs; the
-runner asks `supports()` first and records "unsupported" instead of crashing), its FLOPs, its naive
+attention, what it supports (device, dtype, head_dim, causal, cross-attention, grouped KV heads, packages it
+needs; the runner asks `supports()` first and records "unsupported" instead of crashing), its FLOPs, its naive
 reference and its mixer, and what it costs the planners (training work, the memory of one call, what it
 compiles: hooks whose defaults harness.costs states). Variants arrive through the `attnbench.variants`
 entry points (harness.plugins), which `names()`, `get()` and `all_variants()` load on first use.
@@ -74,12 +74,23 @@ class Support:
     non_causal: bool = True
     cross: bool = True  # Nq != Nk
     requires: tuple[str, ...] = ()  # importable module names
+    # Grouped-query attention (GQA, MQA): k and v with fewer heads than q, kv_heads dividing n_heads, query
+    # head h reading KV head h // (n_heads // kv_heads) (SDPA's enable_gqa, repeat_interleave). True: the
+    # fast path takes them as they are (never repeating them to n_heads); a string: it cannot, and why;
+    # False (the default): not declared, so a plugin that never heard of it is not fed grouped KV.
+    grouped_kv: bool | str = False
     # Extra runtime check: (device_type, dtype, head_dim, causal) -> reason or None.
     check: Callable[[str, torch.dtype, int, bool], str | None] | None = None
 
     @property
     def devices(self) -> tuple[str, ...]:
         return tuple(self.dtypes)
+
+    def grouped_kv_reason(self) -> str | None:
+        """Why grouped KV heads cannot run (None: they can)."""
+        if self.grouped_kv is True:
+            return None
+        return self.grouped_kv or "grouped KV heads not declared (Support.grouped_kv)"
 
     def unavailable_reason(self, device: str) -> str | None:
         """Why this implementation cannot run on this machine at all (independent of shapes)."""
@@ -112,7 +123,8 @@ class Variant:
     # Mask-based families: (n_q, n_k, causal, n_heads=1, **params) -> (n_q, n_k), or (n_heads, n_q, n_k)
     # for a pattern that differs per head.
     mask_fn: Callable[..., torch.Tensor] | None = None
-    # The naive twin of attention_fn (same signature), run in float64 by the exactness checks.
+    # The naive twin of attention_fn (same signature), run in float64 by the exactness checks. Given grouped
+    # k and v (fewer heads than q), it repeats them to the query heads (harness.attention.repeat_kv).
     # None for exact variants: their reference is softmax attention under their mask.
     reference: Callable[..., torch.Tensor] | None = None
     # Mixer-only families: the core operation, its naive twin (same signature), and
@@ -140,6 +152,10 @@ class Variant:
     # Recurrent families (linear, performer) register their constant-size state instead.
     prefill_fn: Callable[..., Any] | None = None  # (k, v, capacity, **params) -> state
     decode_fn: Callable[..., Any] | None = None  # (q_t, k_t, v_t, state, **params) -> (o_t, state)
+    # What the decoding state is: "kv_cache" (keys and values of the context, at kv_heads; a bounded one
+    # for a window) or "recurrent" (a state whose size does not grow with the context). None: a KV cache
+    # for an attention variant on the default prefill, a recurrent state otherwise.
+    decode_state: str | None = None
     module: str = ""  # the Python module that registered it (its plugin: `source`)
 
     def __post_init__(self) -> None:
@@ -155,9 +171,18 @@ class Variant:
             raise TypeError(f"variant {self.name!r} has neither an attention function nor a mixer")
         if (self.kernel is None) != (self.kernel_inputs is None):
             raise TypeError(f"variant {self.name!r}: kernel and kernel_inputs come together")
+        if self.decode_state not in (None, "kv_cache", "recurrent"):
+            raise TypeError(f"variant {self.name!r}: decode_state must be 'kv_cache', 'recurrent' or None")
         for hook in ("cost", "peak_bytes", "compiles"):
             if not (getattr(self, hook) is None or callable(getattr(self, hook))):
                 raise TypeError(f"variant {self.name!r}: {hook} must be a function or None")
+
+    @property
+    def decode_state_kind(self) -> str:
+        """"kv_cache" or "recurrent": what decoding keeps (the `decode_state` field, else its default)."""
+        if self.decode_state is not None:
+            return self.decode_state
+        return "kv_cache" if self.attention_fn is not None and self.prefill_fn is None else "recurrent"
 
     @property
     def source(self) -> plugins.Source:
@@ -175,7 +200,10 @@ class Variant:
         dtype: torch.dtype | str = torch.float32,
         head_dim: int = 64,
         causal: bool = False,
+        grouped: bool = False,
     ) -> tuple[bool, str]:
+        """(True, "ok"), or (False, why not). `grouped`: k and v have fewer heads than q
+        (Support.grouped_kv)."""
         try:
             dev, dt = device_type(device), as_dtype(dtype)
         except (RuntimeError, ValueError) as e:
@@ -192,6 +220,8 @@ class Variant:
             reason = "causal masking not supported"
         elif reason is None and not causal and not s.non_causal:
             reason = "causal only"
+        elif reason is None and grouped and s.grouped_kv_reason():
+            reason = s.grouped_kv_reason()
         elif reason is None and s.check is not None:
             reason = s.check(dev, dt, head_dim, causal)
         return (reason is None, reason or "ok")
@@ -201,12 +231,23 @@ class Variant:
             raise Unsupported(f"{self.name} is a sequence mixer with no attention(q, k, v); use mixer()")
         if q.shape[-2] != k.shape[-2] and not self.support.cross:
             raise Unsupported(f"{self.name} needs Nq == Nk (got {q.shape[-2]} and {k.shape[-2]})")
+        self._check_grouped(q, k)
         return self.attention_fn(q, k, v, causal=causal, **{**self.defaults, **params})
 
+    def _check_grouped(self, q: torch.Tensor, k: torch.Tensor) -> None:
+        """k with fewer heads than q: ValueError unless they divide q's, Unsupported unless declared."""
+        if k.dim() == 4 and k.shape[1] != q.shape[1]:
+            attention.kv_group(q, k)
+            reason = self.support.grouped_kv_reason()
+            if reason:
+                raise Unsupported(f"{self.name}: {reason}")
+
     def attention_reference(self, q, k, v, causal: bool = False, **params) -> torch.Tensor:
-        """The naive twin of attention(): declared, else softmax attention under the variant's mask."""
+        """The naive twin of attention(): declared, else softmax attention under the variant's mask, with the
+        KV heads of grouped inputs repeated to the query heads (repeat_interleave)."""
         if self.attention_fn is None:
             raise Unsupported(f"{self.name} has no attention(q, k, v); its reference is kernel_reference")
+        self._check_grouped(q, k)
         if self.reference is not None:
             return self.reference(q, k, v, causal=causal, **{**self.defaults, **params})
         n_q, n_k = q.shape[-2], k.shape[-2]
@@ -214,6 +255,8 @@ class Variant:
             mask = self.mask(n_q, n_k, causal=causal, n_heads=q.shape[1], **params).to(q.device)
         else:
             mask = attention.causal_mask(n_q, n_k, q.device) if causal else None
+        group = attention.kv_group(q, k)
+        k, v = attention.repeat_kv(k, group), attention.repeat_kv(v, group)
         return attention.softmax_attention(q, k, v, mask)
 
     def attention_flops(self, mode: str, batch: int, n_heads: int, head_dim: int, n_q: int, n_k: int,
@@ -233,11 +276,13 @@ class Variant:
 
     def predicted_peak_bytes(self, device: torch.device | str, dtype: torch.dtype | str, batch: int,
                              n_heads: int, seq_len: int, head_dim: int,
-                             params: dict[str, Any] | None = None) -> int | float | None:
+                             params: dict[str, Any] | None = None,
+                             kv_heads: int | None = None) -> int | float | None:
         """The bytes one kernel-level forward call's buffers peak at, on the code path that runs on this
-        device: its `peak_bytes` hook, else harness.costs.default_peak_bytes (None: no model)."""
+        device: its `peak_bytes` hook, else harness.costs.default_peak_bytes (None: no model). `kv_heads`:
+        k and v's heads (None: n_heads)."""
         call = costs.KernelCall(device_type(device), self.backend_for(device), as_dtype(dtype), batch,
-                                n_heads, seq_len, head_dim)
+                                n_heads, seq_len, head_dim, kv_heads)
         if self.peak_bytes is None:
             return costs.default_peak_bytes(call, attention=self.attention_fn is not None)
         return self.peak_bytes(call, **{**self.defaults, **(params or {})})
@@ -277,6 +322,10 @@ class Variant:
             n_q, n_k, causal=causal, **{**self.defaults, **params})
 
     def mixer(self, d_model: int, n_heads: int, **params) -> torch.nn.Module:
+        """Its sequence mixer; `kv_heads` below n_heads (grouped KV heads) only where declared."""
+        kv_heads = params.get("kv_heads")
+        if kv_heads is not None and kv_heads != n_heads and self.support.grouped_kv_reason():
+            raise Unsupported(f"{self.name}: {self.support.grouped_kv_reason()}")
         return self.mixer_factory(d_model, n_heads, **params)
 
     def backend_for(self, device: torch.device | str) -> str:

@@ -15,19 +15,25 @@ the mask of masked families; for approximations `impl_err` against their own ref
 families `full_attention_err`, how far the pattern is from full attention. For linear and performer,
 `rel_err` is their approximation error: a measure of the method, which no tolerance judges. Plus float32
 sweeps over N (every attention variant) and over performer's nb_features.
+
+Grouped KV heads: every attention variant also runs the checks of GROUPED_KINDS at every dtype with 4
+query heads and `kv_heads` 1 (multi-query) and 2 (grouped-query, n_heads / 2), against the reference with
+its KV heads repeated (harness.contract); the quick profile runs GROUPED_QUICK's (its time budget). A
+variant that does not declare grouped KV heads gets `unsupported` rows that name the setting and the
+reason.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from harness import contract, registry
-from harness.attention import causal_mask, softmax_attention
-from harness.config import Case
+from harness.attention import causal_mask, checked_kv_heads, kv_group, repeat_kv, softmax_attention
+from harness.config import ADDED_LATER, Case
 from harness.registry import Unsupported
 from harness.runner import NonFinite
 from suites import grids
@@ -36,6 +42,11 @@ DTYPES = ("float64", "float32", "float16", "bfloat16")
 MEASURED_KINDS = ("random", "peaked", "near_duplicate", "long")  # also measured against unrounded inputs
 # Checks without a length of their own in the grid: they run at its random-input length.
 CHECK_KINDS = ("large_logits", "cross", "no_visible_key", "causality", "decode", "mixer")
+# Grouped KV heads: the checks that exercise them (the group view, bottom-right alignment, empty rows, the
+# cache), with GROUPED_N_HEADS query heads and kv_heads 1 and GROUPED_N_HEADS // 2.
+GROUPED_KINDS = ("random", "cross", "no_visible_key", "decode")
+GROUPED_N_HEADS = 4
+GROUPED_QUICK = (("random", "decode"), ("float32",))  # kinds, dtypes: causal random inputs and the cache
 
 
 class ExactnessCase(Case):
@@ -51,18 +62,28 @@ class ExactnessCase(Case):
     n_heads: int = Field(2, gt=0)
     batch: int = Field(1, gt=0)
     causal: bool = True
+    # Grouped-query attention: k and v's heads, dividing n_heads (None: n_heads).
+    kv_heads: Annotated[int | None, ADDED_LATER] = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _kv_heads_divide(self) -> ExactnessCase:
+        checked_kv_heads(self.n_heads, self.kv_heads)
+        return self
 
     def describe(self) -> str:
         extra = "".join(f" {k}={v}" for k, v in sorted(self.params.items()))
-        return f"exactness {self.variant} {self.dtype} {self.input_kind} N={self.seq_len}" + extra
+        grouped = f" kv_heads={self.kv_heads}/{self.n_heads}" if self.kv_heads is not None else ""
+        return f"exactness {self.variant} {self.dtype} {self.input_kind} N={self.seq_len}" + grouped + extra
 
     def oom_key(self):
-        return (self.variant, self.dtype, self.causal, json.dumps(self.params, sort_keys=True)), self.seq_len
+        params = json.dumps(self.params, sort_keys=True)
+        return (self.variant, self.dtype, self.causal, params, self.kv_heads), self.seq_len
 
     def setting(self) -> contract.Setting:
         return contract.Setting(n=self.seq_len, dtype=self.torch_dtype, device=self.device,
                                 causal=self.causal, params=dict(self.params), seed=self.seed,
-                                batch=self.batch, n_heads=self.n_heads, head_dim=self.head_dim)
+                                batch=self.batch, n_heads=self.n_heads, head_dim=self.head_dim,
+                                kv_heads=self.kv_heads)
 
 
 # --- the plan -------------------------------------------------------------------------------------------
@@ -82,6 +103,8 @@ def cases(profile: str, device: str, names: list[str]) -> list[ExactnessCase]:
                                              input_kind=kind, seq_len=n, causal=causal))
         if v.attention_fn is None:
             continue
+        both = grid.non_causal and v.support.non_causal
+        planned += grouped_cases(profile, name, device, params, short, both)
         for n in grid.n_sweep:
             planned.append(ExactnessCase(variant=name, device=device, dtype="float32", params=params,
                                          input_kind="random", seq_len=n, causal=True))
@@ -92,6 +115,19 @@ def cases(profile: str, device: str, names: list[str]) -> list[ExactnessCase]:
                                                  params={**params, "nb_features": m}, input_kind="random",
                                                  seq_len=grid.nb_features_len, causal=causal))
     return list({c.case_id: c for c in planned}.values())  # sweeps may repeat a grid point
+
+
+def grouped_cases(profile: str, name: str, device: str, params: dict, n: int,
+                  non_causal: bool) -> list[ExactnessCase]:
+    """The grouped-KV checks of one attention variant: GROUPED_KINDS at every dtype (quick: GROUPED_QUICK,
+    causal), kv_heads 1 and GROUPED_N_HEADS // 2 of GROUPED_N_HEADS query heads, at the grid's random-input
+    length."""
+    kinds, dtypes = GROUPED_QUICK if profile == "quick" else (GROUPED_KINDS, DTYPES)
+    both = non_causal and profile != "quick"
+    return [ExactnessCase(variant=name, device=device, dtype=dtype, params=params, input_kind=kind, seq_len=n,
+                          causal=causal, n_heads=GROUPED_N_HEADS, kv_heads=kv_heads)
+            for kv_heads in (1, GROUPED_N_HEADS // 2) for kind in kinds for dtype in dtypes
+            for causal in ((False, True) if kind in ("random", "cross") and both else (True,))]
 
 
 # --- one case -------------------------------------------------------------------------------------------
@@ -116,7 +152,10 @@ def measured_columns(case: ExactnessCase, v, out: torch.Tensor) -> dict:
     params = {**v.defaults, **case.params}
     n = case.seq_len
     q, k, val = (t.to(case.device) for t in contract.qkv(case.input_kind, n, n, case.seed, case.batch,
-                                                          case.n_heads, case.head_dim))
+                                                          case.n_heads, case.head_dim, case.kv_heads))
+    own = v.attention_reference(q, k, val, causal=case.causal, **case.params) if not v.exact else None
+    group = kv_group(q, k)  # softmax's references take the KV heads repeated to the query heads
+    k, val = repeat_kv(k, group), repeat_kv(val, group)
     full = softmax_attention(q, k, val, causal_mask(n, n, q.device) if case.causal else None)
     row = {"reference": "softmax", "full_attention_err": None, "nb_features": params.get("nb_features")}
     against = full
@@ -124,8 +163,7 @@ def measured_columns(case: ExactnessCase, v, out: torch.Tensor) -> dict:
         mask = v.mask(n, n, causal=case.causal, n_heads=q.shape[1], **case.params)  # (heads,) n, n
         against = softmax_attention(q, k, val, mask.to(q.device))
         row |= {"reference": "masked_softmax", "full_attention_err": relative_error(against, full)}
-    if not v.exact:  # an approximation: also against its own float64 naive twin (rounding and the fast path)
-        own = v.attention_reference(q, k, val, causal=case.causal, **case.params)
+    if own is not None:  # an approximation: also against its own float64 naive twin (rounding, fast path)
         row["impl_err"] = relative_error(out.double(), own)
     return row | error_columns(out, against)
 

@@ -92,14 +92,20 @@ def exactness_rows(name: str) -> pd.DataFrame:
     rows = []
     for case in cases:
         status, reason, metrics = runner.execute("suites.accuracy", case, RunContext())
-        rows.append({"input_kind": case.input_kind, "causal": case.causal, "status": status, "reason": reason,
-                     **metrics})
+        rows.append({"input_kind": case.input_kind, "causal": case.causal, "kv_heads": case.kv_heads,
+                     "status": status, "reason": reason, **metrics})
     return pd.DataFrame(rows)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_exactness_rows_say_which_check_failed(planted, name):
     rows = exactness_rows(name)
+    # The plugin declares no grouped KV heads: its grouped checks are unsupported rows that say so.
+    grouped = rows[rows.kv_heads.notna()]
+    assert len(grouped) and (grouped.status == "unsupported").all()
+    assert grouped.reason.str.contains("kv_heads=").all()
+    assert grouped.reason.str.contains("not declared").all()
+    rows = rows[rows.kv_heads.isna()]
     planned = set(contract.ATTENTION_CHECKS) - {"long"}  # long runs at 1024
     assert set(rows.input_kind) == planned and (rows.status != "unsupported").all()
     ok = rows[rows.status == "ok"]

@@ -3,6 +3,13 @@
 Causal masking is bottom-right aligned (the harness.masks convention): query i sits at key position
 i + (n_k - n_q). Queries aligned before the first key (n_q > n_k) see nothing and output zeros; they
 are cut off before the kernel runs, because backends disagree on fully masked rows (NaN or zero).
+
+Grouped KV heads (harness.attention): SDPA takes them with `enable_gqa=True` (torch >= 2.5; passed only
+when grouped). Which SDPA backends accept it depends on torch's build and version (its sdp_utils: flash
+does; mem-efficient only in later releases; never on ROCm): a backend that refuses says "No available
+kernel", recorded unsupported. xformers takes them in its 5-D [B, M, G, H, K] layout (G groups of H query
+heads; the keys and values expanded to H with stride 0, a view, never a copy), in the forward pass only
+(its backward operators do not support BMGHK: xformers 0.0.35, fmha/flash.py and cutlass.py).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from harness import costs, flops
+from harness.attention import kv_group
 from harness.registry import ALL_FLOAT, HALF, Support, Unsupported, attention_variant
 
 CUDA_FLOAT = (torch.float32, *HALF)
@@ -47,8 +55,10 @@ def sdpa(q, k, v, causal: bool, backend: SDPBackend) -> torch.Tensor:
         # One query sits at the last position and sees every key: decoding needs no mask at all.
         masked = causal and n_q > 1
         mask = causal_lower_right(n_q, n_k) if masked and n_q != n_k else None
+        grouped = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}  # torch >= 2.5
         with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=masked and n_q == n_k)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=masked and n_q == n_k,
+                                                  **grouped)
 
     try:
         return zero_blind_queries(attend, q, k, v) if causal else attend(q, k, v)
@@ -80,7 +90,7 @@ def _efficient_check(device, dtype, head_dim, causal):
 
 @attention_variant(
     "flash-sdpa", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
-    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": HALF}, check=_flash_check),
+    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": HALF}, check=_flash_check, grouped_kv=True),
     backend=lambda device: f"sdpa-flash-{device}",
     description="torch SDPA pinned to its FlashAttention backend (FA2 on CUDA, fused kernel on CPU)",
 )
@@ -91,7 +101,8 @@ def flash_sdpa(q, k, v, causal=False):
 @attention_variant(
     "flash-cudnn", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
     # 128 is the limit cuDNN has everywhere; sm90/sm100 with a recent cuDNN also take 256.
-    support=Support(dtypes={"cuda": HALF}, max_head_dim=128, head_dim_multiple=8, check=_sm80_check),
+    support=Support(dtypes={"cuda": HALF}, max_head_dim=128, head_dim_multiple=8, check=_sm80_check,
+                    grouped_kv=True),
     backend=lambda device: "sdpa-cudnn",
     description="torch SDPA pinned to its cuDNN fused attention backend",
 )
@@ -102,7 +113,8 @@ def flash_cudnn(q, k, v, causal=False):
 @attention_variant(
     "flash-efficient", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
     # Alignment: 8 elements covers fp16/bf16 (8) and fp32 (4) on every architecture.
-    support=Support(dtypes={"cuda": CUDA_FLOAT}, head_dim_multiple=8, check=_efficient_check),
+    support=Support(dtypes={"cuda": CUDA_FLOAT}, head_dim_multiple=8, check=_efficient_check,
+                    grouped_kv=True),
     backend=lambda device: "sdpa-mem-efficient",
     description="torch SDPA pinned to its memory-efficient (CUTLASS, xformers-derived) backend",
 )
@@ -118,22 +130,39 @@ def xformers_ops():
     return xformers.ops
 
 
+def xformers_layout(q, k, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(batch, heads, seq, dim) -> xformers' [B, M, H, K]; grouped KV heads -> its [B, M, G, H, K] (G = KV
+    heads, H = query heads per group; k and v expanded to H with stride 0, a view: xformers does not
+    broadcast them itself)."""
+    group = kv_group(q, k)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if group == 1:
+        return q, k, v
+    b, m, kv_heads, dim = k.shape
+    q = q.unflatten(2, (kv_heads, group))
+    k, v = (t.unsqueeze(3).expand(b, m, kv_heads, group, dim) for t in (k, v))
+    return q, k, v
+
+
 def xformers_attention(q, k, v, attn_bias=None) -> torch.Tensor:
-    """memory_efficient_attention on (batch, heads, seq, dim); xformers takes (batch, seq, heads, dim)."""
+    """memory_efficient_attention on (batch, heads, seq, dim) (xformers_layout); grouped KV heads in the
+    forward pass only (xformers' backward operators do not take its 5-D layout)."""
     xops = xformers_ops()
+    n_heads = q.shape[1]
+    if kv_group(q, k) > 1 and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise Unsupported("xformers takes grouped KV heads ([B, M, G, H, K]) in the forward pass only: its "
+                          "backward operators do not support that layout")
     try:
-        out = xops.memory_efficient_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=attn_bias,
-        )
+        out = xops.memory_efficient_attention(*xformers_layout(q, k, v), attn_bias=attn_bias)
     except NotImplementedError as e:  # raised when no xformers operator accepts the inputs
         raise Unsupported(str(e).splitlines()[0]) from e
-    return out.transpose(1, 2)
+    return out.reshape(*out.shape[:2], n_heads, out.shape[-1]).transpose(1, 2)
 
 
 @attention_variant(
     "flash-xformers", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
     # Its dispatcher falls back to the CUTLASS kernel, which takes fp32 and head_dim up to 65536.
-    support=Support(dtypes={"cuda": CUDA_FLOAT}, requires=("xformers",)),
+    support=Support(dtypes={"cuda": CUDA_FLOAT}, requires=("xformers",), grouped_kv=True),
     backend=lambda device: "xformers-memory-efficient-attention",
     description="xformers.ops.memory_efficient_attention (dispatches to FlashAttention-2/3 or CUTLASS)",
 )

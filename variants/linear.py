@@ -7,6 +7,11 @@ works on feature-mapped queries and keys, so every kernelised family (linear, pe
 Causal code paths: fla-core's chunked Triton kernel for the numerator on CUDA (denominator in PyTorch),
 else chunked PyTorch (intra-chunk masked quadratic + exclusive prefix of per-chunk states).
 Causal with n_q != n_k uses the bottom-right alignment of harness.masks.
+
+Grouped KV heads (harness.attention): a group of query heads shares its KV head's feature map phi(k), so
+the states S and z (and the decoding state) are kept per KV head; the queries of a group read them through
+the group view (batch, kv_heads, group, n, m), which the core broadcasts. fla's kernel takes equal head
+counts ([B, T, H, K] for q, k and v alike), so grouped calls run the chunked PyTorch path on every device.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import costs, masks
+from harness.attention import group_queries, kv_group, repeat_kv
 from harness.registry import Support, attention_variant, package_available
 from variants.recurrent import SIMPLE_GLA_CONFIGS, triton_autotune
 
@@ -49,9 +55,10 @@ def backend_name(device: str) -> str:
 
 
 def _fla_usable(phi: torch.Tensor, v: torch.Tensor) -> bool:
-    # fla's half-precision backward asserts even feature and value dims.
-    return (v.is_cuda and v.dtype in FLA_DTYPES and fla_backend_available()
-            and phi.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0)
+    # fla's half-precision backward asserts even feature and value dims; its kernel takes (batch, heads)
+    # alike for queries and keys (no group view).
+    return (v.is_cuda and v.dtype in FLA_DTYPES and fla_backend_available() and phi.dim() == 4
+            and phi.shape[:-2] == v.shape[:-2] and phi.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0)
 
 
 def _to_accumulation(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -102,8 +109,10 @@ def _chunked_prefix_sums(phi_q, phi_k, v, chunk_size: int):
     n = phi_q.shape[-2]
     span = chunk_size * SEGMENT_CHUNKS
     carry = phi_k.new_zeros(*phi_k.shape[:-2], phi_k.shape[-1], v.shape[-1] + 1)  # states of earlier keys
-    # Without autograd each segment is written into the output (no list of parts to concatenate).
-    out = None if _needs_grad(phi_q, phi_k, v) else v.new_empty(*v.shape[:-1], v.shape[-1] + 1)
+    # Without autograd each segment is written into the output (no list of parts to concatenate). Its
+    # leading dimensions are the queries' and keys' broadcast (a group of queries shares its keys).
+    lead = torch.broadcast_shapes(phi_q.shape[:-2], v.shape[:-2])
+    out = None if _needs_grad(phi_q, phi_k, v) else v.new_empty(*lead, n, v.shape[-1] + 1)
     parts = []
     for start in range(0, n, span):
         part, carry = _segment(*(t[..., start:start + span, :] for t in (phi_q, phi_k, v)), carry, chunk_size)
@@ -148,6 +157,8 @@ def normalized_linear_attention(
 ) -> torch.Tensor:
     """phi_q (..., n_q, m), phi_k (..., n_k, m), v (..., n_k, e) -> (..., n_q, e) in accumulation dtype.
 
+    The leading dimensions broadcast: a group view (batch, kv_heads, group, n_q, m) of the queries against
+    (batch, kv_heads, 1, n_k, m) keys shares each key's features and states across its group.
     `eps` is a float or a tensor broadcastable to (..., n_q, 1). `use_fla` None picks fla's kernel when
     it can run (causal, CUDA, fla installed); False forces the chunked PyTorch path.
     """
@@ -176,9 +187,12 @@ def quadratic_linear_attention(phi_q, phi_k, v, *, causal: bool, eps: float | to
 
 def linear_attention_reference(q, k, v, causal: bool = False, eps: float = 1e-6,
                                chunk_size=None) -> torch.Tensor:
-    """Linear attention by its O(N^2) definition (elu + 1 features), returned in q's dtype.
+    """Linear attention by its O(N^2) definition (elu + 1 features), returned in q's dtype; grouped KV heads
+    repeated to the query heads.
 
     chunk_size is the fast path's parameter: the definition has no chunks."""
+    group = kv_group(q, k)
+    k, v = repeat_kv(k, group), repeat_kv(v, group)
     acc = accumulation_dtype(q.dtype)
     phi_q, phi_k = elu_feature_map(q.to(acc)), elu_feature_map(k.to(acc))
     return quadratic_linear_attention(phi_q, phi_k, v, causal=causal, eps=eps).to(q.dtype)
@@ -209,8 +223,13 @@ class RecurrentState:
         return RecurrentState(self.kv * old + step.kv, self.k_sum * old[..., 0] + step.k_sum, new_shift)
 
     def read(self, phi_q: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        """phi_q (..., n, m) against the state; a group view of the queries (batch, kv_heads, group, n, m)
+        reads a state of (batch, kv_heads) heads, shared by the group."""
         phi_q = phi_q.to(self.kv.dtype)
-        return (phi_q @ self.kv) / (phi_q @ self.k_sum[..., None] + eps)
+        kv, k_sum = self.kv, self.k_sum
+        if phi_q.dim() == kv.dim() + 1:
+            kv, k_sum = kv.unsqueeze(-3), k_sum.unsqueeze(-2)
+        return (phi_q @ kv) / (phi_q @ k_sum[..., None] + eps)
 
 
 def _no_shift(k: torch.Tensor) -> torch.Tensor:
@@ -222,21 +241,26 @@ def linear_prefill(k, v, capacity=None, eps=1e-6, chunk_size=CHUNK_SIZE) -> Recu
 
 
 def linear_decode(q, k, v, state: RecurrentState, eps=1e-6, chunk_size=CHUNK_SIZE):
-    acc = accumulation_dtype(q.dtype)
+    acc, group = accumulation_dtype(q.dtype), kv_group(q, k)
     state = state.add(elu_feature_map(k.to(acc)), v, _no_shift(k))
-    return state.read(elu_feature_map(q.to(acc)), eps).to(q.dtype), state
+    phi_q = elu_feature_map(q.to(acc))
+    if group == 1:
+        return state.read(phi_q, eps).to(q.dtype), state
+    return state.read(group_queries(phi_q, group), eps).flatten(1, 2).to(q.dtype), state
 
 
 # --- what it costs the planners ---------------------------------------------------------------------
 
 def chunked_peak_bytes(call: costs.KernelCall, features: int, feature_temporaries: bool) -> int:
-    """The chunked causal path on `features` features per head (head_dim for elu + 1): q, k, v and one of
-    them upcast; the feature maps of q and k, v in the accumulation dtype and the output (2 features + 2
-    head_dim per row); one segment's temporaries (4 x its padded chunks, chunk states and their prefix,
-    intra-chunk scores); with `feature_temporaries`, the feature computation's (performer's projections)."""
+    """The chunked causal path on `features` features per head (head_dim for elu + 1): q, k, v (k and v at
+    kv_heads) and one of them upcast; the feature maps of q (per query row) and k, v in the accumulation
+    dtype (per key row: a group shares them), and the output (per query row); one segment's temporaries (4
+    x its padded chunks, chunk states and their prefix, intra-chunk scores, counted per query head); with
+    `feature_temporaries`, the feature computation's (performer's projections)."""
     c = call
     segment = c.batch * c.n_heads * min(c.seq_len, SEGMENT_TOKENS) * (features + c.head_dim)
-    peak = 3 * c.x * c.e + c.x * (c.a if c.e < c.a else 0) + c.rows * c.a * (2 * features + 2 * c.head_dim)
+    peak = c.qkv_x * c.e + c.x * (c.a if c.e < c.a else 0)
+    peak += c.rows * c.a * (features + c.head_dim) + c.kv_rows * c.a * (features + c.head_dim)
     peak += 4 * segment * c.a + (c.rows * c.a * features if feature_temporaries else 0)
     return peak
 
@@ -249,7 +273,7 @@ def linear_peak_bytes(call: costs.KernelCall, **params) -> int:
 
 
 @attention_variant(
-    "linear", family="linear", exact=False, support=Support(cross=True),
+    "linear", family="linear", exact=False, support=Support(cross=True, grouped_kv=True),
     defaults={"eps": 1e-6, "chunk_size": CHUNK_SIZE}, backend=backend_name,
     cost=costs.projections_only, peak_bytes=linear_peak_bytes,  # the estimate charges no state updates
     compiles=FLA_COMPILES,
@@ -258,7 +282,11 @@ def linear_peak_bytes(call: costs.KernelCall, **params) -> int:
     description="linear attention, phi = elu + 1; causal via chunked prefix sums (fla kernel on CUDA)",
 )
 def linear_attention(q, k, v, causal=False, eps=1e-6, chunk_size=CHUNK_SIZE):
-    acc = accumulation_dtype(q.dtype)
+    acc, group = accumulation_dtype(q.dtype), kv_group(q, k)
     phi_q, phi_k = elu_feature_map(q.to(acc)), elu_feature_map(k.to(acc))
-    out = normalized_linear_attention(phi_q, phi_k, v, causal=causal, eps=eps, chunk_size=chunk_size)
-    return out.to(q.dtype)
+    if group == 1:
+        out = normalized_linear_attention(phi_q, phi_k, v, causal=causal, eps=eps, chunk_size=chunk_size)
+        return out.to(q.dtype)
+    out = normalized_linear_attention(group_queries(phi_q, group), phi_k.unsqueeze(2), v.unsqueeze(2),
+                                      causal=causal, eps=eps, chunk_size=chunk_size)
+    return out.flatten(1, 2).to(q.dtype)

@@ -11,6 +11,9 @@ negative position is not a global one, and one whose window holds no key outputs
   mask: query chunks of `window` score the keys of their neighbouring chunks plus the global key
   columns (Longformer's sliding chunks, matmuls throughout). Nq == Nk only.
 - `longformer-xformers`: xformers' local-attention bias, for global_tokens == 0 only.
+
+Every path takes grouped KV heads (harness.attention): FlexAttention's enable_gqa, the dense and banded
+paths' group view, xformers' [B, M, G, H, K] layout (forward only: variants.flash).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import costs, flex, flops, masks
-from harness.attention import softmax_attention
+from harness.attention import group_queries, kv_group, softmax_attention
 from harness.registry import HALF, Support, Unsupported, attention_variant
 from variants.flash import xformers_attention, xformers_ops, zero_blind_queries
 
@@ -45,11 +48,12 @@ def longformer_cost(d_model, n_layers, n_heads, seq_len, *, window=128, **params
 
 
 def banded_peak_bytes(call: costs.KernelCall, *, window, **params) -> float:
-    """The sliding-chunks path: q, k, v and the upcast inputs; per row, 5 head_dim-sized temporaries (padded
-    copies, the output and its parts) and 2.5 copies of its (3 window) chunk scores (masked scores,
-    probabilities; the raw scores are freed part-way)."""
+    """The sliding-chunks path: q, k, v (k and v at kv_heads) and the upcast inputs; per query row, 5
+    head_dim-sized temporaries (padded copies, the output and its parts; counted per query head, an upper
+    bound for grouped KV heads) and 2.5 copies of its (3 window) chunk scores (masked scores, probabilities;
+    the raw scores are freed part-way)."""
     c = call
-    return 3 * c.x * c.e + c.upcast + c.rows * c.a * (5 * c.head_dim + 7.5 * window)
+    return c.qkv_x * c.e + c.upcast + c.rows * c.a * (5 * c.head_dim + 7.5 * window)
 
 
 def longformer_mask(n_q: int, n_k: int, causal: bool = False, n_heads: int = 1, **params) -> torch.Tensor:
@@ -77,7 +81,8 @@ def _key_windows(x: torch.Tensor, chunk: int, n_chunks: int) -> torch.Tensor:
 
 
 @attention_variant(
-    "longformer-banded", family="longformer", exact=True, support=Support(cross=False), defaults=DEFAULTS,
+    "longformer-banded", family="longformer", exact=True, support=Support(cross=False, grouped_kv=True),
+    defaults=DEFAULTS,
     mask_fn=longformer_mask, flops=FLOPS, backend=lambda device: "sliding-chunks", cost=longformer_cost,
     peak_bytes=banded_peak_bytes,
     small_params={"window": 8, "global_tokens": 2},
@@ -85,7 +90,15 @@ def _key_windows(x: torch.Tensor, chunk: int, n_chunks: int) -> torch.Tensor:
 )
 def longformer_banded(q, k, v, causal=False, *, window, global_tokens):
     """Queries in chunks of `window`; chunk m scores the keys of chunks m-1..m+1, which hold every key
-    within `window` of its queries (Longformer's sliding chunks), plus the global key columns."""
+    within `window` of its queries (Longformer's sliding chunks), plus the global key columns.
+
+    Grouped KV heads: the queries of a group run against one copy of its keys (harness.attention's group
+    view, broadcast by every matmul below)."""
+    group = kv_group(q, k)
+    if group > 1:
+        out = longformer_banded(group_queries(q, group), k.unsqueeze(2), v.unsqueeze(2), causal,
+                                window=window, global_tokens=global_tokens)
+        return out.flatten(1, 2)
     n, dtype = q.shape[-2], q.dtype
     acc = torch.promote_types(dtype, torch.float32)
     q, k, v = q.to(acc), k.to(acc), v.to(acc)
@@ -118,7 +131,7 @@ def longformer_banded(q, k, v, causal=False, *, window, global_tokens):
 
 @attention_variant(
     "longformer-xformers", family="longformer", exact=True,
-    support=Support(dtypes={"cuda": HALF}, max_head_dim=256, requires=("xformers",)),
+    support=Support(dtypes={"cuda": HALF}, max_head_dim=256, requires=("xformers",), grouped_kv=True),
     defaults=dict(window=128, global_tokens=0), mask_fn=longformer_mask, flops=FLOPS,
     small_params={"window": 8},
     backend=lambda device: "xformers-local-attention", cost=longformer_cost,

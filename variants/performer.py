@@ -6,6 +6,10 @@ come in Haar-distributed orthogonal blocks of d with chi(d) norms (the estimate 
 Haar blocks); the error falls as m^(-1/2). As in the paper, every head draws its own features, every
 layer too (suites.model seeds each layer), and training may redraw them every `redraw_every` steps.
 Causal attention reuses the prefix-sum core of linear.py.
+
+Grouped KV heads (harness.attention): the features are drawn per KV head and shared by its group of query
+heads (head j of the keys draws what head j draws without grouping), so phi(k) and the states are kept per
+KV head; the reference repeats the keys, the values and the group's features to every query head.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import math
 import torch
 
 from harness import costs
+from harness.attention import group_queries, kv_group, repeat_kv
 from harness.registry import Support, attention_variant
 from variants.linear import (
     FLA_BACKEND,
@@ -71,9 +76,17 @@ def orthogonal_random_features(
     return (norms.unsqueeze(-1) * directions).to(device=device, dtype=dtype)
 
 
-def _features(x: torch.Tensor, nb_features: int, seed: int, draw: int, dtype: torch.dtype) -> torch.Tensor:
-    """The projection of (batch, heads, n, head_dim) inputs: (heads, m, head_dim), one draw per head."""
-    return orthogonal_random_features(x.shape[-1], nb_features, seed, x.device, dtype, x.shape[1], draw)
+def _features(k: torch.Tensor, nb_features: int, seed: int, draw: int, dtype: torch.dtype) -> torch.Tensor:
+    """The projection of (batch, kv_heads, n, head_dim) keys: (kv_heads, m, head_dim), one draw per KV head,
+    shared by the query heads of its group."""
+    return orthogonal_random_features(k.shape[-1], nb_features, seed, k.device, dtype, k.shape[1], draw)
+
+
+def _grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor):
+    """The group view (harness.attention): q (batch, kv_heads, group, n, d), k and v (batch, kv_heads, 1,
+    n, d), the features (kv_heads, 1, m, d)."""
+    group = kv_group(q, k)
+    return group_queries(q, group), k.unsqueeze(2), v.unsqueeze(2), w.unsqueeze(1)
 
 
 def positive_features(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -99,8 +112,9 @@ def favor_features(x: torch.Tensor, w: torch.Tensor, *, per_row: bool) -> tuple[
 def performer_attention_reference(q, k, v, causal=False, nb_features=256, seed=0, eps=1e-6, draw=0,
                                   redraw_every=None) -> torch.Tensor:
     """The O(N^2) definition with unstabilised features, in q's dtype (use float64 inputs for a reference)."""
-    acc = accumulation_dtype(q.dtype)
-    w = _features(q, nb_features, seed, draw, acc)
+    acc, group = accumulation_dtype(q.dtype), kv_group(q, k)
+    w = _features(k, nb_features, seed, draw, acc)
+    k, v, w = repeat_kv(k, group), repeat_kv(v, group), w.repeat_interleave(group, dim=0)
     phi_q, phi_k = positive_features(q.to(acc), w), positive_features(k.to(acc), w)
     return quadratic_linear_attention(phi_q, phi_k, v, causal=causal, eps=eps).to(q.dtype)
 
@@ -120,11 +134,13 @@ def performer_prefill(k, v, capacity=None, nb_features=256, seed=0, eps=1e-6, dr
 def performer_decode(q, k, v, state: RecurrentState, nb_features=256, seed=0, eps=1e-6, draw=0,
                      redraw_every=None):
     acc = accumulation_dtype(q.dtype)
-    w = _features(q, nb_features, seed, draw, acc)
+    w = _features(k, nb_features, seed, draw, acc)
     phi_k, shift_k = favor_features(k.to(acc), w, per_row=False)
     state = state.add(phi_k, v, shift_k)
-    phi_q, shift_q = favor_features(q.to(acc), w, per_row=True)
-    return state.read(phi_q, _scaled_eps(eps, shift_q, state.shift)).to(q.dtype), state
+    q5, _, _, w5 = _grouped(q, k, v, w)
+    phi_q, shift_q = favor_features(q5.to(acc), w5, per_row=True)
+    out = state.read(phi_q, _scaled_eps(eps, shift_q, state.shift.unsqueeze(2)))
+    return out.flatten(1, 2).to(q.dtype), state
 
 
 # --- what it costs the planners ---------------------------------------------------------------------
@@ -143,7 +159,7 @@ def performer_peak_bytes(call: costs.KernelCall, *, nb_features, **params) -> in
 
 
 @attention_variant(
-    "performer", family="performer", exact=False, support=Support(cross=True),
+    "performer", family="performer", exact=False, support=Support(cross=True, grouped_kv=True),
     defaults={"nb_features": 256, "seed": 0, "eps": 1e-6}, backend=backend_name,
     cost=performer_cost, peak_bytes=performer_peak_bytes, compiles=FLA_COMPILES,
     prefill_fn=performer_prefill, decode_fn=performer_decode, reference=performer_attention_reference,
@@ -155,8 +171,14 @@ def performer(q, k, v, causal=False, nb_features=256, seed=0, eps=1e-6, draw=0, 
     """`draw`: which redraw of the features (training advances it every `redraw_every` steps through
     suites.model; the kernel itself never redraws)."""
     acc = accumulation_dtype(q.dtype)
-    w = _features(q, nb_features, seed, draw, acc)
+    w = _features(k, nb_features, seed, draw, acc)
+    if kv_group(q, k) == 1:
+        phi_q, shift_q = favor_features(q.to(acc), w, per_row=True)
+        phi_k, shift_k = favor_features(k.to(acc), w, per_row=False)
+        return normalized_linear_attention(phi_q, phi_k, v, causal=causal,
+                                           eps=_scaled_eps(eps, shift_q, shift_k)).to(q.dtype)
+    q, k, v, w = _grouped(q, k, v, w)
     phi_q, shift_q = favor_features(q.to(acc), w, per_row=True)
     phi_k, shift_k = favor_features(k.to(acc), w, per_row=False)
     return normalized_linear_attention(phi_q, phi_k, v, causal=causal,
-                                       eps=_scaled_eps(eps, shift_q, shift_k)).to(q.dtype)
+                                       eps=_scaled_eps(eps, shift_q, shift_k)).flatten(1, 2).to(q.dtype)

@@ -25,12 +25,19 @@ import torch
 from torch import nn
 
 from harness import costs, flex, flops, masks
-from harness.attention import AttentionMixer, softmax_attention
+from harness.attention import (
+    AttentionMixer,
+    group_mask,
+    group_queries,
+    kv_group,
+    repeat_kv,
+    softmax_attention,
+)
 from harness.registry import Support, Unsupported, attention_variant
 
 WINDOW = 128
 SINK_TOKENS = 4
-SUPPORT = Support(dtypes=flex.SUPPORT.dtypes, check=flex.SUPPORT.check, non_causal=False)
+SUPPORT = Support(dtypes=flex.SUPPORT.dtypes, check=flex.SUPPORT.check, non_causal=False, grouped_kv=True)
 
 
 def sink_predicate(n_q, n_k, causal, n_heads=1, device="cpu", *, window, sink_tokens) -> masks.Predicate:
@@ -45,17 +52,25 @@ def sink_mask(n_q: int, n_k: int, causal: bool = True, *, window: int = WINDOW,
 
 
 def _sink_column(sink_logit, like: torch.Tensor) -> torch.Tensor:
-    """The sink logit as a (b, h, n_q, 1) score column: a float, or one per head."""
-    b, h, n_q = like.shape[:3]
+    """The sink logit as a (b, heads..., n_q, 1) score column: a float, or one per query head (the head
+    dimensions of `like`: (h,), or (kv_heads, group) for grouped KV heads)."""
+    heads = like.shape[1:-2]
     if isinstance(sink_logit, torch.Tensor):
-        return sink_logit.to(like.dtype).view(1, h, 1, 1).expand(b, h, n_q, 1)
-    return like.new_full((b, h, n_q, 1), float(sink_logit))
+        column = sink_logit.to(like.dtype).view(1, *heads, 1, 1)
+        return column.expand(*like.shape[:-1], 1)
+    return like.new_full((*like.shape[:-1], 1), float(sink_logit))
 
 
 def attend(q, k, v, mask, sink_logit=None):
-    """Dense softmax attention under `mask` (None: every key), with an optional sink logit column."""
+    """Dense softmax attention under `mask` (None: every key), with an optional sink logit column. k and v
+    may have fewer heads than q (grouped KV heads: harness.attention's group view)."""
     if sink_logit is None:
         return softmax_attention(q, k, v, mask)
+    group = kv_group(q, k)
+    if group > 1:
+        out = attend(group_queries(q, group), k.unsqueeze(2), v.unsqueeze(2),
+                     group_mask(mask, q.shape[1], group), sink_logit)
+        return out.flatten(1, 2)
     acc = torch.promote_types(q.dtype, torch.float32)
     scores = (q.to(acc) @ k.to(acc).transpose(-2, -1)) * q.shape[-1] ** -0.5
     if mask is not None:
@@ -65,9 +80,17 @@ def attend(q, k, v, mask, sink_logit=None):
 
 
 def sink_attention_reference(q, k, v, causal=True, *, window, sink_tokens, sink_logit=None):
-    """The dense reference: masked softmax over the pattern, plus the sink logit in the denominator."""
+    """The dense reference: masked softmax over the pattern, plus the sink logit in the denominator; grouped
+    KV heads repeated to the query heads."""
     if not causal:
         raise Unsupported("sliding-window attention with sinks is causal only (causal=False)")
+    group = kv_group(q, k)
+    return dense_sink_attention(q, repeat_kv(k, group), repeat_kv(v, group), window=window,
+                                sink_tokens=sink_tokens, sink_logit=sink_logit)
+
+
+def dense_sink_attention(q, k, v, *, window, sink_tokens, sink_logit=None):
+    """The dense masked softmax with the sink column: the CPU path (grouped KV heads by the group view)."""
     return attend(q, k, v, sink_mask(q.shape[-2], k.shape[-2], window=window, sink_tokens=sink_tokens)
                   .to(q.device), sink_logit)
 
@@ -80,9 +103,10 @@ def flex_sink_attention(q, k, v, *, window, sink_tokens, sink_logit=None, compil
     n_heads, n_q, n_k = q.shape[1], q.shape[-2], k.shape[-2]
     block_mask = flex.block_mask(sink_predicate, n_q, n_k, True, n_heads, params, str(q.device))
     attention = flex.compiled_wrapper(flex_attention) if compiled else flex_attention
+    grouped = flex.gqa_flag(q, k)
     if sink_logit is None:
-        return attention(q, k, v, block_mask=block_mask)
-    out, aux = attention(q, k, v, block_mask=block_mask, return_aux=AuxRequest(lse=True))
+        return attention(q, k, v, block_mask=block_mask, **grouped)
+    out, aux = attention(q, k, v, block_mask=block_mask, return_aux=AuxRequest(lse=True), **grouped)
     keep = torch.sigmoid(aux.lse.float() - _sink_column(sink_logit, aux.lse[..., None].float())[..., 0])
     return (out.float() * keep[..., None]).to(q.dtype)
 
@@ -93,8 +117,7 @@ def sink_attention(q, k, v, causal=True, *, window, sink_tokens, sink_logit=None
         raise Unsupported("sliding-window attention with sinks is causal only (causal=False)")
     if q.is_cuda:
         return flex_sink_attention(q, k, v, window=window, sink_tokens=sink_tokens, sink_logit=sink_logit)
-    return sink_attention_reference(q, k, v, causal, window=window, sink_tokens=sink_tokens,
-                                    sink_logit=sink_logit)
+    return dense_sink_attention(q, k, v, window=window, sink_tokens=sink_tokens, sink_logit=sink_logit)
 
 
 # --- decoding: a constant-size cache ---------------------------------------------------------------
@@ -113,7 +136,9 @@ class SinkCache:
 def sink_prefill(k, v, capacity=None, *, window, sink_tokens, sink_logit=None) -> SinkCache:
     n = k.shape[-2]
     sinks, start = min(sink_tokens, n), max(min(sink_tokens, n), n - window)
-    return SinkCache(k[..., :sinks, :], v[..., :sinks, :], k[..., start:, :], v[..., start:, :], n)
+    # Copies: views would keep the whole context's storage alive (and counted as the cache's bytes).
+    return SinkCache(*(t.clone() for t in (k[..., :sinks, :], v[..., :sinks, :], k[..., start:, :],
+                                           v[..., start:, :])), n)
 
 
 def sink_decode(q, k, v, cache: SinkCache, *, window, sink_tokens, sink_logit=None):
@@ -169,7 +194,8 @@ LEARNED_DEFAULTS = dict(window=WINDOW, sink_tokens=0, sink_logit=0.0)
 
 @attention_variant(
     "swa-sinks", family="sinks", exact=True, support=SUPPORT, defaults=TOKENS_DEFAULTS, mask_fn=sink_mask,
-    backend=flex.backend, prefill_fn=sink_prefill, decode_fn=sink_decode, flops=FLOPS, **COST_HOOKS,
+    backend=flex.backend, prefill_fn=sink_prefill, decode_fn=sink_decode, decode_state="kv_cache",
+    flops=FLOPS, **COST_HOOKS,
     small_params={"window": 8, "sink_tokens": 2},
     description="sliding window + StreamingLLM sink tokens via FlexAttention (dense masked softmax on CPU)",
 )
@@ -179,7 +205,8 @@ def swa_sinks(q, k, v, causal=True, *, window, sink_tokens, sink_logit=None):
 
 @attention_variant(
     "swa-learned-sinks", family="sinks", exact=False, support=SUPPORT, defaults=LEARNED_DEFAULTS,
-    mask_fn=sink_mask, backend=flex.backend, prefill_fn=sink_prefill, decode_fn=sink_decode, **COST_HOOKS,
+    mask_fn=sink_mask, backend=flex.backend, prefill_fn=sink_prefill, decode_fn=sink_decode,
+    decode_state="kv_cache", **COST_HOOKS,
     mixer_factory=SinkAttentionMixer, reference=sink_attention_reference, flops=FLOPS,
     small_params={"window": 8},
     description="sliding window + a learned sink logit per head in the softmax denominator; FlexAttention "

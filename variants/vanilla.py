@@ -6,9 +6,10 @@ from harness.registry import Support, attention_variant
 
 
 @attention_variant(
-    "vanilla", family="vanilla", exact=True, baseline=True, support=Support(), flops=flops.softmax(),
+    "vanilla", family="vanilla", exact=True, baseline=True, support=Support(grouped_kv=True),
+    flops=flops.softmax(),
     cost=costs.causal_attention_cost, peak_bytes=costs.dense_softmax_bytes,
-    description="materialized softmax(QK^T/sqrt(d))V in plain PyTorch",
+    description="materialized softmax(QK^T/sqrt(d))V in plain PyTorch (grouped KV heads by a group view)",
 )
 def vanilla(q, k, v, causal=False):
     mask = causal_mask(q.shape[-2], k.shape[-2], q.device) if causal else None

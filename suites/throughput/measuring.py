@@ -171,6 +171,7 @@ def measure_case(case: Case, context: RunContext) -> tuple[list[float], dict[str
         "environment": env.describe(case.device),
         "tokens_per_call": work.tokens, "flops": work.flops, "peak_matmul_tflops": peak,
         "peak_precision": precision, "decode_state_bytes": work.state_bytes,
+        "decode_state_kind": work.state_kind,
         **figures, "nvml_mem_used_bytes": used, "device_mem_total_bytes": total,
         **telemetry.summarize(sampler.samples, sampler.reasons),
         "first_call_ms": first_call_ms, "warmup_calls": warmup_calls, "l2_flush_bytes": flush.nbytes,
@@ -242,8 +243,20 @@ def metrics_from_benchmark(bench: dict[str, Any]) -> dict[str, Any]:
         "pct_of_peak": flops.percent_of_peak(tflops, info["peak_matmul_tflops"]),
         **{k: info.get(k) for k in FIGURES},
         "decode_state_bytes_per_seq": None if state is None else state / info["case"]["batch"],
+        **decode_memory_columns(info),
         "fidelity_ratio": None if not reference else latency["latency_ms"] / reference,
     }
+
+
+def decode_memory_columns(info: dict[str, Any]) -> dict[str, Any]:
+    """`kv_cache_bytes` and `state_bytes`: the decoding state's bytes per sequence (a decode row's
+    decode_state_bytes / batch), in the column of what it holds: a KV cache (its keys and values at the
+    case's kv_heads, N + 1 positions preallocated; a window's bounded cache too) or a recurrent state. The
+    other column, and both in a row that is not a decode row, are null."""
+    state, kind = info.get("decode_state_bytes"), info.get("decode_state_kind")
+    per_seq = None if state is None else state / info["case"]["batch"]
+    return {"kv_cache_bytes": per_seq if kind == "kv_cache" else None,
+            "state_bytes": per_seq if kind == "recurrent" else None}
 
 
 def run_case(case: Case, context: RunContext) -> dict[str, Any]:

@@ -8,6 +8,10 @@ the longer lengths of its group (they are recorded `skipped` with the reason: `C
 kinds of case: `sweep` (the grid), `fidelity` (a sweep point timed side by side by our loop and an
 independent timer) and `frontier` (one call of a `--find-max-n` bisection under a memory cap:
 suites.frontier). What each profile sweeps: suites.grids.
+
+Grouped-query attention: `kv_heads` (None: n_heads; `--kv-heads`, the plan option `kv_heads`) gives k and v
+that many heads, dividing n_heads. A plan with kv_heads repeats every case of the grid at each value; a
+value equal to a case's n_heads is that case itself (kv_heads None, the same id).
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from harness import registry
+from harness.attention import checked_kv_heads
+from harness.config import ADDED_LATER
 from harness.config import Case as BaseCase
 from harness.estimate import Estimate, compile_cost, shape_compile_seconds, with_compiles
 from harness.registry import as_dtype, dtype_name
@@ -52,6 +58,25 @@ class Case(BaseCase):
     kind: Literal["sweep", "fidelity", "frontier"] = "sweep"
     time_cap_ms: PositiveFloat | None = None  # a case slower than this stops the longer lengths of its group
     remeasure_ms: NonNegativeFloat = 0.0  # extra time to re-measure a case whose rounds spread widely
+    # Grouped-query attention: k and v's heads, dividing n_heads; None (and n_heads itself) is n_heads.
+    kv_heads: Annotated[PositiveInt | None, ADDED_LATER] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ungrouped_is_none(cls, data: Any) -> Any:
+        """kv_heads == n_heads is the ungrouped case: stored as None, so that it keeps its id."""
+        if isinstance(data, dict) and data.get("kv_heads") is not None and data.get("kv_heads") == data.get(
+                "n_heads"):
+            data = {**data, "kv_heads": None}
+        return data
+
+    @property
+    def grouped(self) -> bool:
+        return self.kv_heads is not None
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.n_heads if self.kv_heads is None else self.kv_heads
 
     @model_validator(mode="after")
     def _consistent(self) -> Case:
@@ -60,6 +85,7 @@ class Case(BaseCase):
                              f"{batch_for(self.total_tokens, self.seq_len)}, got {self.batch}")
         if self.mode == "decode" and not self.causal:
             raise ValueError("decode is causal: a new token attends to the context before it")
+        checked_kv_heads(self.n_heads, self.kv_heads)
         return self
 
     @property
@@ -98,6 +124,7 @@ class Case(BaseCase):
 
     def describe(self) -> str:
         shape = f"N={self.seq_len} B={self.batch} hd={self.head_dim} {self.dtype}"
+        shape += f" kv={self.kv_heads}/{self.n_heads}" if self.grouped else ""
         kind = "" if self.kind == "sweep" else f" [{self.kind}]"
         return f"{self.variant} {self.level} {self.mode} {shape}" + ("" if self.causal else " full") + kind
 
@@ -105,6 +132,7 @@ class Case(BaseCase):
         """A test id: variant-level-mode-N-dtype-hd-mask."""
         mask = "causal" if self.causal else "full"
         shape = f"N{self.seq_len}-{self.dtype}-hd{self.head_dim}-{mask}"
+        shape += f"-kv{self.kv_heads}" if self.grouped else ""
         kind = "" if self.kind == "sweep" else f"-{self.kind}"
         return f"{self.variant}-{self.level}-{self.mode}-{shape}{kind}"
 
@@ -146,12 +174,14 @@ def checked_dtypes(device: str, requested: Sequence[str] | None, default: Sequen
 
 
 def plan(profile: str, device: str, variants: Sequence[str] | None = None,
-         seq_lens: Sequence[int] | None = None, dtypes: Sequence[str] | None = None) -> list[Case]:
+         seq_lens: Sequence[int] | None = None, dtypes: Sequence[str] | None = None,
+         kv_heads: Sequence[int] | None = None) -> list[Case]:
     """Every case of a profile on a device, smallest N first within each group (for OOM and time-cap
     skipping), then the grid's fidelity cases.
 
     `dtypes` runs every sweep of the grid in those dtypes (a grid may sweep its second dtype sparser);
-    `seq_lens` replaces every sweep's lengths.
+    `seq_lens` replaces every sweep's lengths; `kv_heads` plans every sweep case at each of those KV head
+    counts (each must divide every n_heads of the grid, else ValueError) instead of n_heads.
     """
     if (device, profile) not in THROUGHPUT_GRIDS:
         raise ValueError(f"no throughput profile {profile!r} on {device!r}; "
@@ -163,6 +193,7 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
     if seq_lens is not None and any(n <= 0 for n in seq_lens):
         raise ValueError(f"sequence lengths must be positive, got {min(seq_lens)}")
     run_dtypes = checked_dtypes(device, dtypes, grid.dtypes)
+    kv_choices = checked_kv_choices(grid, kv_heads)
     cases: dict[str, Case] = {}
     for name in names:
         dense_mask = registry.get(name).backend_for(device) == DENSE_MASK_BACKEND
@@ -177,8 +208,10 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
                         for causal in grid.causal:
                             if mode == "decode" and not causal:
                                 continue
-                            for n in sorted(set(seq_lens or sweep.seq_lens)):
-                                c = _case(grid, name, device, dtype, head_dim, sweep.level, mode, causal, n)
+                            for kv, n in ((kv, n) for kv in kv_choices
+                                          for n in sorted(set(seq_lens or sweep.seq_lens))):
+                                c = _case(grid, name, device, dtype, head_dim, sweep.level, mode, causal, n,
+                                          kv_heads=kv)
                                 cases.setdefault(c.case_id, c)
     for point in grid.fidelity:
         if point.variant in names and (seq_lens is None or point.seq_len in seq_lens):
@@ -186,6 +219,20 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
                       True, point.seq_len, kind="fidelity", budget_ms=grid.fidelity_budget_ms)
             cases.setdefault(c.case_id, c)
     return list(cases.values())
+
+
+def checked_kv_choices(grid: Grid, kv_heads: Sequence[int] | None) -> list[int | None]:
+    """The KV head counts a plan runs at ([None]: n_heads), each checked against every n_heads of the grid
+    (its width / head_dim): ValueError in one line naming the first that does not divide."""
+    if not kv_heads:
+        return [None]
+    for kv in kv_heads:
+        for head_dim in grid.head_dims:
+            n_heads = grid.width // head_dim
+            if kv < 1 or n_heads % kv:
+                raise ValueError(f"--kv-heads {kv} must be at least 1 and divide n_heads {n_heads} "
+                                 f"(the grid's width {grid.width} / head_dim {head_dim})")
+    return list(dict.fromkeys(kv_heads))
 
 
 def _case(grid: Grid, variant, device, dtype, head_dim, level, mode, causal, seq_len, **fields) -> Case:

@@ -6,6 +6,11 @@ registry's prefill/decode and the mixers' prefill/step). Levels: `kernel` (atten
 mixer-only family's kernel: mamba's selective scan over n_heads * head_dim channels) and `layer` (the
 mixer with its projections). No variant is captured in a CUDA graph: launch overhead counts alike for
 every one.
+
+Grouped-query attention (`Case.kv_heads`): the kernel gets k and v with kv_heads heads, the layer projects
+keys and values to kv_heads heads (harness.attention.AttentionMixer); a variant that does not declare
+grouped KV heads, or a mixer-only family (no KV heads), is unsupported with the reason. A decode workload
+reports what its state holds (`state_kind`: the variant's decode_state_kind) beside its bytes.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class Workload:
     tokens: int  # tokens processed per call (new tokens in decode)
     flops: int | None
     state_bytes: int | None = None  # decode: the bytes of the state after the context (KV cache or recurrent)
+    state_kind: str | None = None  # decode: "kv_cache" or "recurrent" (Variant.decode_state_kind)
 
 
 def _no_reset() -> None:
@@ -64,7 +70,15 @@ def _inference(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
 
 
 def check_level(case: Case) -> None:
+    """Unsupported where the case's level or grouping does not apply to its variant."""
     v = registry.get(case.variant)
+    if case.grouped:
+        if v.attention_fn is None:
+            raise Unsupported(f"grouped KV heads (kv_heads={case.kv_heads}): {case.variant} is a sequence "
+                              "mixer with no KV heads")
+        reason = v.support.grouped_kv_reason()
+        if reason:
+            raise Unsupported(f"kv_heads={case.kv_heads}: {reason}")
     if case.level != "kernel" or v.attention_fn is not None:
         return
     if v.kernel is None:
@@ -102,22 +116,26 @@ def kernel_workload(case: Case) -> Workload:
         return mixer_kernel_workload(case)
     b, h, n, d = case.batch, case.n_heads, case.seq_len, case.head_dim
 
-    def make(length: int, grad: bool = False) -> torch.Tensor:
-        t = torch.randn(b, h, length, d, device=case.device, dtype=case.torch_dtype)
+    def make(length: int, grad: bool = False, heads: int = h) -> torch.Tensor:
+        t = torch.randn(b, heads, length, d, device=case.device, dtype=case.torch_dtype)
         return t.requires_grad_(grad)
+
+    def make_kv(length: int, grad: bool = False) -> torch.Tensor:
+        return make(length, grad, case.n_kv_heads)
 
     def count(n_q: int, n_k: int) -> int | None:
         return v.attention_flops(case.mode, b, h, d, n_q, n_k, case.causal, case.params)
 
     if case.mode == "decode":
         with torch.no_grad():
-            state = v.prefill(make(n), make(n), capacity=n + 1, **case.params)
-        q, k, vv = make(1), make(1), make(1)
+            state = v.prefill(make_kv(n), make_kv(n), capacity=n + 1, **case.params)
+        q, k, vv = make(1), make_kv(1), make_kv(1)
         # The returned state is dropped: every round decodes token N + 1 against the same context.
         call = _inference(lambda: v.decode(q, k, vv, state, **case.params)[0])
-        return Workload(call, _no_reset, [], b, count(1, n + 1), memory.tensor_bytes(state))
+        return Workload(call, _no_reset, [], b, count(1, n + 1), memory.tensor_bytes(state),
+                        v.decode_state_kind)
     grad = case.mode == "fwd_bwd"
-    q, k, vv = make(n, grad), make(n, grad), make(n, grad)
+    q, k, vv = make(n, grad), make_kv(n, grad), make_kv(n, grad)
     forward = lambda: v.attention(q, k, vv, causal=case.causal, **case.params)  # noqa: E731
     return _training_or_inference(case, forward, [q, k, vv], b * n, count(n, n))
 
@@ -125,14 +143,16 @@ def kernel_workload(case: Case) -> Workload:
 def layer_workload(case: Case) -> Workload:
     v = registry.get(case.variant)
     b, n, d_model = case.batch, case.seq_len, case.d_model
-    mixer = v.mixer(d_model, case.n_heads, causal=case.causal, **case.params)
+    grouped = {"kv_heads": case.kv_heads} if case.grouped else {}  # mixer-only families take no kv_heads
+    mixer = v.mixer(d_model, case.n_heads, causal=case.causal, **grouped, **case.params)
     mixer = mixer.to(device=case.device, dtype=case.torch_dtype)
     x = torch.randn(b, n, d_model, device=case.device, dtype=case.torch_dtype)
 
     def count(n_q: int, n_k: int, tokens: int) -> int | None:
         attention = v.attention_flops(case.mode, b, case.n_heads, case.head_dim, n_q, n_k, case.causal,
                                           case.params)
-        return None if attention is None else attention + flops.projection_flops(case.mode, tokens, d_model)
+        projections = flops.projection_flops(case.mode, tokens, d_model, case.n_kv_heads * case.head_dim)
+        return None if attention is None else attention + projections
 
     if case.mode == "decode":
         with torch.no_grad():
@@ -140,7 +160,8 @@ def layer_workload(case: Case) -> Workload:
         x_new = torch.randn(b, 1, d_model, device=case.device, dtype=case.torch_dtype)
         # As at kernel level; a state updated in place (mamba's) moves on, at the same cost per step.
         call = _inference(lambda: mixer.step(x_new, state)[0])
-        return Workload(call, _no_reset, [], b, count(1, n + 1, b), memory.tensor_bytes(state))
+        return Workload(call, _no_reset, [], b, count(1, n + 1, b), memory.tensor_bytes(state),
+                        v.decode_state_kind)
     x.requires_grad_(case.mode == "fwd_bwd")
     return _training_or_inference(case, lambda: mixer(x), [x, *mixer.parameters()], b * n, count(n, n, b * n))
 
