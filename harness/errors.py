@@ -12,6 +12,12 @@ CRASH_LOG = "attnbench-error.log"
 _log_dir: list[Path] = []  # the run (or report) directory of the command in progress, once it is known
 
 
+def one_line(exc: BaseException) -> str:
+    """'TypeError: the first line of its message' (at most 500 characters)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
 class ArgumentError(Exception):
     """Bad input: a wrong argument, a missing directory, results that cannot answer the question."""
 

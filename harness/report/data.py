@@ -56,9 +56,13 @@ class Results:
     environments: dict[str, dict]
 
     @classmethod
-    def load(cls, *paths: str | Path) -> Results:
+    def load(cls, *paths: str | Path, columns=None) -> Results:
+        """`columns`: read only those and the ones every row has (a command that needs a few of a run's
+        columns answers sooner)."""
         dirs = store.run_dirs(paths)  # FileNotFoundError names a missing path
-        rows = fill_family(store.load(*dirs)) if dirs else store.load()
+        if columns is not None:
+            columns = [*store.REQUIRED.names, *store.TYPED.names, *columns]
+        rows = fill_family(store.load(*dirs, columns=columns)) if dirs else store.load()
         environments = {}
         for run in dirs:
             env_file = run / store.ENVIRONMENT
