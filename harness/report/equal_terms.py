@@ -7,10 +7,11 @@ summary reads only the tasks they all ran, and the tasks left out are named per 
 every variant that ran the task has are compared, so a variant trained at one more width is not averaged
 over it either.
 
-Intervals: per task, `intervals.estimate` over the trained models of those conditions (each model's test
-examples pooled, as the findings do); the summary is the equal-weight mean over tasks, `intervals.contrast`
-with weight 1/T per task (tasks are separate trainings). Rows without per-example scores (written before
-they were recorded) give the mean without an interval.
+Intervals (`intervals.contrast`, Welch over the seeds joined with the test examples' interval): a task's
+figure is the equal-weight mean over its trained configurations (width, key-value pairs, ...; separate
+models), each configuration's models with their evaluations (lengths, depths) pooled, as the findings
+do; the summary is the equal-weight mean over tasks (weight 1/T per task). Rows without per-example
+scores (written before they were recorded) give the mean without an interval.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import pandas as pd
 from harness import intervals
 from harness.intervals import Estimate
 
-# What makes two learned-task rows the same question, beyond the task (and the variant that answers it).
-CONDITION_KEYS = ("seq_len", "train_len", "d_model", "n_layers", "n_heads", "kv_pairs", "depth",
-                  "task_params")
+# What makes two learned-task rows the same question, beyond the task (and the variant that answers it);
+# the training keys make them the same trained configuration (the rest, seq_len and depth, are evaluations).
+TRAINING_KEYS = ("train_len", "d_model", "n_layers", "n_heads", "kv_pairs", "task_params")
+CONDITION_KEYS = (*TRAINING_KEYS, "seq_len", "depth")
 
 
 @dataclass
@@ -56,21 +58,22 @@ def figure_text(value: Estimate | float | None) -> str:
         return "n/a"
     if isinstance(value, Estimate):
         return f"{value.mean:.3f} [{value.low:.3f}, {value.high:.3f}]"
-    return f"{value:.3f} (no interval: no per-example scores)"
+    return f"{value:.3f} (no interval)"  # rows written before per-example scores were recorded
 
 
 def mean_of(value: Estimate | float | None) -> float | None:
     return value.mean if isinstance(value, Estimate) else value
 
 
-def _conditions(best: pd.DataFrame) -> pd.Series:
-    keys = [k for k in CONDITION_KEYS if k in best.columns]
-    return pd.Series(["|".join(map(str, values)) for values in zip(*(best[k] for k in keys), strict=True)]
-                     if keys else "", index=best.index)
+def _key(rows: pd.DataFrame, keys) -> pd.Series:
+    keys = [k for k in keys if k in rows.columns]
+    return pd.Series(["|".join(map(str, values)) for values in zip(*(rows[k] for k in keys), strict=True)]
+                     if keys else "", index=rows.index)
 
 
-def _per_seed(rows: pd.DataFrame) -> list[np.ndarray] | None:
-    """Each trained model's test examples pooled; None where rows lack per-example scores."""
+def _models(rows: pd.DataFrame) -> list[np.ndarray] | None:
+    """Each trained model's test examples pooled (its evaluations at several lengths or depths are one
+    model's); None where rows lack per-example scores."""
     if "example_accuracy" not in rows or rows.example_accuracy.isna().any():
         return None
     model = rows.training_id if "training_id" in rows and rows.training_id.notna().all() else rows.seed
@@ -78,6 +81,15 @@ def _per_seed(rows: pd.DataFrame) -> list[np.ndarray] | None:
               for _, group in rows.groupby(model, sort=True)]
     pooled = [x for x in pooled if x.size]
     return pooled or None
+
+
+def _terms(rows: pd.DataFrame) -> list[tuple[float, list[np.ndarray]]] | None:
+    """A task's figure as `intervals.contrast` terms: the equal-weight mean over its trained
+    configurations (each a separate set of models), or None without per-example scores."""
+    configs = [_models(group) for _, group in rows.groupby(_key(rows, TRAINING_KEYS), sort=True)]
+    if not configs or any(c is None for c in configs):
+        return None
+    return [(1.0 / len(configs), models) for models in configs]
 
 
 def compare(best: pd.DataFrame, variants: list[str]) -> EqualTerms:
@@ -92,32 +104,37 @@ def compare(best: pd.DataFrame, variants: list[str]) -> EqualTerms:
     result.without = [v for v in variants if v not in with_rows]
     if not with_rows:
         return result
-    rows = rows.assign(_condition=_conditions(rows))
+    rows = rows.assign(_condition=_key(rows, CONDITION_KEYS))
     ran = {v: set(group.task) for v, group in rows.groupby("variant")}
     every_task = set.union(*ran.values())
     result.missing = {v: sorted(every_task - tasks) for v, tasks in ran.items() if every_task - tasks}
-    seeds: dict[tuple[str, str], list[np.ndarray] | None] = {}
+    terms: dict[tuple[str, str], list | None] = {}
     for task, group in rows.groupby("task", sort=True):
         shared = set.intersection(*(set(g._condition) for _, g in group.groupby("variant")))
         result.conditions[task] = len(shared)
         if not shared:
             result.disjoint.append(task)
         for variant, own in group[group._condition.isin(shared)].groupby("variant"):
-            seeds[variant, task] = _per_seed(own)
-            result.per_task[variant, task] = (intervals.estimate(seeds[variant, task])
-                                              if seeds[variant, task] else float(own.accuracy.mean()))
+            terms[variant, task] = _terms(own)
+            result.per_task[variant, task] = (intervals.contrast(terms[variant, task]) if terms[variant, task]
+                                              else _plain_mean(own))
     result.common = sorted(set.intersection(*ran.values()) - set(result.disjoint))
     for variant in with_rows:
-        result.summary[variant] = _summary(variant, result, seeds)
+        result.summary[variant] = _summary(variant, result, terms)
     return result
 
 
-def _summary(variant: str, result: EqualTerms, seeds) -> Estimate | float | None:
+def _plain_mean(rows: pd.DataFrame) -> float:
+    """The equal-weight mean over trained configurations of their mean accuracy (no interval)."""
+    return float(rows.groupby(_key(rows, TRAINING_KEYS)).accuracy.mean().mean())
+
+
+def _summary(variant: str, result: EqualTerms, terms) -> Estimate | float | None:
     """Equal-weight mean over the common tasks, with its interval when every task has one."""
     if not result.common or any((variant, t) not in result.per_task for t in result.common):
         return None
-    per_task = [seeds.get((variant, t)) for t in result.common]
+    per_task = [terms.get((variant, t)) for t in result.common]
     if all(per_task):
-        weight = 1.0 / len(per_task)
-        return intervals.contrast([(weight, s) for s in per_task])
+        share = 1.0 / len(per_task)
+        return intervals.contrast([(share * weight, models) for task in per_task for weight, models in task])
     return float(np.mean([mean_of(result.per_task[variant, t]) for t in result.common]))

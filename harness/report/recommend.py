@@ -225,14 +225,15 @@ def _product_reasons(answer: Serving, product: Product) -> list[str]:
                            f"(needs {product.sequences})")
     ttft = answer.prefill_ms
     if product.ttft_ms is not None and ttft is not None and ttft.value > product.ttft_ms:
-        reasons.append(f"TTFT {answer.prefill_ms.value:.3g} ms > {product.ttft_ms:g} ms")
+        reasons.append(f"TTFT {serving.number(ttft.value)} ms > {product.ttft_ms:g} ms")
     rate = answer.tokens_per_s_per_user
     if product.tokens_per_s_per_user is not None:
         if rate is None:
             reasons.append(next((g for g in answer.gaps if g.startswith("decode ") and "state" not in g),
                                 "decode not measured"))
         elif rate.value < product.tokens_per_s_per_user:
-            reasons.append(f"decode {rate.value:.3g} tokens/s per user < {product.tokens_per_s_per_user:g}")
+            reasons.append(f"decode {serving.number(rate.value)} tokens/s per user < "
+                           f"{product.tokens_per_s_per_user:g}")
     return reasons
 
 
@@ -513,6 +514,8 @@ def accuracy_notes(terms: EqualTerms | None) -> list[str]:
              "(count in the header), 95% intervals over the trained models (harness.intervals); "
              + (f"the summary is the mean over {', '.join(terms.common)}, the tasks every ranked variant ran"
                 if terms.common else "no task was run by every ranked variant, so there is no summary")]
+    if any(not isinstance(v, equal_terms.Estimate) for v in terms.per_task.values()):
+        notes.append("no interval: rows without per-example test scores (written before they were recorded)")
     notes += [f"{variant} lacks {', '.join(tasks)}: left out of every summary, not averaged over fewer tasks"
               for variant, tasks in sorted(terms.missing.items())]
     return notes

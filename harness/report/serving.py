@@ -274,4 +274,4 @@ def users_fit(answer: Serving, memory_gb: float | None) -> int | None:
     if memory_gb is None or answer.state_bytes is None or answer.state_bytes.value <= 0:
         return None
     room = memory_gb * data.GIB - (answer.prefill_peak_bytes.value if answer.prefill_peak_bytes else 0.0)
-    return max(0, int(room // answer.state_bytes.value))
+    return max(0, math.floor(room / answer.state_bytes.value * (1 + 1e-9)))  # a fit's rounding: not one less
