@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness import entry, env, errors, plugins, registry, runner, store, validate
+from harness import env, errors, plugins, registry, runner, store, validate
 from harness.cli_report import recommend, report
 from harness.errors import ArgumentError
 from harness.registry import dtype_name
@@ -385,8 +385,8 @@ app.command("recommend")(recommend)
 
 
 def main() -> None:
-    """The entry point: exit 0 on success, 2 with one line on bad input, 130 on Ctrl-C (harness.entry)."""
-    entry.run(app)
+    """Run the app: exit 0 on success, 2 with one line on bad input, 130 on Ctrl-C (errors.run_app)."""
+    errors.run_app(app)
 
 
 if __name__ == "__main__":
