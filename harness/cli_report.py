@@ -105,13 +105,16 @@ def recommend(
     validate.fraction(min_accuracy, "--min-accuracy")
     try:
         dtype = dtypes.canonical(dtype) if dtype is not None else None
+    except ValueError as e:
+        raise ArgumentError(f"--dtype: {e}") from None
+    try:  # a Request refuses options that do not go together (--users with --batch, ...)
         request = ranking.Request(seq_len=seq_len, mode=mode, causal=causal, memory_gb=memory_gb,
                                   latency_ms=latency_ms, min_accuracy=min_accuracy, dtype=dtype,
                                   results=str(path), users=users, batch=batch, ttft_ms=ttft_ms,
                                   tokens_per_s_per_user=tokens_per_s_per_user, kv_heads=kv_heads,
                                   layers=layers)
     except ValueError as e:
-        raise ArgumentError(str(e) if "dtype" not in str(e) else f"--dtype: {e}") from None
+        raise ArgumentError(str(e)) from None
     try:
         rows = data.Results.load(path, columns=ranking.COLUMNS).rows
         if rows.empty:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from harness import entry, intervals
-from harness.report import data, equal_terms, serving
+from harness.report import data, equal_terms, recommend_section, serving
 from harness.report import recommend as rec
 from harness.report.data import GIB, Results
 from tests import test_report_fixtures as fx
@@ -404,3 +404,22 @@ def test_recommend_through_the_entry_point_imports_no_torch():
     assert "│ 1    │" in done.stdout
     line = next(ln for ln in done.stderr.splitlines() if ln.startswith("LOADED "))
     assert json.loads(line.removeprefix("LOADED ")) == []
+
+
+# --- the report's section -------------------------------------------------------------------------------
+
+def test_the_report_section_answers_at_the_longest_decoded_context():
+    rows = fx.full_rows()
+    assert recommend_section.context_of(rows) == 16384
+    body = recommend_section.html_section(rows)
+    assert "at a context of 16384 tokens" in body and "<td>flash-sdpa</td>" in body
+    assert "(m)</td>" in body and "Accuracy per task, on equal terms" in body
+    forward_only = rows[rows["mode"].ne("decode") | rows.suite.ne("throughput")]
+    assert recommend_section.context_of(forward_only) is None
+    assert 'class="missing"' in recommend_section.html_section(forward_only)
+
+
+@pytest.mark.slow
+def test_the_report_has_the_serving_section():
+    page = fx.built_report().html.read_text()
+    assert '<section id="serving"><h2>Serving</h2>' in page and "attnbench recommend RUN --context" in page
