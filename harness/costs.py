@@ -1,11 +1,13 @@
-"""What a variant costs, as the planners model it: the work of training its mixers (suites.estimate) and the
-peak memory of one kernel-level forward call (suites.frontier's memory model).
+"""What a variant costs, as the planners model it: the work of training its mixers (suites.estimate), the
+peak memory of one kernel-level forward call (suites.frontier's memory model), and what its code path
+compiles or autotunes before it runs a new shape (harness.estimate charges it once per distinct key).
 
 A variant declares both as hooks in the registry, beside its FLOPs; the arithmetic lives in the variant's
 own module, the one place that knows its code paths:
 
     cost(d_model, n_layers, n_heads, seq_len, **params) -> MixerCost
     peak_bytes(call: KernelCall, **params) -> bytes (int or float), or None: no model of this code path
+    compiles(device_type) -> CompileCost, or None: its code path there compiles nothing
 
 `params` are the variant's defaults overridden by the case's. The models several code paths share are
 here (`causal_attention_cost`, `dense_softmax_bytes`, `fused_attention_bytes`, ...). A variant that declares
@@ -15,7 +17,9 @@ no hook gets the stated default:
   (`attention_flops` with N keys), and no per-layer loop time;
 - memory (`default_peak_bytes`): an attention function (`attention_fn`) is modelled as materialized softmax
   attention (`dense_softmax_bytes`: q, k, v, the output and three N x N score matrices per head); a mixer's
-  kernel has no model (None: its frontier is measured, not predicted).
+  kernel has no model (None: its frontier is measured, not predicted);
+- compiles: nothing (eager PyTorch, or kernels that ship compiled: cuBLAS, SDPA's, xformers' CUTLASS and
+  FlashAttention).
 
 Rows carry the hooks a variant left to these defaults (`default_models`), and the report names them.
 """
@@ -116,3 +120,42 @@ def default_peak_bytes(call: KernelCall, *, attention: bool) -> int | None:
     """The memory model of a variant that declares none: materialized softmax attention for an attention
     function, no model for a mixer's kernel."""
     return dense_softmax_bytes(call) if attention else not_modelled(call)
+
+
+# The fields of a compiled call's shape, as the suites describe a case's calls (harness.estimate): the
+# graph (the suite's name for what runs: fwd, fwd_bwd, decode, train, eval), the dtype, batch, heads, the
+# sequence length, the head dimension and the mask; `backward` says whether the call is differentiated.
+SHAPE_FIELDS = ("graph", "dtype", "batch", "heads", "seq_len", "head_dim", "causal")
+
+
+@dataclass(frozen=True)
+class CompileCost:
+    """What a code path compiles or autotunes before it runs a shape it has not run: the planners charge
+    each distinct key (the variant and the shape's `keyed_by` fields) once per plan, `forward_s` for it,
+    and `backward_s` more for its backward where a call is differentiated."""
+
+    what: str  # how estimates name it: "FlexAttention compile", "fla Triton autotune"
+    forward_s: float
+    backward_s: float
+    keyed_by: tuple[str, ...]  # SHAPE_FIELDS a compiled kernel is specific to (e.g. every one; or no length)
+    basis: str  # where the figures come from: a measurement (and what it bounds), or an assumption and why
+
+    def __post_init__(self) -> None:
+        unknown = set(self.keyed_by) - set(SHAPE_FIELDS)
+        if unknown:
+            raise ValueError(f"CompileCost keyed by unknown fields {sorted(unknown)}; use {SHAPE_FIELDS}")
+        if not (self.forward_s >= 0 and self.backward_s >= 0):
+            raise ValueError("CompileCost seconds must be >= 0")
+
+    @property
+    def per_shape(self) -> bool:
+        """Compiles again for every sequence length (torch.compile's static shapes), not once per key."""
+        return "seq_len" in self.keyed_by
+
+
+def compiles_nothing(device: str) -> None:
+    """The default: eager PyTorch or kernels that ship compiled."""
+    return None
+
+
+default_compiles = compiles_nothing  # a variant that declares no compiles hook

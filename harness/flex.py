@@ -3,9 +3,9 @@ softmax elsewhere.
 
 `block_mask` builds (and caches) the BlockMask of a pattern at one size; `compiled_wrapper` holds one
 static-shape compiled wrapper per function (harness.compiling); `flex_masked_attention` runs FlexAttention
-under a pattern and `masked_attention` picks the code path by device. `SUPPORT`, `backend` and
-`peak_bytes` are the registry fields a FlexAttention variant declares (what it runs on, the name of its code
-path, its memory model).
+under a pattern and `masked_attention` picks the code path by device. `SUPPORT`, `backend`, `peak_bytes`
+and `compiles` are the registry fields a FlexAttention variant declares (what it runs on, the name of its
+code path, its memory model, what it compiles per shape).
 """
 
 from __future__ import annotations
@@ -33,6 +33,26 @@ SUPPORT = Support(dtypes={"cpu": ALL_FLOAT, "cuda": (torch.float32, *HALF)}, che
 
 def backend(device: str) -> str:
     return COMPILED_BACKEND if device == "cuda" else DENSE_BACKEND
+
+
+# One torch.compile of FlexAttention (dynamic=False: every shape and graph compiles) as the planners charge
+# it. Measured on the CPU backend of the repository's loaded 2-core machine, the main process's CPU time
+# (dynamo, AOTAutograd, inductor's code generation): 4.4 CPU-s for the first shape (N = 1024), 1.3 s for
+# N = 2048 and 7.8 s for N = 4096 (mean 4.5 s), the dynamo front end about 1.1 s of it; re-measured once
+# on torch 2.13 (N = 1024, 4 heads of 64, float32, causal): 2.2 CPU-s, plus 21 CPU-s of C++ compilation
+# in inductor's worker processes (38 s wall at nice 10 under load), a part a GPU replaces with Triton's.
+# A GPU compile does at least the main process's work: the figure is a lower bound, not a GPU
+# measurement. The backward graph (fwd_bwd, training) is assumed to cost as much again.
+COMPILE_COST = costs.CompileCost(
+    what="FlexAttention compile", forward_s=4.5, backward_s=4.5, keyed_by=costs.SHAPE_FIELDS,
+    basis="lower bound: the CPU backend's compile on a loaded 2-core machine (4.4, 1.3, 7.8 CPU-s at "
+          "N = 1K, 2K, 4K); backward assumed equal")
+
+
+def compiles(device: str) -> costs.CompileCost | None:
+    """On CUDA, a compile per shape (harness.compiling: static shapes); elsewhere the dense masked softmax,
+    which compiles nothing."""
+    return COMPILE_COST if device == "cuda" else None
 
 
 def peak_bytes(call: costs.KernelCall, **params) -> int:

@@ -18,6 +18,9 @@ from harness import store
 
 MUST_MATCH = ("commit", "torch")  # differing values mean different code was measured
 OWN_KEYS = ("schema_version", "merged_from")  # written by the store and by merge, not carried over
+# Keys whose value is a map by experiment (or a list of machines): runs of one plan split by experiment
+# recorded parts of it, so their union is what they agree on.
+BY_NAME = ("recipes", "recipe_changes", "resumed_on")
 SOURCE_FACTS = ("commit", "torch", "device", "device_name", "driver", "hostname", "shard")
 
 
@@ -65,7 +68,8 @@ def merged_environment(environments: dict[Path, dict[str, Any]], kept: dict[Path
     combined: dict[str, Any] = {"schema_version": store.SCHEMA_VERSION}
     for key in keys:
         values = list({json.dumps(v, sort_keys=True): v for e in envs for v in _values(e, key)}.values())
-        combined[key] = values[0] if len(values) == 1 else values
+        union = _union_of_parts(values) if key in BY_NAME else None
+        combined[key] = values[0] if len(values) == 1 else values if union is None else union
     sources = []
     for run, environment in environments.items():
         here = {"run": str(run), "rows_kept": kept.get(run, 0),
@@ -73,6 +77,23 @@ def merged_environment(environments: dict[Path, dict[str, Any]], kept: dict[Path
         sources += [{**s, "via": str(run)} for s in environment.get("merged_from", [])] or [here]
     combined["merged_from"] = sources
     return combined
+
+
+def _union_of_parts(values: list[Any]) -> dict[str, Any] | list[Any] | None:
+    """Runs that each recorded other experiments (or other machines) agree where they overlap: their
+    union. None where two runs hold different values under one name (a real difference, kept listed)."""
+    present = [v for v in values if v]
+    if all(isinstance(v, list) for v in present):
+        return list({json.dumps(x, sort_keys=True): x for v in present for x in v}.values())
+    if not all(isinstance(v, dict) for v in present):
+        return None
+    union: dict[str, Any] = {}
+    for value in present:
+        for name, part in value.items():
+            if name in union and union[name] != part:
+                return None
+            union[name] = part
+    return union
 
 
 def _values(environment: dict[str, Any], key: str) -> list[Any]:

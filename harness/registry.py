@@ -3,9 +3,9 @@
 A variant declares everything the suites need: its family (an open name), whether it is exact softmax
 attention, what it supports (device, dtype, head_dim, causal, cross-attention, packages it needs; the
 runner asks `supports()` first and records "unsupported" instead of crashing), its FLOPs, its naive
-reference and its mixer, and what it costs the planners (training work and the memory of one call: hooks
-whose defaults harness.costs states). Variants arrive through the `attnbench.variants` entry points
-(harness.plugins), which `names()`, `get()` and `all_variants()` load on first use.
+reference and its mixer, and what it costs the planners (training work, the memory of one call, what it
+compiles: hooks whose defaults harness.costs states). Variants arrive through the `attnbench.variants`
+entry points (harness.plugins), which `names()`, `get()` and `all_variants()` load on first use.
 """
 
 from __future__ import annotations
@@ -121,6 +121,9 @@ class Variant:
     # at, None where the code path that runs has no model (suites.frontier).
     cost: Callable[..., costs.MixerCost] | None = None
     peak_bytes: Callable[..., int | float | None] | None = None
+    # compiles(device_type) -> costs.CompileCost, what its code path there compiles or autotunes per new
+    # shape (FlexAttention per shape, fla's Triton kernels per key), or None: nothing (harness.estimate).
+    compiles: Callable[[str], costs.CompileCost | None] | None = None
     # Parameters at toy sizes (a smoke run's short sequences), so that a pattern still differs from full
     # attention there (a window or block smaller than the sequence).
     small_params: dict[str, Any] = field(default_factory=dict)
@@ -144,7 +147,7 @@ class Variant:
             raise TypeError(f"variant {self.name!r} has neither an attention function nor a mixer")
         if (self.kernel is None) != (self.kernel_inputs is None):
             raise TypeError(f"variant {self.name!r}: kernel and kernel_inputs come together")
-        for hook in ("cost", "peak_bytes"):
+        for hook in ("cost", "peak_bytes", "compiles"):
             if not (getattr(self, hook) is None or callable(getattr(self, hook))):
                 raise TypeError(f"variant {self.name!r}: {hook} must be a function or None")
 
@@ -230,6 +233,12 @@ class Variant:
         if self.peak_bytes is None:
             return costs.default_peak_bytes(call, attention=self.attention_fn is not None)
         return self.peak_bytes(call, **{**self.defaults, **(params or {})})
+
+    def compile_cost(self, device: torch.device | str) -> costs.CompileCost | None:
+        """What its code path on this device compiles or autotunes per new shape: its `compiles` hook, else
+        nothing (harness.costs.default_compiles). It describes the path of a machine with the `gpu` extras
+        installed, whatever this one has, so that a GPU plan is estimated alike everywhere."""
+        return (self.compiles or costs.default_compiles)(device_type(device))
 
     @property
     def default_models(self) -> tuple[str, ...]:

@@ -49,13 +49,13 @@ def group_of(case: Case) -> str:
 
 
 def unit_cost(cases: Sequence[Case], cost: CostFn) -> float:
-    total = 0.0
+    costs = []
     for case in cases:
         c = float(cost(case))
         if not math.isfinite(c) or c < 0:
             raise ValueError(f"case_cost of {case.describe()} is {c}; a cost is a finite number >= 0")
-        total += c
-    return total
+        costs.append(c)
+    return math.fsum(costs)  # exactly rounded: the same in any order, so the parts do not depend on it
 
 
 def partition(cases: Sequence[Case], count: int, cost: CostFn | None = None) -> list[list[Case]]:

@@ -14,9 +14,10 @@ does not import. On the CPU the steps that need a GPU are recorded `skipped: no 
 4. tests-smoke: the CUDA tests marked `smoke`, one per fast path (tests-smoke.xml);
 5. tests-cuda: the other CUDA tests, as far as the budget goes (tests-cuda.xml; stopped there: `cut`);
 6. sweep: bf16 throughput at the kernel level, forward and forward+backward, N = 1K, 4K, 16K, of every
-   variant whose CUDA path needs no compilation (the exact kernels and the recurrent families' library
-   kernels); 7. sweep-compiled: the same for the FlexAttention variants, which compile per shape,
-   one length after the other as far as the budget goes (stopped there: `cut`);
+   variant whose CUDA path does not compile per shape (the exact kernels and the recurrent families'
+   library kernels, which autotune once per key); 7. sweep-compiled: the same for the variants that
+   declare a compilation per shape (FlexAttention's: harness.costs.CompileCost), one length after the
+   other as far as the budget goes (stopped there: `cut`);
 8. fidelity: the grid's fidelity rows (our timer beside triton's do_bench);
 9. energy: NVML's energy counter around a second of bf16 matmuls (nvml-energy.json);
 10. report: `attnbench report`.
@@ -25,7 +26,10 @@ Everything lands in one run directory (default results/smoke-DEVICE-UTCTIME): th
 environment.json, each step's log under smoke-logs/, and smoke.json (each step's status, seconds, budget
 and reason, rewritten as each step ends). Copy it back and `attnbench merge` it with other runs.
 The plan's estimate is the sum of its budgets (the most it can take); --device cpu prints the GPU
-plan's too. Exit code: 0 when no step failed or timed out, 1 otherwise (their reasons are in smoke.json).
+plan's too. Beside it the throughput suite's cost model (harness.estimate, the one `attnbench run
+--estimate` prints) estimates what the two sweeps would take to finish, compiling and autotuning included
+(`model_estimates`): a sweep the model expects to outrun its budget is flagged. Exit code: 0 when no
+step failed or timed out, 1 otherwise (their reasons are in smoke.json).
 This module imports only the standard library at load: it runs before the install it performs.
 """
 
@@ -59,6 +63,8 @@ IMPORTS = {"pydantic": "pydantic", "triton": "triton", "nvidia-ml-py": "pynvml",
            "xformers": "xformers.ops", "mamba-ssm": "mamba_ssm", "causal-conv1d": "causal_conv1d"}
 SWEEP = {"cuda": dict(profile="quick", dtype="bfloat16", lengths=(1024, 4096, 16384)),
          "cpu": dict(profile="quick", dtype="float32", lengths=(128,))}
+SWEEP_MODES, SWEEP_LEVEL, SWEEP_KIND = ("fwd", "fwd_bwd"), "kernel", "sweep"
+SWEEP_STEPS = {"sweep": False, "sweep-compiled": True}  # step -> whether it sweeps the per-shape compilers
 FIDELITY_PROFILE = {"cuda": "standard", "cpu": "quick"}
 EXTRAS = "gpu,dev"
 SOURCE_BUILT = "mamba-ssm"  # installed from its wheel in the wheelhouse, outside the extras
@@ -111,11 +117,17 @@ def pytest_command(marker: str, xml: str) -> Callable[[Path], Commands]:
                          f"--junitxml={out / xml}"),)
 
 
+def compiles_per_shape(variant) -> bool:
+    """Whether its CUDA path compiles again for every shape, as it declares (FlexAttention's does)."""
+    cost = variant.compile_cost("cuda")
+    return cost is not None and cost.per_shape
+
+
 def split_variants(variants) -> tuple[list[str], list[str]]:
-    """(names whose CUDA path runs without compiling, names whose CUDA path is a compiled FlexAttention
-    kernel), exact variants first in each: a sweep cut short by its budget loses the others."""
+    """(names whose CUDA path does not compile per shape, names whose CUDA path does), exact variants
+    first in each: a sweep cut short by its budget loses the others."""
     ordered = sorted(variants, key=lambda v: (not v.exact, v.name))
-    compiled = [v.name for v in ordered if v.backend_for("cuda").startswith("flex")]
+    compiled = [v.name for v in ordered if compiles_per_shape(v)]
     return [v.name for v in ordered if v.name not in compiled], compiled
 
 
@@ -136,11 +148,55 @@ def sweep_commands(device: str, compiled: bool) -> Callable[[Path], Commands]:
             return ()
         grid = SWEEP[device]
         base = (*ATTNBENCH, "run", "--suite", "throughput", "--device", device, "--profile", grid["profile"],
-                "--dtype", grid["dtype"], "--mode", "fwd", "--mode", "fwd_bwd", "--level", "kernel",
-                "--kind", "sweep", *(a for n in names for a in ("-v", n)), "--out", str(out), "--no-progress")
+                "--dtype", grid["dtype"], *(a for m in SWEEP_MODES for a in ("--mode", m)),
+                "--level", SWEEP_LEVEL, "--kind", SWEEP_KIND, *(a for n in names for a in ("-v", n)),
+                "--out", str(out), "--no-progress")
         lengths = [(n,) for n in grid["lengths"]] if compiled else [grid["lengths"]]
         return tuple((*base, *(a for n in group for a in ("-n", str(n)))) for group in lengths)
     return commands
+
+
+def sweep_cases(device: str, compiled: bool) -> list:
+    """The cases a sweep step's commands run, planned as `attnbench run` plans them (the throughput
+    suite's plan, less the other modes, levels and kinds)."""
+    from harness import plugins, registry
+
+    names = split_variants(registry.all_variants())[compiled]
+    if not names:
+        return []
+    grid = SWEEP[device]
+    cases = plugins.suite("throughput").plan(profile=grid["profile"], device=device, variants=names,
+                                             seq_lens=list(grid["lengths"]), dtypes=[grid["dtype"]])
+    return [c for c in cases if c.mode in SWEEP_MODES and c.level == SWEEP_LEVEL and c.kind == SWEEP_KIND]
+
+
+def model_estimates(device: str) -> dict:
+    """Each sweep step's cases and what the throughput suite's cost model (harness.estimate) expects them
+    to take on `device`, compiling and autotuning included: step -> (cases, Estimate)."""
+    from harness import estimate, plugins
+
+    model = estimate.of_suite(plugins.suite("throughput"))
+    return {step: (len(cases), model(cases)) for step, compiled in SWEEP_STEPS.items()
+            for cases in [sweep_cases(device, compiled)]}
+
+
+def model_lines(plan: Sequence[Step], device: str) -> list[str]:
+    """The cost model's view of the sweeps beside their budgets; one line saying why where the model
+    cannot load yet (a runner before its install: no pydantic)."""
+    try:
+        found = model_estimates(device)
+    except (ImportError, ValueError) as e:
+        return [f"cost model of the sweeps on {device}: not available before the install ({one_line(e)})"]
+    budgets = {s.name: s for s in plan}
+    lines = []
+    for name, (n, est) in found.items():
+        step = budgets[name]
+        over = est.seconds > step.budget_s
+        verdict = ("; more than its budget: it will be cut there" if step.open_ended else
+                   "; more than its budget: it will time out") if over else ""
+        lines.append(f"cost model, {name} on {device}: {n} cases, {est.seconds:.0f} s of which compiling and "
+                     f"autotuning {est.compile_s:.0f} s (budget {step.budget_s:g} s){verdict}")
+    return lines
 
 
 def steps(device: str, wheelhouse: Path | None = None) -> list[Step]:
@@ -399,6 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"estimate: at most {estimate_s(plan, args.device):.0f} s on {args.device}; the GPU plan (install "
           f"included): at most {gpu_estimate_s():.0f} s = {gpu_estimate_s() / 60:.1f} min on one H100/H200 "
           f"(limit {GPU_LIMIT_S / 60:.0f} min)")
+    for line in model_lines(steps("cuda"), "cuda"):  # the GPU's sweeps, whatever the device
+        print(line)
     started = time.monotonic()
     outcomes = run(plan, out, args.device)
     count = {s: sum(o.status == s for o in outcomes) for s in ("ok", "cut", "skipped")}

@@ -20,6 +20,9 @@ and may declare these capabilities; a suite that does not gets the default on th
                                            rates), recorded in environment.json by the runner
     needs(case) -> [case_id]               the cases whose rows `run_case`    []: none
                                            reads through its context
+    estimate(cases) -> Estimate            a plan's estimated seconds,        None: the sum of case_cost
+                                           compiling included (harness.estimate;
+                                           `attnbench run --estimate`)
 
 and may declare `MACHINE_BOUND = False` (default True) when its rows do not depend on the machine that
 measured them (accuracies and errors, not speeds): a run of it may then resume on another machine of the
@@ -40,8 +43,8 @@ from types import ModuleType
 from typing import Any
 
 REQUIRED = ("plan", "run_case", "TIMEOUT_S", "case_cost", "OPTIONS")
-CAPABILITIES = ("summarize", "find_max_n", "import_benchmark_json", "recipes", "needs")
-MAY_BE_NONE = ("find_max_n", "import_benchmark_json")  # None: the suite does not offer it
+CAPABILITIES = ("summarize", "find_max_n", "import_benchmark_json", "recipes", "needs", "estimate")
+MAY_BE_NONE = ("find_max_n", "import_benchmark_json", "estimate")  # None: the suite does not offer it
 
 
 class SuiteError(ValueError):
@@ -75,6 +78,7 @@ class Suite:
     import_benchmark_json: Callable[[Any, Any], int] | None = None
     recipes: Callable[[list], dict[str, dict]] = _no_recipes
     needs: Callable[[Any], list[str]] = _needs_nothing
+    estimate: Callable[[list], Any] | None = None  # harness.estimate.of_suite fills in the default
     machine_bound: bool = True
 
     @classmethod

@@ -1,12 +1,15 @@
-"""Timing with one engine: pytest-benchmark's pedantic loop, inside pytest or called from attnbench.
+"""Timing with one engine, our own loop: `attnbench run` and suites/bench_throughput.py both time
+through `time_rounds`; the latter hands the rounds to pytest-benchmark's fixture (`ReplayClock`).
 
 Method (results/README.md, "What is measured"): a warm-up that runs until compile and autotune are
 done (one call, then on until `warmup_ms` has passed), one call timed alone that sizes the run, then
 rounds of one call each.
-Every round's setup flushes the L2 cache, and a device timer brackets the call: CUDA events on the GPU
-(the wait for the end event is outside the measured interval), `time.perf_counter` on the CPU. The
-number of rounds follows from a time budget in milliseconds, never from an iteration count. No CUDA
-graphs, for any variant.
+Every round's setup (untimed) flushes the L2 cache, and a device timer brackets the call: CUDA events on
+the GPU (the wait for the end event is outside the measured interval), `time.perf_counter` on the CPU.
+Each call's output is dropped as it returns, before the next round. The number of rounds follows from a
+time budget in milliseconds, never from an iteration count. No CUDA graphs, for any variant.
+
+The loop is ours, so it depends on no other package's internals (tests/test_public_interfaces.py).
 
 Noise is measured, not hidden: each measurement reports its spread (IQR / median) and a distribution-free
 95% confidence interval of its median. A measurement whose spread exceeds a limit is re-measured (more
@@ -20,13 +23,12 @@ on CUDA); the suites store the ratio of the two medians.
 
 from __future__ import annotations
 
-import inspect
 import math
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -55,11 +57,9 @@ class EventStamp:
 
 
 def cuda_event_timer() -> EventStamp:
-    """pytest-benchmark timer for GPU work (`--benchmark-timer harness.timing.cuda_event_timer`).
-
-    pytest-benchmark computes `timer() - timer()` around the call; with events that difference is GPU
-    time and synchronizes the device, which its default host clock would not (asynchronous launches).
-    """
+    """The timer for GPU work: `timer() - timer()` around a call is GPU time, and waits for the end event,
+    which a host clock would not (asynchronous launches). Usable as any timer whose readings are
+    subtracted (also `--benchmark-timer harness.timing.cuda_event_timer` in a pytest-benchmark test)."""
     return EventStamp()
 
 
@@ -88,37 +88,9 @@ class L2Flush:
     def nbytes(self) -> int:
         return 0 if self.buffer is None else self.buffer.numel()
 
-    def __call__(self) -> None:  # returns None: pedantic treats a setup's return value as call arguments
+    def __call__(self) -> None:
         if self.buffer is not None:
             self.buffer.zero_()
-
-
-class _SilentLogger:
-    def debug(self, *args, **kwargs) -> None:
-        pass
-
-    info = warning = error = debug
-
-
-def make_fixture(name: str, timer: Callable[[], Any]):
-    """A pytest-benchmark BenchmarkFixture outside pytest, so attnbench times through the same loop.
-
-    Only `pedantic()` is used; the options below matter only to its calibrated `benchmark(fn)` mode.
-    """
-    from pytest_benchmark.fixture import BenchmarkFixture
-    from pytest_benchmark.utils import NameWrapper
-
-    options = dict(
-        node=SimpleNamespace(name=name, _nodeid=name, nodeid=name), disable_gc=False,
-        timer=NameWrapper(timer),
-        min_rounds=MIN_ROUNDS, min_time=0.0, max_time=0.0, warmup=False, warmup_iterations=0,
-        precision=None, confidence=None,  # 5.3+: None keeps the fixed-rounds pedantic loop
-        calibration_precision=10, add_stats=lambda stats: None, logger=_SilentLogger(),
-        warner=lambda *args, **kwargs: None, disabled=False, cprofile=False, cprofile_loops=None,
-        cprofile_dump=None,
-    )
-    accepted = inspect.signature(BenchmarkFixture).parameters  # the signature grew across releases
-    return BenchmarkFixture(**{k: v for k, v in options.items() if k in accepted})
 
 
 def warm_up(target: Callable[[], Any], setup: Callable[[], None], device: str,
@@ -152,16 +124,58 @@ def rounds_for(budget_ms: float, estimate_ms: float) -> int:
     return int(min(max(wanted, MIN_ROUNDS), MAX_ROUNDS))
 
 
-def time_rounds(benchmark, target: Callable[[], Any], setup: Callable[[], None], rounds: int) -> None:
-    """pytest-benchmark's pedantic loop: `rounds` rounds of one call, `setup` before each, untimed.
+def time_rounds(target: Callable[[], Any], setup: Callable[[], None], rounds: int,
+                timer: Callable[[], Any]) -> list[float]:
+    """`rounds` rounds of one call each, `setup` before each (untimed): each round's seconds.
 
-    Each call's output is dropped as it returns, as timeit and do_bench do: pedantic keeps a round's output
-    alive through the next round's call, and that second output made the linear kernel at N = 4096 3-4%
-    slower than the same call under blocked_autorange (scripts/bench_timer_output.py)."""
-    def dropping_output() -> None:
-        target()
+    Each call's output is dropped as it returns, as timeit and do_bench do: a loop that keeps a round's
+    output alive through the next round's call (pytest-benchmark's pedantic does) made the linear kernel
+    at N = 4096 3-4% slower than the same call under blocked_autorange (scripts/bench_timer_output.py).
+    The difference of two readings is taken at once: with CUDA events it waits for the round's end.
+    """
+    durations = []
+    for _ in range(rounds):
+        setup()
+        start = timer()
+        target()  # the output is not bound: freed here, before the next round
+        durations.append(timer() - start)
+    return durations
 
-    benchmark.pedantic(dropping_output, setup=setup, rounds=rounds, warmup_rounds=0, iterations=1)
+
+def round_stats(durations: Sequence[float]) -> dict[str, Any]:
+    """Rounds (seconds each) as the `stats` of a pytest-benchmark JSON record: the fields
+    latency_summary reads, so a row is made alike from our rounds and from an imported JSON file."""
+    data = [float(d) for d in durations]
+    return {"data": data, "median": statistics.median(data), "rounds": len(data), "iterations": 1}
+
+
+class ReplayClock:
+    """A timer that replays rounds measured by `time_rounds`, for a harness that times a call itself.
+
+    pytest-benchmark's fixture runs one pedantic loop and has no public way to be handed rounds; set as
+    its timer (`@pytest.mark.benchmark(timer=clock)`), `benchmark.pedantic(clock.step,
+    setup=clock.rewind, rounds=clock.load(durations))` records exactly `durations`: each round's setup
+    sets the clock to 0 and its call moves it to the next duration, so end - start is that duration.
+    """
+
+    def __init__(self) -> None:
+        self.__name__ = "replayed_rounds"  # the timer's name in pytest-benchmark's options
+        self.now = 0.0
+        self.pending: deque[float] = deque()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def load(self, durations: Sequence[float]) -> int:
+        """Queue the rounds to replay; returns how many."""
+        self.pending = deque(float(d) for d in durations)
+        return len(self.pending)
+
+    def rewind(self) -> None:
+        self.now = 0.0
+
+    def step(self) -> None:
+        self.now = self.pending.popleft()
 
 
 def spread(data: Sequence[float]) -> float:
@@ -212,16 +226,14 @@ class Stability:
         return {"extra_rounds": self.extra_rounds, "noisy": self.noisy}
 
 
-def measure_stably(benchmark, target: Callable[[], Any], setup: Callable[[], None], rounds: int,
-                   policy: NoisePolicy, timer: Callable[[], Any]) -> Stability:
-    """`rounds` rounds into `benchmark`; re-measure while the spread is above the limit.
+def measure_stably(target: Callable[[], Any], setup: Callable[[], None], rounds: int,
+                   policy: NoisePolicy, timer: Callable[[], Any]) -> tuple[list[float], Stability]:
+    """`rounds` rounds, then more while the spread is above the limit: (every round's seconds, stability).
 
-    Extra rounds go through the same pedantic loop (a private fixture per batch, as the given one can
-    run once) and are appended to `benchmark`'s stats, so its record holds every round. Each batch
-    doubles the rounds taken so far, within the time left (counted in the extra rounds' own durations).
+    Extra rounds go through the same loop, in batches that double the rounds taken so far, within the
+    time left (counted in the extra rounds' own durations).
     """
-    time_rounds(benchmark, target, setup, rounds)
-    data = benchmark.stats.stats.data  # plain list: appending before any statistic is read is safe
+    data = time_rounds(target, setup, rounds, timer)
     first = len(data)
 
     def unsettled() -> bool:
@@ -232,15 +244,13 @@ def measure_stably(benchmark, target: Callable[[], Any], setup: Callable[[], Non
         batch = min(len(data), MAX_ROUNDS - len(data), int(left_ms / (1e3 * float(np.median(data)))))
         if batch < 1:
             break
-        extra = make_fixture("remeasure", timer)
-        time_rounds(extra, target, setup, batch)
-        for duration in extra.stats.stats.data:
-            benchmark.stats.stats.update(duration)
-    return Stability(spread(data), interval_halfwidth(data), len(data) - first, unsettled())
+        data += time_rounds(target, setup, batch, timer)
+    return data, Stability(spread(data), interval_halfwidth(data), len(data) - first, unsettled())
 
 
 def latency_summary(stats: dict[str, Any]) -> dict[str, Any]:
-    """Median and 20/80 quantiles in ms from pytest-benchmark stats (seconds, with per-round `data`)."""
+    """Median and 20/80 quantiles in ms from the `stats` of a pytest-benchmark JSON record (seconds, with
+    per-round `data`), or of `round_stats`."""
     if not stats.get("data"):
         raise ValueError("benchmark stats without per-round data: write them with --benchmark-json "
                          "(or --benchmark-save-data)")
@@ -296,14 +306,13 @@ def _do_bench_median_ms(target, budget_ms: float, grad_to_none) -> dict:
 
 
 def matmul_peak_tflops(device: str, dtype: torch.dtype, size: int, budget_ms: float) -> float:
-    """TFLOP/s of a size^3 matmul, timed by the same warm-up, flush and pedantic loop as every case."""
+    """TFLOP/s of a size^3 matmul, timed by the same warm-up, flush and loop as every case."""
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     out = torch.empty_like(a)
-    fixture = make_fixture(f"matmul-{size}", timer_for(device))
     flush = L2Flush(device)
     target = lambda: torch.mm(a, b, out=out)  # noqa: E731
     warm_up(target, flush, device, warmup_ms=budget_ms / 4)
     flush()
     _, estimate_ms = timed_call(target, device)
-    time_rounds(fixture, target, flush, rounds_for(budget_ms, estimate_ms))
-    return 2 * size**3 / fixture.stats.stats.median / 1e12
+    durations = time_rounds(target, flush, rounds_for(budget_ms, estimate_ms), timer_for(device))
+    return 2 * size**3 / statistics.median(durations) / 1e12

@@ -5,9 +5,10 @@
 
 pytest-benchmark's pedantic loop keeps each round's output until the next round's call has returned;
 timeit (blocked_autorange) and triton's do_bench drop it at once. This times one CPU standard fidelity
-case three ways, in interleaved turns of about 250 ms each: pedantic on the raw call (the output kept),
-harness.timing.time_rounds (the output dropped) and blocked_autorange. Printed: the median and 20th-80th
-percentiles of each, and each median over blocked_autorange's.
+case three ways, in interleaved turns of about 250 ms each: a loop that keeps the output as pedantic does
+(`rounds_keeping_output`, the timing engine before commit d16de61), harness.timing.time_rounds (the
+output dropped) and blocked_autorange. Printed: the median and 20th-80th percentiles of each, and each
+median over blocked_autorange's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ from suites.throughput.planning import plan
 from suites.throughput.workloads import build_workload
 
 TURN_MS = 250.0
+
+
+def rounds_keeping_output(target, setup, rounds: int, timer) -> list[float]:
+    """time_rounds, except that each round's output stays bound through the next round's call."""
+    durations, output = [], None
+    for _ in range(rounds):
+        setup()
+        start = timer()
+        output = target()
+        durations.append(timer() - start)
+    del output
+    return durations
 
 
 def main() -> None:
@@ -41,15 +54,11 @@ def main() -> None:
     rounds = timing.rounds_for(TURN_MS, timing.timed_call(work.call, "cpu")[1])
     kept, dropped, theirs = [], [], []
     for _ in range(args.turns):
-        fixture = timing.make_fixture(case.slug(), timing.timer_for("cpu"))
-        fixture.pedantic(work.call, setup=work.reset, rounds=rounds, warmup_rounds=0, iterations=1)
-        kept += fixture.stats.stats.data
-        fixture = timing.make_fixture(case.slug(), timing.timer_for("cpu"))
-        timing.time_rounds(fixture, work.call, work.reset, rounds)
-        dropped += fixture.stats.stats.data
+        kept += rounds_keeping_output(work.call, work.reset, rounds, timing.timer_for("cpu"))
+        dropped += timing.time_rounds(work.call, work.reset, rounds, timing.timer_for("cpu"))
         theirs += timing.independent_median_ms(work.call, work.reset, "cpu", TURN_MS)["reference_times_ms"]
     reference = np.median(theirs)
-    for name, times_ms in (("output kept (pedantic)", np.array(kept) * 1e3),
+    for name, times_ms in (("output kept (as pedantic)", np.array(kept) * 1e3),
                            ("output dropped (time_rounds)", np.array(dropped) * 1e3),
                            ("blocked_autorange", np.array(theirs))):
         p20, median, p80 = np.quantile(times_ms, [0.2, 0.5, 0.8])

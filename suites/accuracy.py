@@ -34,13 +34,15 @@ from harness import compiling, registry
 from harness.config import ADDED_LATER, Case
 from harness.context import RunContext
 from harness.registry import as_dtype, dtype_name
-from suites import estimate, exactness, findings, grids
+from suites import estimate as cost_model
+from suites import exactness, findings, grids
 from suites import model as lm
 from suites import recipes as recipe_book
 from suites.exactness import ExactnessCase
 from suites.findings import EXPERIMENTS
 from suites.grids import TaskSpec, variant_params
 from suites.learning_rate import SWEEP_SEED, choose_lr
+from suites.model import eval_batch_size
 from suites.tasks import Task, held_out_set, train_batches, validation_set
 from suites.tasks.factory import make_task
 from suites.tasks.passkey import Passkey
@@ -52,7 +54,6 @@ TIMEOUT_S = 900.0
 OPTIONS = ("seeds", "findings", "criterion")  # plan's learned-task options (--seeds, --finding, --criterion)
 TASKS = ("mqar", "selective_copy", "induction", "passkey", "listops")
 CLASSIFICATION_TASKS = ("listops",)  # posed as LRA poses ListOps: a bidirectional encoder and a classifier
-EVAL_TOKENS = {"cpu": 8192, "cuda": 32768}  # tokens per evaluation batch
 MAX_SEEDS = 100  # more would plan millions of trainings: a typo, not an experiment
 
 
@@ -258,8 +259,10 @@ def chosen_specs(suite: str, profile: str, device: str, seeds: int | None = None
                  findings: list[str] | None = None, criterion: float | None = None) -> list[TaskSpec]:
     """The profile's learned-task configurations, with the command line's overrides: `seeds` per
     configuration, only the experiments of `findings`, the validation `criterion` (in (0, 1])."""
-    if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
-        raise ValueError(f"--seeds must be between 1 and {MAX_SEEDS}, got {seeds}")
+    if seeds is not None and not 0 <= seeds <= MAX_SEEDS:
+        raise ValueError(f"--seeds must be between 0 and {MAX_SEEDS}, got {seeds}")
+    if seeds == 0:  # no trainings: the accuracy suite's exactness checks alone
+        return []
     if criterion is not None and not 0 < criterion <= 1:
         raise ValueError(f"--criterion must be in (0, 1], got {criterion:g}")
     for name in findings or []:
@@ -395,10 +398,6 @@ def trained_model(case: TaskCase, context: RunContext) -> tuple[Trained, bool]:
     return trained, True
 
 
-def eval_batch_size(case: TaskCase, seq_len: int | None = None) -> int:
-    return max(1, min(case.n_test, EVAL_TOKENS[case.device] // (seq_len or case.seq_len)))
-
-
 def task_columns(case: TaskCase) -> dict:
     """Task facts the report and the findings need beside the accuracy."""
     task, v = case.eval_task(), registry.get(case.variant)
@@ -451,7 +450,7 @@ def run_case(case: AccuracyCase, context: RunContext) -> dict:
     return run_task(case, context)
 
 
-estimated_seconds = estimate.estimated_seconds
 summarize = findings.summarize
-case_cost = estimate.case_cost
+estimate = cost_model.estimate  # the plan's estimate, compiling included (`attnbench run --estimate`)
+case_cost = cost_model.case_cost
 recipes = recipe_book.recipes  # each experiment's recipe, recorded before the first case

@@ -8,14 +8,17 @@ Selection by environment variables (same meaning as `attnbench run` options): AT
 cuda, default cuda when present), ATTNBENCH_PROFILE (quick), ATTNBENCH_VARIANTS, ATTNBENCH_SEQ_LENS,
 ATTNBENCH_DTYPES (comma-separated). pytest's -k filters further by case id.
 
-Each case runs `suites.throughput.measuring.measure_case` on pytest's `benchmark` fixture: the same
-pedantic loop, flush and timer as `attnbench run`, with one RunContext for the session (no run
-directory: the matmul peaks are measured once per pytest process). The timer is set per case by the
-`benchmark` marker (CUDA events on cuda, perf_counter on cpu), so `--benchmark-timer` has no effect
-here. Regression gating works as with any pytest-benchmark suite: `--benchmark-autosave`, then
-`--benchmark-compare --benchmark-compare-fail median:10%`. Unlike `attnbench run`, cases run in the
-pytest process: unsupported and out-of-memory cases are skipped with their reason, other failures fail
-the test.
+Each case runs `suites.throughput.measuring.measure_case`: the same loop, flush and timer as
+`attnbench run` (harness.timing; CUDA events on cuda, perf_counter on cpu), with one RunContext for the
+session (no run directory: the matmul peaks are measured once per pytest process). Its rounds (with the
+re-measured ones, and a fidelity case's every turn) are handed to pytest's `benchmark` fixture through
+its public interface only: `benchmark.pedantic` with a timer, set by the `benchmark` marker, that replays
+them (harness.timing.ReplayClock), and `benchmark.extra_info` for every other figure. So
+`--benchmark-timer` has no effect here, and pytest-benchmark's statistics and JSON hold exactly the rounds
+`attnbench run` would have measured. Regression gating works as with any pytest-benchmark suite:
+`--benchmark-autosave`, then `--benchmark-compare --benchmark-compare-fail median:10%`. Unlike
+`attnbench run`, cases run in the pytest process: unsupported and out-of-memory cases are skipped with
+their reason, other failures fail the test.
 """
 
 from __future__ import annotations
@@ -48,11 +51,14 @@ def selected_cases() -> list[Case]:
     )
 
 
+# The timer of every case's record: it replays the rounds measure_case timed (one test at a time).
+REPLAY = timing.ReplayClock()
+
+
 def _param(case: Case):
     # Grouped by configuration, so pytest-benchmark's table sets the variants side by side.
     group = case.slug().removeprefix(f"{case.variant}-")
-    return pytest.param(case, id=case.slug(),
-                        marks=pytest.mark.benchmark(timer=timing.timer_for(case.device), group=group))
+    return pytest.param(case, id=case.slug(), marks=pytest.mark.benchmark(timer=REPLAY, group=group))
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +72,7 @@ def test_throughput(benchmark, run_context: RunContext, case: Case) -> None:
     if not ok:
         pytest.skip(f"unsupported: {reason}")
     try:
-        measure_case(case, benchmark, run_context)
+        durations, extra_info = measure_case(case, run_context)
     except Unsupported as e:
         pytest.skip(f"unsupported: {e}")
     except Exception as e:
@@ -74,6 +80,9 @@ def test_throughput(benchmark, run_context: RunContext, case: Case) -> None:
             raise
         message = f"oom: {one_line(e)}"  # outside the handler, so the traceback's tensors are freed
     else:
+        benchmark.extra_info.update(extra_info)
+        benchmark.pedantic(REPLAY.step, setup=REPLAY.rewind, rounds=REPLAY.load(durations), iterations=1,
+                           warmup_rounds=0)
         return
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -1,10 +1,13 @@
 """Wall time of an accuracy or long-range plan, estimated before running it (results/README.md).
 
 Training is bounded by each case's step cap and time budget: the estimate charges the smaller of the
-budget and max_steps steps at a modelled step time, plus validations, evaluation, compilation and data
-generation from the rates below. The work of a variant's mixers is the variant's to say (its `cost` hook;
-harness.costs states the default for one that declares none). Steps stop earlier at the validation
-criterion, so for trainings that reach it the estimate is an upper bound. The CPU rates were measured on
+budget and max_steps steps at a modelled step time, plus validations, evaluation and data generation
+from the rates below, and what the plan compiles: each distinct compiled call (`compile_shapes`: the
+training step, validation and evaluation graphs at their shapes) charged once, as its variant declares
+(harness.estimate; FlexAttention's figures are CPU-backend lower bounds, the Triton autotune ones
+assumptions). The work of a variant's mixers is the variant's to say (its `cost` hook; harness.costs
+states the default for one that declares none). Steps stop earlier at the validation criterion, so for
+trainings that reach it the estimate is an upper bound. The CPU rates were measured on
 the repository's 2-core machine (one thread per worker); the CUDA rates are assumptions (no GPU has run
 these suites yet).
 """
@@ -12,7 +15,9 @@ these suites yet).
 from __future__ import annotations
 
 from harness import registry
+from harness.estimate import Estimate, compile_cost, shape_compile_seconds, with_compiles
 from suites.exactness import CHECK_KINDS
+from suites.model import eval_batch_size
 
 CASE_OVERHEAD_S = {"cpu": 0.05, "cuda": 0.1}  # row write, pipe, cache clearing
 EXACTNESS_S = {"cpu": 0.1, "cuda": 0.1}  # one Part A case that measures rel_err, excluding compilation
@@ -20,8 +25,6 @@ EXACTNESS_S = {"cpu": 0.1, "cuda": 0.1}  # one Part A case that measures rel_err
 # measured here for every family (a few calls of N = 128); CUDA assumed like the others.
 CHECK_S = {"cpu": 0.03, "cuda": 0.1}
 WARMUP_S = {"cpu": 0.1, "cuda": 0.5}  # first training step of a model (cuBLAS, allocator)
-FLEX_COMPILE_S = 15.0  # torch.compile of FlexAttention (block mask included) for one new shape, CUDA only
-FLEX_STATIC_SHAPES = 2  # dynamo compiles a shape, recompiles once with dynamic sizes, then reuses that
 WORKER_START_S = 20.0  # spawning the worker, importing torch and the variants, CUDA context
 # A training step: matmul FLOPs (6 per parameter and token, plus the mixers') at MATMUL_FLOPS, the
 # elementwise work of a scan at SCAN_ELEMENTS, the mixers' fixed time per layer (harness.costs.MixerCost),
@@ -67,46 +70,48 @@ def exactness_seconds(case, device: str) -> float:
     return (CHECK_S if case.input_kind in CHECK_KINDS else EXACTNESS_S)[device]
 
 
-def flex_compilations(case, device: str) -> list[tuple]:
-    """The FlexAttention compile keys a case can trigger: (variant, dtype, phase, causal) with a shape."""
-    if device != "cuda" or not registry.get(case.variant).backend_for(device).startswith("flex"):
-        return []
+def compile_shapes(case) -> list[dict]:
+    """The compiled calls of a case (harness.estimate): an exactness check's forward at its length (a check
+    that calls several shapes, e.g. decode's, is charged one); a learned task's training step, validation
+    and evaluation (a short last batch is not charged)."""
+    shape = {"dtype": case.dtype, "heads": case.n_heads, "head_dim": case.head_dim, "causal": case.causal}
     if case.task == "exactness":
-        return [((case.variant, case.dtype, "fwd", case.causal), case.seq_len)]
-    return [((case.variant, case.dtype, "train", True), case.train_seq_len),
-            ((case.variant, case.dtype, "fwd", True), case.seq_len)]
+        return [{**shape, "graph": "fwd", "batch": case.batch, "seq_len": case.seq_len, "backward": False}]
+    n = case.train_seq_len
+    return [{**shape, "graph": "train", "batch": case.batch_size, "seq_len": n, "backward": True},
+            {**shape, "graph": "eval", "batch": eval_batch_size(case, n), "seq_len": n, "backward": False},
+            {**shape, "graph": "eval", "batch": eval_batch_size(case), "seq_len": case.seq_len,
+             "backward": False}]
 
 
-def estimated_seconds(cases: list, device: str) -> float:
-    """Upper estimate of a plan's wall time (see the module's docstring)."""
-    total, trained, shapes, data = WORKER_START_S, set(), {}, set()
+def estimate(cases: list) -> Estimate:
+    """Upper estimate of a plan's wall time (see the module's docstring), its compiling included."""
+    device = cases[0].device if cases else "cpu"
+    total, trained, data = WORKER_START_S, set(), set()
     for case in cases:
         total += CASE_OVERHEAD_S[device]
         if case.torch_dtype not in registry.get(case.variant).support.dtypes.get(device, ()):
             continue  # recorded unsupported without running
         if case.task == "exactness":
             total += exactness_seconds(case, device)
-        else:
-            if case.training_key() not in trained:
-                trained.add(case.training_key())
-                total += training_seconds(case, device)
-            if (case.train_task(), case.train_pool, case.n_test, case.seed) not in data:
-                data.add((case.train_task(), case.train_pool, case.n_test, case.seed))
-                total += data_seconds(case)
-            total += step_seconds(case, device, case.n_test * case.seq_len, case.seq_len, FORWARD_SHARE)
-        for key, shape in flex_compilations(case, device):
-            seen = shapes.setdefault(key, set())
-            if shape not in seen and len(seen) < FLEX_STATIC_SHAPES:
-                total += FLEX_COMPILE_S
-            seen.add(shape)
-    return total
+            continue
+        if case.training_key() not in trained:
+            trained.add(case.training_key())
+            total += training_seconds(case, device)
+        if (case.train_task(), case.train_pool, case.n_test, case.seed) not in data:
+            data.add((case.train_task(), case.train_pool, case.n_test, case.seed))
+            total += data_seconds(case)
+        total += step_seconds(case, device, case.n_test * case.seq_len, case.seq_len, FORWARD_SHARE)
+    return with_compiles(total, compile_cost(cases, compile_shapes))
 
 
 def case_cost(case) -> float:
     """Estimated seconds of one case, for `attnbench run --shard` to balance its parts (a model and its
     evaluations share an OOM group, so one shard). A model's training is charged to its evaluation at the
-    training length and the first depth, which the profiles all plan; the others cost their evaluation."""
-    device, seconds = case.device, CASE_OVERHEAD_S[case.device]
+    training length and the first depth, which the profiles all plan; the others cost their evaluation;
+    each its own shapes' compiles where its code path compiles per shape."""
+    device = case.device
+    seconds = CASE_OVERHEAD_S[device] + shape_compile_seconds(case, compile_shapes)
     if case.task == "exactness":
         return seconds + exactness_seconds(case, device)
     if case.seq_len == case.train_seq_len and case.depth in (None, 0.0):

@@ -18,7 +18,7 @@ from suites.accuracy import (
     case_cost,
     check_profile,
     chosen_specs,
-    estimated_seconds,
+    estimate,
     filtered,
     learned_variants,
     needs,
@@ -49,5 +49,5 @@ def run_case(case: TaskCase, context: RunContext) -> dict:
     return run_task(case, context)
 
 
-__all__ = ["TIMEOUT_S", "OPTIONS", "Case", "plan", "run_case", "summarize", "estimated_seconds", "case_cost",
+__all__ = ["TIMEOUT_S", "OPTIONS", "Case", "plan", "run_case", "summarize", "estimate", "case_cost",
            "needs", "recipes"]

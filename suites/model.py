@@ -346,6 +346,15 @@ class Evaluation:
     per_example: list[float] = field(default_factory=list)  # each example's fraction of its labels right
 
 
+EVAL_TOKENS = {"cpu": 8192, "cuda": 32768}  # tokens per evaluation batch
+
+
+def eval_batch_size(case, seq_len: int | None = None) -> int:
+    """Sequences per evaluation batch of a learned-task case (its n_test, device and seq_len) at seq_len
+    (default the case's)."""
+    return max(1, min(case.n_test, EVAL_TOKENS[case.device] // (seq_len or case.seq_len)))
+
+
 @torch.no_grad()
 def evaluate(model: Backbone, data: Batch, *, batch_size: int, device: str, dtype: torch.dtype) -> Evaluation:
     """Accuracy on held-out data. A non-finite logit counts as a wrong answer (a diverged model

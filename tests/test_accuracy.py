@@ -307,11 +307,11 @@ def test_profiles_fit_their_documented_budgets_by_the_estimate():
     """Upper estimates (step caps; the criterion stops most trainings earlier): the GPU standard grid at
     the published sizes with 3 seeds within 7 hours, the CPU standard grid (5 seeds) within 7 hours of one
     core (results/README.md; the committed run used two processes), quick within 9 minutes."""
-    total = sum(s.estimated_seconds(s.plan("standard", "cuda"), "cuda") for s in (A, long_range))
+    total = sum(s.estimate(s.plan("standard", "cuda")).seconds for s in (A, long_range))
     assert total < 7 * 3600
-    cpu = sum(s.estimated_seconds(s.plan("standard", "cpu"), "cpu") for s in (A, long_range))
+    cpu = sum(s.estimate(s.plan("standard", "cpu")).seconds for s in (A, long_range))
     assert cpu < 7 * 3600
-    quick = sum(s.estimated_seconds(s.plan("quick", "cpu"), "cpu") for s in (A, long_range))
+    quick = sum(s.estimate(s.plan("quick", "cpu")).seconds for s in (A, long_range))
     # 5 minutes before issue 14's seven variants (about 24 s each in quick), 8 before the correctness
     # checks (issue 21: about 420 more exactness cases) and mamba-lti
     assert quick < 9 * 60

@@ -71,6 +71,22 @@ def test_a_field_added_with_a_default_keeps_every_id_only_when_declared_added_la
             warmup_steps: Annotated[int, ADDED_LATER]
 
 
+# What the grids gained after the committed CPU standard run was made (its NOTES.md says how far the
+# top-up has got): seeds 3 and 4 of the experiments that trained 3, the time-invariant control, and the
+# correctness gate's checks. Resuming may leave only these to run; any other case left to run means an id
+# the current code no longer recomputes.
+FIRST_EXACTNESS_KINDS = ("random", "peaked", "near_duplicate", "long")
+CONTROL = "mamba-lti"
+
+
+def gained_since_the_run(case) -> bool:
+    if case.variant == CONTROL:
+        return True
+    if isinstance(case, accuracy.TaskCase):
+        return case.seed >= 3
+    return case.input_kind not in FIRST_EXACTNESS_KINDS
+
+
 @pytest.mark.slow
 def test_the_current_code_resumes_the_committed_run_and_adds_a_seed_without_rerunning_a_case(tmp_path):
     run = tmp_path / "run"
@@ -78,10 +94,11 @@ def test_the_current_code_resumes_the_committed_run_and_adds_a_seed_without_reru
     recorded = store.RunStore(run).statuses()
     for suite in (accuracy, long_range):
         planned = runner.unique(suite.plan(profile="standard", device="cpu"))
-        assert runner.cases_to_run(planned, recorded) == []  # the committed run is whole under this code
-        more = runner.unique(suite.plan(profile="standard", device="cpu", seeds=4))
-        todo = runner.cases_to_run(more, recorded)
-        new_seed = [c for c in more if isinstance(c, accuracy.TaskCase) and c.seed == 3
-                    and c.case_id not in recorded]
-        assert todo == new_seed and todo, suite.__name__  # exactly the fourth seed's cases
-        assert "listops" not in {c.task for c in todo}  # it trains 5 seeds already
+        todo = runner.cases_to_run(planned, recorded)
+        assert [c.describe() for c in todo if not gained_since_the_run(c)] == [], suite.__name__
+        more = runner.unique(suite.plan(profile="standard", device="cpu", seeds=6))
+        todo_more = runner.cases_to_run(more, recorded)
+        new_seed = [c for c in more if isinstance(c, accuracy.TaskCase) and c.seed == 5]
+        assert new_seed and not {c.case_id for c in new_seed} & set(recorded)
+        # exactly the sixth seed's cases beside what was left
+        assert sorted(c.case_id for c in todo_more) == sorted(c.case_id for c in [*todo, *new_seed])

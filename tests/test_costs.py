@@ -95,9 +95,9 @@ def test_the_estimate_gives_the_figures_of_the_family_name_code_over_the_plans(m
                                        (case.n_test * case.seq_len, case.seq_len, estimate.FORWARD_SHARE)]:
             assert (estimate.step_seconds(case, device, tokens, seq_len, share)
                     == old_step_seconds(case, device, tokens, seq_len, share)), case
-    new = [estimate.case_cost(c) for c in cases], estimate.estimated_seconds(cases, device)
+    new = [estimate.case_cost(c) for c in cases], estimate.estimate(cases)
     monkeypatch.setattr(estimate, "step_seconds", old_step_seconds)
-    assert new == ([estimate.case_cost(c) for c in cases], estimate.estimated_seconds(cases, device))
+    assert new == ([estimate.case_cost(c) for c in cases], estimate.estimate(cases))
     # Every branch of the old code ran: attention, windows, features, the scan, loops, and none of these.
     assert {"vanilla", "longformer-banded", "performer", "mamba", "mamba2", "gated-deltanet",
             "linear"} <= {c.variant for c in trained}

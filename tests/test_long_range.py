@@ -91,7 +91,7 @@ def test_accuracy_quick_subset_through_the_runner(tmp_path):
     (["--profile", "huge"], "unknown profile"),
     (["--dtype", "int7"], "unknown dtype"),
     (["-v", "nope"], "unknown variant"),
-    (["--seeds", "0"], "--seeds must be between 1 and 100, got 0"),
+    (["--seeds", "-1"], "--seeds must be between 0 and 100, got -1"),
     (["--finding", "nope"], "unknown finding 'nope'; choose one of: mqar, selective_copying"),
     (["--criterion", "1.5"], "--criterion must be in (0, 1], got 1.5"),
     (["--criterion", "0"], "--criterion must be in (0, 1], got 0"),

@@ -57,6 +57,20 @@ def test_a_merged_run_merged_again_keeps_its_differing_facts_flat(tmp_path):
     assert [s["run"] for s in environment["merged_from"]] == [str(a), str(b), str(c)]
 
 
+def test_runs_split_by_experiment_merge_their_recipes_and_keep_a_real_difference_listed(tmp_path):
+    entry = lambda h: {"recipe": {"steps": h}, "hash": h}  # noqa: E731
+    a = rows(tmp_path / "a", hostname="a", recipes={"mqar": entry("1")}, resumed_on=[{"device_name": "x"}])
+    b = rows(tmp_path / "b", hostname="b", recipes={"copy": entry("2")}, resumed_on=[{"device_name": "x"}])
+    c = rows(tmp_path / "c", hostname="c", recipes={"mqar": entry("3")})
+    merge.merge(tmp_path / "ab", [a, b])
+    environment = json.loads((tmp_path / "ab" / store.ENVIRONMENT).read_text())
+    assert environment["recipes"] == {"mqar": entry("1"), "copy": entry("2")}
+    assert environment["resumed_on"] == [{"device_name": "x"}]
+    merge.merge(tmp_path / "ac", [a, c])
+    environment = json.loads((tmp_path / "ac" / store.ENVIRONMENT).read_text())
+    assert environment["recipes"] == [{"mqar": entry("1")}, {"mqar": entry("3")}]  # they disagree: listed
+
+
 def test_one_row_per_case_ok_first_then_the_latest(tmp_path):
     failed = rows(tmp_path / "failed", status="error")
     ok = rows(tmp_path / "ok")

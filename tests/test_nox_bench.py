@@ -17,19 +17,32 @@ def test_the_default_run_directory_is_named_by_device_and_profile():
         ["attnbench", "run", "--suite", "long-range", "--profile", "standard", "--out", out],
         ["attnbench", "report", out, "--fail-on-incorrect"],
     ]
-    assert noxfile.bench_commands([], "cpu")[-1] == ["attnbench", "report", "results/bench-cpu-quick",
-                                                     "--fail-on-incorrect"]
+    assert noxfile.bench_commands([], "cuda")[-1] == ["attnbench", "report", "results/bench-cuda-quick",
+                                                      "--fail-on-incorrect"]
     assert noxfile.bench_commands(["--profile=full"], "cpu")[-1][-2] == "results/bench-cpu-full"
+
+
+def test_with_no_profile_a_cpu_runs_the_standard_sweep_and_the_exactness_checks_but_no_training():
+    out = "results/bench-cpu-default"
+    assert noxfile.bench_commands([], "cpu") == [
+        ["attnbench", "doctor", "--out", out, "--device", "cpu"],
+        ["attnbench", "run", "--suite", "throughput", "--profile", "standard", "--out", out],
+        ["attnbench", "run", "--suite", "accuracy", "--profile", "standard", "--seeds", "0", "--out", out],
+        ["attnbench", "report", out, "--fail-on-incorrect"],
+    ]
+    from suites import accuracy
+    cases = accuracy.plan("standard", "cpu", seeds=0)
+    assert cases and {c.task for c in cases} == {"exactness"}  # --seeds 0: nothing trains
 
 
 def test_the_same_command_twice_gives_the_same_directory_and_fresh_goes_to_the_first_suite_only():
     assert noxfile.bench_commands([], "cpu") == noxfile.bench_commands([], "cpu")
     commands = noxfile.bench_commands(["--fresh", "--out", "results/mine"], "cpu")
-    assert [c.count("--fresh") for c in commands] == [1, 0, 0, 0, 0]
+    assert [c.count("--fresh") for c in commands] == [1, 0, 0, 0]
     # The doctor right after the suite that clears the directory: its findings are kept.
-    assert [c[1] for c in commands] == ["run", "doctor", "run", "run", "report"]
+    assert [c[1] for c in commands] == ["run", "doctor", "run", "report"]
     assert commands[-1] == ["attnbench", "report", "results/mine", "--fail-on-incorrect"]
-    assert all(c[c.index("--out") + 1] == "results/mine" for c in commands[:4])
+    assert all(c[c.index("--out") + 1] == "results/mine" for c in commands[:3])
 
 
 class FakeSession:
@@ -38,7 +51,8 @@ class FakeSession:
     venv_backend = "none"  # no installs
 
     def __init__(self, exit_1: tuple[str, ...] = ()):
-        self.posargs, self.exit_1, self.ran = ["--device", "cpu", "--out", "results/x"], exit_1, []
+        self.posargs = ["--device", "cpu", "--profile", "quick", "--out", "results/x"]
+        self.exit_1, self.ran = exit_1, []
 
     def run(self, *args, success_codes=(0,), silent=False):
         self.ran.append(args[1])
@@ -55,3 +69,15 @@ def test_a_doctor_failure_lets_the_suites_run_and_the_report_fail_the_session():
     with pytest.raises(CommandFailed, match="report exited 1"):
         noxfile.bench(session)
     assert session.ran[-1] == "report"
+
+
+def test_the_cpu_default_names_the_learned_tasks_it_leaves_out_with_their_estimate():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", noxfile.LEARNED_LEFT_OUT], capture_output=True, text=True,
+                          check=True)
+    line = done.stdout.strip()
+    assert len(line.splitlines()) == 1 and "core-hours" in line
+    assert "--suite accuracy --profile standard" in line
+    hours = float(line.split("about ")[1].split(" ")[0])
+    assert 1 < hours < 20  # the CPU standard learned grid: hours, not minutes

@@ -20,6 +20,8 @@ FIRST_PARTY = {"harness", "suites", "variants", "tests"}
 # Import name -> distribution name, where the two differ (otherwise: "_" read as "-").
 DISTRIBUTION_OF = {"pynvml": "nvidia-ml-py", "fla": "fla-core", "mamba_ssm": "mamba-ssm", "yaml": "pyyaml"}
 MODULE_OF = {dist: module for module, dist in DISTRIBUTION_OF.items()}
+# Dependencies used as pytest plugins, through their fixture rather than an import: distribution -> fixture.
+FIXTURE_OF = {"pytest-benchmark": "benchmark"}
 
 
 def normalized(name: str) -> str:
@@ -100,6 +102,10 @@ def test_every_runtime_dependency_is_imported_somewhere():
     assert "numpy" in deps
     code = "\n".join(p.read_text() for p in SOURCES)
     for dist in map(requirement_name, deps):
+        if dist in FIXTURE_OF:
+            test_asking_for_it = rf"^def test_\w*\([^)]*\b{FIXTURE_OF[dist]}\b"
+            assert re.search(test_asking_for_it, code, re.MULTILINE), f"{dist}'s fixture is never used"
+            continue
         module = MODULE_OF.get(dist, dist.replace("-", "_"))
         assert re.search(rf"^\s*(import|from) {module}\b", code, re.MULTILINE), f"{dist} is never imported"
 

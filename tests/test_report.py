@@ -525,6 +525,7 @@ def test_the_summary_leads_with_the_row_flagged_baseline_and_names_defaulted_mod
 
 
 @pytest.mark.parametrize("n", [3, 10, 17, 20, 21, 40])
-def test_every_variant_gets_its_own_colour(n):
-    colors = charts.palette([f"variant-{i}" for i in range(n)])
-    assert len(set(colors.values())) == n
+def test_every_variant_gets_its_own_colour_and_line_style(n):
+    """Spread over 5 families (a family holds up to 16 colour and line-style slots)."""
+    colors = charts.palette({f"family{i % 5}-{i}": f"family{i % 5}" for i in range(n)})
+    assert len({(c, colors.linestyle[name]) for name, c in colors.items()}) == n

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from harness import registry, smoke
+from harness import costs, registry, smoke
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["install", "imports", "doctor", "tests-smoke", "tests-cuda", "sweep", "sweep-compiled", "fidelity",
@@ -60,8 +60,8 @@ def test_the_sweeps_cover_every_variant_once_uncompiled_paths_first(tmp_path):
     compiled = compiled_runs[0]
     named = [[c[i + 1] for i, a in enumerate(c) if a == "-v"] for c in (fast, compiled)]
     assert sorted(named[0] + named[1]) == registry.names()
-    assert set(named[1]) == {n for n in registry.names()
-                             if registry.get(n).backend_for("cuda").startswith("flex")}
+    per_shape = {n for n in registry.names() if (c := registry.get(n).compile_cost("cuda")) and c.per_shape}
+    assert set(named[1]) == per_shape
     assert "vanilla" in named[0] and "mamba2" in named[0] and "longformer" in named[1]
     for command in (fast, compiled):
         text = " ".join(command)
@@ -70,11 +70,15 @@ def test_the_sweeps_cover_every_variant_once_uncompiled_paths_first(tmp_path):
     assert " ".join(fast).endswith("-n 1024 -n 4096 -n 16384")
 
 
-def test_exact_variants_come_first_in_each_sweep():
-    variants = [SimpleNamespace(name=n, exact=e, backend_for=lambda d, b=b: b) for n, e, b in [
-        ("linear", False, "fla"), ("vanilla", True, "vanilla"), ("sparse", True, "flex-attention-compiled"),
-        ("sinks", False, "flex-attention-compiled"), ("flash", True, "sdpa")]]
-    assert smoke.split_variants(variants) == (["flash", "vanilla", "linear"], ["sparse", "sinks"])
+def test_exact_variants_come_first_in_each_sweep_split_by_what_they_declare_they_compile():
+    """By the declared compile cost, not by a name: a plugin's FlexAttention path named anything goes with
+    the per-shape compilers; an autotuned kernel (once per key) sweeps with the uncompiled paths."""
+    per_key = costs.CompileCost("autotune", 1.0, 1.0, ("dtype", "head_dim"), "assumed")
+    per_shape = costs.CompileCost("compile", 1.0, 1.0, costs.SHAPE_FIELDS, "measured")
+    variants = [SimpleNamespace(name=n, exact=e, compile_cost=lambda d, c=c: c) for n, e, c in [
+        ("linear", False, per_key), ("vanilla", True, None), ("my-masked-kernel", True, per_shape),
+        ("sinks", False, per_shape), ("flash", True, None)]]
+    assert smoke.split_variants(variants) == (["flash", "vanilla", "linear"], ["my-masked-kernel", "sinks"])
 
 
 # --- running it ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+from scipy import stats
 
 from harness import flex, masks, registry
 from harness.attention import softmax_attention
@@ -68,6 +69,20 @@ def test_bigbird_layout_is_window_globals_and_three_random_blocks_per_head(causa
             pool = {j for j in range(n) if j not in fixed and (j < i or not causal)}
             assert drawn <= pool and len(drawn) == min(3, len(pool))
     assert all(not torch.equal(layout[0], layout[h]) for h in range(1, heads))  # drawn per head
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bigbird_random_blocks_are_uniform_over_every_block_outside_window_and_globals(causal):
+    """The paper's draw, not google-research/bigbird's code, which draws from a pool of low blocks that
+    depends on n (blocks 1-15 at n = 1024-4096): across heads, a late query block draws every block of
+    its pool, each about equally often."""
+    n, heads, row = 32, 600, 28
+    layout = bigbird_layout(n, causal, n_heads=heads, **BIGBIRD)
+    fixed = window_and_globals(n, causal)[row]
+    pool = [j for j in range(n) if j not in fixed and (j < row or not causal)]
+    counts = layout[:, row, pool].sum(0)
+    assert counts.sum() == 3 * heads and (counts > 0).all()
+    assert stats.chisquare(counts.numpy()).pvalue > 1e-3
 
 
 def test_bigbird_heads_are_seeded_and_do_not_depend_on_the_head_count():

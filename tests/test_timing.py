@@ -1,7 +1,10 @@
-"""The timing engine (pytest-benchmark's pedantic loop driven by harness.timing) and the memory cap."""
+"""The timing engine (harness.timing's own loop, and the rounds it hands to pytest-benchmark) and the
+memory cap."""
 
 import inspect
+import json
 import math
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -15,6 +18,8 @@ import pytest
 import torch
 
 from harness import memory, timing
+
+pytest_plugins = ("pytester",)  # runs a pytest-benchmark session in this process
 
 
 def test_latency_summary_reads_pytest_benchmark_stats():
@@ -33,23 +38,24 @@ def test_rounds_fill_the_budget_within_bounds():
     assert timing.rounds_for(budget_ms=1e9, estimate_ms=1e-9) == timing.MAX_ROUNDS
 
 
-def test_pedantic_loop_runs_setup_before_every_round():
+def test_the_loop_runs_setup_before_every_round_and_times_the_call_alone():
     events = []
-    fixture = timing.make_fixture("unit", timing.timer_for("cpu"))
     call, setup = (lambda: events.append("call") or 7), (lambda: events.append("setup"))
-    timing.time_rounds(fixture, call, setup, 4)
-    assert events == ["setup", "call"] * 4
-    record = fixture.stats.as_dict()
-    assert record["stats"]["rounds"] == 4 and len(record["stats"]["data"]) == 4
-    assert record["stats"]["iterations"] == 1 and record["options"]["timer"] == "perf_counter"
-    assert all(t > 0 for t in record["stats"]["data"])
+    durations = timing.time_rounds(call, setup, 4, timing.timer_for("cpu"))
+    assert events == ["setup", "call"] * 4 and len(durations) == 4 and all(t > 0 for t in durations)
+    assert timing.timer_for("cpu") is time.perf_counter
+    # The setup moves the clock by a second and the call by a millisecond: only the call is timed.
+    clock = ScriptedClock([1.0, 1e-3] * 3)
+    assert timing.time_rounds(clock.target, clock.target, 3, clock) == pytest.approx([1e-3] * 3)
 
 
-def test_no_round_runs_while_the_previous_rounds_output_is_alive():
+def outputs_alive(loop) -> tuple[list[int], list[int]]:
+    """How many earlier outputs are alive at each call of `loop(target, setup, rounds, timer)`, and at
+    each reading of its timer (two a round)."""
     class Output:
         pass
 
-    outputs, alive_at_call = [], []
+    outputs, alive_at_call, alive_at_timer = [], [], []
 
     def call():
         alive_at_call.append(sum(ref() is not None for ref in outputs))
@@ -57,13 +63,94 @@ def test_no_round_runs_while_the_previous_rounds_output_is_alive():
         outputs.append(weakref.ref(output))
         return output
 
-    timing.time_rounds(timing.make_fixture("unit", timing.timer_for("cpu")), call, lambda: None, 4)
+    def timer():
+        alive_at_timer.append(sum(ref() is not None for ref in outputs))
+        return time.perf_counter()
+
+    loop(call, lambda: None, 4, timer)
+    return alive_at_call, alive_at_timer
+
+
+def test_no_round_runs_while_the_previous_rounds_output_is_alive():
+    alive_at_call, alive_at_timer = outputs_alive(timing.time_rounds)
     assert alive_at_call == [0, 0, 0, 0]
+    assert alive_at_timer == [0] * 8  # dropped as the call returns, inside its round (as before)
 
 
-def test_a_setup_returning_a_value_is_not_taken_for_arguments():
-    buffer_flush = timing.L2Flush("cpu")
-    assert buffer_flush() is None and buffer_flush.nbytes == 0  # pedantic would unpack a return value
+def test_a_loop_that_keeps_the_output_fails_that_check():
+    def keeping(target, setup, rounds, timer):  # pytest-benchmark pedantic's way: the result stays bound
+        for _ in range(rounds):
+            setup()
+            start = timer()
+            result = target()
+            timer() - start
+        return result
+
+    alive_at_call, _ = outputs_alive(keeping)
+    assert alive_at_call == [0, 1, 1, 1]
+
+
+def test_the_rounds_become_the_stats_rows_are_made_from():
+    stats = timing.round_stats([0.003, 0.001, 0.002, 0.004])
+    assert stats == {"data": [0.003, 0.001, 0.002, 0.004], "median": 0.0025, "rounds": 4, "iterations": 1}
+    assert timing.latency_summary(stats)["latency_ms"] == pytest.approx(2.5)
+
+
+def test_the_replay_clock_gives_back_each_round_exactly():
+    """The loop pytest-benchmark's pedantic runs, in the shape it runs it: setup, start, call, end."""
+    clock, measured = timing.ReplayClock(), [0.0123, 1e-7, 3.3, 0.5]
+    rounds, replayed = clock.load(measured), []
+    for _ in range(rounds):
+        assert clock.rewind() is None  # a setup's return value would be taken for call arguments
+        start = clock()
+        clock.step()
+        replayed.append(clock() - start)
+    assert replayed == measured and rounds == 4 and not clock.pending
+    with pytest.raises(IndexError):
+        clock.step()  # a round more than was measured is an error, not a repeat
+
+
+REPLAY_MODULE = """
+import pytest
+from harness import timing
+
+REPLAY = timing.ReplayClock()
+
+
+@pytest.mark.benchmark(timer=REPLAY)
+def test_replayed(benchmark):
+    benchmark.extra_info.update({"figure": 42})
+    benchmark.pedantic(REPLAY.step, setup=REPLAY.rewind, rounds=REPLAY.load({durations}), iterations=1,
+                       warmup_rounds=0)
+"""
+
+
+# pytest-benchmark's hooks for the JSON file's machine and commit sections (py-cpuinfo and git take seconds).
+FAST_REPORT_HOOKS = """
+def pytest_benchmark_generate_machine_info(config):
+    return {}
+
+
+def pytest_benchmark_generate_commit_info(config):
+    return {}
+"""
+
+
+def test_pytest_benchmark_records_exactly_the_rounds_it_is_handed(pytester):
+    """The route of suites/bench_throughput.py through pytest-benchmark's public fixture and marker: its
+    JSON holds our rounds as measured, and its statistics are computed from them."""
+    durations = [0.0021, 0.0013, 0.0042, 0.0017, 0.0019]
+    pytester.makepyfile(test_replay=REPLAY_MODULE.replace("{durations}", repr(durations)))
+    pytester.makeconftest(FAST_REPORT_HOOKS)
+    report = pytester.path / "bench.json"
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--benchmark-json={report}")
+    result.assert_outcomes(passed=1)
+    (bench,) = json.loads(report.read_text())["benchmarks"]
+    assert bench["stats"]["data"] == durations and bench["stats"]["rounds"] == len(durations)
+    assert bench["stats"]["median"] == statistics.median(durations) and bench["stats"]["iterations"] == 1
+    assert bench["extra_info"] == {"figure": 42}
+    assert bench["options"]["timer"] == "replayed_rounds"  # the row's `timer` column names the real one
+    assert timing.latency_summary(bench["stats"]) == timing.latency_summary(timing.round_stats(durations))
 
 
 def test_warm_up_runs_once_then_until_the_budget_is_spent():
@@ -149,39 +236,35 @@ class ScriptedClock:
 
 def test_a_quiet_measurement_is_not_remeasured():
     clock = ScriptedClock([1e-3] * 10)
-    fixture = timing.make_fixture("quiet", clock)
     policy = timing.NoisePolicy(spread_limit=0.05, precision=0.02, extra_ms=1000)
-    result = timing.measure_stably(fixture, clock.target, lambda: None, 5, policy, clock)
+    data, result = timing.measure_stably(clock.target, lambda: None, 5, policy, clock)
     assert result == timing.Stability(0.0, 0.0, 0, False)
-    assert len(fixture.stats.stats.data) == 5
+    assert data == [1e-3] * 5
 
 
 def test_a_noisy_measurement_takes_rounds_until_its_interval_is_tight():
     # 5 rounds spread widely, then a steady 1 ms: the median's interval narrows as rounds accumulate.
     clock = ScriptedClock([1e-3, 2e-3, 1e-3, 3e-3, 1e-3] + [1e-3] * 1000)
-    fixture = timing.make_fixture("noisy", clock)
     policy = timing.NoisePolicy(spread_limit=0.05, precision=0.02, extra_ms=1000)
-    result = timing.measure_stably(fixture, clock.target, lambda: None, 5, policy, clock)
-    data = fixture.stats.stats.data
+    data, result = timing.measure_stably(clock.target, lambda: None, 5, policy, clock)
     assert result.extra_rounds == len(data) - 5 > 0 and not result.noisy
     assert timing.interval_halfwidth(data) <= 0.02 or timing.spread(data) <= 0.05
-    assert fixture.stats.stats.median == pytest.approx(1e-3)  # the appended rounds are in the record
+    assert data[:5] == [1e-3, 2e-3, 1e-3, 3e-3, 1e-3]  # the first batch, then the extra rounds after it
+    assert statistics.median(data) == pytest.approx(1e-3)
 
 
 def test_a_measurement_still_noisy_when_its_budget_runs_out_is_flagged():
     clock = ScriptedClock([1e-3, 3e-3] * 100)  # alternating: no number of rounds settles it
-    fixture = timing.make_fixture("noisy", clock)
     policy = timing.NoisePolicy(spread_limit=0.05, precision=0.02, extra_ms=20)
-    result = timing.measure_stably(fixture, clock.target, lambda: None, 4, policy, clock)
+    data, result = timing.measure_stably(clock.target, lambda: None, 4, policy, clock)
     assert result.noisy and result.spread > 0.05
-    assert 0 < result.extra_rounds and sum(fixture.stats.stats.data[4:]) <= 0.020 + 1e-12  # within budget
+    assert 0 < result.extra_rounds == len(data) - 4 and sum(data[4:]) <= 0.020 + 1e-12  # within budget
 
 
 def test_no_remeasuring_without_a_budget():
     clock = ScriptedClock([1e-3, 3e-3] * 10)
-    fixture = timing.make_fixture("noisy", clock)
-    result = timing.measure_stably(fixture, clock.target, lambda: None, 4, timing.NoisePolicy(), clock)
-    assert result.noisy and result.extra_rounds == 0
+    data, result = timing.measure_stably(clock.target, lambda: None, 4, timing.NoisePolicy(), clock)
+    assert result.noisy and result.extra_rounds == 0 and len(data) == 4
 
 
 # --- the independent timers ------------------------------------------------------------------------------
@@ -270,9 +353,8 @@ def test_timer_agrees_with_triton_do_bench():
     target = lambda: torch.mm(a, b, out=out)  # noqa: E731
     flush = timing.L2Flush("cuda")
     timing.warm_up(target, flush, "cuda", warmup_ms=25)
-    fixture = timing.make_fixture("mm", timing.cuda_event_timer)
-    timing.time_rounds(fixture, target, flush, timing.rounds_for(200, timing.timed_call(target, "cuda")[1]))
-    ours_ms = fixture.stats.stats.median * 1e3
+    rounds = timing.rounds_for(200, timing.timed_call(target, "cuda")[1])
+    ours_ms = statistics.median(timing.time_rounds(target, flush, rounds, timing.cuda_event_timer)) * 1e3
     theirs_ms = do_bench(target, warmup=25, rep=200, return_mode="median")
     assert ours_ms == pytest.approx(theirs_ms, rel=0.10)
 

@@ -42,6 +42,7 @@ from variants.recurrent import (
     l2norm,
     merge_heads,
     run_convs,
+    triton_autotune,
     use_library,
 )
 
@@ -261,9 +262,13 @@ class DeltaRuleMixer(RecurrentMixer):
 SUPPORT = Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False)
 
 
+# fla-core 0.6.0's autotune configs, (forward, backward): chunk_gated_delta_rule's fused kkt-solve,
+# recompute_w_u, chunk_fwd_h, chunk_fwd_o and gate kernels, then their backward kernels; chunk_delta_rule's
+# scaled_dot_kkt, solve_tril, recompute_w_u, chunk_fwd_h and chunk_fwd_o, then its backward kernels.
 @mixer_variant(
     "gated-deltanet", family="deltanet", exact=False, support=SUPPORT, backend=_backend(True),
     cost=chunk_loop_cost(0.040), peak_bytes=costs.not_modelled,
+    compiles=triton_autotune("fla chunk_gated_delta_rule", 21, 22),
     defaults=dict(expand_v=2, use_output_gate=True, conv_size=4, chunk_size=CHUNK_SIZE),
     kernel=gated_delta_kernel, kernel_reference=gated_delta_reference, kernel_inputs=delta_kernel_inputs,
     small_params={"chunk_size": 8},
@@ -281,6 +286,7 @@ class GatedDeltaNetMixer(DeltaRuleMixer):
 @mixer_variant(
     "deltanet", family="deltanet", exact=False, support=SUPPORT, backend=_backend(False),
     cost=chunk_loop_cost(0.028), peak_bytes=costs.not_modelled,
+    compiles=triton_autotune("fla chunk_delta_rule", 113, 20),
     defaults=dict(expand_v=1, use_output_gate=False, conv_size=4, chunk_size=CHUNK_SIZE),
     kernel=delta_kernel, kernel_reference=delta_reference,
     kernel_inputs=functools.partial(delta_kernel_inputs, gated=False), small_params={"chunk_size": 8},

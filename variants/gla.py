@@ -30,6 +30,7 @@ from variants.recurrent import (
     fla_installed,
     heads,
     merge_heads,
+    triton_autotune,
     use_library,
 )
 
@@ -139,9 +140,11 @@ def _backend(device: str) -> str:
     return "fla.chunk_gla" if device == "cuda" and fla_installed() else "torch-chunked"
 
 
+# fla-core 0.6.0's autotune configs: chunk_gla's forward (ops/gla/chunk.py, with common/chunk_h.py's
+# chunk_fwd_h) and its backward kernels.
 @mixer_variant(
     "gla", family="gla", exact=False, backend=_backend, cost=chunk_loop_cost(0.016),
-    peak_bytes=costs.not_modelled,
+    peak_bytes=costs.not_modelled, compiles=triton_autotune("fla chunk_gla", 124, 144),
     support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False),
     defaults=dict(expand_k=0.5, expand_v=1.0, gate_low_rank_dim=16, gate_logit_normalizer=16,
                   chunk_size=CHUNK_SIZE),

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from harness import costs, masks
 from harness.registry import Support, attention_variant, package_available
+from variants.recurrent import SIMPLE_GLA_CONFIGS, triton_autotune
 
 CHUNK_SIZE = 64
 FLA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -38,6 +39,8 @@ def fla_backend_available() -> bool:
 
 
 FLA_BACKEND = "fla-chunk"
+# Causal attention's kernel autotunes on CUDA (chunk_linear_attn calls chunk_simple_gla); performer's too.
+FLA_COMPILES = triton_autotune("fla chunk_linear_attn", *SIMPLE_GLA_CONFIGS)
 
 
 def backend_name(device: str) -> str:
@@ -249,6 +252,7 @@ def linear_peak_bytes(call: costs.KernelCall, **params) -> int:
     "linear", family="linear", exact=False, support=Support(cross=True),
     defaults={"eps": 1e-6, "chunk_size": CHUNK_SIZE}, backend=backend_name,
     cost=costs.projections_only, peak_bytes=linear_peak_bytes,  # the estimate charges no state updates
+    compiles=FLA_COMPILES,
     prefill_fn=linear_prefill, decode_fn=linear_decode, reference=linear_attention_reference,
     small_params={"chunk_size": 8},  # chunks no longer than a smoke run's shortest sequence
     description="linear attention, phi = elu + 1; causal via chunked prefix sums (fla kernel on CUDA)",

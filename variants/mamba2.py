@@ -13,7 +13,7 @@ That is linear attention with a scalar decay: q = C, k = B, v = dt x, log decay 
 
 The mixer is mamba_ssm's `Mamba2` block (ngroups=1, rmsnorm after the SiLU(z) gate, D per head), with the
 same parameter names and shapes, so a state_dict loads into either. Defaults chosen for the small widths of
-the learned tasks (documented in the README): d_state 64 (the library's 128 leaves no MLP to match
+the learned tasks (docs/variants.md): d_state 64 (the library's 128 leaves no MLP to match
 parameters with below d_model 48) and headdim = expand * d_model / n_heads (the harness's head count; 64 at
 d_model 64 with 2 heads, the library's default there).
 """
@@ -37,6 +37,7 @@ from variants.recurrent import (
     import_mamba_ssm_triton,
     mamba_ssm_installed,
     run_convs,
+    triton_autotune,
     use_library,
 )
 
@@ -183,6 +184,12 @@ def ssd_reference(x, dt, A, B, C):
     return ssd_recurrent(x, dt, A, B, C)[0]
 
 
+# mamba-ssm 2.3.1's SSD Triton kernels (ops/triton/ssd_*.py): mamba_chunk_scan_combined's forward calls
+# five autotuned kernels (chunk cumsum, chunk state, state passing, bmm, chunk scan); its backward is
+# charged every backward kernel's configs there but the two superseded ones.
+MAMBA_SSD_AUTOTUNE = triton_autotune("mamba-ssm mamba_chunk_scan_combined", 42, 124)
+
+
 def _backend(device: str) -> str:
     fast = device == "cuda" and mamba_ssm_installed()
     return "mamba_ssm.mamba_chunk_scan_combined" if fast else "torch-chunked-ssd"
@@ -192,7 +199,7 @@ def _backend(device: str) -> str:
 
 @mixer_variant(
     "mamba2", family="mamba2", exact=False, backend=_backend, cost=chunk_loop_cost(0.031),
-    peak_bytes=costs.not_modelled,
+    peak_bytes=costs.not_modelled, compiles=MAMBA_SSD_AUTOTUNE,
     support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False),
     defaults=dict(d_state=D_STATE, d_conv=4, expand=2, ngroups=1, chunk_size=CHUNK_SIZE),
     kernel=ssd_kernel, kernel_reference=ssd_reference, kernel_inputs=ssd_kernel_inputs,

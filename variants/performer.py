@@ -19,6 +19,7 @@ from harness import costs
 from harness.registry import Support, attention_variant
 from variants.linear import (
     FLA_BACKEND,
+    FLA_COMPILES,
     RecurrentState,
     accumulation_dtype,
     backend_name,
@@ -144,7 +145,7 @@ def performer_peak_bytes(call: costs.KernelCall, *, nb_features, **params) -> in
 @attention_variant(
     "performer", family="performer", exact=False, support=Support(cross=True),
     defaults={"nb_features": 256, "seed": 0, "eps": 1e-6}, backend=backend_name,
-    cost=performer_cost, peak_bytes=performer_peak_bytes,
+    cost=performer_cost, peak_bytes=performer_peak_bytes, compiles=FLA_COMPILES,
     prefill_fn=performer_prefill, decode_fn=performer_decode, reference=performer_attention_reference,
     small_params={"nb_features": 32},
     description="FAVOR+ positive orthogonal random features, drawn per head; causal via linear's chunked "

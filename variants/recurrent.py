@@ -7,7 +7,8 @@ state: the short convolutions' last inputs, the core's recurrent state and the p
 
 `RecurrentMixer` is their common base: forward, prefill and one-token decoding with a constant-size state
 (`RecurrentState`) around the family's two core ops (`sequence_op`, `step_op`). `chunk_loop_cost` is the cost
-hook of the chunked ones (harness.costs).
+hook of the chunked ones (harness.costs), `triton_autotune` the compiles hook of the library kernels (fla's,
+mamba-ssm's, linear attention's too).
 
 Layout convention of the cores: (batch, heads, seq, dim); the recurrent state is (batch, heads, K, V)
 with o_t = scale * S_t^T q_t (fla's [K, V] layout). The fast-path call sites transpose to the libraries'
@@ -233,6 +234,34 @@ def dt_bias_init(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float
 # constant in N, per layer. Unmeasured families (retnet) and CUDA get none. On an idle machine
 # `scripts/bench_training.py` reads about half (mamba2 15 ms per layer); the committed run's mamba2 MQAR
 # trainings, one process per core, still took 171-306 s against the 138 s this charges.
+# Triton's autotuner, first call of a kernel for a new key (its `key` arguments and the tensors' dtypes):
+# each config compiled and timed. Assumption: 0.5 s per config, about 0.4 s to compile a small Triton
+# kernel and 0.125 s for the autotuner's do_bench (25 ms warm-up, 100 ms of repetitions); not measured
+# (no GPU has run these paths). The kernels' keys are block sizes, heads and head dimensions, never the
+# length or batch, and fla (FLA_CACHE_RESULTS, on by default) keeps the results on disk with triton >= 3.4:
+# so each key is paid once per plan, not per length, nor again when the runner restarts its worker.
+TRITON_SECONDS_PER_CONFIG = 0.5
+
+
+def triton_autotune(kernel: str, forward_configs: int, backward_configs: int
+                    ) -> Callable[[str], costs.CompileCost | None]:
+    """The compiles hook of a library's Triton kernels on CUDA: autotuning their configs (counted in the
+    library's pinned source, before pruning) once per dtype, heads and head dimension; decoding's recurrent
+    kernels hold a config or two and are not charged. Elsewhere the PyTorch path compiles nothing."""
+    cost = costs.CompileCost(
+        what=f"Triton autotune ({kernel})", forward_s=forward_configs * TRITON_SECONDS_PER_CONFIG,
+        backward_s=backward_configs * TRITON_SECONDS_PER_CONFIG, keyed_by=("dtype", "heads", "head_dim"),
+        basis=f"assumption: {forward_configs} forward and {backward_configs} backward autotune configs in "
+              f"{kernel}'s source x {TRITON_SECONDS_PER_CONFIG:g} s per config")
+    return lambda device: cost if device == "cuda" else None
+
+
+# fla-core 0.6.0's chunk_simple_gla (which chunk_retention and chunk_linear_attn call): common/chunk_h.py's
+# chunk_fwd_h and common/chunk_o.py's chunk_fwd_o forward; chunk_bwd_dh, chunk_bwd_dqkwg and chunk_bwd_dv
+# backward: (forward, backward) configs.
+SIMPLE_GLA_CONFIGS = (51, 60)
+
+
 def chunk_loop_cost(cpu_s: float) -> Callable[..., costs.MixerCost]:
     """The cost hook of a chunked recurrent mixer: nothing beyond its block's projections but `cpu_s` seconds
     per layer and training step on the CPU."""

@@ -22,12 +22,14 @@ from harness.attention import rotary
 from harness.registry import ALL_FLOAT, Support, Unsupported, mixer_variant
 from variants.mamba2 import scalar_decay_chunked
 from variants.recurrent import (
+    SIMPLE_GLA_CONFIGS,
     GatedRMSNorm,
     RecurrentMixer,
     accumulation_dtype,
     fla_installed,
     heads,
     merge_heads,
+    triton_autotune,
     use_library,
 )
 
@@ -120,7 +122,7 @@ def _backend(device: str) -> str:
 
 @mixer_variant(
     "retnet", family="retnet", exact=False, backend=_backend, cost=costs.projections_only,  # loop unmeasured
-    peak_bytes=costs.not_modelled,
+    peak_bytes=costs.not_modelled, compiles=triton_autotune("fla chunk_simple_gla", *SIMPLE_GLA_CONFIGS),
     support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False),
     defaults=dict(expand_k=1.0, expand_v=2.0, chunk_size=CHUNK_SIZE),
     kernel=retention_kernel, kernel_reference=retention_reference, kernel_inputs=retention_kernel_inputs,

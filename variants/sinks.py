@@ -1,9 +1,10 @@
 """Sliding-window attention with attention sinks.
 
-Query i sees the keys j <= i with i - j <= window, plus the first `sink_tokens` positions
-(StreamingLLM, Xiao et al. 2024: the first tokens soak up attention mass, so keeping them lets a window
-stream). A learned per-head sink logit s_h (as in recent open-weight models) adds e^{s_h} to the softmax
-denominator without a value: o_i = sum_j e^{z_ij} v_j / (sum_j e^{z_ij} + e^{s_h}).
+Query i sees the keys j <= i with i - j <= window (window + 1 keys, as flash-attn's window_size=(window, 0);
+gpt-oss's sliding_window=W keeps i - j < W, which is window = W - 1 here), plus the first `sink_tokens`
+positions (StreamingLLM, Xiao et al. 2024: the first tokens soak up attention mass, so keeping them lets a
+window stream). A learned per-head sink logit s_h (as in recent open-weight models) adds e^{s_h} to the
+softmax denominator without a value: o_i = sum_j e^{z_ij} v_j / (sum_j e^{z_ij} + e^{s_h}).
 
 - `swa-sinks`: window + sink tokens (StreamingLLM), no sink logit: exactly a masked softmax.
 - `swa-learned-sinks`: window + a sink logit per head, learned by its mixer (0.0 at the kernel level).
@@ -142,7 +143,7 @@ def sink_pairs(n_q: int, n_k: int, causal: bool, *, window, sink_tokens, **_para
 FLOPS = flops.softmax(sink_pairs)
 # The estimate charges the sinks no attention work beyond the block's projections (as before the hooks:
 # their window's scores are not modelled there); the frontier models FlexAttention's code paths.
-COST_HOOKS = dict(cost=costs.projections_only, peak_bytes=flex.peak_bytes)
+COST_HOOKS = dict(cost=costs.projections_only, peak_bytes=flex.peak_bytes, compiles=flex.compiles)
 
 
 class SinkAttentionMixer(AttentionMixer):

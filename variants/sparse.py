@@ -4,18 +4,22 @@ Each pattern is a harness.masks predicate over absolute positions. `mask()` mate
 reference; on CUDA the same predicate drives FlexAttention, whose block-sparse kernel skips the blocks
 it leaves empty. On CPU the path is the dense masked softmax.
 
-- `sparse-bigbird`, BigBird's ITC form (Zaheer et al. 2020, as in its code and LRA): query and key
+- `sparse-bigbird`, BigBird's ITC form as the paper describes it (Zaheer et al. 2020): query and key
   blocks of `block_size`; each query block sees a window of 2 * window_blocks + 1 blocks around it
   (3, the paper's), the global blocks (the first and the last `global_blocks`, which also see every
-  key), and `random_blocks` (r = 3) others drawn per head from `seed`. Causal: random blocks are drawn
-  among earlier blocks and only the first blocks are global (the last block moves as a causal
-  sequence grows), so a prefix sees what the full pass sees.
+  key), and `random_blocks` (r = 3) others drawn per head from `seed`, uniformly among the blocks
+  outside its window and the global blocks. google-research/bigbird's code draws them instead from a
+  restricted pool that depends on the sequence length (at n = 1024-4096, blocks 1-15, where the global
+  last block can be drawn); this variant follows the paper. Causal: random blocks are drawn among
+  earlier blocks and only the first blocks are global (the last block moves as a causal sequence
+  grows), so a prefix sees what the full pass sees.
 - `sparse-strided`, the Sparse Transformer's strided pattern (Child et al. 2019) in one merged head:
   the keys within `stride` positions of the query (the local band of width l) plus every key j with
   (i - j) mod stride == 0 (relative).
 - `sparse-fixed`, the Sparse Transformer's fixed pattern, the one LRA's Sparse Transformer uses: the
   keys in the query's own block of `stride` positions, plus the last `summary` positions of every block
-  (absolute "summary" columns; c = summary).
+  (absolute "summary" columns; c = summary). One pattern serves every head, a simplification:
+  openai/sparse_attention moves the summary columns per head (`num_verts`).
 The paper's patterns are causal; non-causal, strided's band and stride run both ways, and fixed sees
 every block's summary columns. The stride and summary columns touch every FlexAttention block, so those
 two save no compute over dense attention there: they are kept for their accuracy, not their speed.
@@ -128,7 +132,7 @@ def fixed_mask(n_q: int, n_k: int, causal: bool = False, n_heads: int = 1, **par
 
 # The estimate charges the sparse patterns as full causal attention (an upper bound: the FLOPs they skip
 # are not modelled there); the frontier models FlexAttention's code paths.
-COST_HOOKS = dict(cost=costs.causal_attention_cost, peak_bytes=flex.peak_bytes)
+COST_HOOKS = dict(cost=costs.causal_attention_cost, peak_bytes=flex.peak_bytes, compiles=flex.compiles)
 
 
 @attention_variant(

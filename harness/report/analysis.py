@@ -298,6 +298,14 @@ class Findings:
         """The smoke-run reasons of the given parts, each once."""
         return list(dict.fromkeys(r for part in parts for r in self.smoke.get(part, [])))
 
+    def families(self) -> dict[str, str]:
+        """Every series and variant the charts may draw -> its family (rows' `family`)."""
+        found = {}
+        for frame, name in ((self.exactness, "variant"), (self.best, "variant"), (self.points, "series")):
+            if not frame.empty and "family" in frame:
+                found.update(zip(frame[name], frame.family.astype(object).fillna(""), strict=True))
+        return {name: family or str(name).split(" ")[0].split("-")[0] for name, family in found.items()}
+
     def variants(self) -> list[str]:
         return sorted(set(self.points.series) | set(self.best.get("variant", [])) |
                       set(self.exactness.get("variant", [])))

@@ -35,6 +35,7 @@ from matplotlib.ticker import (  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
 from harness import store  # noqa: E402
+from harness.report import colors as colors_  # noqa: E402
 from harness.report import data  # noqa: E402
 from harness.report.analysis import Pareto  # noqa: E402
 
@@ -52,13 +53,45 @@ def _style():
         yield
 
 
-def palette(names) -> dict[str, tuple]:
-    """A fixed colour per name, so a variant has the same colour in every chart."""
-    names = sorted(set(names))
-    # tab10/tab20 cycle beyond their size (two variants would share a colour): evenly spaced hues then.
-    scheme = "tab10" if len(names) <= 10 else "tab20" if len(names) <= 20 else "husl"
-    colors = sns.color_palette(scheme, len(names))
-    return dict(zip(names, colors, strict=True))
+class Palette(dict):
+    """name -> colour (a dict, as matplotlib takes it), with each name's line style and family
+    (harness.report.colors: a hue per family, a shade and line style per variant, fixed by the names)."""
+
+    def __init__(self, families: dict[str, str]):
+        found = colors_.looks(families)
+        super().__init__({name: look.color for name, look in found.items()})
+        self.linestyle = {name: look.linestyle for name, look in found.items()}
+        self.family = {name: look.family for name, look in found.items()}
+
+    def ordered(self, names) -> list[str]:
+        """`names` grouped by family in the legend's fixed order, by name within a family."""
+        rank = {f: i for i, f in enumerate(colors_.family_order(set(self.family.values())))}
+        return sorted(names, key=lambda n: (rank.get(self.family.get(n), len(rank)), n))
+
+
+def family_guess(name: str) -> str:
+    """A name's family where the data gives none: its first word before '-' (data.fill_family's rule)."""
+    return str(name).split(" ")[0].split("-")[0]
+
+
+def palette(names) -> Palette:
+    """The colours of `names`: a mapping name -> family, or names alone (family guessed from the name)."""
+    families = dict(names) if isinstance(names, dict) else {n: family_guess(n) for n in set(names)}
+    return Palette(families)
+
+
+def series_families(frame: pd.DataFrame, name: str = "series") -> dict[str, str]:
+    """name -> family of the rows in `frame` (a guess from the name where a row has no family)."""
+    family = frame.family if "family" in frame else pd.Series(np.nan, index=frame.index)
+    return {n: (f if isinstance(f, str) and f else family_guess(n)) for n, f in zip(frame[name], family,
+                                                                                    strict=True)}
+
+
+def _colors_for(frame: pd.DataFrame, given, name: str = "series") -> Palette:
+    """The report's palette when it covers every name of `frame`, else one made from the frame."""
+    if isinstance(given, Palette) and set(frame[name]) <= set(given):
+        return given
+    return palette(series_families(frame, name))
 
 
 class PlainLogFormatter(LogFormatter):
@@ -116,8 +149,10 @@ def _grid(panels: list[tuple[str, str]], title: str, legend: bool = True):
     return fig, axes
 
 
-def _legend(fig, colors: dict[str, tuple], drawn: set[str], markers: dict[str, str]) -> None:
-    handles = [Line2D([], [], color=colors[s], marker="o", label=s) for s in sorted(drawn)]
+def _legend(fig, colors: Palette, drawn: set[str], markers: dict[str, str]) -> None:
+    """One entry per drawn series, families in their fixed order, then the markers' meanings."""
+    handles = [Line2D([], [], color=colors[s], linestyle=colors.linestyle.get(s, "-"), marker="o", label=s)
+               for s in colors.ordered(drawn)]
     handles += [Line2D([], [], color="0.2", linestyle="none", markersize=9, label=label,
                        **(m if isinstance(m, dict) else {"marker": m})) for label, m in markers.items()]
     if handles:
@@ -144,23 +179,26 @@ def metric_vs_length(points: pd.DataFrame, metric: str, ylabel: str, title: str,
     drawable = points[(points.status == "ok") & points[metric].notna()]
     if drawable.empty:
         return None
-    colors = {**palette(points.series), **(colors or {})}
+    colors = _colors_for(points, colors)
+    points = _split_crowded(points)
     # Out-of-memory marks go on the charts of a metric the series reports (no OOM mark on the TFLOP/s
     # chart for a kernel without a FLOP count), or on every chart when it never ran at all.
     ran = set(points.series[points.status == "ok"])
     marked = set(drawable.series) | (set(points.series) - ran)
     with _style():
-        fig, axes = _grid(_panels(drawable), title)
+        fig, axes = _grid(_panels(points[points.series.isin(drawable.series) & points[metric].notna()]),
+                          title)
         drawn: set[str] = set()
         any_oom = any_star = False
         for (row, col), ax in axes.items():
             panel = points[(points.panel_row == row) & (points.panel_col == col)]
-            lengths: set[int] = set()
+            lengths: set[int] = set(_draw_context(ax, points, panel, metric, scale))
             for series, group in panel.groupby("series", sort=True):
                 line = group[(group.status == "ok") & group[metric].notna()].sort_values("seq_len")
                 if not line.empty:
                     star = (largest or {}).get((line.config.iloc[0], series))
-                    any_star |= _draw_line(ax, line, metric, scale, series, colors[series], band, star, timed)
+                    any_star |= _draw_line(ax, line, metric, scale, series, colors[series], band, star, timed,
+                                           colors.linestyle.get(series, "-"))
                     drawn.add(series)
                     lengths.update(line.seq_len)
                 oom = group[group.status == "oom"].seq_len
@@ -188,13 +226,49 @@ def metric_vs_length(points: pd.DataFrame, metric: str, ylabel: str, title: str,
 
 
 NOISY_LABEL = "noisy (interval wider than +-2%)"
+MAX_SERIES_PER_PANEL = 8  # above this a configuration's panel splits into highlighted subsets
+SUBSETS = {True: "exact kernels", False: "approximations, other mixers"}
 
 
-def _draw_line(ax, line, metric, scale, series, color, band, star: int | None, timed: bool = False) -> bool:
+def _split_crowded(points: pd.DataFrame) -> pd.DataFrame:
+    """Where a panel would hold more than MAX_SERIES_PER_PANEL series, one panel per subset (exact
+    kernels; the rest), each highlighting its subset over the others in grey; `context_row` keeps the
+    configuration's row label."""
+    points = points.assign(context_row=points.panel_row)
+    counts = points[points.status == "ok"].groupby(["panel_row", "panel_col"]).series.nunique()
+    crowded = set(counts[counts > MAX_SERIES_PER_PANEL].index)
+    if not crowded:
+        return points
+    exact = points.exact.map(lambda v: v is True or v == 1.0) if "exact" in points else False
+    subset = pd.Series(exact, index=points.index).map(SUBSETS)
+    split = pd.Series([key in crowded for key in zip(points.panel_row, points.panel_col, strict=True)],
+                      index=points.index)
+    return points.assign(panel_row=points.panel_row.where(~split, points.panel_row + "\n" + subset))
+
+
+def _draw_context(ax, points, panel, metric, scale) -> set[int]:
+    """In a subset's panel, the configuration's other series as thin grey lines (no legend entry)."""
+    if panel.empty or (panel.panel_row == panel.context_row).all():
+        return set()
+    first = panel.iloc[0]
+    same = (points.context_row == first.context_row) & (points.panel_col == first.panel_col)
+    drawable = (points.status == "ok") & points[metric].notna()
+    others = points[same & drawable & ~points.series.isin(panel.series)]
+    for series, line in others.groupby("series", sort=True):
+        line = line.sort_values("seq_len")
+        ax.plot(line.seq_len, line[metric].to_numpy(float) * scale, color="0.82", linewidth=0.9, zorder=1,
+                gid=f"context:{series}")
+    return set(int(n) for n in others.seq_len)
+
+
+
+def _draw_line(ax, line, metric, scale, series, color, band, star: int | None, timed: bool = False,
+               linestyle: str = "-") -> bool:
     """The series' line (and percentile band); a star at its largest feasible N (True when starred); when
     `timed`, a ring around each noisy point."""
     x, y = line.seq_len.to_numpy(), line[metric].to_numpy(float) * scale
-    ax.plot(x, y, color=color, marker="o", markersize=5, label=series, gid=f"series:{series}")
+    ax.plot(x, y, color=color, linestyle=linestyle, marker="o", markersize=5, label=series,
+            gid=f"series:{series}")
     noisy = (line.noisy > 0).to_numpy() if timed and "noisy" in line else np.zeros(len(line), bool)
     if noisy.any():  # a wide ring around the point: its median is uncertain
         ax.plot(x[noisy], y[noisy], marker="o", markersize=11, markerfacecolor="none", linestyle="none",

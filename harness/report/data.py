@@ -98,10 +98,14 @@ def fill_family(rows: pd.DataFrame) -> pd.DataFrame:
 
 def baseline_variants(rows: pd.DataFrame) -> set[str]:
     """The variants the registry marks as the reference the others are compared with (rows' `baseline`;
-    rows written before it was recorded name none)."""
-    if "baseline" not in rows:
-        return set()
-    return set(rows.variant[rows.baseline.fillna(False).astype(bool)])
+    rows written before it was recorded name none: then the registry's own baseline among the rows'
+    variants, a fact of the variant, not of the measurement)."""
+    if "baseline" in rows and rows.baseline.notna().any():
+        return set(rows.variant[rows.baseline.fillna(False).astype(bool)])
+    from harness import registry  # here: the registry imports torch, which `recommend` does without
+
+    present = set(rows.variant) if "variant" in rows else set()
+    return {v.name for v in registry.all_variants() if v.baseline and v.name in present}
 
 
 def default_models(rows: pd.DataFrame) -> dict[str, str]:
@@ -222,7 +226,8 @@ def peak_bytes(rows: pd.DataFrame) -> pd.Series:
 
 def points(tp: pd.DataFrame) -> pd.DataFrame:
     """One point per (config, series, N): the median of its ok rows, else its most telling failure."""
-    keys = ["config", "panel_row", "panel_col", *CONFIG_KEYS, "series", "variant", "family", "seq_len"]
+    keys = ["config", "panel_row", "panel_col", *CONFIG_KEYS, "series", "variant", "family", "exact",
+            "seq_len"]
     if tp.empty:
         return pd.DataFrame(columns=[*keys, "status", "reason", *THROUGHPUT_METRICS])
     ok = tp[tp.status == "ok"]

@@ -36,6 +36,10 @@ code { background: #f3f5f9; padding: 1px 4px; border-radius: 3px; }
 .incorrect { color: #b42318; } .correct { color: #1a7f37; }
 tr.incorrect td { background: #fde8e8; color: #b42318; }
 .figures { color: #4a5468; font-size: 13.5px; }
+table.grid td { text-align: right; white-space: nowrap; }
+table.grid tbody th { text-align: left; background: #f3f5f9; font-weight: normal; }
+details { margin: 8px 0 16px; }
+summary { cursor: pointer; color: #2b4a8b; }
 """
 
 
@@ -62,10 +66,25 @@ def cell(value) -> str:
     return str(value)
 
 
-def table(df: pd.DataFrame, row_class: str | None = None) -> str:
-    """An HTML table of a DataFrame; `row_class` names a column whose value also becomes each row's class."""
+MAX_VISIBLE_ROWS = 40  # a longer table is folded away (a <details> the reader opens)
+
+
+def table(df: pd.DataFrame, row_class: str | None = None, fold: str | None = None) -> str:
+    """An HTML table of a DataFrame; `row_class` names a column whose value also becomes each row's class.
+    A table of more than MAX_VISIBLE_ROWS rows, or any with `fold` (its summary line), is folded away."""
     if df.empty:
         return '<p class="missing">nothing to show</p>'
+    if fold is not None or len(df) > MAX_VISIBLE_ROWS:
+        return details(fold or f"{len(df)} rows: show", _table(df, row_class))
+    return _table(df, row_class)
+
+
+def details(summary: str, body: str) -> str:
+    """A folded block: `summary` shows, `body` (html) opens on a click."""
+    return f"<details><summary>{esc(summary)}</summary>{body}</details>"
+
+
+def _table(df: pd.DataFrame, row_class: str | None) -> str:
     shown = list(df.columns)
     head = "".join(f"<th>{esc(c)}</th>" for c in shown)
     body = []
@@ -73,6 +92,23 @@ def table(df: pd.DataFrame, row_class: str | None = None) -> str:
         cls = f' class="{esc(row[row_class])}"' if row_class else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{esc(cell(row[c]))}</td>" for c in shown) + "</tr>")
     return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def grid(corner: str, rows: list, columns: list, cells: dict) -> str:
+    """A matrix: `cells[(row, column)]` = (text, background colour or "", title shown on hover); other
+    cells are empty, the diagonal of a square matrix a dash."""
+    head = f"<th>{esc(corner)}</th>" + "".join(f"<th>{esc(c)}</th>" for c in columns)
+    body = []
+    for r in rows:
+        tds = []
+        for c in columns:
+            text, color, title = cells.get((r, c), ("\u2014" if r == c else "", "", ""))
+            style = f' style="background:{esc(color)}"' if color else ""
+            hover = f' title="{esc(title)}"' if title else ""
+            tds.append(f"<td{style}{hover}>{esc(text)}</td>")
+        body.append(f"<tr><th>{esc(r)}</th>{''.join(tds)}</tr>")
+    return (f'<table class="data grid"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+            "</table>")
 
 
 def figure(chart: Chart) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report import analysis, charts, data, html, markdown, recommend_section, verdicts
+from harness.report import analysis, charts, data, decision, html, markdown, recommend_section, verdicts
 from harness.report.analysis import Findings, pareto_lengths
 from harness.report.compare import Comparison, compare
 from harness.report.correctness import Correctness
@@ -99,8 +99,8 @@ def build(paths: list[str | Path], out: str | Path | None = None, baseline: str 
     sections = html_sections(results, findings, drawn, comparison, before, paths)
     sections.insert(2, ("findings", "Published findings", verdicts.html_section(published, evidence)))
     sections.insert(3, ("serving", "Serving", recommend_section.html_section(results.rows)))
-    correctness = Correctness.of(results)  # first: a wrong kernel makes the rest meaningless
-    sections.insert(0, ("correctness", "Correctness", correctness.html()))
+    correctness = Correctness.of(results)
+    sections[:0] = front(correctness, decision.html_section(findings, results.rows))
     subtitle = (f"{', '.join(map(str, paths))}; generated "
                 f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
     page = html.write(out / "report.html", html.page("attnbench report", subtitle, sections,
@@ -110,6 +110,14 @@ def build(paths: list[str | Path], out: str | Path | None = None, baseline: str 
     return Report(page, md, list(drawn.values()), findings, comparison, correctness)
 
 
+def front(correctness: Correctness, choice: str) -> list[tuple[str, str, str]]:
+    """The first sections: the decision page, but a failed correctness gate before it (a wrong kernel makes
+    the rest meaningless)."""
+    gate = ("correctness", "Correctness", correctness.html())
+    page = ("decision", "Which one? The decision page", choice)
+    return [gate, page] if correctness.failed else [page, gate]
+
+
 def smoke_banner(findings: Findings) -> str:
     text = findings.smoke_sentence()
     return f'<p class="smoke"><strong>{html.esc(text)}</strong></p>' if text else ""
@@ -117,7 +125,7 @@ def smoke_banner(findings: Findings) -> str:
 
 def draw(findings: Findings, comparison: Comparison | None, out: Path) -> dict[str, Chart]:
     """Every chart the data allows, saved as PNG and SVG under out/charts."""
-    colors = charts.palette(findings.variants())
+    colors = charts.palette(findings.families())
     pts, best, exact = findings.points, findings.best, findings.exactness
     figures = {
         "latency": ("Latency", charts.latency_chart(pts, colors, findings.largest)),
@@ -164,7 +172,7 @@ def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparis
     else:
         body = _conditions(results.rows) + figs("latency", "memory", "tflops", "tokens", "energy",
                                                 "decode_state")
-        body += "<h3>Largest feasible N</h3>" + html.table(findings.largest)
+        body += _largest_html(findings.largest, findings.points)
         body += ("<h3>Scaling exponents</h3><p>k in time per sequence ~ N<sup>k</sup> (latency / batch: 2 "
                  "for quadratic attention, 1 for linear-time mixers), least squares on log-log over the "
                  "lengths at batch 1 where there are 3 (a shrinking batch also costs a CPU its parallelism), "
@@ -175,7 +183,9 @@ def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparis
         body += ("<h3>Crossovers</h3><p>Judged against each median's 95% interval: a crossover needs a "
                  "length where the winner was measurably slower and, from then on, no length where it was "
                  "measurably slower, ending measurably faster.</p>")
-        body += (html.bullets(c.sentence for c in findings.crossings) if findings.crossings
+        body += (html.table(crossings_table(findings.crossings),
+                            fold=f"Every crossover, {len(findings.crossings)} (the decision page's matrices "
+                                 "in full)") if findings.crossings
                  else "<p>No latency crossover beyond the noise.</p>")
         body += _timer_checks(results.rows) + _frontier(results.rows)
         sections.append(("throughput", "Throughput", body))
@@ -198,19 +208,38 @@ def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparis
 
 def _overview(results, findings: Findings) -> str:
     counts = data.status_counts(results.rows).reset_index()
-    body = html.table(counts)
-    for config in findings.headlines:
-        largest = findings.largest[findings.largest.config == config]
-        items = [f"{r.variant}: largest feasible N = {html.cell(r.largest_feasible_n)} ({r.first_failure})"
-                 if pd.notna(r.largest_feasible_n) else f"{r.variant}: {r.first_failure}"
-                 for r in largest.itertuples()]
-        items += [c.sentence for c in findings.crossings if c.config == config]
-        body += f"<h3>{html.esc(config)}</h3>" + html.bullets(items)
-    return body
+    return html.table(counts)
+
+
+def _largest_html(largest: pd.DataFrame, points: pd.DataFrame) -> str:
+    """Largest feasible N per configuration and variant, folded; the variants unsupported in a
+    configuration as one count per reason above it."""
+    gone = largest[largest.first_failure == "unsupported"]
+    shown = largest[largest.first_failure != "unsupported"]
+    body = "<h3>Largest feasible N</h3>"
+    if not gone.empty:
+        reasons = unsupported_reasons(gone, points)
+        body += (f"<p>{len(gone)} unsupported (configuration x variant), left out below: "
+                 + "; ".join(f"{r.count} {html.esc(r.reason)} ({html.esc(r.variants)})"
+                             for r in reasons.itertuples()) + ".</p>")
+    return body + html.table(shown, fold=f"Largest feasible N: {len(shown)} rows (configuration x variant)")
+
+
+def unsupported_reasons(gone: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
+    """reason, count and variants of the (config, variant) pairs in `gone`, the reason from their points."""
+    keyed = points[points.status == "unsupported"].drop_duplicates(["config", "series"])
+    why = gone.merge(keyed[["config", "series", "reason"]], left_on=["config", "variant"],
+                     right_on=["config", "series"], how="left").fillna({"reason": "no reason given"})
+    grouped = why.groupby("reason")
+    return pd.DataFrame({"reason": list(grouped.groups), "count": list(grouped.size()),
+                         "variants": [", ".join(sorted(set(g.variant))) for _, g in grouped]})
 
 
 def _environment(results, before) -> str:
-    body = html.table(environment_table(results, before))
+    body = html.table(environment_table(results, before), fold="Environment of each run")
+    for run, sources in merged_sources(results.environments).items():
+        body += (f"<h3>Merged from</h3><p>{html.esc(run)} was merged from these runs (rows kept from "
+                 "each):</p>" + html.table(sources))
     body += "<h3>Hardware</h3><p>Where the rows were measured, per run.</p>" + html.table(
         data.hardware(results.rows))
     for run, devices in data.mixed_devices(results.rows).items():
@@ -219,6 +248,21 @@ def _environment(results, before) -> str:
     if (assumed := markdown.default_models_sentence(results.rows)) is not None:
         body += html.missing(assumed)
     return body
+
+
+MERGED_FROM = "merged_from"  # environment.json of a merged run: one entry per source run
+
+
+def merged_sources(environments: dict[str, dict]) -> dict[str, pd.DataFrame]:
+    """run -> a table of the runs it was merged from (one row each), for the runs that were merged."""
+    found = {}
+    for run, env in environments.items():
+        sources = env.get(MERGED_FROM)
+        if isinstance(sources, list) and sources:
+            table = pd.DataFrame([s if isinstance(s, dict) else {"run": s} for s in sources])
+            first = [c for c in ("run", "rows_kept") if c in table]
+            found[run] = table[first + [c for c in table.columns if c not in first]]
+    return found
 
 
 SHARED_CPU = 0.1  # others_cpu_share above which a timing is counted as taken on a shared machine
@@ -276,8 +320,15 @@ def environment_table(results, before) -> pd.DataFrame:
     envs = {f"run: {k}": v for k, v in results.environments.items()}
     if before is not None:
         envs.update({f"baseline: {k}": v for k, v in before.environments.items()})
-    keys = list(dict.fromkeys(k for env in envs.values() for k in env))
+    keys = list(dict.fromkeys(k for env in envs.values() for k in env if k != MERGED_FROM))
     return pd.DataFrame({"": keys, **{name: [env.get(k) for k in keys] for name, env in envs.items()}})
+
+
+def crossings_table(crossings: list[analysis.Crossing]) -> pd.DataFrame:
+    return pd.DataFrame([{"config": c.config, "faster": c.faster, "slower": c.slower,
+                          "from N ~": round(c.estimate), "slower at": c.slower_at,
+                          "faster from": c.faster_from,
+                          "within noise at": ", ".join(map(str, c.within_noise))} for c in crossings])
 
 
 def exactness_table(exact: pd.DataFrame) -> pd.DataFrame:

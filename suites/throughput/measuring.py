@@ -1,4 +1,4 @@
-"""Throughput measuring: one case timed into a pytest-benchmark fixture, and the row it makes.
+"""Throughput measuring: one case timed by harness.timing's loop, and the row it makes.
 
 Each row carries its noise: the spread of its rounds (IQR / median), the confidence interval of its
 median, and `noisy` when re-measuring did not bring that interval within +-2% (harness.timing). Each is
@@ -6,9 +6,11 @@ set against the measured matmul peak of its own precision (cached in the run dir
 case is timed side by side by our loop and an independent timer; the energy phase runs after the timed
 rounds, under NVML's counter.
 
-Timing is pytest-benchmark's pedantic loop (harness.timing) in both entry points: `attnbench run
---suite throughput` builds the fixture itself in `run_case`; `pytest suites/bench_throughput.py` gets
-it from pytest. Both derive the row from the same benchmark record (`metrics_from_benchmark`).
+Both entry points time through `measure_case`, which returns the rounds (seconds) and the figures
+around them: `attnbench run --suite throughput` makes a row of them in `run_case`;
+`pytest suites/bench_throughput.py` hands them to pytest-benchmark's fixture, whose JSON file
+`attnbench import-benchmark` reads. Both derive the row from a record of the same shape, an entry of
+pytest-benchmark's JSON 'benchmarks' (`metrics_from_benchmark`).
 """
 
 from __future__ import annotations
@@ -107,10 +109,9 @@ def cap_mb(case: Case) -> int | None:
     return case.memory_cap_mb or memory.safety_cap_mb(case.device)
 
 
-def measure_case(case: Case, benchmark, context: RunContext) -> None:
-    """Measure one case into `benchmark`, a pytest-benchmark fixture (from pytest or make_fixture).
-
-    Its stats hold the timed rounds; every other figure goes into its extra_info. Order: peak matmul
+def measure_case(case: Case, context: RunContext) -> tuple[list[float], dict[str, Any]]:
+    """Measure one case: (the timed rounds in seconds, every other figure as pytest-benchmark's
+    extra_info of the record). Order: peak matmul
     of the case's precision (cached), build, warm-up (compile, autotune), one timed call under fresh
     peak-memory stats (checked for NaN/Inf, sizes the number of rounds), the timed rounds with an L2
     flush in each setup (re-measured while they spread widely; a fidelity case alternates them with an
@@ -150,11 +151,12 @@ def measure_case(case: Case, benchmark, context: RunContext) -> None:
 
             before = env.cpu_snapshot()
             if case.kind == "fidelity":
-                figures |= _side_by_side(benchmark, work, setup, estimate_ms, case)
+                durations, side = _side_by_side(work, setup, estimate_ms, case, timer)
+                figures |= side
             else:
                 rounds = timing.rounds_for(case.budget_ms, estimate_ms)
                 policy = timing.NoisePolicy(NOISE_SPREAD_LIMIT, NOISE_PRECISION, case.remeasure_ms)
-                stability = timing.measure_stably(benchmark, work.call, setup, rounds, policy, timer)
+                durations, stability = timing.measure_stably(work.call, setup, rounds, policy, timer)
                 figures |= stability.columns()
             figures["others_cpu_share"] = env.others_cpu_share(before, env.cpu_snapshot())
             with telemetry.sampler(gpu) as sampler:  # never during the timed rounds
@@ -164,7 +166,7 @@ def measure_case(case: Case, benchmark, context: RunContext) -> None:
     finally:
         if gpu:
             gpu.close()
-    benchmark.extra_info.update({
+    return durations, {
         "case": case.model_dump(mode="json"),
         "environment": env.describe(case.device),
         "tokens_per_call": work.tokens, "flops": work.flops, "peak_matmul_tflops": peak,
@@ -174,7 +176,7 @@ def measure_case(case: Case, benchmark, context: RunContext) -> None:
         "first_call_ms": first_call_ms, "warmup_calls": warmup_calls, "l2_flush_bytes": flush.nbytes,
         "timer": timer.__name__, "threads": env.cpu_threads(), "cpu_governor": env.cpu_governor(),
         "started_at": started, "finished_at": env.now(), "case_wall_ms": (time.perf_counter() - clock) * 1e3,
-    })
+    }
 
 
 # A fidelity case alternates the two timers in turns of about this long each (longer where our MIN_ROUNDS
@@ -190,25 +192,22 @@ def fidelity_turns(budget_ms: float, estimate_ms: float) -> int:
     return max(2, int(budget_ms // turn_ms))
 
 
-def _side_by_side(benchmark, work: Workload, setup: Callable[[], None], estimate_ms: float,
-                  case: Case) -> dict:
+def _side_by_side(work: Workload, setup: Callable[[], None], estimate_ms: float, case: Case,
+                  timer: Callable[[], Any]) -> tuple[list[float], dict]:
     """Our rounds and an independent timer's, alternated in turns (ours, theirs, ours, ...) so that a
-    burst of load falls on both; each timer's median is over all of its turns."""
+    burst of load falls on both: (our rounds of every turn, in seconds; the independent timer's median
+    over all of its turns)."""
     turns = fidelity_turns(case.budget_ms, estimate_ms)
     turn_ms = case.budget_ms / turns
     rounds = timing.rounds_for(turn_ms, estimate_ms)
-    references = []
-    for turn in range(turns):
-        fixture = benchmark if turn == 0 else timing.make_fixture(case.slug(), timing.timer_for(case.device))
-        timing.time_rounds(fixture, work.call, setup, rounds)
-        if turn:
-            for duration in fixture.stats.stats.data:
-                benchmark.stats.stats.update(duration)
+    durations, references = [], []
+    for _ in range(turns):
+        durations += timing.time_rounds(work.call, setup, rounds, timer)
         references.append(timing.independent_median_ms(work.call, setup, case.device, turn_ms, work.leaves))
     times = [t for r in references for t in r["reference_times_ms"] or []]
     medians = [r["reference_latency_ms"] for r in references]
     median = float(np.median(times)) if times else float(np.mean(medians))
-    return {"reference_latency_ms": median, "reference_timer": references[0]["reference_timer"]}
+    return durations, {"reference_latency_ms": median, "reference_timer": references[0]["reference_timer"]}
 
 
 # Figures measure_case leaves in extra_info that become row columns as they are (null when absent).
@@ -223,8 +222,14 @@ FIGURES = (
 )
 
 
+def benchmark_record(durations: list[float], extra_info: dict[str, Any]) -> dict[str, Any]:
+    """`measure_case`'s result as pytest-benchmark's JSON holds a record (the fields rows read)."""
+    return {"stats": timing.round_stats(durations), "extra_info": extra_info}
+
+
 def metrics_from_benchmark(bench: dict[str, Any]) -> dict[str, Any]:
-    """Metric columns of a row from one pytest-benchmark record (an entry of its JSON 'benchmarks')."""
+    """Metric columns of a row from one pytest-benchmark record (an entry of its JSON 'benchmarks', or
+    `benchmark_record`)."""
     info = bench["extra_info"]
     latency = timing.latency_summary(bench["stats"])
     seconds = latency["latency_ms"] / 1e3
@@ -242,8 +247,6 @@ def metrics_from_benchmark(bench: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_case(case: Case, context: RunContext) -> dict[str, Any]:
-    """The runner's entry point: the pedantic loop on a fixture made here, then the same conversion
+    """The runner's entry point: the case measured, then the same conversion as an imported record
     (frontier cases run through suites.frontier's own entry point)."""
-    fixture = timing.make_fixture(case.slug(), timing.timer_for(case.device))
-    measure_case(case, fixture, context)
-    return metrics_from_benchmark(fixture.stats.as_dict())
+    return metrics_from_benchmark(benchmark_record(*measure_case(case, context)))

@@ -1,5 +1,6 @@
 """Throughput planning: the `Case` model, the plan of a profile, the dtypes a device is measured in, the
-rule that skips the longer lengths of a group, and each case's estimated cost (for `--shard`).
+rule that skips the longer lengths of a group, and the plan's estimate (`estimate`, compiling included)
+and each case's cost (for `--shard`).
 
 Sequence sweeps keep the total tokens constant: batch = max(1, total_tokens // N) (beyond N =
 total_tokens the batch is 1). A case whose whole measurement took longer than the grid's time cap stops
@@ -21,6 +22,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validat
 
 from harness import registry
 from harness.config import Case as BaseCase
+from harness.estimate import Estimate, compile_cost, shape_compile_seconds, with_compiles
 from harness.registry import as_dtype, dtype_name
 from suites.grids import THROUGHPUT_GRIDS, Grid
 
@@ -198,12 +200,30 @@ def _case(grid: Grid, variant, device, dtype, head_dim, level, mode, causal, seq
 # Rough seconds per case beyond its warm-up, timed rounds and energy phase (inputs, the memory pass, cache
 # flushes, the row): the CPU figure from the quick profile here (156 cases in 12 s); CUDA a guess.
 CASE_OVERHEAD_S = {"cpu": 0.05, "cuda": 0.5}
-FLEX_COMPILE_S = 15.0  # torch.compile of a FlexAttention kernel for a new shape, CUDA only (a guess)
+
+
+def measuring_seconds(case: Case) -> float:
+    """A case's warm-up, timed rounds, energy phase and overhead: what it costs once compiled."""
+    return (case.warmup_ms + case.budget_ms + case.energy_ms) / 1000 + CASE_OVERHEAD_S[case.device]
+
+
+def compile_shapes(case: Case) -> list[dict]:
+    """The compiled call a case makes (harness.estimate): its timed call, at kernel and layer level alike
+    (the layer calls the same kernel at the same shape); decode's query is one token against N keys."""
+    return [{"graph": case.mode, "dtype": case.dtype, "batch": case.batch, "heads": case.n_heads,
+             "seq_len": case.seq_len, "head_dim": case.head_dim, "causal": case.causal,
+             "backward": case.mode == "fwd_bwd"}]
+
+
+def estimate(cases: list[Case]) -> Estimate:
+    """The plan's seconds: every case measured, and each distinct compile and autotune key paid once.
+    An upper estimate of the measuring (the time cap skips longer lengths; energy is CUDA only), a lower
+    one of FlexAttention's compiles (their figures are CPU-backend lower bounds: harness.flex)."""
+    return with_compiles(sum(measuring_seconds(c) for c in cases), compile_cost(cases, compile_shapes))
 
 
 def case_cost(case: Case) -> float:
-    """Estimated seconds of one case, for `attnbench run --shard` to balance its parts."""
-    seconds = (case.warmup_ms + case.budget_ms + case.energy_ms) / 1000 + CASE_OVERHEAD_S[case.device]
-    if case.device == "cuda" and registry.get(case.variant).backend_for("cuda").startswith("flex"):
-        seconds += FLEX_COMPILE_S
-    return seconds
+    """Estimated seconds of one case, for `attnbench run --shard` to balance its parts: its measuring and
+    the compiles of its own shape (FlexAttention's); a library's autotuning, paid once per key by every
+    part that holds the key, is left out."""
+    return measuring_seconds(case) + shape_compile_seconds(case, compile_shapes)

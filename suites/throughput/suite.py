@@ -7,11 +7,11 @@ from __future__ import annotations
 from suites.frontier import find_max_n
 from suites.throughput.benchmark_json import import_benchmark_json
 from suites.throughput.measuring import run_case
-from suites.throughput.planning import case_cost, plan
+from suites.throughput.planning import case_cost, estimate, plan
 from suites.throughput.summary import summarize
 
 TIMEOUT_S = 300.0  # per case: the first call may compile FlexAttention or autotune a Triton kernel
 OPTIONS: tuple[str, ...] = ()  # no plan options beyond the common ones
 
-__all__ = ["OPTIONS", "TIMEOUT_S", "case_cost", "find_max_n", "import_benchmark_json", "plan", "run_case",
-           "summarize"]
+__all__ = ["OPTIONS", "TIMEOUT_S", "case_cost", "estimate", "find_max_n", "import_benchmark_json", "plan",
+           "run_case", "summarize"]
