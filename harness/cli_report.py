@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from harness import errors, validate
+from harness import dtypes, errors, validate
 from harness.errors import ArgumentError
 
 
@@ -64,39 +64,64 @@ def report(
 
 def recommend(
     results: Annotated[str, typer.Argument(help="A run directory (every suite that ran there is used)")],
-    seq_len: Annotated[int, typer.Option("--seq-len", "-n", help="Sequence length to serve or train at")],
-    memory_gb: Annotated[float | None, typer.Option(help="Peak memory limit in GiB at that length")] = None,
+    seq_len: Annotated[int, typer.Option(
+        "--context", "--seq-len", "-n", help="Context length to serve (prompt + generated), or to train at")],
+    users: Annotated[int | None, typer.Option(help="Concurrent users, each holding a sequence")] = None,
+    batch: Annotated[int | None, typer.Option(help="Sequences decoded together (instead of --users)")] = None,
+    memory_gb: Annotated[float | None, typer.Option(
+        help="GiB for the users' decode states and one prefill (train: peak memory of one call)")] = None,
+    ttft_ms: Annotated[float | None, typer.Option(
+        help="Time-to-first-token limit: one prompt's prefill")] = None,
+    tokens_per_s_per_user: Annotated[float | None, typer.Option(
+        help="Decode rate each user needs (tokens/s)")] = None,
+    kv_heads: Annotated[int | None, typer.Option(
+        help="KV heads of the product's attention (scales the KV cache from the rows' heads)")] = None,
+    layers: Annotated[int, typer.Option(help="Attention layers: per-layer time and state x this")] = 1,
     latency_ms: Annotated[float | None, typer.Option(
-        help="Latency limit of one call (forward to infer, forward+backward to train)")] = None,
+        help="Latency limit of one forward+backward call (--mode train)")] = None,
     min_accuracy: Annotated[float | None, typer.Option(
-        help="Minimum mean best-LR accuracy over the learned tasks, 0..1")] = None,
-    mode: Annotated[str, typer.Option(help="train (forward+backward) or infer (forward, decode)")] = "infer",
+        help="Minimum accuracy over the learned tasks every ranked variant ran, 0..1")] = None,
+    mode: Annotated[str, typer.Option(help="infer (serve: forward, decode) or train (forward+backward)")] = (
+        "infer"),
     causal: Annotated[bool, typer.Option("--causal", help="Causal attention (default: non-causal)")] = False,
-    dtype: Annotated[str | None, typer.Option(help="Only this dtype (default: bf16, else fp16, fp32)")] = (
-        None),
+    dtype: Annotated[str | None, typer.Option(help="Only this dtype (default: the one decode ran in, "
+                                                   "else bf16, fp16, fp32)")] = None,
 ) -> None:
-    """Rank the variants that meet the constraints at one length; say what eliminated each other one."""
-    from harness.registry import dtype_name
+    """Rank the variants that meet a product's constraints at a context (each figure measured there or
+    extrapolated along N, and said which); say what eliminated each other one."""
     from harness.report import data
     from harness.report import recommend as ranking
 
     path = validate.input_path(results, "RESULTS")
-    validate.seq_len(seq_len)
+    validate.seq_len(seq_len, "--context")
     validate.choice(mode, "--mode", ranking.MODES)
+    counts = ((users, "--users"), (batch, "--batch"), (kv_heads, "--kv-heads"), (layers, "--layers"))
+    for value, option in counts:
+        validate.positive(value, option, upper=MAX_COUNT)
     validate.positive(memory_gb, "--memory-gb", unit=" GiB")
+    validate.positive(ttft_ms, "--ttft-ms", unit=" ms")
+    validate.positive(tokens_per_s_per_user, "--tokens-per-s-per-user")
     validate.positive(latency_ms, "--latency-ms", unit=" ms")
     validate.fraction(min_accuracy, "--min-accuracy")
     try:
-        dtype = dtype_name(dtype) if dtype is not None else None
+        dtype = dtypes.canonical(dtype) if dtype is not None else None
     except ValueError as e:
         raise ArgumentError(f"--dtype: {e}") from None
-    request = ranking.Request(seq_len=seq_len, mode=mode, causal=causal, memory_gb=memory_gb,
-                              latency_ms=latency_ms, min_accuracy=min_accuracy, dtype=dtype,
-                              results=str(path))
+    try:  # a Request refuses options that do not go together (--users with --batch, ...)
+        request = ranking.Request(seq_len=seq_len, mode=mode, causal=causal, memory_gb=memory_gb,
+                                  latency_ms=latency_ms, min_accuracy=min_accuracy, dtype=dtype,
+                                  results=str(path), users=users, batch=batch, ttft_ms=ttft_ms,
+                                  tokens_per_s_per_user=tokens_per_s_per_user, kv_heads=kv_heads,
+                                  layers=layers)
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
     try:
-        rows = data.Results.load(path).rows
+        rows = data.Results.load(path, columns=ranking.COLUMNS).rows
         if rows.empty:
             raise ValueError(f"no result rows under {path}: run `attnbench run` first")
         print(ranking.render(ranking.recommend(rows, request)))
     except (FileNotFoundError, ValueError) as e:  # MissingData is a ValueError
         raise _usage(e) from None
+
+
+MAX_COUNT = 10**9  # users, batch, KV heads, layers: beyond this a count is a typo

@@ -18,14 +18,9 @@ from typing import Any
 
 import torch
 
-from harness import attention, costs, plugins
+from harness import attention, costs, dtypes, plugins
 
-_DTYPE_NAMES = {
-    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
+_DTYPE_NAMES = {alias: getattr(torch, name) for alias, name in dtypes.ALIASES.items()}
 ALL_FLOAT = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 HALF = (torch.float16, torch.bfloat16)
 
@@ -37,10 +32,7 @@ class Unsupported(Exception):
 def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    try:
-        return _DTYPE_NAMES[str(dtype).removeprefix("torch.")]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(set(_DTYPE_NAMES))}") from None
+    return _DTYPE_NAMES[dtypes.canonical(dtype)]
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:

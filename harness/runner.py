@@ -40,6 +40,7 @@ from rich.progress import (
 from harness import env, registry
 from harness.config import Case
 from harness.context import RunContext
+from harness.errors import one_line
 from harness.registry import Unsupported
 from harness.store import STATUSES, Compaction, RunStore
 from harness.suite import load_suite
@@ -56,11 +57,6 @@ def check_finite(name: str, *tensors: torch.Tensor) -> None:
     for t in tensors:
         if not torch.isfinite(t).all():
             raise NonFinite(f"{name} produced NaN or Inf")
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
 
 
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")

@@ -606,12 +606,12 @@ def run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     return list(found.values())
 
 
-def load(*paths: str | Path) -> pd.DataFrame:
+def load(*paths: str | Path, columns: Iterable[str] | None = None) -> pd.DataFrame:
     """All rows of the given runs as one DataFrame, with a `run_dir` column naming each row's run. A run
-    reads the same in either layout (`RunStore.table`)."""
+    reads the same in either layout (`RunStore.table`). `columns`: only those (where rows have them)."""
     frames = []
     for run in run_dirs(paths):
-        table = RunStore(run).table()
+        table = RunStore(run).table(None if columns is None else list(columns))
         if table.num_rows:
             frame = table.to_pandas()
             frame["run_dir"] = str(run)

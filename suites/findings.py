@@ -10,7 +10,7 @@ same test examples its rows were scored on (`suites.tasks.baselines`: MQAR's pos
 copies a value from the context without recall and is never below 1/kv; the majority answer
 elsewhere). A family that does not is "not testable at this budget", never a margin.
 
-**Intervals** (`suites.intervals`): t-intervals over seed means joined with the test examples'
+**Intervals** (`harness.intervals`): t-intervals over seed means joined with the test examples'
 interval; differences by Welch. A check holds when its interval lies on the claimed side of its
 threshold, fails when it lies on the other side, and is undecided otherwise, or with fewer than 3 seeds.
 
@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from suites import grids, intervals, recipes
-from suites.intervals import Estimate
+from harness import intervals
+from harness.intervals import Estimate
+from suites import grids, recipes
 from suites.learning_rate import SWEEP_SEED, choose_lr
 from suites.tasks import baselines, held_out_set
 from suites.tasks.factory import make_task

@@ -235,7 +235,7 @@ CPU_STANDARD = Sizes(
     passkey_len=128, passkey_tests=(64, 128), passkey_window=16, passkey_batch=32, passkey_steps=1500,
     listops_len=128, listops_min=32, listops_pool=8192, listops_batch=32, listops_steps=800,
     listops_test=1024,
-    seeds=5,  # t-intervals (suites.intervals): t = 2.78 at 5 seeds against 4.30 at 3
+    seeds=5,  # t-intervals (harness.intervals): t = 2.78 at 5 seeds against 4.30 at 3
 )
 # The published sizes (Zoology's MQAR grid, the Mamba paper's selective copying and induction heads,
 # LRA's ListOps), step caps derived from the CPU steps to criterion (results/README.md). Not yet run.

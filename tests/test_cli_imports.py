@@ -41,7 +41,7 @@ def small_run(tmp_path_factory):
 def test_recommend_loads_no_plotting_library(small_run):
     done, loaded = plotting_modules("recommend", small_run, "--seq-len", 4096, "--causal")
     assert done.returncode == 0, done.stderr
-    assert "1. flash-sdpa" in done.stdout  # it ranked: the command ran to its end
+    assert "│ 1    │ flash-sdpa" in done.stdout  # it ranked: the command ran to its end
     assert loaded == []
 
 

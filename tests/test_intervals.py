@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from suites import intervals as I
+from harness import intervals as I
 
 EXPERIMENTS = 2000
 EXAMPLES = 512  # test examples per seed, as the CPU grids score MQAR, selective copying and induction

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special  # not scipy.stats: a second to import, for one quantile
 
 from harness.report import data
 
@@ -59,7 +59,7 @@ CONFIDENCE = 0.95
 
 def t_quantile(p: float, df: int) -> float:
     """Quantile of Student's t with `df` degrees of freedom (inf where there is none: df <= 0)."""
-    return float(stats.t.ppf(p, df)) if df > 0 else math.inf
+    return float(special.stdtrit(df, p)) if df > 0 else math.inf
 
 
 def fit_with_interval(seq_lens, latencies, confidence: float = CONFIDENCE):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import registry, store
+from harness import store
 
 GIB = 2**30
 MODE_NAMES = {"fwd": "forward", "fwd_bwd": "forward+backward", "decode": "decode"}
@@ -58,9 +58,13 @@ class Results:
     environments: dict[str, dict]
 
     @classmethod
-    def load(cls, *paths: str | Path) -> Results:
+    def load(cls, *paths: str | Path, columns=None) -> Results:
+        """`columns`: read only those and the ones every row has (a command that needs a few of a run's
+        columns answers sooner)."""
         dirs = store.run_dirs(paths)  # FileNotFoundError names a missing path
-        rows = fill_family(store.load(*dirs)) if dirs else store.load()
+        if columns is not None:
+            columns = [*store.REQUIRED.names, *store.TYPED.names, *columns]
+        rows = fill_family(store.load(*dirs, columns=columns)) if dirs else store.load()
         environments = {}
         for run in dirs:
             env_file = run / store.ENVIRONMENT
@@ -100,6 +104,8 @@ def baseline_variants(rows: pd.DataFrame) -> set[str]:
     variants, a fact of the variant, not of the measurement)."""
     if "baseline" in rows and rows.baseline.notna().any():
         return set(rows.variant[rows.baseline.fillna(False).astype(bool)])
+    from harness import registry  # here: the registry imports torch, which `recommend` does without
+
     present = set(rows.variant) if "variant" in rows else set()
     return {v.name for v in registry.all_variants() if v.baseline and v.name in present}
 

@@ -1,9 +1,16 @@
-"""Which variant to use at a given length under given limits: a ranking with its reasons.
+"""Which variant to use under given limits: a ranking with its reasons.
 
-Every variant in the results is either ranked (fastest first, at the requested length, mode and
-causality) or eliminated with each constraint it fails. When the results cannot answer a question at
-all (no throughput rows at that length, no accuracy rows for --min-accuracy, no GPU memory figures for
---memory-gb), `MissingData` says which suite to run.
+Every variant in the results is either ranked (fastest first) or eliminated with each constraint it fails.
+
+- To serve (`mode="infer"`), the question is a product's (harness.report.serving): a context, users or a
+  batch, memory, time to first token, tokens/s per user, KV heads. Each figure is measured at the context
+  or extrapolated along N (the answer names the lengths and the exponent's interval).
+- To train, the figures are forward+backward at the requested length, as measured there.
+
+Accuracy is compared on equal terms (harness.report.equal_terms): per task over the conditions every
+ranked variant ran, and a summary over the tasks every one of them ran; a variant missing a task is
+marked, never averaged over fewer. When the results cannot answer a question at all (no throughput rows,
+no accuracy rows for --min-accuracy, no common task), `MissingData` says which suite to run.
 """
 
 from __future__ import annotations
@@ -13,9 +20,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from harness.report import data
+from harness.report import data, equal_terms, serving
+from harness.report.equal_terms import EqualTerms
+from harness.report.serving import Product, Serving
 
 MODES = {"train": ("fwd_bwd",), "infer": ("fwd", "decode")}
+# The columns a recommendation reads (data.Results.load(..., columns=COLUMNS)); the store adds the
+# ones every row has (suite, variant, device, dtype, status, ...).
+COLUMNS = (*data.THROUGHPUT_COLUMNS, "kind", "reason", "profile", "kv_heads", "kv_cache_bytes", "state_bytes",
+           *data.LEARNED_COLUMNS, *data.TRAINING_KEYS, *equal_terms.CONDITION_KEYS, "task_params",
+           "example_accuracy", "training_id", "valid_accuracy", "lr_used", "train_seq_len", "exact")
 
 
 class MissingData(ValueError):
@@ -24,28 +38,54 @@ class MissingData(ValueError):
 
 @dataclass(frozen=True)
 class Request:
-    seq_len: int
-    mode: str = "infer"  # train: forward+backward rows; infer: forward (and decode, when measured)
+    seq_len: int  # the context to serve (infer) or the length to train at
+    mode: str = "infer"  # train: forward+backward rows; infer: forward and decode rows (a serving question)
     causal: bool = False
-    memory_gb: float | None = None  # GiB of peak memory (the benchmark's batch at this length)
-    latency_ms: float | None = None  # one call at this length: forward (infer) or forward+backward (train)
-    min_accuracy: float | None = None  # mean best-LR accuracy over the learned tasks, 0..1
+    memory_gb: float | None = None  # infer: GiB for the users' states; train: peak memory of one call
+    latency_ms: float | None = None  # train: one forward+backward call at this length
+    min_accuracy: float | None = None  # summary accuracy over the tasks every ranked variant ran, 0..1
     dtype: str | None = None
     results: str = "RESULTS_DIR"  # for the suggested commands
+    users: int | None = None
+    batch: int | None = None
+    ttft_ms: float | None = None
+    tokens_per_s_per_user: float | None = None
+    kv_heads: int | None = None
+    layers: int = 1
+
+    def __post_init__(self):
+        if self.users is not None and self.batch is not None:
+            raise ValueError("give --users or --batch, not both (each is the number of sequences served "
+                             "at once)")
+        serving_only = {"--users": self.users, "--batch": self.batch, "--ttft-ms": self.ttft_ms,
+                        "--tokens-per-s-per-user": self.tokens_per_s_per_user, "--kv-heads": self.kv_heads}
+        given = [name for name, value in serving_only.items() if value is not None]
+        if self.mode == "train" and given:
+            raise ValueError(f"{given[0]} is a serving figure: drop --mode train")
+        if self.mode == "infer" and self.latency_ms is not None:
+            raise ValueError("--latency-ms limits one training call (--mode train); to serve, use --ttft-ms")
+
+    def product(self) -> Product:
+        return Product(self.seq_len, self.users, self.batch, self.memory_gb, self.ttft_ms,
+                       self.tokens_per_s_per_user, self.kv_heads, self.layers)
 
     def constraints(self) -> list[str]:
-        limits = [(self.memory_gb, "peak memory <= {:g} GiB"), (self.latency_ms, "latency <= {:g} ms"),
-                  (self.min_accuracy, "accuracy >= {:g}")]
-        return [text.format(value) for value, text in limits if value is not None]
+        if self.mode == "infer":
+            limits = self.product().constraints()
+        else:
+            limits = [text.format(value) for value, text in (
+                (self.memory_gb, "peak memory <= {:g} GiB"), (self.latency_ms, "latency <= {:g} ms"))
+                if value is not None]
+        return limits + ([f"accuracy >= {self.min_accuracy:g}"] if self.min_accuracy is not None else [])
 
 
 @dataclass
 class Ranked:
     variant: str
-    latency_ms: float
+    latency_ms: float  # train: one forward+backward call; infer: time to first token
     tokens_per_s: float
     memory_gib: float | None
-    accuracy: float | None
+    accuracy: float | None  # the summary over the tasks every ranked variant ran
     tasks: str
     decode_ms: float | None
     exact: bool | None
@@ -74,6 +114,8 @@ class Recommendation:
     ranked: list[Ranked] = field(default_factory=list)
     eliminated: dict[str, list[str]] = field(default_factory=dict)  # variant -> every constraint it fails
     notes: list[str] = field(default_factory=list)
+    serving: dict[str, Serving] = field(default_factory=dict)  # infer: every variant with forward rows
+    accuracy: EqualTerms | None = None  # over the variants the other constraints leave
 
 
 def _si(value: float) -> str:
@@ -91,6 +133,177 @@ def recommend(rows: pd.DataFrame, request: Request) -> Recommendation:
     if request.mode not in MODES:
         raise ValueError(f"unknown mode {request.mode!r}; use train or infer")
     tp = data.throughput(rows)
+    _one_device(tp, request)
+    rec = _serve(rows, tp, request) if request.mode == "infer" else _train(rows, tp, request)
+    smoke = data.smoke_reasons(rows)
+    parts = [f"throughput: {', '.join(smoke['throughput'])}"] if smoke["throughput"] else []
+    if smoke["learned"] and rec.accuracy is not None and rec.accuracy.summary:
+        parts.append(f"learned tasks: {', '.join(smoke['learned'])}")
+    if parts:
+        rec.notes.append(f"smoke run ({'; '.join(parts)}): these figures show the pipeline works, not which "
+                         f"architecture to choose")
+    return rec
+
+
+def _one_device(tp: pd.DataFrame, request: Request) -> None:
+    if tp.empty:
+        run = _suggest("throughput", request, f" -n {request.seq_len}")
+        raise MissingData(f"no throughput results: run `{run}`")
+    if tp.device_name.nunique() > 1:
+        raise ValueError(f"results from several devices ({', '.join(sorted(tp.device_name.unique()))}); "
+                         "pass the run directory of one")
+
+
+# --- serving: a product's question ------------------------------------------------------------------------
+
+def _serve(rows: pd.DataFrame, tp: pd.DataFrame, request: Request) -> Recommendation:
+    chosen, dtype, level = serving.rows_for(tp, request.causal, request.dtype)
+    forward = chosen[chosen["mode"] == "fwd"] if not chosen.empty else chosen
+    what = f"forward {'causal' if request.causal else 'non-causal'}"
+    run = _suggest("throughput", request, f" -n {request.seq_len}")
+    if forward.empty:
+        other = tp[(tp["mode"] == "fwd") & (tp.causal != request.causal)]
+        hint = (f"; the results have {'non-causal' if request.causal else 'causal'} ones: "
+                + ("drop --causal" if request.causal else "pass --causal")) if not other.empty else ""
+        where = f" in {request.dtype}" if request.dtype else ""
+        raise MissingData(f"no {what} throughput rows{where}: run `{run}"
+                          f"{f' --dtype {request.dtype}' if request.dtype else ''}`{hint}")
+    product = request.product()
+    rec = Recommendation(request, _setting(forward, dtype, level, request))
+    families = tp.groupby("variant").family.first()
+    passing = []
+    for variant in sorted(set(tp.variant)):
+        own = forward[forward.variant == variant]
+        if not (own.status == "ok").any():
+            rec.eliminated[variant] = [_failure(own, request, f"{level} level, {dtype}")]
+            continue
+        answer = serving.serve(chosen, variant, str(families.get(variant, "")), product)
+        rec.serving[variant] = answer
+        reasons = _product_reasons(answer, product)
+        if reasons:
+            rec.eliminated[variant] = reasons
+        else:
+            passing.append(variant)
+    rec.accuracy = _judge_accuracy(rows, passing, request, rec.eliminated)
+    for variant in [v for v in passing if v not in rec.eliminated]:
+        rec.ranked.append(_ranked(variant, rec.serving[variant], forward, rec.accuracy, request))
+    rec.ranked.sort(key=lambda r: r.latency_ms)
+    rec.notes += noise_notes(rec.ranked) + _serving_notes(forward, rec, product)
+    return rec
+
+
+def _setting(forward: pd.DataFrame, dtype: str, level: str, request: Request) -> str:
+    heads, head_dim = (int(forward[c].median()) for c in ("n_heads", "head_dim"))
+    layers = f" x {request.layers} layers" if request.layers > 1 else ""
+    return (f"context N = {request.seq_len}, {'causal' if request.causal else 'non-causal'}, {dtype}, "
+            f"{level} level, per attention layer of {heads} head{'s' * (heads != 1)} x {head_dim}{layers}, "
+            f"on {data.short_device(forward.device_name.iloc[0])}")
+
+
+def _failure(own: pd.DataFrame, request: Request, where: str) -> str:
+    """Why a variant has no forward figure: unsupported, out of memory, or not measured at all."""
+    if own.empty:
+        return f"not measured ({where})"
+    failed = own.sort_values("seq_len").iloc[0]
+    reason = f": {failed.reason}" if isinstance(failed.reason, str) and failed.reason else ""
+    if failed.status == "unsupported":
+        return f"unsupported{reason}"
+    status = "out of memory" if failed.status == "oom" else failed.status
+    return f"{status} at N = {failed.seq_len}{reason}"
+
+
+def _product_reasons(answer: Serving, product: Product) -> list[str]:
+    reasons = []
+    if answer.prefill_ms is None:
+        reasons.append(next((g for g in answer.gaps if g.startswith("prefill")), "prefill not measured"))
+    if product.memory_gb is not None:
+        if answer.users_fit is None:
+            reasons.append("decode state " + next((g.removeprefix("decode state ") for g in answer.gaps
+                                                   if g.startswith("decode state")), "not measured"))
+        elif answer.users_fit < product.sequences:
+            reasons.append(f"memory: {answer.users_fit} sequences fit in {product.memory_gb:g} GiB "
+                           f"(needs {product.sequences})")
+    ttft = answer.prefill_ms
+    if product.ttft_ms is not None and ttft is not None and ttft.value > product.ttft_ms:
+        reasons.append(f"TTFT {serving.number(ttft.value)} ms > {product.ttft_ms:g} ms")
+    rate = answer.tokens_per_s_per_user
+    if product.tokens_per_s_per_user is not None:
+        if rate is None:
+            reasons.append(next((g for g in answer.gaps if g.startswith("decode ") and "state" not in g),
+                                "decode not measured"))
+        elif rate.value < product.tokens_per_s_per_user:
+            reasons.append(f"decode {serving.number(rate.value)} tokens/s per user < "
+                           f"{product.tokens_per_s_per_user:g}")
+    return reasons
+
+
+def _judge_accuracy(rows, passing: list[str], request: Request, eliminated) -> EqualTerms:
+    """Accuracy on equal terms over the variants the other constraints leave; --min-accuracy judges the
+    summary over the tasks every one of them (with accuracy rows) ran."""
+    best = data.best_lr(data.learned(rows))
+    terms = equal_terms.compare(best, passing)
+    if request.min_accuracy is None:
+        return terms
+    if best.empty:
+        raise MissingData(f"--min-accuracy needs accuracy results: run `{_suggest('accuracy', request)}`")
+    if passing and not terms.common and len(terms.without) < len(passing):
+        ran = "; ".join(f"{v}: {', '.join(sorted(set(best.task[best.variant == v])))}"
+                        for v in passing if v not in terms.without)
+        raise MissingData(f"--min-accuracy: the ranked variants share no learned task ({ran}), so no "
+                          f"summary compares them on equal terms: run `{_suggest('accuracy', request)}` "
+                          f"for the tasks they lack")
+    for variant in passing:
+        value = equal_terms.mean_of(terms.summary.get(variant))
+        if variant in terms.without:
+            eliminated[variant] = [f"no accuracy results (run "
+                                   f"`{_suggest('accuracy', request, f' -v {variant}')}`)"]
+        elif value is not None and value < request.min_accuracy:
+            eliminated[variant] = [f"accuracy {value:.3f} < {request.min_accuracy:g} "
+                                   f"(over {', '.join(terms.common)})"]
+    return terms
+
+
+def _ranked(variant: str, answer: Serving, forward: pd.DataFrame, terms: EqualTerms,
+            request: Request) -> Ranked:
+    own = forward[(forward.variant == variant) & (forward.status == "ok")]
+    at_n = own[own.seq_len == request.seq_len]
+    noisy = bool((at_n.noisy > 0).any()) if not at_n.empty else False
+    interval = at_n.median_ci.max() if not at_n.empty else np.nan
+    exact = forward.exact[forward.variant == variant].dropna()
+    memory = answer.state_bytes.value / data.GIB if answer.state_bytes is not None else None
+    return Ranked(variant, latency_ms=answer.prefill_ms.value,
+                  tokens_per_s=request.seq_len / (answer.prefill_ms.value / 1e3), memory_gib=memory,
+                  accuracy=equal_terms.mean_of(terms.summary.get(variant)), tasks=", ".join(terms.common),
+                  decode_ms=answer.decode_ms.value if answer.decode_ms is not None else None,
+                  exact=bool(exact.iloc[0]) if len(exact) else None, noisy=noisy,
+                  interval=float(interval) if np.isfinite(interval) else 0.0)
+
+
+def _serving_notes(forward: pd.DataFrame, rec: Recommendation, product: Product) -> list[str]:
+    notes = []
+    if (forward.device.astype(str) == "cpu").all():
+        notes.append("a CPU run: the memory figures are CPU-resident memory (the decode state's tensors; "
+                     "the prefill peak torch's CPU allocator held, traced), not a GPU's")
+    if product.memory_gb is not None:
+        notes.append("users that fit: (memory - one prompt's prefill peak) / decode state per sequence; "
+                     "the model's weights and activations of other layers are not counted")
+    answers = list(rec.serving.values())
+    if product.kv_heads is not None and any("KV heads" in a.state_bytes.source for a in answers
+                                            if a.state_bytes is not None):
+        notes.append(f"no rows at {product.kv_heads} KV heads: decode states scaled linearly in the KV heads "
+                     f"from the rows' (a KV cache, and a per-head recurrent state, are linear in them)")
+    if product.sequences > 1:
+        notes.append(f"decode at batch {product.sequences}: {product.sequences} x the measured time per "
+                     f"sequence (no batching gain assumed)")
+    if any(not a.prefill_peak_bytes for a in answers) and product.memory_gb is not None:
+        notes.append("prefill memory not recorded in these rows (a CPU run before traced peaks?): users "
+                     "that fit count the decode states only")
+    return notes
+
+
+# --- training: forward+backward at the requested length ---------------------------------------------------
+
+def _train(rows: pd.DataFrame, tp: pd.DataFrame, request: Request) -> Recommendation:
     main_mode = MODES[request.mode][0]
     at_n, dtype, level, device = _select(tp, request, main_mode)
     where = (f"N = {request.seq_len}, {data.MODE_NAMES[main_mode]}, "
@@ -100,28 +313,23 @@ def recommend(rows: pd.DataFrame, request: Request) -> Recommendation:
     if np.isfinite(batch):
         setting += f", batch {batch:g}"
     rec = Recommendation(request, setting)
-    decode = _decode_latency(tp, request, dtype, level) if request.mode == "infer" else {}
-    accuracy = _accuracy(rows, request)
     main = at_n[at_n["mode"] == main_mode]
     memory = _memory(at_n, request)
-    for variant in sorted(set(tp.variant) | set(accuracy.index)):
-        reasons, figures = _judge(variant, main[main.variant == variant], memory.get(variant), accuracy,
-                                  request, where)
+    judged = {}
+    for variant in sorted(set(tp.variant)):
+        reasons, figures = _judge(variant, main[main.variant == variant], memory.get(variant), request, where)
         if reasons:
             rec.eliminated[variant] = reasons
         else:
-            rec.ranked.append(Ranked(variant, decode_ms=decode.get(variant), **figures))
+            judged[variant] = figures
+    rec.accuracy = _judge_accuracy(rows, list(judged), request, rec.eliminated)
+    for variant, figures in judged.items():
+        if variant not in rec.eliminated:
+            rec.ranked.append(Ranked(variant, decode_ms=None, tasks=", ".join(rec.accuracy.common),
+                                     accuracy=equal_terms.mean_of(rec.accuracy.summary.get(variant)),
+                                     **figures))
     rec.ranked.sort(key=lambda r: r.latency_ms)
     rec.notes += noise_notes(rec.ranked)
-    if decode:
-        rec.notes.append("decode: latency of one generation step with a context of N (KV cache or state)")
-    smoke = data.smoke_reasons(rows)
-    parts = [f"throughput: {', '.join(smoke['throughput'])}"] if smoke["throughput"] else []
-    if smoke["learned"] and not accuracy.empty:
-        parts.append(f"learned tasks: {', '.join(smoke['learned'])}")
-    if parts:
-        rec.notes.append(f"smoke run ({'; '.join(parts)}): these figures show the pipeline works, not which "
-                         f"architecture to choose")
     return rec
 
 
@@ -143,11 +351,6 @@ def noise_notes(ranked: list[Ranked]) -> list[str]:
 def _select(tp: pd.DataFrame, request: Request, main_mode: str):
     """Rows of the requested length, mode(s), causality and dtype; the level that covers most variants."""
     run = _suggest("throughput", request, f" -n {request.seq_len}")
-    if tp.empty:
-        raise MissingData(f"no throughput results: run `{run}`")
-    if tp.device_name.nunique() > 1:
-        raise ValueError(f"results from several devices ({', '.join(sorted(tp.device_name.unique()))}); "
-                         "pass the run directory of one")
     rows = tp[tp["mode"].isin(MODES[request.mode]) & (tp.causal == request.causal)]
     what = f"{data.MODE_NAMES[main_mode]} {'causal' if request.causal else 'non-causal'}"
     if not (rows["mode"] == main_mode).any():
@@ -175,7 +378,7 @@ def _select(tp: pd.DataFrame, request: Request, main_mode: str):
 
 
 def _memory(at_n: pd.DataFrame, request: Request) -> dict[str, float]:
-    """Peak memory per variant in GiB: the larger of its ok rows (forward and decode for inference).
+    """Peak memory per variant in GiB: the larger of its ok rows.
 
     Reserved memory when measured (what the allocator holds: closer to what the device must have).
     """
@@ -187,33 +390,14 @@ def _memory(at_n: pd.DataFrame, request: Request) -> dict[str, float]:
     return (peak / data.GIB).groupby(ok.variant).max().dropna().to_dict()
 
 
-def _decode_latency(tp: pd.DataFrame, request: Request, dtype: str, level: str) -> dict[str, float]:
-    rows = tp[(tp["mode"] == "decode") & (tp.seq_len == request.seq_len) & (tp.status == "ok")
-              & (tp.dtype == dtype) & (tp.level == level)]
-    return rows.groupby("variant").latency_ms.median().to_dict()
-
-
-def _accuracy(rows: pd.DataFrame, request: Request) -> pd.DataFrame:
-    quality = data.quality(data.best_lr(data.learned(rows))).set_index("variant")
-    if request.min_accuracy is not None and quality.empty:
-        raise MissingData(f"--min-accuracy needs accuracy results: run `{_suggest('accuracy', request)}`")
-    return quality
-
-
-def _judge(variant, main: pd.DataFrame, memory, accuracy: pd.DataFrame, request: Request, where: str):
-    """(every failed constraint, figures when there is none)."""
+def _judge(variant, main: pd.DataFrame, memory, request: Request, where: str):
+    """(every failed constraint but accuracy, figures when there is none)."""
     ok = main[main.status == "ok"]
     if ok.empty:
         if main.empty:
             return [f"not measured at {where}"], None
-        failed = main.iloc[0]
-        reason = f": {failed.reason}" if isinstance(failed.reason, str) and failed.reason else ""
-        if failed.status == "unsupported":
-            return [f"unsupported{reason}"], None
-        status = "out of memory" if failed.status == "oom" else failed.status
-        return [f"{status} at N = {request.seq_len}{reason}"], None
+        return [_failure(main, request, where)], None
     latency, tokens = ok.latency_ms.median(), ok.tokens_per_s.median()
-    quality = accuracy.accuracy.get(variant)
     reasons = []
     if request.memory_gb is not None:
         if memory is None:
@@ -222,35 +406,153 @@ def _judge(variant, main: pd.DataFrame, memory, accuracy: pd.DataFrame, request:
             reasons.append(f"peak memory {memory:.3g} GiB > {request.memory_gb:g} GiB")
     if request.latency_ms is not None and latency > request.latency_ms:
         reasons.append(f"latency {latency:.3g} ms > {request.latency_ms:g} ms")
-    if request.min_accuracy is not None:
-        if quality is None:
-            reasons.append(f"no accuracy results (run `{_suggest('accuracy', request, f' -v {variant}')}`)")
-        elif quality < request.min_accuracy:
-            reasons.append(f"accuracy {quality:.3f} < {request.min_accuracy:g} "
-                           f"({accuracy.tasks.get(variant)})")
     exact = ok.exact.iloc[0] if "exact" in ok and pd.notna(ok.exact.iloc[0]) else None
     noisy = bool((ok.noisy > 0).any()) if "noisy" in ok else False
     interval = ok.median_ci.max() if "median_ci" in ok else np.nan
     figures = {"latency_ms": float(latency), "tokens_per_s": float(tokens), "memory_gib": memory,
-               "accuracy": None if quality is None else float(quality),
-               "tasks": accuracy.tasks.get(variant, ""), "exact": None if exact is None else bool(exact),
+               "exact": None if exact is None else bool(exact),
                "noisy": noisy, "interval": float(interval) if np.isfinite(interval) else 0.0}
     return reasons, figures
 
 
-def render(rec: Recommendation) -> str:
-    """Plain text for the terminal: the ranking with its figures, then why each other variant is out."""
-    lines = [f"Recommendation for {rec.setting}"]
-    lines.append("Constraints: " + ("; ".join(rec.request.constraints()) or "none (ranked by latency)"))
-    if rec.ranked:
-        lines.append("Ranked, fastest first:")
-        width = max(len(r.variant) for r in rec.ranked)
-        lines += [f"  {i}. {r.variant:<{width}}  {r.figures()}" for i, r in enumerate(rec.ranked, 1)]
-    else:
-        lines.append("No variant meets every constraint.")
-    if rec.eliminated:
-        lines.append("Eliminated:")
-        width = max(len(v) for v in rec.eliminated)
-        lines += [f"  {v:<{width}}  {'; '.join(reasons)}" for v, reasons in sorted(rec.eliminated.items())]
-    lines += [f"Note: {note}" for note in rec.notes]
-    return "\n".join(lines)
+# --- the answer as tables: the terminal's (rich) and the report's (HTML) ---------------------------------
+
+KIND_MARKS = {"measured": "m", "interpolated": "i", "extrapolated": "x"}
+
+
+def _cell(figure: serving.Figure | None, unit: str, scale: float = 1.0) -> str:
+    if figure is None:
+        return "n/a"
+    scaled = figure.scaled(scale)
+    return f"{scaled.text(unit)} ({KIND_MARKS.get(figure.source.split()[0], '?')})"
+
+
+def _bytes(figure: serving.Figure | None) -> str:
+    if figure is None:
+        return "n/a"
+    for unit, scale in ((" GiB", data.GIB), (" MiB", 2**20), (" KiB", 2**10)):
+        if figure.value >= scale:
+            return _cell(figure, unit, 1 / scale)
+    return _cell(figure, " B")
+
+
+def answer_table(rec: Recommendation) -> pd.DataFrame:
+    """One row per variant, the ranked first (in order), then the eliminated with every reason."""
+    order = [r.variant for r in rec.ranked] + sorted(rec.eliminated)
+    rank = {r.variant: i for i, r in enumerate(rec.ranked, 1)}
+    terms = rec.accuracy
+    rows = []
+    for variant in order:
+        row = {"rank": rank.get(variant, ""), "variant": variant}
+        answer = rec.serving.get(variant)
+        if rec.request.mode == "infer":
+            row |= {"TTFT (ms)": _cell(answer.prefill_ms, "") if answer else "n/a",
+                    "decode (tokens/s per user)": (_cell(answer.tokens_per_s_per_user, "") if answer
+                                                   else "n/a"),
+                    "state per sequence": (_bytes(answer.state_bytes) + (f", {answer.state_kind}"
+                                                                         if answer.state_kind else ""))
+                    if answer else "n/a"}
+            if rec.request.memory_gb is not None:
+                fit = None if answer is None else answer.users_fit
+                row["users that fit"] = "n/a" if fit is None else fit
+        else:
+            ranked = next((r for r in rec.ranked if r.variant == variant), None)
+            row |= {"latency (ms)": f"{ranked.latency_ms:.3g}" if ranked else "n/a",
+                    "tokens/s": _si(ranked.tokens_per_s) if ranked else "n/a",
+                    "peak GiB": (f"{ranked.memory_gib:.3g}" if ranked and ranked.memory_gib is not None
+                                 else "n/a")}
+        row["accuracy"] = _accuracy_cell(terms, variant)
+        row["out because"] = "; ".join(rec.eliminated.get(variant, []))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _accuracy_cell(terms: EqualTerms | None, variant: str) -> str:
+    if terms is None or variant not in terms.variants:
+        return ""
+    if variant in terms.without:
+        return "no accuracy results"
+    if not terms.common:
+        return "per task below"
+    return equal_terms.figure_text(terms.summary.get(variant))
+
+
+def accuracy_table(terms: EqualTerms | None) -> pd.DataFrame:
+    """Per task (columns) and variant: the accuracy over the conditions every variant that ran the task
+    shares, with its interval; 'not run' where the variant lacks the task."""
+    if terms is None or not terms.per_task:
+        return pd.DataFrame()
+    tasks = terms.all_tasks()
+    ran = sorted({v for v, _ in terms.per_task})
+    table = []
+    for variant in ran:
+        row = {"variant": variant}
+        for task in tasks:
+            value = terms.per_task.get((variant, task))
+            row[f"{task} ({terms.conditions.get(task, 0)} cond.)"] = (
+                equal_terms.figure_text(value) if value is not None else
+                "no shared condition" if task in terms.disjoint else "not run")
+        table.append(row)
+    return pd.DataFrame(table)
+
+
+def sources(rec: Recommendation) -> list[str]:
+    """Where each figure not measured at the context comes from."""
+    lines = []
+    for variant, answer in sorted(rec.serving.items()):
+        for name, figure in (("TTFT", answer.prefill_ms), ("decode", answer.decode_ms),
+                             ("state", answer.state_bytes), ("prefill peak", answer.prefill_peak_bytes)):
+            if figure is not None and not figure.measured:
+                lines.append(f"{variant} {name}: {figure.source}")
+    return lines
+
+
+def accuracy_notes(terms: EqualTerms | None) -> list[str]:
+    if terms is None or not terms.per_task:
+        return []
+    notes = ["accuracy on equal terms: per task over the conditions every variant that ran it shares "
+             "(count in the header), 95% intervals over the trained models (harness.intervals); "
+             + (f"the summary is the mean over {', '.join(terms.common)}, the tasks every ranked variant ran"
+                if terms.common else "no task was run by every ranked variant, so there is no summary")]
+    if any(not isinstance(v, equal_terms.Estimate) for v in terms.per_task.values()):
+        notes.append("no interval: rows without per-example test scores (written before they were recorded)")
+    notes += [f"{variant} lacks {', '.join(tasks)}: left out of every summary, not averaged over fewer tasks"
+              for variant, tasks in sorted(terms.missing.items())]
+    return notes
+
+
+def render(rec: Recommendation, width: int = 200) -> str:
+    """The answer for the terminal: the ranking as a table, per-task accuracy, where each extrapolated
+    figure comes from, and the notes."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    out = io.StringIO()
+    console = Console(file=out, width=width, color_system=None, highlight=False, markup=False)
+    console.print(f"Recommendation for {rec.setting}")
+    console.print("Constraints: " + ("; ".join(rec.request.constraints()) or "none (ranked by latency)"))
+    if not rec.ranked:
+        console.print("No variant meets every constraint.")
+    for title, frame in (("Ranked, fastest first; then eliminated", answer_table(rec)),
+                         ("Accuracy per task", accuracy_table(rec.accuracy))):
+        if frame.empty:
+            continue
+        table = Table(title=title, title_justify="left")
+        for column in frame.columns:
+            table.add_column(str(column), overflow="fold")
+        for values in frame.itertuples(index=False):
+            table.add_row(*(str(v) for v in values))
+        console.print(table)
+    if rec.request.mode == "infer":
+        console.print("(m) measured at the context, (i) interpolated, (x) extrapolated along N; [low, high]: "
+                      "the scaling exponent's 95% interval carried to the context")
+    lines = sources(rec)
+    if lines:
+        console.print("Sources:")
+        for line in lines:
+            console.print(f"  {line}")
+    for note in accuracy_notes(rec.accuracy) + rec.notes:
+        console.print(f"Note: {note}")
+    return out.getvalue().rstrip()

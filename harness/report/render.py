@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report import analysis, charts, data, decision, html, markdown, verdicts
+from harness.report import analysis, charts, data, decision, html, markdown, recommend_section, verdicts
 from harness.report.analysis import Findings, pareto_lengths
 from harness.report.compare import Comparison, compare
 from harness.report.correctness import Correctness
@@ -98,6 +98,7 @@ def build(paths: list[str | Path], out: str | Path | None = None, baseline: str 
     evidence = verdicts.draw(published, out / CHARTS_DIR)
     sections = html_sections(results, findings, drawn, comparison, before, paths)
     sections.insert(2, ("findings", "Published findings", verdicts.html_section(published, evidence)))
+    sections.insert(3, ("serving", "Serving", recommend_section.html_section(results.rows)))
     correctness = Correctness.of(results)
     sections[:0] = front(correctness, decision.html_section(findings, results.rows))
     subtitle = (f"{', '.join(map(str, paths))}; generated "

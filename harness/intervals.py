@@ -16,6 +16,9 @@ square-and-add; `contrast` does the same for any linear combination of configura
 
 Fewer than MIN_SEEDS seeds decide nothing: `at_least` and `at_most` return None (undecided) for them,
 and every estimate carries its seed count.
+
+It lives in harness/ because both the findings (suites.findings) and `recommend` (harness.report) state
+its intervals, and harness/ imports nothing from suites/.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special  # the quantile functions themselves: scipy.stats takes a second to import
 
 LEVEL = 0.95
 MIN_SEEDS = 3  # fewer seeds give no verdict
@@ -62,7 +65,7 @@ def _arrays(per_seed: Sequence[Sequence[float]]) -> list[np.ndarray]:
 
 
 def _t_quantile(df: float) -> float:
-    return float(stats.t.ppf(0.5 + LEVEL / 2, df))
+    return float(special.stdtrit(df, 0.5 + LEVEL / 2))  # Student's t quantile
 
 
 def examples_interval(per_seed: Sequence[Sequence[float]]) -> tuple[float, float, float]:
@@ -70,8 +73,8 @@ def examples_interval(per_seed: Sequence[Sequence[float]]) -> tuple[float, float
     pooled = np.concatenate(_arrays(per_seed))
     n, k = pooled.size, float(pooled.sum())
     tail = (1 - LEVEL) / 2
-    low = 0.0 if k <= 0 else float(stats.beta.ppf(tail, k, n - k + 1))
-    high = 1.0 if k >= n else float(stats.beta.ppf(1 - tail, k + 1, n - k))
+    low = 0.0 if k <= 0 else float(special.betaincinv(k, n - k + 1, tail))  # beta quantile
+    high = 1.0 if k >= n else float(special.betaincinv(k + 1, n - k, 1 - tail))
     return k / n, low, high
 
 
