@@ -199,8 +199,9 @@ def test_kv_cache_and_state_columns_are_read_when_rows_have_them():
     rows = product_rows()
     rows["kv_cache_bytes"] = np.where(rows["mode"].eq("decode") & rows.variant.eq("cache"), 1000.0, np.nan)
     rows["state_bytes"] = np.where(rows["mode"].eq("decode") & rows.variant.eq("cache"), 24.0, np.nan)
+    rows["batch"] = 4  # the columns are per sequence already: the batch must not divide them again
     answer = serve(rows, context=16384)
-    assert answer.serving["cache"].state_bytes.value == 1024  # per sequence: batch 1
+    assert answer.serving["cache"].state_bytes.value == 1024
     assert answer.serving["scan"].state_bytes.value == 65536  # no split: decode_state_bytes_per_seq
 
 

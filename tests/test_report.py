@@ -516,11 +516,11 @@ def test_the_summary_leads_with_the_row_flagged_baseline_and_names_defaulted_mod
     assert [line.split("|")[1].strip() for line in table[1:5]] == ["linear", "flash-sdpa", "plug", "vanilla"]
     assert "take the stated defaults (harness.costs): plug (cost, memory)." in text
     assert "plug (cost, memory)" in report.html.read_text()
-    # Rows written before the flags were recorded: no reordering, no sentence.
+    # Rows written before the flags were recorded: the registry's baseline (vanilla) leads, no sentence.
     old = [{k: x for k, x in r.items() if k not in ("baseline", "default_models")} for r in rows]
     text = build([small_run(tmp_path / "old", old)]).markdown.read_text()
     table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
-    assert [line.split("|")[1].strip() for line in table[1:5]] == ["flash-sdpa", "linear", "plug", "vanilla"]
+    assert [line.split("|")[1].strip() for line in table[1:5]] == ["vanilla", "flash-sdpa", "linear", "plug"]
     assert "stated defaults" not in text
 
 

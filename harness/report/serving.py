@@ -183,11 +183,12 @@ def _per_batch(rows: pd.DataFrame, column: str) -> pd.Series:
 
 
 def state_per_sequence(decode: pd.DataFrame) -> pd.Series:
-    """Bytes one sequence's decode state holds: `kv_cache_bytes` + `state_bytes` (per batch) where the
-    rows have them, else `decode_state_bytes_per_seq`."""
+    """Bytes one sequence's decode state holds: `kv_cache_bytes` + `state_bytes` (each already per
+    sequence: suites.throughput.measuring) where the rows have them, else `decode_state_bytes_per_seq`."""
     state = pd.to_numeric(decode.get("decode_state_bytes_per_seq"), errors="coerce")
     if "kv_cache_bytes" in decode or "state_bytes" in decode:
-        parts = [_per_batch(decode, c) for c in ("kv_cache_bytes", "state_bytes") if c in decode]
+        parts = [pd.to_numeric(decode[c], errors="coerce") for c in ("kv_cache_bytes", "state_bytes")
+                 if c in decode]
         split = sum(p.fillna(0) for p in parts).where(pd.concat(parts, axis=1).notna().any(axis=1))
         state = split.fillna(state) if state is not None else split
     return state if state is not None else pd.Series(np.nan, index=decode.index)
