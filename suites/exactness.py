@@ -25,6 +25,7 @@ reason.
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Annotated, Literal
 
@@ -39,6 +40,9 @@ from harness.runner import NonFinite
 from suites import grids
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
+# The parameter of a random-feature approximation (FAVOR+'s, or a plugin's of the same name): its error is
+# also measured against the number of features.
+FEATURE_COUNT = "nb_features"
 MEASURED_KINDS = ("random", "peaked", "near_duplicate", "long")  # also measured against unrounded inputs
 # Checks without a length of their own in the grid: they run at its random-input length.
 CHECK_KINDS = ("large_logits", "cross", "no_visible_key", "causality", "decode", "mixer")
@@ -108,11 +112,11 @@ def cases(profile: str, device: str, names: list[str]) -> list[ExactnessCase]:
         for n in grid.n_sweep:
             planned.append(ExactnessCase(variant=name, device=device, dtype="float32", params=params,
                                          input_kind="random", seq_len=n, causal=True))
-        if v.family == "performer":
+        if FEATURE_COUNT in inspect.signature(v.attention_fn).parameters:  # random features: any family's
             for m in grid.nb_features_sweep:
                 for causal in (False, True) if grid.non_causal else (True,):
                     planned.append(ExactnessCase(variant=name, device=device, dtype="float32",
-                                                 params={**params, "nb_features": m}, input_kind="random",
+                                                 params={**params, FEATURE_COUNT: m}, input_kind="random",
                                                  seq_len=grid.nb_features_len, causal=causal))
     return list({c.case_id: c for c in planned}.values())  # sweeps may repeat a grid point
 
