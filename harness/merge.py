@@ -68,7 +68,7 @@ def merged_environment(environments: dict[Path, dict[str, Any]], kept: dict[Path
     combined: dict[str, Any] = {"schema_version": store.SCHEMA_VERSION}
     for key in keys:
         values = list({json.dumps(v, sort_keys=True): v for e in envs for v in _values(e, key)}.values())
-        union = _union_of_parts(values) if key in BY_NAME else None
+        union = _union_of_parts(values) if key in BY_NAME and len(values) > 1 else None
         combined[key] = values[0] if len(values) == 1 else values if union is None else union
     sources = []
     for run, environment in environments.items():
@@ -83,6 +83,8 @@ def _union_of_parts(values: list[Any]) -> dict[str, Any] | list[Any] | None:
     """Runs that each recorded other experiments (or other machines) agree where they overlap: their
     union. None where two runs hold different values under one name (a real difference, kept listed)."""
     present = [v for v in values if v]
+    if not present:  # empty or absent everywhere: the empty value a run wrote, if any
+        return next((v for v in values if v is not None), None)
     if all(isinstance(v, list) for v in present):
         return list({json.dumps(x, sort_keys=True): x for v in present for x in v}.values())
     if not all(isinstance(v, dict) for v in present):
@@ -91,9 +93,21 @@ def _union_of_parts(values: list[Any]) -> dict[str, Any] | list[Any] | None:
     for value in present:
         for name, part in value.items():
             if name in union and union[name] != part:
-                return None
+                longer = _extension(union[name], part)
+                if longer is None:
+                    return None
+                part = longer
             union[name] = part
     return union
+
+
+def _extension(a: Any, b: Any) -> list | None:
+    """The longer of two lists where one begins with the other (a run that appended a change to the
+    history both had), else None."""
+    if not (isinstance(a, list) and isinstance(b, list)):
+        return None
+    short, long = sorted((a, b), key=len)
+    return long if long[:len(short)] == short else None
 
 
 def _values(environment: dict[str, Any], key: str) -> list[Any]:

@@ -66,6 +66,14 @@ def test_runs_split_by_experiment_merge_their_recipes_and_keep_a_real_difference
     environment = json.loads((tmp_path / "ab" / store.ENVIRONMENT).read_text())
     assert environment["recipes"] == {"mqar": entry("1"), "copy": entry("2")}
     assert environment["resumed_on"] == [{"device_name": "x"}]
+    changes = [{"hash": "9"}]
+    d = rows(tmp_path / "d", hostname="d", recipe_changes={"mqar": changes}, recipes={})
+    e = rows(tmp_path / "e", hostname="e", recipe_changes={"mqar": [*changes, {"hash": "10"}]})
+    f = rows(tmp_path / "f", hostname="f", recipe_changes={})
+    merge.merge(tmp_path / "def", [d, e, f])
+    environment = json.loads((tmp_path / "def" / store.ENVIRONMENT).read_text())
+    assert environment["recipe_changes"] == {"mqar": [*changes, {"hash": "10"}]}  # the longer history
+    assert environment["recipes"] == {}  # empty here, absent there: still a map, never a list
     merge.merge(tmp_path / "ac", [a, c])
     environment = json.loads((tmp_path / "ac" / store.ENVIRONMENT).read_text())
     assert environment["recipes"] == [{"mqar": entry("1")}, {"mqar": entry("3")}]  # they disagree: listed
