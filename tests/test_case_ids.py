@@ -72,9 +72,9 @@ def test_a_field_added_with_a_default_keeps_every_id_only_when_declared_added_la
 
 
 # What the grids gained after the committed CPU standard run was made (its NOTES.md says how far the
-# top-up has got): seeds 3 and 4 of the experiments that trained 3, the time-invariant control, and the
-# correctness gate's checks. Resuming may leave only these to run; any other case left to run means an id
-# the current code no longer recomputes.
+# top-up has got): seeds 3 and 4 of the experiments that trained 3, the time-invariant control, the
+# correctness gate's checks and the grouped-KV checks. Resuming may leave only these to run; any other
+# case left to run means an id the current code no longer recomputes.
 FIRST_EXACTNESS_KINDS = ("random", "peaked", "near_duplicate", "long")
 CONTROL = "mamba-lti"
 
@@ -84,7 +84,7 @@ def gained_since_the_run(case) -> bool:
         return True
     if isinstance(case, accuracy.TaskCase):
         return case.seed >= 3
-    return case.input_kind not in FIRST_EXACTNESS_KINDS
+    return case.input_kind not in FIRST_EXACTNESS_KINDS or case.kv_heads is not None  # or grouped KV
 
 
 @pytest.mark.slow
