@@ -92,8 +92,7 @@ CPU_DEFAULT = [["throughput", "--profile", "standard"],
                ["accuracy", "--profile", "standard", "--seeds", "0"]]
 LEARNED_LEFT_OUT = (
     "from suites import accuracy, long_range\n"
-    "hours = sum(s.estimated_seconds(s.plan('standard', 'cpu', findings=None), 'cpu') for s in (accuracy, "
-    "long_range)) / 3600\n"
+    "hours = sum(s.estimate(s.plan('standard', 'cpu')).seconds for s in (accuracy, long_range)) / 3600\n"
     "print(f'learned tasks left out (about {hours:.1f} core-hours on this CPU by their estimate): '\n"
     "      'attnbench run --suite accuracy --profile standard --out OUT, then --suite long-range')")
 # The default device where --device is not given: cuda when torch sees one.

@@ -116,7 +116,7 @@ def no_doctor(monkeypatch) -> None:
     (its own tests run it for real)."""
     from harness import doctor
 
-    def healthy(device):
+    def healthy(device, *args, **kwargs):
         return {**doctor.machine(device), "packages": doctor.packages(), "variants": [], "ok": True}
 
     monkeypatch.setattr(doctor, "run", healthy)

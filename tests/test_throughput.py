@@ -309,10 +309,12 @@ def test_summarize_prints_a_table_of_a_run(tmp_path):
 @pytest.mark.slow
 def test_pytest_benchmark_json_converts_to_store_rows(tmp_path):
     report = tmp_path / "bench.json"
-    environment = {**os.environ, "ATTNBENCH_DEVICE": "cpu", "ATTNBENCH_VARIANTS": "vanilla,linear",
+    outer = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # not an xdist worker's
+    environment = {**outer, "ATTNBENCH_DEVICE": "cpu", "ATTNBENCH_VARIANTS": "vanilla,linear",
                    "ATTNBENCH_SEQ_LENS": "128"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "suites/bench_throughput.py",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "suites/bench_throughput.py",
          "-k", "kernel and not fwd_bwd", f"--benchmark-json={report}"],
         cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -143,7 +143,9 @@ def test_pytest_benchmark_records_exactly_the_rounds_it_is_handed(pytester):
     pytester.makepyfile(test_replay=REPLAY_MODULE.replace("{durations}", repr(durations)))
     pytester.makeconftest(FAST_REPORT_HOOKS)
     report = pytester.path / "bench.json"
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--benchmark-json={report}")
+    # -p no:xdist: inside an xdist worker, pytest-benchmark would turn itself off for the inner session
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:xdist",
+                                          f"--benchmark-json={report}")
     result.assert_outcomes(passed=1)
     (bench,) = json.loads(report.read_text())["benchmarks"]
     assert bench["stats"]["data"] == durations and bench["stats"]["rounds"] == len(durations)
