@@ -381,6 +381,23 @@ def mixer_variant(name: str, *, family: str, exact: bool, support: Support | Non
     return register
 
 
+_FAMILY_COLORS: dict[str, str] = {}
+
+
+def declare_family_colors(colors: dict[str, str]) -> None:
+    """Families' hues in the report's charts, in the legend's order (the first declaration of a family
+    holds). attnbench's variants package declares its families'; a plugin may declare its own, and a
+    family nobody declares gets a colour derived from its name (harness.report.colors)."""
+    for family, color in colors.items():
+        _FAMILY_COLORS.setdefault(family, color)
+
+
+def family_colors() -> dict[str, str]:
+    """family -> its declared hue, in the order declared (the variant plugins loaded first)."""
+    _load()
+    return dict(_FAMILY_COLORS)
+
+
 def names() -> list[str]:
     _load()
     return sorted(_REGISTRY)

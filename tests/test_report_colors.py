@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import seaborn as sns
 
+from harness import registry
 from harness.report import charts, colors
 
 # Sharma, Wu and Dalal (2005), "The CIEDE2000 color-difference formula: implementation notes,
@@ -100,10 +101,10 @@ def test_the_distance_check_would_catch_the_old_palette():
 
 def test_every_slot_of_every_known_family_stays_apart_from_every_other_family():
     """Whatever shade and line style a variant draws, it stays 10 apart from any other family's."""
-    for a, b in itertools.combinations(colors.FAMILY_COLORS, 2):
+    for a, b in itertools.combinations(registry.family_colors(), 2):
         for s, t in itertools.product(colors.SHADES, repeat=2):
-            assert colors.color_distance(colors.shade(colors.FAMILY_COLORS[a], s),
-                                         colors.shade(colors.FAMILY_COLORS[b], t)) >= 10, (a, s, b, t)
+            assert colors.color_distance(colors.shade(registry.family_colors()[a], s),
+                                         colors.shade(registry.family_colors()[b], t)) >= 10, (a, s, b, t)
 
 
 def test_the_same_name_has_the_same_look_whatever_else_is_drawn():
@@ -120,7 +121,7 @@ def test_the_same_name_has_the_same_look_whatever_else_is_drawn():
 def test_a_plugin_family_gets_a_colour_of_its_own_from_its_name():
     first, again = colors.family_color("hyena"), colors.family_color("hyena")
     assert first == again and colors.family_color("rwkv") != first
-    known = [colors.shade(c, s) for c in colors.FAMILY_COLORS.values() for s in colors.SHADES]
+    known = [colors.shade(c, s) for c in registry.family_colors().values() for s in colors.SHADES]
     assert min(colors.color_distance(colors.shade(first, s), k) for s in colors.SHADES for k in known) >= 10
 
 

@@ -136,16 +136,17 @@ def pytest_benchmark_generate_commit_info(config):
 """
 
 
-def test_pytest_benchmark_records_exactly_the_rounds_it_is_handed(pytester):
+def test_pytest_benchmark_records_exactly_the_rounds_it_is_handed(pytester, monkeypatch):
     """The route of suites/bench_throughput.py through pytest-benchmark's public fixture and marker: its
     JSON holds our rounds as measured, and its statistics are computed from them."""
     durations = [0.0021, 0.0013, 0.0042, 0.0017, 0.0019]
     pytester.makepyfile(test_replay=REPLAY_MODULE.replace("{durations}", repr(durations)))
     pytester.makeconftest(FAST_REPORT_HOOKS)
     report = pytester.path / "bench.json"
-    # -p no:xdist: inside an xdist worker, pytest-benchmark would turn itself off for the inner session
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:xdist",
-                                          f"--benchmark-json={report}")
+    # A process of its own, not an xdist worker's: pytest-benchmark turns itself off in one
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist",
+                                           f"--benchmark-json={report}")
     result.assert_outcomes(passed=1)
     (bench,) = json.loads(report.read_text())["benchmarks"]
     assert bench["stats"]["data"] == durations and bench["stats"]["rounds"] == len(durations)

@@ -1,8 +1,9 @@
 """The colour and line style of every variant in every chart: each family a hue, each variant in it a shade
 and a line style, the same in every chart and every run.
 
-- A family named in FAMILY_COLORS (its order is the legend's) takes the colour given there. Any other
-  family (a plugin's: the core never names it) takes a colour derived from its name alone: the first of a
+- A family whose hue is declared (harness.registry.declare_family_colors; the declaration order is the
+  legend's) takes that colour. Any other family (a plugin's that declares none) takes a colour derived
+  from its name alone: the first of a
   sequence of random colours seeded by a hash of the name whose shades all stay MIN_FAMILY_DISTANCE
   (CIEDE2000) from every shade of the known families. (Two plugin families are apart only by chance.)
 - A variant's shade and line style come from a hash of its name, probed on to the next free slot when
@@ -23,22 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.colors import to_rgb
 
-# The known families, in the legend's order, and their hues. Data, not code: a family missing here still
-# gets a colour of its own (family_color), placed after these in the legend, by name.
-FAMILY_COLORS = {
-    "vanilla": "#1a1a1a",
-    "flash": "#1f63c6",
-    "sinks": "#7b3fb8",
-    "sparse": "#2e9e3a",
-    "longformer": "#9acd32",
-    "linear": "#d62728",
-    "performer": "#ff8c00",
-    "retnet": "#8c564b",
-    "gla": "#e754b6",
-    "deltanet": "#17becf",
-    "mamba": "#c9a100",
-    "mamba2": "#6b8e8e",
-}
+from harness import registry
+
 # Shades of a family's hue: a blend toward white (> 0) or black (< 0), small enough that a shade stays
 # nearer its own family than any other; the line style tells variants of a family apart.
 SHADES = (0.0, 0.22, -0.22, 0.4)
@@ -57,10 +44,15 @@ class Look:
     family: str
 
 
+def declared() -> dict[str, str]:
+    """family -> hue, as the variant plugins declare them (in the legend's order)."""
+    return registry.family_colors()
+
+
 def family_order(families) -> list[str]:
-    """The known families in FAMILY_COLORS's order, then any other by name."""
-    known = [f for f in FAMILY_COLORS if f in set(families)]
-    return known + sorted(set(families) - set(FAMILY_COLORS))
+    """The declared families in their declared order, then any other by name."""
+    known = [f for f in declared() if f in set(families)]
+    return known + sorted(set(families) - set(declared()))
 
 
 def _digest(name: str) -> int:
@@ -74,13 +66,13 @@ def shade(color, amount: float) -> tuple[float, float, float]:
 
 
 def _known_shades() -> list[tuple[float, float, float]]:
-    return [shade(c, s) for c in FAMILY_COLORS.values() for s in SHADES]
+    return [shade(c, s) for c in declared().values() for s in SHADES]
 
 
 def family_color(family: str) -> tuple[float, float, float]:
-    """A family's base colour: FAMILY_COLORS's, else one derived from its name (see the module doc)."""
-    if family in FAMILY_COLORS:
-        return to_rgb(FAMILY_COLORS[family])
+    """A family's base colour: its declared one, else one derived from its name (see the module doc)."""
+    if family in declared():
+        return to_rgb(declared()[family])
     known = [rgb_to_lab(c) for c in _known_shades()]
     draw = np.random.default_rng(_digest(family))  # the name alone seeds the candidates
     candidates = [colorsys.hls_to_rgb(draw.uniform(), draw.uniform(*PLUGIN_LIGHTNESS),
