@@ -203,7 +203,11 @@ def test_the_example_plugin_runs_through_every_suite_and_the_report(example_inst
     checked = rows[rows.task == "exactness"] if "task" in rows else rows.iloc[:0]
     assert set(checked.input_kind) == set(contract.ATTENTION_CHECKS)
     assert checked[checked.status == "ok"].within_tolerance.astype(bool).all()  # the report's gate passed
-    no_decoding = checked[checked.status == "unsupported"]  # the plugin declares why (its bias needs N)
+    unsupported = checked[checked.status == "unsupported"]
+    grouped = unsupported.kv_heads.notna() if "kv_heads" in unsupported else unsupported.status.isna()
+    # The plugin declares no grouped KV heads: those checks are unsupported rows saying so.
+    assert unsupported[grouped].reason.str.contains("grouped KV heads not declared").all()
+    no_decoding = unsupported[~grouped]  # the plugin declares why (its bias needs N)
     assert set(no_decoding.input_kind) <= {"decode"} and no_decoding.reason.str.contains("-log\\(n\\)").all()
     exact = checked[(checked.dtype == "float64") & checked.impl_err.notna()]
     assert not exact.empty and (exact.impl_err < 1e-10).all()  # the chunked path equals its reference

@@ -61,7 +61,7 @@ def test_every_suite_of_attnbench_keeps_the_protocol():
     learned = {name: plugins.suite(name) for name in ("accuracy", "long-range")}
     assert all(s.options == ("seeds", "findings", "criterion") for s in learned.values())
     throughput = plugins.suite("throughput")
-    assert throughput.options == () and throughput.find_max_n is not None
+    assert throughput.options == ("kv_heads",) and throughput.find_max_n is not None
     assert throughput.import_benchmark_json is not None
     assert load_suite(SUITE).recipes is fake_suite.recipes
 
