@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from harness.registry import Support, Variant
 from suites import accuracy, long_range
 from suites import estimate as learned
 from suites.throughput import planning
+from tests.test_cli_inputs import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 FLEX = "sparse-strided"  # a FlexAttention variant: compiles per shape on CUDA
@@ -122,14 +122,6 @@ def test_the_learned_suites_charge_a_flex_trainings_graphs_once_per_model():
 
 
 # --- attnbench run --estimate -------------------------------------------------------------------------
-
-def run_cli(monkeypatch, capsys, args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["attnbench", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
 
 def seconds_of(duration: str) -> float:
     """harness.estimate.duration's text back in seconds: "0.2 s", "70 s" or "2.5 min (151 s)"."""
