@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -104,11 +103,7 @@ def use_fake_suite(monkeypatch) -> None:
 
 def run_cli(monkeypatch, capsys, args) -> tuple[int, str, str]:
     """The attnbench command line, in-process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["attnbench", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+    return fx.run_cli(monkeypatch, capsys, *args)
 
 
 def no_doctor(monkeypatch) -> None:

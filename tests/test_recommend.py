@@ -311,11 +311,7 @@ def cli_run(tmp_path_factory):
 
 def light_cli(monkeypatch, capsys, *args):
     """The command through harness.entry, the console script's path (no harness.cli)."""
-    monkeypatch.setattr(sys, "argv", ["attnbench", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        entry.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+    return fx.run_cli(monkeypatch, capsys, *args, main=entry.main)
 
 
 @pytest.mark.parametrize("call", [fx.run_cli, light_cli], ids=["cli", "entry"])

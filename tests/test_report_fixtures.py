@@ -253,10 +253,11 @@ def built_report():
     return build([full_dir()], _scratch() / "report", baseline=baseline_dir())
 
 
-def run_cli(monkeypatch, capsys, *args):
+def run_cli(monkeypatch, capsys, *args, main=None):
+    """Run the attnbench command line in-process (`main`: harness.cli's unless given): (exit code, stdout,
+    stderr)."""
     monkeypatch.setattr(sys, "argv", ["attnbench", *map(str, args)])
-    """Run the attnbench command line in-process: (exit code, stdout, stderr)."""
     with pytest.raises(SystemExit) as exit_info:
-        cli.main()
+        (main or cli.main)()
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out, captured.err
