@@ -70,12 +70,14 @@ def merged_environment(environments: dict[Path, dict[str, Any]], kept: dict[Path
         values = list({json.dumps(v, sort_keys=True): v for e in envs for v in _values(e, key)}.values())
         union = _union_of_parts(values) if key in BY_NAME and len(values) > 1 else None
         combined[key] = values[0] if len(values) == 1 else values if union is None else union
-    sources = []
+    sources: dict[tuple, dict[str, Any]] = {}
     for run, environment in environments.items():
         here = {"run": str(run), "rows_kept": kept.get(run, 0),
                 **{k: environment.get(k) for k in SOURCE_FACTS if k in environment}}
-        sources += [{**s, "via": str(run)} for s in environment.get("merged_from", [])] or [here]
-    combined["merged_from"] = sources
+        # Copies of one merged run (topped up apart, merged again) share their sources: each listed once.
+        for source in [{**s, "via": str(run)} for s in environment.get("merged_from", [])] or [here]:
+            sources.setdefault((source.get("run"), source.get("commit"), source.get("at")), source)
+    combined["merged_from"] = list(sources.values())
     return combined
 
 

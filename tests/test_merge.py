@@ -4,6 +4,7 @@ sources; a merged report groups by hardware and flags a run that mixes devices; 
 --fail-on-regression gives CI its exit code."""
 
 import json
+import shutil
 
 import pytest
 
@@ -55,6 +56,15 @@ def test_a_merged_run_merged_again_keeps_its_differing_facts_flat(tmp_path):
     environment = json.loads((tmp_path / "abc" / store.ENVIRONMENT).read_text())
     assert environment["hostname"] == ["a", "b", "c"]  # not [["a", "b"], "c"]
     assert [s["run"] for s in environment["merged_from"]] == [str(a), str(b), str(c)]
+
+
+def test_copies_of_one_merged_run_merged_again_list_its_sources_once(tmp_path):
+    a, b = (rows(tmp_path / host, hostname=host) for host in ("a", "b"))
+    merge.merge(tmp_path / "ab", [a, b])
+    shutil.copytree(tmp_path / "ab", tmp_path / "ab-copy")  # topped up apart, as a reference run is
+    merge.merge(tmp_path / "again", [tmp_path / "ab", tmp_path / "ab-copy"])
+    environment = json.loads((tmp_path / "again" / store.ENVIRONMENT).read_text())
+    assert [s["run"] for s in environment["merged_from"]] == [str(a), str(b)]
 
 
 def test_runs_split_by_experiment_merge_their_recipes_and_keep_a_real_difference_listed(tmp_path):
