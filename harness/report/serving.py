@@ -122,7 +122,7 @@ class Serving:
 # The columns an answer reads (the others are left behind: every filter copies what it keeps).
 COLUMNS = ("variant", "family", "exact", "status", "reason", "mode", "level", "dtype", "device",
            "device_name", "seq_len", "batch", "n_heads", "kv_heads", "head_dim", "latency_ms", "median_ci",
-           "noisy", "mem_peak_bytes", "decode_state_bytes_per_seq", "kv_cache_bytes", "state_bytes")
+           "noisy", "mem_peak_bytes", "decode_state_bytes_per_seq", "kv_cache_bytes", "state_bytes", "model")
 
 
 def rows_for(tp: pd.DataFrame, causal: bool, dtype: str | None) -> tuple[pd.DataFrame, str, str]:
