@@ -383,7 +383,8 @@ def gqa_memory_chart(points, colors=None):
     decode = decode.assign(kv=serving.kv_heads_of(decode), state=serving.state_per_sequence(decode))
     decode = decode[decode.state.notna() & decode.kv.notna()]
     panels = []
-    for (level, dtype, model), rows in decode.groupby(["level", "dtype", decode.model.fillna("")]):
+    model_of = decode.model.astype(object).where(decode.model.notna(), "")
+    for (level, dtype, model), rows in decode.groupby(["level", "dtype", model_of]):
         counts = rows.groupby("seq_len").kv.nunique()
         if (counts > 1).any():
             n = int(counts[counts > 1].index.max())
@@ -428,9 +429,9 @@ def serving_profile_chart(points, colors=None):
     the grid's shape (per layer). Causal rows, at the level and dtype `recommend` reads (serving.rows_for)."""
     if points.empty:
         return LeftOut("no throughput rows")
-    shapes = [m for m in points.model.dropna().unique()] or [None]
+    shapes = sorted(points.model.dropna().unique()) + ([None] if points.model.isna().any() else [])
     rows_of = {}
-    for model in sorted(shapes, key=str):
+    for model in shapes:
         own = points[points.model == model] if model else points[points.model.isna()]
         _, dtype, level = serving.rows_for(own, causal=True, dtype=None)  # the level and dtype it reads
         ok = own[(own.status == "ok") & own.causal & (own.dtype == dtype) & (own.level == level)
