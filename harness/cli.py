@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness import env, errors, plugins, registry, runner, store, validate
+from harness import env, errors, model_presets, plugins, registry, runner, store, validate
 from harness import estimate as plan_estimate
 from harness.cli_report import recommend, report
 from harness.errors import ArgumentError
@@ -104,6 +104,9 @@ def run(
     kv_heads: Annotated[list[int] | None, typer.Option(
         "--kv-heads", help="Throughput: grouped-query attention, k and v with this many heads (each must "
                            "divide n_heads; repeat for several; 1 is multi-query)")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Throughput: the serving profile (prefill, decode, state per sequence) at a model "
+                        "preset's per-layer attention shape: " + ", ".join(model_presets.PRESETS))] = None,
     estimate: Annotated[bool, typer.Option(
         "--estimate", help="Run nothing: print the plan's (or the shard's) case count and estimated time, "
                            "in all and per family, compiling and autotuning included (a --device cuda plan "
@@ -118,6 +121,13 @@ def run(
         if find_max_n:
             fail("--find-max-n takes no --kv-heads (it probes the forward kernel at n_heads)")
         learned["kv_heads"] = validate.unique(kv_heads)  # a plan option of the throughput suite
+    if model is not None:
+        try:
+            learned["model"] = model_presets.preset(model).name  # a plan option of the throughput suite
+        except ValueError as e:
+            fail(str(e))
+        if find_max_n:
+            fail("--find-max-n takes no --model (it probes the forward kernel at 16 heads of 64)")
     shape = {k: v for k, v in dict(mode=mode, level=level, kind=kind).items() if v}
     if find_max_n:
         if estimate:
@@ -259,8 +269,8 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
     if fresh and out.is_dir() and any(out.iterdir()) and not store.is_run_dir(out):
         fail(f"--fresh: {out} is not a run directory (no records/ or environment.json); it is left alone")
     for name in sorted(set(learned) - set(chosen.options)):
-        if name == "kv_heads":
-            fail(f"--kv-heads applies to the throughput suite, not to {suite}")
+        if name in ("kv_heads", "model"):
+            fail(f"--{name.replace('_', '-')} applies to the throughput suite, not to {suite}")
         option = {"seeds": "--seeds", "findings": "--finding", "criterion": "--criterion"}[name]
         fail(f"{option} applies to the learned-task suites (accuracy, long-range), not to {suite}")
     try:

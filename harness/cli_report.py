@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from harness import dtypes, errors, validate
+from harness import dtypes, errors, model_presets, validate
 from harness.errors import ArgumentError
 
 
@@ -75,8 +75,13 @@ def recommend(
     tokens_per_s_per_user: Annotated[float | None, typer.Option(
         help="Decode rate each user needs (tokens/s)")] = None,
     kv_heads: Annotated[int | None, typer.Option(
-        help="KV heads of the product's attention (scales the KV cache from the rows' heads)")] = None,
-    layers: Annotated[int, typer.Option(help="Attention layers: per-layer time and state x this")] = 1,
+        help="KV heads of the product's attention (scales the KV cache from the rows' heads; default: "
+             "--model's)")] = None,
+    layers: Annotated[int | None, typer.Option(
+        help="Attention layers: per-layer time and state x this (default: --model's, else 1)")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="A model preset (" + ", ".join(model_presets.PRESETS) + "): the rows measured at its shape "
+             "(run --suite throughput --model), its layers and KV heads")] = None,
     latency_ms: Annotated[float | None, typer.Option(
         help="Latency limit of one forward+backward call (--mode train)")] = None,
     min_accuracy: Annotated[float | None, typer.Option(
@@ -112,7 +117,7 @@ def recommend(
                                   latency_ms=latency_ms, min_accuracy=min_accuracy, dtype=dtype,
                                   results=str(path), users=users, batch=batch, ttft_ms=ttft_ms,
                                   tokens_per_s_per_user=tokens_per_s_per_user, kv_heads=kv_heads,
-                                  layers=layers)
+                                  layers=layers, model=model)
     except ValueError as e:
         raise ArgumentError(str(e)) from None
     try:

@@ -22,7 +22,7 @@ from harness import env, memory, registry, runner, store, timing
 from harness.context import RunContext
 from suites.grids import THROUGHPUT_GRIDS
 from suites.throughput.measuring import cap_mb
-from suites.throughput.planning import Case, checked_dtypes
+from suites.throughput.planning import Case, checked_dtypes, predicted_buffer_bytes
 from suites.throughput.workloads import build_workload, check_level
 
 DEFAULT_FRONTIER_TIME_CAP_S = 120.0
@@ -56,17 +56,14 @@ RUNTIME_BYTES = 64 * memory.MIB  # code and buffers a first call maps (oneDNN, t
 
 
 def predicted_peak_bytes(case: Case) -> int | None:
-    """Arithmetic memory model of one kernel-level forward call: the bytes its live buffers peak at, plus
-    the runtime a first call maps. The buffers are the variant's to model, on the code path that runs on
-    the case's device (its `peak_bytes` hook; harness.costs states the default for a variant that declares
-    none); the models are checked against the measured peak resident memory in tests/test_throughput.py.
-    None for other levels and modes, and for code paths with no model (measured, not predicted).
+    """Arithmetic memory model of one kernel-level forward call's resident peak: the bytes its live
+    buffers peak at (suites.throughput.planning.predicted_buffer_bytes: the variant's model of the code
+    path that runs on the case's device), plus the runtime a first call maps; checked against the
+    measured peak resident memory in tests/test_throughput.py. None for other levels and modes, and for
+    code paths with no model (measured, not predicted).
     """
-    if case.level != "kernel" or case.mode != "fwd":
-        return None
-    peak = registry.get(case.variant).predicted_peak_bytes(
-        case.device, case.torch_dtype, case.batch, case.n_heads, case.seq_len, case.head_dim, case.params)
-    return None if peak is None else int(peak + RUNTIME_BYTES)
+    buffers = predicted_buffer_bytes(case)
+    return None if buffers is None else int(buffers + RUNTIME_BYTES)
 
 
 FRONTIER_HEADS, FRONTIER_HEAD_DIM = 16, 64

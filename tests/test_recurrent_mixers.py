@@ -4,7 +4,7 @@ budget of the learned tasks, train in half precision, and declare the registry f
 import pytest
 import torch
 
-from harness import registry
+from harness import memory, registry
 from suites import model as lm
 from tests.conftest import TOLERANCE
 
@@ -35,13 +35,20 @@ def test_prefill_then_step_equals_forward(name, prompt):
 
 @pytest.mark.parametrize("name", RECURRENT)
 def test_decode_state_has_a_constant_size(name):
+    """The state's shapes and the bytes it holds (every storage its tensors keep alive, as the throughput
+    suite's decode rows count them) are the same after any context: a conv state sliced out of the padded
+    sequence had the right shape but kept the whole sequence's storage (N x channels)."""
     mixer = _mixer(name)
-    sizes = []
+    sizes, held = [], []
     with torch.no_grad():
-        for n in (1, 9, 40):
+        for n in (1, 9, 40, 400):
             _, state = mixer.prefill(torch.randn(1, n, 32))
             sizes.append([t.shape for t in (*state.convs, state.core)])
-    assert sizes[0] == sizes[1] == sizes[2]
+            held.append(memory.tensor_bytes(state))
+            _, state = mixer.step(torch.randn(1, 1, 32), state)
+            held.append(memory.tensor_bytes(state))
+    assert all(s == sizes[0] for s in sizes)
+    assert held == [held[0]] * len(held), held
 
 
 @pytest.mark.parametrize("name", RECURRENT)

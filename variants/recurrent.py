@@ -113,7 +113,8 @@ class ShortConv(nn.Conv1d):
     """Depthwise causal convolution over the sequence, then SiLU: (batch, seq, channels) -> same.
 
     An nn.Conv1d, so its state_dict keys are the libraries' (`conv1d.weight`, `q_conv1d.weight`). The
-    decode state is the last kernel_size - 1 inputs (zero-padded for a shorter context)."""
+    decode state is the last kernel_size - 1 inputs (zero-padded for a shorter context), copied out of the
+    sequence: a slice would keep the whole (batch, channels, N) input alive for as long as the state."""
 
     def __init__(self, channels: int, kernel_size: int = 4, bias: bool = False, **factory):
         super().__init__(channels, channels, kernel_size, groups=channels, bias=bias, padding=kernel_size - 1,
@@ -125,7 +126,7 @@ class ShortConv(nn.Conv1d):
         x = x.transpose(1, 2)
         length, width = x.shape[-1], self.kernel_size[0] - 1
         history = F.pad(x, (width, 0)) if state is None else torch.cat([state.to(x.dtype), x], dim=-1)
-        new_state = history[..., history.shape[-1] - width:]
+        new_state = history[..., history.shape[-1] - width:].clone()
         if length == 0:
             return x.transpose(1, 2), new_state
         y = F.silu(F.conv1d(history, self.weight, self.bias, groups=self.groups))

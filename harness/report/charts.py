@@ -1,22 +1,26 @@
 """Charts of a results set. Each function returns a matplotlib Figure, or None when the data has nothing
-to draw, so that tests can inspect what was drawn and the report can skip what is missing.
+to draw, so that tests can inspect what was drawn and the report can skip what is missing; a chart the
+report promises (the GQA memory and serving profile charts) returns `LeftOut(reason)` instead, and the
+report prints the reason where the chart would be.
 
 Figures are built on `matplotlib.figure.Figure` (Agg canvas, no pyplot state) and drawn with seaborn.
 Artists carry gids that say what they are: `series:<name>` for a data line, `oom:<name>` for the
 lengths where a series ran out of memory, `max-n:<name>` for its largest feasible length,
 `noisy:<name>` for its points whose median's interval stayed wider than +-2%, `device-memory`,
-`pareto-front`.
+`pareto-front`, `predicted:<name>` for a series' memory model beside its measured peak.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
+
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -36,7 +40,7 @@ from matplotlib.transforms import Bbox  # noqa: E402
 
 from harness import store  # noqa: E402
 from harness.report import colors as colors_  # noqa: E402
-from harness.report import data  # noqa: E402
+from harness.report import data, serving  # noqa: E402
 from harness.report.analysis import Pareto  # noqa: E402
 
 PANEL_SIZE = (4.2, 3.1)  # inches per facet
@@ -169,12 +173,13 @@ def _panels(frame: pd.DataFrame) -> list[tuple[str, str]]:
 def metric_vs_length(points: pd.DataFrame, metric: str, ylabel: str, title: str, scale: float = 1.0,
                      log_y: bool = True, largest: dict | None = None, band: tuple[str, str] | None = None,
                      decorate=None, colors: dict | None = None, engineering: bool = False,
-                     timed: bool = False):
+                     timed: bool = False, markers: dict | None = None):
     """One panel per configuration, one line per series; lengths that ran out of memory marked with X.
 
     `largest` maps (config, series) to the largest feasible N (analysis.largest_feasible): a star marks
     it. `decorate(ax, panel_points)`, when given, adds what a chart draws beside its lines. `timed`: the
-    metric comes from the latency, so noisy points are ringed.
+    metric comes from the latency, so noisy points are ringed. `markers`: legend entries (label -> marker)
+    of what `decorate` draws.
     """
     drawable = points[(points.status == "ok") & points[metric].notna()]
     if drawable.empty:
@@ -216,7 +221,7 @@ def metric_vs_length(points: pd.DataFrame, metric: str, ylabel: str, title: str,
             ax.set_ylabel(ylabel)
             if decorate is not None:
                 decorate(ax, panel)
-        markers = {"out of memory": "X"} if any_oom else {}
+        markers = {**({"out of memory": "X"} if any_oom else {}), **(markers or {})}
         if any_star:
             markers["largest feasible N"] = "*"
         if timed and "noisy" in drawable and (drawable.noisy > 0).any():
@@ -293,17 +298,45 @@ def latency_chart(points, colors=None, largest: pd.DataFrame | None = None):
                             timed=True)
 
 
+PREDICTED_LABEL = "predicted (memory model)"
+PREDICTED_MARKER = "x"
+
+
 def memory_chart(points, colors=None):
-    def device_memory(ax, panel):
+    """Measured peak memory per series; beside it, where the rows carry one (`mem_predicted_bytes`:
+    kernel-level forward rows), the memory model's prediction as a thin dotted line of x marks in the
+    series' colour (gid `predicted:<series>`). Left out (LeftOut) when no row has a measured peak: a
+    prediction alone is not drawn as if it were the measurement."""
+    if points.empty or not ((points.status == "ok") & points.mem_peak_bytes.notna()).any():
+        return LeftOut("no row holds a measured peak the method can vouch for (a CPU row's mem_reason says "
+                       "why); the memory model's predictions are not drawn without it")
+    palette_ = _colors_for(points, colors)
+    predicted_any = "mem_predicted_bytes" in points and bool(
+        ((points.status == "ok") & points.mem_predicted_bytes.notna()).any())
+
+    def decorate(ax, panel):
         total = panel.device_mem_total_bytes.median() / data.GIB
         if np.isfinite(total):
             ax.axhline(total, color="0.25", linestyle="--", linewidth=1.2, gid="device-memory")
             ax.annotate(f"device memory {total:.0f} GiB", (0.02, total), xycoords=ax.get_yaxis_transform(),
                         va="bottom", fontsize="small", color="0.25")
+        if predicted_any:
+            _draw_predicted(ax, panel, palette_)
 
-    return metric_vs_length(points, "mem_peak_bytes", "peak memory (GiB)",
-                            "Peak memory vs sequence length", scale=1 / data.GIB, decorate=device_memory,
-                            colors=colors)
+    title = "Peak memory vs sequence length" + (": measured and predicted" if predicted_any else "")
+    return metric_vs_length(points, "mem_peak_bytes", "peak memory (GiB)", title, scale=1 / data.GIB,
+                            decorate=decorate, colors=palette_,
+                            markers={PREDICTED_LABEL: PREDICTED_MARKER} if predicted_any else None)
+
+
+def _draw_predicted(ax, panel, colors) -> None:
+    """Each series' predicted peak in its panel, where its ok rows carry one."""
+    rows = panel[(panel.status == "ok") & panel.mem_predicted_bytes.notna()]
+    for series, line in rows.groupby("series", sort=True):
+        line = line.sort_values("seq_len")
+        ax.plot(line.seq_len, line.mem_predicted_bytes.to_numpy(float) / data.GIB, color=colors[series],
+                linestyle=":", linewidth=1.0, marker=PREDICTED_MARKER, markersize=6,
+                gid=f"predicted:{series}")
 
 
 def tflops_chart(points, colors=None):
@@ -330,6 +363,127 @@ def decode_state_chart(points, colors=None):
     decode = points[points["mode"] == "decode"]
     return metric_vs_length(decode, "decode_state_bytes_per_seq", "state per sequence (bytes)",
                             "Decode state per sequence vs context length", colors=colors, engineering=True)
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A promised chart the rows cannot draw, and why (the report prints the reason in its place)."""
+
+    reason: str
+
+
+def gqa_memory_chart(points, colors=None):
+    """Decode state per sequence (the KV cache, or a recurrent state) against the KV heads, one line per
+    series in its family's colour, at the longest context each level decoded at more than one KV head
+    count (kv_heads null: the row's n_heads). A series measured at one KV head count (a mixer with no KV
+    heads) is a single point."""
+    decode = points[(points["mode"] == "decode") & (points.status == "ok")] if not points.empty else points
+    if decode.empty:
+        return LeftOut("no decode rows: run `attnbench run --suite throughput --kv-heads 1 --kv-heads 4`")
+    decode = decode.assign(kv=serving.kv_heads_of(decode), state=serving.state_per_sequence(decode))
+    decode = decode[decode.state.notna() & decode.kv.notna()]
+    panels = []
+    model_of = decode.model.astype(object).where(decode.model.notna(), "")
+    for (level, dtype, model), rows in decode.groupby(["level", "dtype", model_of]):
+        counts = rows.groupby("seq_len").kv.nunique()
+        if (counts > 1).any():
+            n = int(counts[counts > 1].index.max())
+            panels.append((f"{level} level, {dtype}" + (f", model {model}" if model else ""), n,
+                           rows[rows.seq_len == n]))
+    if not panels:
+        return LeftOut("no decode rows at more than one KV head count: run `attnbench run --suite throughput "
+                       "--mode decode --kv-heads 1 --kv-heads 4` (each must divide n_heads)")
+    colors = _colors_for(decode, colors)
+    with _style():
+        fig, axes = _grid([(row, f"decode state at N = {length_label(n)}") for row, n, _ in panels],
+                          "Decode state per sequence vs KV heads")
+        drawn: set[str] = set()
+        for (_, _, rows), ax in zip(panels, axes.values(), strict=True):
+            for series, line in rows.groupby("series", sort=True):
+                line = line.groupby("kv").state.median().sort_index()
+                ax.plot(line.index, line.to_numpy(float), color=colors[series], marker="o", markersize=5,
+                        linestyle=colors.linestyle.get(series, "-"), gid=f"series:{series}")
+                drawn.add(series)
+            ax.set_xscale("log", base=2)
+            ticks = sorted(set(rows.kv.astype(int)))
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set_xlabel("KV heads")
+            _log_scale(ax, "y", engineering=True)
+            ax.set_ylabel("state per sequence (bytes)")
+        _legend(fig, colors, drawn, {})
+    return fig
+
+
+SERVING_PANELS = (("ttft_ms", "time to first token (ms)"),
+                  ("tokens_per_s_per_user", "decode tokens/s per user"),
+                  ("state_bytes", "memory per sequence (bytes)"))
+
+
+def serving_profile_chart(points, colors=None):
+    """The serving profile at the contexts measured, per series in its family's colour: time to first
+    token (a prompt's forward: latency / batch), decode tokens/s per user (1000 / one sequence's step
+    time: latency / batch) and the decode state per sequence, each one layer's figure x the model's
+    layers (`model_layers`) for a model preset's rows. One row of panels per model preset measured, else
+    the grid's shape (per layer). Causal rows, at the level and dtype `recommend` reads (serving.rows_for)."""
+    if points.empty:
+        return LeftOut("no throughput rows")
+    shapes = sorted(points.model.dropna().unique()) + ([None] if points.model.isna().any() else [])
+    rows_of = {}
+    for model in shapes:
+        own = points[points.model == model] if model else points[points.model.isna()]
+        _, dtype, level = serving.rows_for(own, causal=True, dtype=None)  # the level and dtype it reads
+        ok = own[(own.status == "ok") & own.causal & (own.dtype == dtype) & (own.level == level)
+                 & own["mode"].isin(("fwd", "decode"))]
+        if (ok["mode"] == "fwd").any() and (ok["mode"] == "decode").any():
+            rows_of[model] = (_serving_figures(ok), dtype, level)
+    if not rows_of:
+        return LeftOut("no causal forward and decode rows at one level and dtype: run `attnbench run --suite "
+                       "throughput --mode fwd --mode decode` (or --model 1b for a model's shape)")
+    figures = pd.concat([f for f, _, _ in rows_of.values()], ignore_index=True)
+    colors = _colors_for(figures, colors)
+    labels = {}
+    for model, (frame, dtype, level) in rows_of.items():
+        layers, heads = frame.layers.iloc[0], int(frame.n_heads.iloc[0])
+        shape = f"{heads} head{'s' * (heads != 1)} x {int(frame.head_dim.iloc[0])}"
+        labels[model] = (f"model {model}: {shape}, x {layers:g} layers" if model else
+                         f"one layer of {shape}") + f"\n{level} level, {dtype}"
+    # a panel for each figure the rows give (decode rows without a state's bytes give no memory panel)
+    panels = [(labels[m], title) for m, (frame, _, _) in rows_of.items() for column, title in SERVING_PANELS
+              if frame[column].notna().any()]
+    with _style():
+        fig, axes = _grid(panels, "Serving profile: prefill, decode and memory per sequence")
+        drawn: set[str] = set()
+        for model, (frame, _, _) in rows_of.items():
+            for column, title in SERVING_PANELS:
+                ax = axes.get((labels[model], title))
+                if ax is None:
+                    continue
+                for series, line in frame[frame[column].notna()].groupby("series", sort=True):
+                    line = line.groupby("seq_len")[column].median().sort_index()
+                    ax.plot(line.index, line.to_numpy(float), color=colors[series], marker="o", markersize=5,
+                            linestyle=colors.linestyle.get(series, "-"), gid=f"series:{series}:{column}")
+                    drawn.add(series)
+                _length_axis(ax, frame.seq_len[frame[column].notna()])
+                ax.set_xlabel("context N")
+                _log_scale(ax, "y", engineering=column != "ttft_ms")
+                ax.set_ylabel(title)
+        _legend(fig, colors, drawn, {})
+    return fig
+
+
+def _serving_figures(ok: pd.DataFrame) -> pd.DataFrame:
+    """Per row of `ok` (forward and decode rows): the serving figure it gives, x the model's layers."""
+    layers = (pd.to_numeric(ok["model_layers"], errors="coerce").fillna(1) if "model_layers" in ok
+              else pd.Series(1.0, index=ok.index))
+    per_seq = pd.to_numeric(ok.latency_ms, errors="coerce") / ok.batch.fillna(1).clip(lower=1) * layers
+    forward, decode = ok["mode"] == "fwd", ok["mode"] == "decode"
+    return pd.DataFrame({"series": ok.series, "family": ok.family, "seq_len": ok.seq_len,
+                         "n_heads": ok.n_heads, "head_dim": ok.head_dim, "layers": layers,
+                         "ttft_ms": per_seq.where(forward),
+                         "tokens_per_s_per_user": (1e3 / per_seq).where(decode),
+                         "state_bytes": (serving.state_per_sequence(ok) * layers).where(decode)})
 
 
 def energy_chart(points, colors=None):

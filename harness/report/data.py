@@ -23,15 +23,16 @@ FAILURE_ORDER = ("oom", "skipped", "timeout", "nonfinite", "error", "unsupported
 
 # A throughput configuration: everything but the variant and the length. Two rows that agree on these
 # belong on the same axes.
-# kv_heads (grouped-query attention): null (n_heads) in every row but a --kv-heads plan's.
+# kv_heads (grouped-query attention): null (n_heads) in every row but a --kv-heads plan's; model: null in
+# every row but a --model plan's (the preset whose per-layer shape it measured; its layers: model_layers).
 CONFIG_KEYS = ("device_name", "mode", "level", "dtype", "causal", "head_dim", "n_heads", "kv_heads",
-               "total_tokens")
+               "total_tokens", "model")
 THROUGHPUT_METRICS = (
     "batch", "latency_ms", "latency_ms_p20", "latency_ms_p80", "tokens_per_s", "flops", "tflops",
     "pct_of_peak", "peak_matmul_tflops", "mem_alloc_peak_bytes", "mem_reserved_peak_bytes",
     "device_mem_total_bytes", "power_w_mean", "energy_j_per_token", "rounds", "spread_iqr", "median_ci",
     "noisy", "mem_rss_peak_bytes", "mem_peak_bytes", "decode_state_bytes", "decode_state_bytes_per_seq",
-    "mem_tracked_peak_bytes", "kv_cache_bytes", "state_bytes",
+    "mem_tracked_peak_bytes", "kv_cache_bytes", "state_bytes", "mem_predicted_bytes", "model_layers",
 )
 FIDELITY_COLUMNS = ("device_name", "variant", "level", "mode", "dtype", "seq_len", "batch", "latency_ms",
                     "reference_latency_ms", "fidelity_ratio", "reference_timer", "rounds", "threads")
@@ -188,6 +189,8 @@ def _describe(row, varying: set[str], with_mode: bool, with_device: bool) -> str
         parts.append(f"{row.kv_heads:g} KV heads" if row.kv_heads == row.kv_heads else "all heads KV")
     if "total_tokens" in varying:
         parts.append(f"{row.total_tokens:g} tokens")
+    if "model" in varying:
+        parts.append(f"model {row.model}" if isinstance(row.model, str) else "no model")
     return ", ".join(parts)
 
 

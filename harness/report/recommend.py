@@ -5,6 +5,11 @@ Every variant in the results is either ranked (fastest first) or eliminated with
 - To serve (`mode="infer"`), the question is a product's (harness.report.serving): a context, users or a
   batch, memory, time to first token, tokens/s per user, KV heads. Each figure is measured at the context
   or extrapolated along N (the answer names the lengths and the exponent's interval).
+- A model preset (`model`: harness.model_presets) answers at that model's shape: the rows measured at its
+  per-layer attention (`attnbench run --suite throughput --model NAME`), its layers and KV heads (an
+  explicit `layers` or `kv_heads` overrides them). Every figure that is one layer's measurement times the
+  layers is stated so in the answer. Without a preset, rows of a preset's shape are not mixed with the
+  grid's.
 - To train, the figures are forward+backward at the requested length, as measured there.
 
 Accuracy is compared on equal terms (harness.report.equal_terms): per task over the conditions every
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from harness import model_presets
 from harness.report import data, equal_terms, serving
 from harness.report.equal_terms import EqualTerms
 from harness.report.serving import Product, Serving
@@ -28,6 +34,7 @@ MODES = {"train": ("fwd_bwd",), "infer": ("fwd", "decode")}
 # The columns a recommendation reads (data.Results.load(..., columns=COLUMNS)); the store adds the
 # ones every row has (suite, variant, device, dtype, status, ...).
 COLUMNS = (*data.THROUGHPUT_COLUMNS, "kind", "reason", "profile", "kv_heads", "kv_cache_bytes", "state_bytes",
+           "model", "model_layers",
            *data.LEARNED_COLUMNS, *data.TRAINING_KEYS, *equal_terms.CONDITION_KEYS, "task_params",
            "example_accuracy", "training_id", "valid_accuracy", "lr_used", "train_seq_len", "exact")
 
@@ -50,24 +57,57 @@ class Request:
     batch: int | None = None
     ttft_ms: float | None = None
     tokens_per_s_per_user: float | None = None
-    kv_heads: int | None = None
-    layers: int = 1
+    kv_heads: int | None = None  # None: the model's, else the rows'
+    layers: int | None = None  # None: the model's, else 1 (the answer is per layer)
+    model: str | None = None  # a preset name (harness.model_presets)
 
     def __post_init__(self):
         if self.users is not None and self.batch is not None:
             raise ValueError("give --users or --batch, not both (each is the number of sequences served "
                              "at once)")
+        if self.model is not None:
+            model_presets.preset(self.model)  # ValueError naming the presets
         serving_only = {"--users": self.users, "--batch": self.batch, "--ttft-ms": self.ttft_ms,
-                        "--tokens-per-s-per-user": self.tokens_per_s_per_user, "--kv-heads": self.kv_heads}
+                        "--tokens-per-s-per-user": self.tokens_per_s_per_user, "--kv-heads": self.kv_heads,
+                        "--model": self.model}
         given = [name for name, value in serving_only.items() if value is not None]
         if self.mode == "train" and given:
             raise ValueError(f"{given[0]} is a serving figure: drop --mode train")
         if self.mode == "infer" and self.latency_ms is not None:
             raise ValueError("--latency-ms limits one training call (--mode train); to serve, use --ttft-ms")
 
+    @property
+    def shape(self) -> model_presets.ModelShape | None:
+        return None if self.model is None else model_presets.preset(self.model)
+
+    @property
+    def n_layers(self) -> int:
+        """The layers the per-layer figures are multiplied by: --layers, else the model's, else 1."""
+        return self.layers or (self.shape.n_layers if self.shape else 1)
+
+    @property
+    def n_kv_heads(self) -> int | None:
+        """The KV heads the states are read at: --kv-heads, else the model's, else the rows' (None)."""
+        return self.kv_heads or (self.shape.kv_heads if self.shape else None)
+
     def product(self) -> Product:
         return Product(self.seq_len, self.users, self.batch, self.memory_gb, self.ttft_ms,
-                       self.tokens_per_s_per_user, self.kv_heads, self.layers)
+                       self.tokens_per_s_per_user, self.n_kv_heads, self.n_layers, self.model)
+
+    def layers_statement(self) -> str | None:
+        """Which figures are one layer's measurement x the layers, and where the layers come from."""
+        if self.n_layers == 1:
+            return None
+        if self.layers:
+            overridden = self.shape is not None and self.shape.n_layers != self.layers
+            origin = f"--layers {self.layers}" + (f", over model {self.model}'s {self.shape.n_layers}"
+                                                   if overridden else "")
+        else:
+            origin = f"model {self.shape.describe()}"
+        return (f"TTFT, decode time per token (so tokens/s per user) and state per sequence are one "
+                f"attention layer's measured figure x {self.n_layers} layers ({origin}); users that fit "
+                f"divide the memory by that {self.n_layers}-layer state; the model's MLPs, embeddings "
+                f"and weights are not counted")
 
     def constraints(self) -> list[str]:
         if self.mode == "infer":
@@ -157,6 +197,7 @@ def _one_device(tp: pd.DataFrame, request: Request) -> None:
 # --- serving: a product's question ------------------------------------------------------------------------
 
 def _serve(rows: pd.DataFrame, tp: pd.DataFrame, request: Request) -> Recommendation:
+    tp = model_rows(tp, request)
     chosen, dtype, level = serving.rows_for(tp, request.causal, request.dtype)
     forward = chosen[chosen["mode"] == "fwd"] if not chosen.empty else chosen
     what = f"forward {'causal' if request.causal else 'non-causal'}"
@@ -188,16 +229,41 @@ def _serve(rows: pd.DataFrame, tp: pd.DataFrame, request: Request) -> Recommenda
     for variant in [v for v in passing if v not in rec.eliminated]:
         rec.ranked.append(_ranked(variant, rec.serving[variant], forward, rec.accuracy, request))
     rec.ranked.sort(key=lambda r: r.latency_ms)
+    statement = request.layers_statement()
+    rec.notes[:0] = [statement] if statement else []
     rec.notes += noise_notes(rec.ranked) + _serving_notes(forward, rec, product)
     return rec
 
 
+def model_rows(tp: pd.DataFrame, request: Request) -> pd.DataFrame:
+    """The throughput rows a serving answer reads: those measured at the request's model preset (none:
+    MissingData naming the run to make); without a preset, the rows of no preset, else those of the one
+    preset the run measured (several: ValueError, pass --model)."""
+    model = tp["model"] if "model" in tp else pd.Series(None, index=tp.index, dtype=object)
+    if request.model is not None:
+        name = request.shape.name
+        if not (model == name).any():
+            measured = sorted(set(model.dropna()))
+            also = f" (this run measured model {', '.join(measured)})" if measured else ""
+            raise MissingData(f"no throughput rows at model {name}'s shape{also}: run "
+                              f"`{_suggest('throughput', request, f' --model {name}')}`")
+        return tp[model == name]
+    if model.isna().any():
+        return tp[model.isna()]
+    presets = sorted(set(model.dropna()))
+    if len(presets) > 1:
+        raise ValueError(f"rows of several model presets ({', '.join(presets)}): pass --model")
+    return tp
+
+
 def _setting(forward: pd.DataFrame, dtype: str, level: str, request: Request) -> str:
     heads, head_dim = (int(forward[c].median()) for c in ("n_heads", "head_dim"))
-    layers = f" x {request.layers} layers" if request.layers > 1 else ""
+    layers = f" x {request.n_layers} layers" if request.n_layers > 1 else ""
+    presets = sorted(set(forward["model"].dropna())) if "model" in forward else []
+    model = f" (model {presets[0]})" if len(presets) == 1 else ""
     return (f"context N = {request.seq_len}, {'causal' if request.causal else 'non-causal'}, {dtype}, "
-            f"{level} level, per attention layer of {heads} head{'s' * (heads != 1)} x {head_dim}{layers}, "
-            f"on {data.short_device(forward.device_name.iloc[0])}")
+            f"{level} level, per attention layer of {heads} head{'s' * (heads != 1)} x {head_dim}{model}"
+            f"{layers}, on {data.short_device(forward.device_name.iloc[0])}")
 
 
 def _failure(own: pd.DataFrame, request: Request, where: str) -> str:

@@ -21,7 +21,8 @@ CHART_PARTS = {"latency": ("throughput",), "memory": ("throughput",), "tflops": 
                "tokens": ("throughput",), "energy": ("throughput",), "exactness": ("exactness",),
                "approximation": ("exactness",),
                "accuracy": ("learned",), "long_range": ("learned",), "passkey": ("learned",),
-               "pareto": ("throughput", "learned"), "ratio": ("throughput",), "decode_state": ("throughput",)}
+               "pareto": ("throughput", "learned"), "ratio": ("throughput",), "decode_state": ("throughput",),
+               "gqa_memory": ("throughput",), "serving_profile": ("throughput",)}
 CAPTIONS = {
     "latency": "Median latency of one call (batch x N tokens) per variant, log-log; shaded: 20th-80th "
                "percentile; X at the top of a panel: out of memory at that N; star: the largest N that ran "
@@ -29,7 +30,8 @@ CAPTIONS = {
                "median's 95% interval stayed wider than +-2%).",
     "memory": "Peak memory of one call, inputs included: the bytes torch's allocator held at the peak (CUDA: "
               "its statistics; CPU: every allocation traced, not MKL's or oneDNN's own buffers); dashed: the "
-              "device's memory.",
+              "device's memory; dotted with x marks, where the rows carry it: the memory model's prediction "
+              "of the same call's buffers (the variant's peak_bytes model, kernel-level forward rows).",
     "tflops": "Achieved TFLOP/s, for softmax kernels only (FLOPs of the visible query-key pairs; backward "
               "2.5x forward); right axis: percent of the matmul peak measured on the same device in the "
               "panel's precision.",
@@ -54,6 +56,13 @@ CAPTIONS = {
                     "attention families (grows with N), the recurrent state of linear, performer and mamba "
                     "(constant); measured by walking the state's tensors after prefill. The attention "
                     "families share one line: the same KV cache.",
+    "gqa_memory": "Decode state one sequence holds against the KV heads (grouped-query attention), at the "
+                  "longest context decoded at several KV head counts: the KV cache shrinks with the KV "
+                  "heads, a recurrent state with its groups; a mixer with no KV heads is one point.",
+    "serving_profile": "Per variant at each context measured, causal: time to first token (one prompt's "
+                       "forward), decode tokens/s per user (1000 / one sequence's decode step) and the "
+                       "decode state per sequence; a model preset's rows (`run --model`) are one layer's "
+                       "measurement x its layers, as the panel says; other rows are one layer.",
 }
 
 
@@ -65,6 +74,7 @@ class Report:
     findings: Findings
     comparison: Comparison | None
     correctness: Correctness | None = None
+    left_out: dict[str, str] | None = None  # chart name -> why the rows cannot draw it
 
 
 def build(paths: list[str | Path], out: str | Path | None = None, baseline: str | Path | None = None,
@@ -91,14 +101,15 @@ def build(paths: list[str | Path], out: str | Path | None = None, baseline: str 
     if comparison is not None and comparison.changes.empty:
         raise ValueError(f"--compare {baseline} shares no measured case with {', '.join(map(str, paths))} "
                          f"(same suite, configuration and status ok in both): nothing to compare")
-    drawn = draw(findings, comparison, out)
+    drawn, left_out = draw(findings, comparison, out)
     published = verdicts.load(results.environments)  # the suites' verdicts on the published findings
     for stale in (out / CHARTS_DIR).glob("finding-*"):
         stale.unlink()
     evidence = verdicts.draw(published, out / CHARTS_DIR)
-    sections = html_sections(results, findings, drawn, comparison, before, paths)
+    sections = html_sections(results, findings, drawn, comparison, before, paths, left_out)
     sections.insert(2, ("findings", "Published findings", verdicts.html_section(published, evidence)))
-    sections.insert(3, ("serving", "Serving", recommend_section.html_section(results.rows)))
+    sections.insert(3, ("serving", "Serving", figures_or_reasons(drawn, left_out, "serving_profile")
+                        + recommend_section.html_section(results.rows)))
     correctness = Correctness.of(results)
     sections[:0] = front(correctness, decision.html_section(findings, results.rows))
     subtitle = (f"{', '.join(map(str, paths))}; generated "
@@ -107,7 +118,7 @@ def build(paths: list[str | Path], out: str | Path | None = None, baseline: str 
                                                      banner=smoke_banner(findings)))
     summary = markdown.summary(results, findings, comparison, page, published, correctness)
     md = html.write(out / "summary.md", summary)
-    return Report(page, md, list(drawn.values()), findings, comparison, correctness)
+    return Report(page, md, list(drawn.values()), findings, comparison, correctness, left_out)
 
 
 def front(correctness: Correctness, choice: str) -> list[tuple[str, str, str]]:
@@ -123,8 +134,10 @@ def smoke_banner(findings: Findings) -> str:
     return f'<p class="smoke"><strong>{html.esc(text)}</strong></p>' if text else ""
 
 
-def draw(findings: Findings, comparison: Comparison | None, out: Path) -> dict[str, Chart]:
-    """Every chart the data allows, saved as PNG and SVG under out/charts."""
+def draw(findings: Findings, comparison: Comparison | None,
+         out: Path) -> tuple[dict[str, Chart], dict[str, str]]:
+    """Every chart the data allows, saved as SVG under out/charts; and the promised charts the data does not
+    allow, each with why (charts.LeftOut)."""
     colors = charts.palette(findings.families())
     pts, best, exact = findings.points, findings.best, findings.exactness
     figures = {
@@ -134,6 +147,8 @@ def draw(findings: Findings, comparison: Comparison | None, out: Path) -> dict[s
         "tokens": ("Tokens per second", charts.tokens_chart(pts, colors)),
         "energy": ("Energy per token", charts.energy_chart(pts, colors)),
         "decode_state": ("Decode state per sequence", charts.decode_state_chart(pts, colors)),
+        "gqa_memory": ("Decode state vs KV heads", charts.gqa_memory_chart(pts, colors)),
+        "serving_profile": ("Serving profile", charts.serving_profile_chart(pts, colors)),
         "exactness": ("Implementation error", charts.exactness_chart(data.implementation_error(exact))),
         "approximation": ("Approximation error", charts.exactness_chart(
             data.approximation_error(exact), title="Approximation error against softmax attention")),
@@ -148,22 +163,31 @@ def draw(findings: Findings, comparison: Comparison | None, out: Path) -> dict[s
     for stale in CAPTIONS:  # charts of an earlier report into the same directory
         for suffix in (".png", ".svg"):  # PNGs too: reports before SVG alone wrote both
             (out / CHARTS_DIR / f"{stale}{suffix}").unlink(missing_ok=True)
-    drawn = {}
+    drawn, left_out = {}, {}
     for name, (title, fig) in figures.items():
-        if fig is not None:
+        if isinstance(fig, charts.LeftOut):
+            left_out[name] = f"{title}: left out, {fig.reason}"
+        elif fig is not None:
             charts.mark_smoke(fig, findings.smoke_for(*CHART_PARTS[name]))
             svg = charts.save(fig, out / CHARTS_DIR, name)
             drawn[name] = Chart(name, title, CAPTIONS[name], f"{CHARTS_DIR}/{svg.name}")
-    return drawn
+    return drawn, left_out
+
+
+def figures_or_reasons(drawn: dict[str, Chart], left_out: dict[str, str], *names: str) -> str:
+    """The named charts that were drawn; for each promised one that was not, the line saying why."""
+    return "".join(html.figure(drawn[n]) if n in drawn else html.missing(left_out[n]) if n in left_out else ""
+                   for n in names)
 
 
 def _run_suite(suite: str) -> str:
     return f"no {suite} results: run `attnbench run --suite {suite} --out RESULTS_DIR`"
 
 
-def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparison, before, paths):
+def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparison, before, paths,
+                  left_out: dict[str, str] | None = None):
     def figs(*names):
-        return "".join(html.figure(drawn[n]) for n in names if n in drawn)
+        return figures_or_reasons(drawn, left_out or {}, *names)
 
     sections = [("overview", "Overview", _overview(results, findings)),
                 ("environment", "Environment", _environment(results, before))]
@@ -171,7 +195,7 @@ def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparis
         sections.append(("throughput", "Throughput", html.missing(_run_suite("throughput"))))
     else:
         body = _conditions(results.rows) + figs("latency", "memory", "tflops", "tokens", "energy",
-                                                "decode_state")
+                                                "decode_state", "gqa_memory")
         body += _largest_html(findings.largest, findings.points)
         body += ("<h3>Scaling exponents</h3><p>k in time per sequence ~ N<sup>k</sup> (latency / batch: 2 "
                  "for quadratic attention, 1 for linear-time mixers), least squares on log-log over the "

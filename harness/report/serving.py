@@ -17,7 +17,8 @@ Figures, per sequence and per attention layer of the run's shape (its heads x he
   state for the others: `kv_cache_bytes` + `state_bytes` when the rows have them (GQA runs), else
   `decode_state_bytes_per_seq`; x layers; with --kv-heads, rows measured at those KV heads, else scaled
   by kv_heads / the rows' KV heads (a KV cache and a per-head state are linear in the heads; so is a
-  mixer's state in its width).
+  mixer's state in its width). Rows of a model preset's shape (`Product.model`) hold a mixer-only
+  family's state at the model's width: it has no KV heads and is not scaled.
 - prefill peak: one prompt's peak memory of one layer (forward rows' `mem_peak_bytes` / batch: torch's
   allocator peak on CUDA, its traced CPU allocator peak on a CPU), held once beside the users' states.
 
@@ -81,6 +82,7 @@ class Product:
     tokens_per_s_per_user: float | None = None
     kv_heads: int | None = None
     layers: int = 1
+    model: str | None = None  # a preset whose rows these are (harness.model_presets)
 
     @property
     def sequences(self) -> int:
@@ -120,7 +122,7 @@ class Serving:
 # The columns an answer reads (the others are left behind: every filter copies what it keeps).
 COLUMNS = ("variant", "family", "exact", "status", "reason", "mode", "level", "dtype", "device",
            "device_name", "seq_len", "batch", "n_heads", "kv_heads", "head_dim", "latency_ms", "median_ci",
-           "noisy", "mem_peak_bytes", "decode_state_bytes_per_seq", "kv_cache_bytes", "state_bytes")
+           "noisy", "mem_peak_bytes", "decode_state_bytes_per_seq", "kv_cache_bytes", "state_bytes", "model")
 
 
 def rows_for(tp: pd.DataFrame, causal: bool, dtype: str | None) -> tuple[pd.DataFrame, str, str]:
@@ -229,7 +231,8 @@ def serve(rows: pd.DataFrame, variant: str, family: str, product: Product) -> Se
     if answer.state_bytes is not None:
         answer.state_kind = _state_kind(decode)
         answer.state_bytes = answer.state_bytes.scaled(product.layers, layers)
-        answer.state_bytes = _scale_kv_heads(answer.state_bytes, decode, product.kv_heads)
+        if not (product.model and _without_kv_heads(decode)):
+            answer.state_bytes = _scale_kv_heads(answer.state_bytes, decode, product.kv_heads)
     answer.users_fit = users_fit(answer, product.memory_gb)
     answer.gaps = tuple(gaps)
     return answer
@@ -249,6 +252,16 @@ def _at_kv_heads(decode: pd.DataFrame, kv_heads: int) -> pd.DataFrame:
     """Rows measured at the requested KV heads when there are any, else all (scaled later)."""
     at = decode[kv_heads_of(decode) == kv_heads]
     return at if not at.empty else decode
+
+
+def _without_kv_heads(decode: pd.DataFrame) -> bool:
+    """Rows of a model preset's plan whose recurrent state has no KV heads: the plan gives every attention
+    case the model's KV heads and a mixer-only family none (suites.throughput.planning), so a recurrent
+    state with a null `kv_heads` there is a mixer's, at the model's width already: not scaled."""
+    kv = decode["kv_heads"] if "kv_heads" in decode else pd.Series(np.nan, index=decode.index)
+    cache = pd.to_numeric(decode["kv_cache_bytes"], errors="coerce") if "kv_cache_bytes" in decode else None
+    recurrent = cache is None or cache.isna().all()
+    return bool(kv.isna().all() and recurrent)
 
 
 def _scale_kv_heads(state: Figure, decode: pd.DataFrame, kv_heads: int | None) -> Figure:

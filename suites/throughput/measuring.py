@@ -4,7 +4,8 @@ Each row carries its noise: the spread of its rounds (IQR / median), the confide
 median, and `noisy` when re-measuring did not bring that interval within +-2% (harness.timing). Each is
 set against the measured matmul peak of its own precision (cached in the run directory). A `fidelity`
 case is timed side by side by our loop and an independent timer; the energy phase runs after the timed
-rounds, under NVML's counter.
+rounds, under NVML's counter. A kernel-level forward row carries the memory model's prediction of its peak
+(`mem_predicted_bytes`: suites.throughput.planning.predicted_buffer_bytes) beside the measured one.
 
 Both entry points time through `measure_case`, which returns the rounds (seconds) and the figures
 around them: `attnbench run --suite throughput` makes a row of them in `run_case`;
@@ -28,7 +29,7 @@ import torch
 from harness import compiling, env, flops, memory, runner, store, telemetry, timing
 from harness.context import RunContext
 from harness.registry import as_dtype
-from suites.throughput.planning import Case
+from suites.throughput.planning import Case, predicted_buffer_bytes
 from suites.throughput.workloads import Workload, build_workload, check_level
 
 PEAK_MATMUL_SIZE = {"cuda": 8192, "cpu": 2048}  # n of the n^3 matmul whose rate is the peak
@@ -171,7 +172,7 @@ def measure_case(case: Case, context: RunContext) -> tuple[list[float], dict[str
         "environment": env.describe(case.device),
         "tokens_per_call": work.tokens, "flops": work.flops, "peak_matmul_tflops": peak,
         "peak_precision": precision, "decode_state_bytes": work.state_bytes,
-        "decode_state_kind": work.state_kind,
+        "decode_state_kind": work.state_kind, "mem_predicted_bytes": predicted_buffer_bytes(case),
         **figures, "nvml_mem_used_bytes": used, "device_mem_total_bytes": total,
         **telemetry.summarize(sampler.samples, sampler.reasons),
         "first_call_ms": first_call_ms, "warmup_calls": warmup_calls, "l2_flush_bytes": flush.nbytes,
@@ -219,7 +220,7 @@ FIGURES = (
     "first_call_ms", "warmup_calls", "l2_flush_bytes", "timer", "threads", "cpu_governor", "extra_rounds",
     "noisy", "decode_state_bytes", "reference_latency_ms", "reference_timer", "case_wall_ms",
     "eager_fallback", "telemetry_reason", "others_cpu_share",
-    "mem_tracked_peak_bytes", "mem_reason",
+    "mem_tracked_peak_bytes", "mem_reason", "mem_predicted_bytes",
 )
 
 

@@ -12,6 +12,18 @@ suites.frontier). What each profile sweeps: suites.grids.
 Grouped-query attention: `kv_heads` (None: n_heads; `--kv-heads`, the plan option `kv_heads`) gives k and v
 that many heads, dividing n_heads. A plan with kv_heads repeats every case of the grid at each value; a
 value equal to a case's n_heads is that case itself (kv_heads None, the same id).
+
+A model preset (`model`: harness.model_presets; `--model`, the plan option `model`) measures the serving
+profile at that model's per-layer attention shape: its n_heads and head_dim (d_model / n_heads) replace
+the grid's, its kv_heads are the plan's (unless `kv_heads` names others; a mixer-only family has no KV
+heads and runs at n_heads of head_dim alone), and the grid's sweeps run their serving modes only (fwd:
+prefill; decode: a step at a context of N, with the state's bytes), causal. The rows carry the preset's
+name and its layers (`model_layers`), so that a reader can multiply the per-layer figures by them; no
+measurement is multiplied here. The fidelity cases stay at the grid's shape, and are not planned.
+
+The memory model of a case (`predicted_buffer_bytes`): the bytes one kernel-level forward call's buffers
+peak at, from its variant's `peak_bytes` hook (harness.costs), written on its row beside the measured
+peak (suites.throughput.measuring); suites.frontier adds the runtime a first call maps.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
-from harness import registry
+from harness import model_presets, registry
 from harness.attention import checked_kv_heads
 from harness.config import ADDED_LATER
 from harness.config import Case as BaseCase
@@ -35,6 +47,7 @@ from suites.grids import THROUGHPUT_GRIDS, Grid
 DEVICE_DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("bfloat16", "float16", "float32")}
 
 DENSE_MASK_BACKEND = "dense-masked-softmax"  # the backend name of a masked family's reference path
+SERVING_MODES = ("fwd", "decode")  # what a model preset's plan measures: prefill and a decode step
 
 
 def batch_for(total_tokens: int, seq_len: int) -> int:
@@ -60,6 +73,8 @@ class Case(BaseCase):
     remeasure_ms: NonNegativeFloat = 0.0  # extra time to re-measure a case whose rounds spread widely
     # Grouped-query attention: k and v's heads, dividing n_heads; None (and n_heads itself) is n_heads.
     kv_heads: Annotated[PositiveInt | None, ADDED_LATER] = None
+    # A model preset (harness.model_presets) whose per-layer attention shape this is; None: the grid's.
+    model: Annotated[str | None, ADDED_LATER] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -86,7 +101,17 @@ class Case(BaseCase):
         if self.mode == "decode" and not self.causal:
             raise ValueError("decode is causal: a new token attends to the context before it")
         checked_kv_heads(self.n_heads, self.kv_heads)
+        if self.model is not None:
+            shape = model_presets.preset(self.model)
+            if (self.n_heads, self.head_dim) != (shape.n_heads, shape.head_dim):
+                raise ValueError(f"model {self.model} has {shape.n_heads} heads of {shape.head_dim}, "
+                                 f"not {self.n_heads} of {self.head_dim}")
         return self
+
+    def flat(self) -> dict[str, Any]:
+        """The row's config columns; a model preset's case adds the preset's layers (`model_layers`)."""
+        layers = {} if self.model is None else {"model_layers": model_presets.preset(self.model).n_layers}
+        return {**super().flat(), **layers}
 
     @property
     def d_model(self) -> int:
@@ -125,6 +150,7 @@ class Case(BaseCase):
     def describe(self) -> str:
         shape = f"N={self.seq_len} B={self.batch} hd={self.head_dim} {self.dtype}"
         shape += f" kv={self.kv_heads}/{self.n_heads}" if self.grouped else ""
+        shape += f" model={self.model}" if self.model else ""
         kind = "" if self.kind == "sweep" else f" [{self.kind}]"
         return f"{self.variant} {self.level} {self.mode} {shape}" + ("" if self.causal else " full") + kind
 
@@ -133,6 +159,7 @@ class Case(BaseCase):
         mask = "causal" if self.causal else "full"
         shape = f"N{self.seq_len}-{self.dtype}-hd{self.head_dim}-{mask}"
         shape += f"-kv{self.kv_heads}" if self.grouped else ""
+        shape += f"-{self.model}" if self.model else ""
         kind = "" if self.kind == "sweep" else f"-{self.kind}"
         return f"{self.variant}-{self.level}-{self.mode}-{shape}{kind}"
 
@@ -175,13 +202,14 @@ def checked_dtypes(device: str, requested: Sequence[str] | None, default: Sequen
 
 def plan(profile: str, device: str, variants: Sequence[str] | None = None,
          seq_lens: Sequence[int] | None = None, dtypes: Sequence[str] | None = None,
-         kv_heads: Sequence[int] | None = None) -> list[Case]:
+         kv_heads: Sequence[int] | None = None, model: str | None = None) -> list[Case]:
     """Every case of a profile on a device, smallest N first within each group (for OOM and time-cap
     skipping), then the grid's fidelity cases.
 
     `dtypes` runs every sweep of the grid in those dtypes (a grid may sweep its second dtype sparser);
     `seq_lens` replaces every sweep's lengths; `kv_heads` plans every sweep case at each of those KV head
-    counts (each must divide every n_heads of the grid, else ValueError) instead of n_heads.
+    counts (each must divide every n_heads of the plan, else ValueError) instead of n_heads. `model` (a
+    preset name, else ValueError) plans the serving profile at that model's attention shape (module doc).
     """
     if (device, profile) not in THROUGHPUT_GRIDS:
         raise ValueError(f"no throughput profile {profile!r} on {device!r}; "
@@ -193,27 +221,31 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
     if seq_lens is not None and any(n <= 0 for n in seq_lens):
         raise ValueError(f"sequence lengths must be positive, got {min(seq_lens)}")
     run_dtypes = checked_dtypes(device, dtypes, grid.dtypes)
-    kv_choices = checked_kv_choices(grid, kv_heads)
+    shapes = head_shapes(grid, model)
+    kv_choices = checked_kv_choices(shapes, kv_heads, model)
+    modes, causals = (SERVING_MODES, (True,)) if model else (None, grid.causal)
     cases: dict[str, Case] = {}
     for name in names:
         dense_mask = registry.get(name).backend_for(device) == DENSE_MASK_BACKEND
+        # A model's KV heads are its attention's: a mixer-only family (no KV heads) runs at its own shape.
+        kvs = [None] if model and registry.get(name).attention_fn is None else kv_choices
         for sweep in grid.sweeps:
             if dense_mask and not sweep.dense_masks:
                 continue
             own = run_dtypes if dtypes else sweep.dtypes or run_dtypes  # --dtype: every sweep in those
             sweep_dtypes = [d for d in own if d in run_dtypes]
             for dtype in sweep_dtypes:
-                for head_dim in grid.head_dims:
-                    for mode in sweep.modes:
-                        for causal in grid.causal:
+                for n_heads, head_dim in shapes:
+                    for mode in (m for m in sweep.modes if modes is None or m in modes):
+                        for causal in causals:
                             if mode == "decode" and not causal:
                                 continue
-                            for kv, n in ((kv, n) for kv in kv_choices
+                            for kv, n in ((kv, n) for kv in kvs
                                           for n in sorted(set(seq_lens or sweep.seq_lens))):
                                 c = _case(grid, name, device, dtype, head_dim, sweep.level, mode, causal, n,
-                                          kv_heads=kv)
+                                          n_heads=n_heads, kv_heads=kv, model=model)
                                 cases.setdefault(c.case_id, c)
-    for point in grid.fidelity:
+    for point in grid.fidelity if model is None else ():
         if point.variant in names and (seq_lens is None or point.seq_len in seq_lens):
             c = _case(grid, point.variant, device, run_dtypes[0], grid.head_dims[0], point.level, point.mode,
                       True, point.seq_len, kind="fidelity", budget_ms=grid.fidelity_budget_ms)
@@ -221,17 +253,28 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
     return list(cases.values())
 
 
-def checked_kv_choices(grid: Grid, kv_heads: Sequence[int] | None) -> list[int | None]:
-    """The KV head counts a plan runs at ([None]: n_heads), each checked against every n_heads of the grid
-    (its width / head_dim): ValueError in one line naming the first that does not divide."""
+def head_shapes(grid: Grid, model: str | None) -> list[tuple[int, int]]:
+    """(n_heads, head_dim) of every case of a plan: the grid's width split at each of its head_dims, or a
+    model preset's (ValueError in one line for an unknown preset)."""
+    if model is None:
+        return [(grid.width // head_dim, head_dim) for head_dim in grid.head_dims]
+    shape = model_presets.preset(model)
+    return [(shape.n_heads, shape.head_dim)]
+
+
+def checked_kv_choices(shapes: Sequence[tuple[int, int]], kv_heads: Sequence[int] | None,
+                       model: str | None = None) -> list[int | None]:
+    """The KV head counts a plan runs at ([None]: n_heads; a model preset's own without `kv_heads`), each
+    checked against every n_heads of the plan's shapes: ValueError in one line naming the first that does
+    not divide."""
     if not kv_heads:
-        return [None]
+        return [model_presets.preset(model).kv_heads] if model else [None]
     for kv in kv_heads:
-        for head_dim in grid.head_dims:
-            n_heads = grid.width // head_dim
+        for n_heads, head_dim in shapes:
             if kv < 1 or n_heads % kv:
-                raise ValueError(f"--kv-heads {kv} must be at least 1 and divide n_heads {n_heads} "
-                                 f"(the grid's width {grid.width} / head_dim {head_dim})")
+                where = (f"model {model}'s query heads" if model
+                         else f"the grid's width {n_heads * head_dim} / head_dim {head_dim}")
+                raise ValueError(f"--kv-heads {kv} must be at least 1 and divide n_heads {n_heads} ({where})")
     return list(dict.fromkeys(kv_heads))
 
 
@@ -242,6 +285,19 @@ def _case(grid: Grid, variant, device, dtype, head_dim, level, mode, causal, seq
         "n_heads": grid.width // head_dim, "head_dim": head_dim, "causal": causal,
         "budget_ms": grid.budget_ms, "warmup_ms": grid.warmup_ms, "energy_ms": grid.energy_ms,
         "time_cap_ms": grid.time_cap_ms, "remeasure_ms": grid.remeasure_ms, **fields})
+
+
+def predicted_buffer_bytes(case: Case) -> int | None:
+    """The memory model of one kernel-level forward call: the bytes its live buffers peak at (inputs, the
+    output and what the code path on the case's device holds between them), from its variant's
+    `peak_bytes` hook, or harness.costs' default for a variant that declares none. None for other levels
+    and modes, and for code paths with no model (measured, not predicted)."""
+    if case.level != "kernel" or case.mode != "fwd":
+        return None
+    peak = registry.get(case.variant).predicted_peak_bytes(
+        case.device, case.torch_dtype, case.batch, case.n_heads, case.seq_len, case.head_dim, case.params,
+        kv_heads=case.kv_heads)
+    return None if peak is None else int(peak)
 
 
 # Rough seconds per case beyond its warm-up, timed rounds and energy phase (inputs, the memory pass, cache
