@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness import env, errors, plugins, registry, runner, store, validate
+from harness import compiling, env, errors, plugins, registry, runner, store, validate
 from harness import estimate as plan_estimate
 from harness.cli_report import recommend, report
 from harness.errors import ArgumentError
@@ -104,6 +104,9 @@ def run(
     kv_heads: Annotated[list[int] | None, typer.Option(
         "--kv-heads", help="Throughput: grouped-query attention, k and v with this many heads (each must "
                            "divide n_heads; repeat for several; 1 is multi-query)")] = None,
+    compile_: Annotated[bool, typer.Option(
+        "--compile", help="Throughput and the accuracy suite's exactness checks: add the compiled series, "
+                          "each variant under torch.compile as its own series (docs/compile.md)")] = False,
     estimate: Annotated[bool, typer.Option(
         "--estimate", help="Run nothing: print the plan's (or the shard's) case count and estimated time, "
                            "in all and per family, compiling and autotuning included (a --device cuda plan "
@@ -118,6 +121,10 @@ def run(
         if find_max_n:
             fail("--find-max-n takes no --kv-heads (it probes the forward kernel at n_heads)")
         learned["kv_heads"] = validate.unique(kv_heads)  # a plan option of the throughput suite
+    if compile_:
+        if find_max_n:
+            fail("--find-max-n takes no --compile (it probes the eager forward kernel)")
+        learned["compiled"] = True  # a plan option of the throughput and accuracy suites
     shape = {k: v for k, v in dict(mode=mode, level=level, kind=kind).items() if v}
     if find_max_n:
         if estimate:
@@ -261,8 +268,14 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
     for name in sorted(set(learned) - set(chosen.options)):
         if name == "kv_heads":
             fail(f"--kv-heads applies to the throughput suite, not to {suite}")
+        if name == "compiled":
+            fail(f"--compile applies to the throughput and accuracy suites, not to {suite}")
         option = {"seeds": "--seeds", "findings": "--finding", "criterion": "--criterion"}[name]
         fail(f"{option} applies to the learned-task suites (accuracy, long-range), not to {suite}")
+    if learned.get("compiled") and present:  # probed once, compiling nothing (an estimate needs no compiler)
+        reason = compiling.unavailable_reason(device)
+        if reason:
+            fail(reason)
     try:
         cases = chosen.plan(profile=profile, device=device, variants=names or None, seq_lens=lengths or None,
                             dtypes=dtypes or None, **learned)

@@ -12,6 +12,10 @@ suites.frontier). What each profile sweeps: suites.grids.
 Grouped-query attention: `kv_heads` (None: n_heads; `--kv-heads`, the plan option `kv_heads`) gives k and v
 that many heads, dividing n_heads. A plan with kv_heads repeats every case of the grid at each value; a
 value equal to a case's n_heads is that case itself (kv_heads None, the same id).
+
+The compiled series (`--compile`, the plan option `compiled`; docs/compile.md): the grid's compiled sweeps
+(`Grid.compiled`) planned again with `compiled` true, each case the variant's call under torch.compile, a
+series of its own beside the eager one (`compiled` false: every case recorded before the field existed).
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ class Case(BaseCase):
     remeasure_ms: NonNegativeFloat = 0.0  # extra time to re-measure a case whose rounds spread widely
     # Grouped-query attention: k and v's heads, dividing n_heads; None (and n_heads itself) is n_heads.
     kv_heads: Annotated[PositiveInt | None, ADDED_LATER] = None
+    # The compiled series: the call under torch.compile (harness.compiling); False: eager.
+    compiled: Annotated[bool, ADDED_LATER] = False
 
     @model_validator(mode="before")
     @classmethod
@@ -126,6 +132,7 @@ class Case(BaseCase):
         shape = f"N={self.seq_len} B={self.batch} hd={self.head_dim} {self.dtype}"
         shape += f" kv={self.kv_heads}/{self.n_heads}" if self.grouped else ""
         kind = "" if self.kind == "sweep" else f" [{self.kind}]"
+        kind += " compiled" if self.compiled else ""
         return f"{self.variant} {self.level} {self.mode} {shape}" + ("" if self.causal else " full") + kind
 
     def slug(self) -> str:
@@ -134,6 +141,7 @@ class Case(BaseCase):
         shape = f"N{self.seq_len}-{self.dtype}-hd{self.head_dim}-{mask}"
         shape += f"-kv{self.kv_heads}" if self.grouped else ""
         kind = "" if self.kind == "sweep" else f"-{self.kind}"
+        kind += "-compiled" if self.compiled else ""
         return f"{self.variant}-{self.level}-{self.mode}-{shape}{kind}"
 
 
@@ -175,13 +183,14 @@ def checked_dtypes(device: str, requested: Sequence[str] | None, default: Sequen
 
 def plan(profile: str, device: str, variants: Sequence[str] | None = None,
          seq_lens: Sequence[int] | None = None, dtypes: Sequence[str] | None = None,
-         kv_heads: Sequence[int] | None = None) -> list[Case]:
+         kv_heads: Sequence[int] | None = None, compiled: bool = False) -> list[Case]:
     """Every case of a profile on a device, smallest N first within each group (for OOM and time-cap
     skipping), then the grid's fidelity cases.
 
     `dtypes` runs every sweep of the grid in those dtypes (a grid may sweep its second dtype sparser);
     `seq_lens` replaces every sweep's lengths; `kv_heads` plans every sweep case at each of those KV head
-    counts (each must divide every n_heads of the grid, else ValueError) instead of n_heads.
+    counts (each must divide every n_heads of the grid, else ValueError) instead of n_heads; `compiled`
+    adds the compiled series: the grid's compiled sweeps again under torch.compile.
     """
     if (device, profile) not in THROUGHPUT_GRIDS:
         raise ValueError(f"no throughput profile {profile!r} on {device!r}; "
@@ -194,10 +203,12 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
         raise ValueError(f"sequence lengths must be positive, got {min(seq_lens)}")
     run_dtypes = checked_dtypes(device, dtypes, grid.dtypes)
     kv_choices = checked_kv_choices(grid, kv_heads)
+    series = [(sweep, False) for sweep in grid.sweeps]
+    series += [(sweep, True) for sweep in grid.compiled_sweeps()] if compiled else []
     cases: dict[str, Case] = {}
     for name in names:
         dense_mask = registry.get(name).backend_for(device) == DENSE_MASK_BACKEND
-        for sweep in grid.sweeps:
+        for sweep, under_compile in series:
             if dense_mask and not sweep.dense_masks:
                 continue
             own = run_dtypes if dtypes else sweep.dtypes or run_dtypes  # --dtype: every sweep in those
@@ -211,7 +222,7 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
                             for kv, n in ((kv, n) for kv in kv_choices
                                           for n in sorted(set(seq_lens or sweep.seq_lens))):
                                 c = _case(grid, name, device, dtype, head_dim, sweep.level, mode, causal, n,
-                                          kv_heads=kv)
+                                          kv_heads=kv, compiled=under_compile)
                                 cases.setdefault(c.case_id, c)
     for point in grid.fidelity:
         if point.variant in names and (seq_lens is None or point.seq_len in seq_lens):
@@ -256,8 +267,10 @@ def measuring_seconds(case: Case) -> float:
 
 def compile_shapes(case: Case) -> list[dict]:
     """The compiled call a case makes (harness.estimate): its timed call, at kernel and layer level alike
-    (the layer calls the same kernel at the same shape); decode's query is one token against N keys."""
-    return [{"graph": case.mode, "dtype": case.dtype, "batch": case.batch, "heads": case.n_heads,
+    (the layer calls the same kernel at the same shape; under torch.compile, the compiled series, the
+    layer is a graph of its own); decode's query is one token against N keys."""
+    graph = f"{case.level} {case.mode}" if case.compiled else case.mode
+    return [{"graph": graph, "dtype": case.dtype, "batch": case.batch, "heads": case.n_heads,
              "seq_len": case.seq_len, "head_dim": case.head_dim, "causal": case.causal,
              "backward": case.mode == "fwd_bwd"}]
 
