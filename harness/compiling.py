@@ -187,11 +187,13 @@ def unavailable_reason(device: str) -> str | None:
 
 
 def compiling_call(call: Callable[[], Any], compiled: Compiled,
-                   clock: Callable[[], float] = time.perf_counter) -> tuple[Any, float]:
+                   clock: Callable[[], float] | None = None) -> tuple[Any, float]:
     """The compiled series' first call: `call()`, which calls `compiled` and so traces and compiles it,
     timed by `clock`: (its output, seconds). Whatever it raises but Unsupported and memory errors becomes
     Unsupported with the exception's first line (the variant cannot compile: a row, never a crash), and
-    so does a call that ran no compiled graph (dynamo left it eager)."""
+    so does a call that ran no compiled graph (dynamo left it eager). `clock`: time.perf_counter, the
+    timed rounds' CPU clock, unless given."""
+    clock = clock or time.perf_counter
     started = clock()
     try:
         out = call()
@@ -200,7 +202,9 @@ def compiling_call(call: Callable[[], Any], compiled: Compiled,
     except Exception as e:
         if is_oom(e):
             raise
-        raise Unsupported(f"torch.compile failed: {one_line(e)}") from e
+        # dynamo's BackendCompilerFailed says only which backend raised: the compiler's own error says why
+        cause = getattr(e, "inner_exception", None) or e
+        raise Unsupported(f"torch.compile failed: {one_line(cause)}") from e
     seconds = clock() - started
     if not compiled.graph_calls:
         raise Unsupported("torch.compile compiled no graph of this call: it would run eagerly")
