@@ -365,6 +365,7 @@ def test_the_chart_draws_eager_and_compiled_per_family_and_marks_what_did_not_co
     compiled_line = next(a for ax in fig.axes for a in ax.get_lines() if a.get_gid() == "compiled:vanilla")
     eager_line = next(a for ax in fig.axes for a in ax.get_lines() if a.get_gid() == "eager:vanilla")
     assert compiled_line.get_linestyle() == "--" and eager_line.get_linestyle() == "-"
+    assert compiled_line.get_markerfacecolor() == "none" != eager_line.get_markerfacecolor()  # a lone point
     assert compiled_line.get_color() == eager_line.get_color()
     assert list(compiled_line.get_ydata()) == [1.0, 1.0]
 

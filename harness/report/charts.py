@@ -519,13 +519,14 @@ def exactness_chart(exact: pd.DataFrame, title: str = "Implementation error agai
     return fig
 
 
-COMPILED_STYLE = {False: ("eager", "-"), True: ("compiled", "--")}
+# eager or compiled -> (label, line style, marker face): a hollow marker tells a lone compiled point apart
+COMPILED_STYLE = {False: ("eager", "-", None), True: ("compiled", "--", "none")}
 
 
 def compiled_chart(series: pd.DataFrame, colors=None):
-    """Median latency of each variant eager (solid) and under torch.compile (dashed, the same colour), one
-    panel per family and configuration (data.compiled_series); an x at the top of a panel where the
-    compiled series did not run at that N. None when no compiled row ran."""
+    """Median latency of each variant eager (solid, filled markers) and under torch.compile (dashed, hollow
+    markers, the same colour), one panel per family and configuration (data.compiled_series); an x at the
+    top of a panel where the compiled series did not run at that N. None when no compiled row ran."""
     if series.empty or not ((series.status == "ok") & series.compiled).any():
         return None
     colors = _colors_for(series, colors, "variant")
@@ -537,11 +538,12 @@ def compiled_chart(series: pd.DataFrame, colors=None):
         for (config, family), ax in axes.items():
             panel = series[(series.config == config) & (series.family == family)]
             for (variant, compiled), line in panel.groupby(["variant", "compiled"], sort=True):
-                label, style = COMPILED_STYLE[bool(compiled)]
+                label, style, face = COMPILED_STYLE[bool(compiled)]
                 ok = line[line.status == "ok"].sort_values("seq_len")
                 if not ok.empty:
                     ax.plot(ok.seq_len, ok.latency_ms, color=colors[variant], linestyle=style, marker="o",
-                            markersize=5, label=f"{variant} {label}", gid=f"{label}:{variant}")
+                            markersize=6, markerfacecolor=face or colors[variant], markeredgewidth=1.5,
+                            label=f"{variant} {label}", gid=f"{label}:{variant}")
                 failed = line[line.status != "ok"].seq_len
                 if compiled and not failed.empty:  # at the top of the panel: there is no value to plot
                     ax.plot(failed, np.full(len(failed), 0.96), transform=ax.get_xaxis_transform(),
@@ -552,8 +554,8 @@ def compiled_chart(series: pd.DataFrame, colors=None):
             ax.set_ylabel("latency (ms, median)")
         drawn = {v for v in series.variant[series.status == "ok"]}
         handles = [Line2D([], [], color=colors[v], marker="o", label=v) for v in colors.ordered(drawn)]
-        handles += [Line2D([], [], color="0.2", linestyle=style, label=label)
-                    for label, style in COMPILED_STYLE.values()]
+        handles += [Line2D([], [], color="0.2", linestyle=style, marker="o", markerfacecolor=face or "0.2",
+                           label=label) for label, style, face in COMPILED_STYLE.values()]
         if ((series.status != "ok") & series.compiled).any():
             handles.append(Line2D([], [], color="0.2", marker="x", linestyle="none",
                                   label="compiled: did not run"))
