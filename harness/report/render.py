@@ -56,9 +56,9 @@ CAPTIONS = {
                     "(constant); measured by walking the state's tensors after prefill. The attention "
                     "families share one line: the same KV cache.",
     "compiled": "Median latency of each variant eager (solid, filled) and under torch.compile (dashed, "
-                "hollow markers, same colour), per family: the steady-state calls after the compiling one, whose seconds (compile_s) are "
-                "in the table below and in none of these figures; x at the top: the compiled series did not "
-                "run there (the table gives the reason).",
+                "hollow markers, same colour), per family: the steady-state calls after the compiling one, "
+                "whose seconds (compile_s) are in the table below and in none of these figures; x at the top: "
+                "the compiled series did not run there (the table gives the reason).",
 }
 
 
