@@ -57,8 +57,8 @@ CAPTIONS = {
                     "families share one line: the same KV cache.",
     "compiled": "Median latency of each variant eager (solid, filled) and under torch.compile (dashed, "
                 "hollow markers, same colour), per family: the steady-state calls after the compiling one, "
-                "whose seconds (compile_s) are in the table below and in none of these figures; x at the top: "
-                "the compiled series did not run there (the table gives the reason).",
+                "whose seconds (compile_s) are in the table below and in none of these figures; x at the top:"
+                " the compiled series did not run there (the table gives the reason).",
 }
 
 
