@@ -128,7 +128,7 @@ def measure_case(case: Case, context: RunContext) -> tuple[list[float], dict[str
     try:
         with memory.call_memory(case.device) as meter, memory.memory_cap(case.device, cap_mb(case)):
             work = build_workload(case)
-            compile_s = _compile(work)
+            compile_s = _compile(work, case.device)
             meter.trace_call(work.call, work.reset)  # CPU: an untimed call, traced (the tracked memory peak)
             compiled = compiling.counts()
             # No warm-up budget (the CPU profiles: nothing compiles or autotunes there): the sizing call
@@ -184,13 +184,19 @@ def measure_case(case: Case, context: RunContext) -> tuple[list[float], dict[str
     }
 
 
-def _compile(work: Workload) -> float | None:
-    """The compiled series' compiling call (harness.compiling.compiling_call): its seconds, None for an
-    eager case. Its output is dropped: the sizing call after it checks one for NaN and Inf."""
+def _compile(work: Workload, device: str) -> float | None:
+    """The compiled series' compiling call (harness.compiling.compiling_call): its seconds, up to the end
+    of its kernels on a GPU; None for an eager case. Its output is dropped: the sizing call after it checks
+    one for NaN and Inf."""
     if work.compiled is None:
         return None
+
+    def clock() -> float:
+        timing.synchronize(device)
+        return time.perf_counter()
+
     work.reset()
-    _, seconds = compiling.compiling_call(work.call, work.compiled)
+    _, seconds = compiling.compiling_call(work.call, work.compiled, clock)
     return seconds
 
 
