@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness import env, errors, model_presets, plugins, registry, runner, store, validate
+from harness import compiling, env, errors, model_presets, plugins, registry, runner, store, validate
 from harness import estimate as plan_estimate
 from harness.cli_report import recommend, report
 from harness.errors import ArgumentError
@@ -107,6 +107,9 @@ def run(
     model: Annotated[str | None, typer.Option(
         "--model", help="Throughput: the serving profile (prefill, decode, state per sequence) at a model "
                         "preset's per-layer attention shape: " + ", ".join(model_presets.PRESETS))] = None,
+    compile_: Annotated[bool, typer.Option(
+        "--compile", help="Throughput and the accuracy suite's exactness checks: add the compiled series, "
+                          "each variant under torch.compile as its own series (docs/compile.md)")] = False,
     estimate: Annotated[bool, typer.Option(
         "--estimate", help="Run nothing: print the plan's (or the shard's) case count and estimated time, "
                            "in all and per family, compiling and autotuning included (a --device cuda plan "
@@ -128,6 +131,10 @@ def run(
             fail(str(e))
         if find_max_n:
             fail("--find-max-n takes no --model (it probes the forward kernel at 16 heads of 64)")
+    if compile_:
+        if find_max_n:
+            fail("--find-max-n takes no --compile (it probes the eager forward kernel)")
+        learned["compiled"] = True  # a plan option of the throughput and accuracy suites
     shape = {k: v for k, v in dict(mode=mode, level=level, kind=kind).items() if v}
     if find_max_n:
         if estimate:
@@ -271,8 +278,14 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
     for name in sorted(set(learned) - set(chosen.options)):
         if name in ("kv_heads", "model"):
             fail(f"--{name.replace('_', '-')} applies to the throughput suite, not to {suite}")
+        if name == "compiled":
+            fail(f"--compile applies to the throughput and accuracy suites, not to {suite}")
         option = {"seeds": "--seeds", "findings": "--finding", "criterion": "--criterion"}[name]
         fail(f"{option} applies to the learned-task suites (accuracy, long-range), not to {suite}")
+    if learned.get("compiled") and present:  # probed once, compiling nothing (an estimate needs no compiler)
+        reason = compiling.unavailable_reason(device)
+        if reason:
+            fail(reason)
     try:
         cases = chosen.plan(profile=profile, device=device, variants=names or None, seq_lens=lengths or None,
                             dtypes=dtypes or None, **learned)

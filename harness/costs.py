@@ -21,6 +21,10 @@ no hook gets the stated default:
 - compiles: nothing (eager PyTorch, or kernels that ship compiled: cuBLAS, SDPA's, xformers' CUTLASS and
   FlashAttention).
 
+A case of the compiled series (`--compile`, docs/compile.md) runs its call under torch.compile, which
+compiles the whole call per shape whatever the variant's eager path does: the planners charge it
+`torch_compile_cost` in place of the variant's hook (Variant.compile_cost).
+
 Rows carry the hooks a variant left to these defaults (`default_models`), and the report names them.
 """
 
@@ -179,3 +183,20 @@ def compiles_nothing(device: str) -> None:
 
 
 default_compiles = compiles_nothing  # a variant that declares no compiles hook
+
+
+# torch.compile (inductor, static shapes) of one call of the compiled series, per device type: (forward
+# seconds, backward seconds more). CPU: the first calls of kernel-level forwards at N = 64 measured on the
+# repository's 2-core machine while two training runs held both cores: vanilla 136 s (the process's first
+# compile, inductor's start-up in it), linear 50 s, flash-sdpa 3 s (one library call, no C++ to build);
+# charged 30 s, the backward as long again (AOT autograd compiles a second graph). CUDA: assumed alike.
+TORCH_COMPILE_S = {"cpu": (30.0, 30.0), "cuda": (30.0, 30.0)}
+
+
+def torch_compile_cost(device: str) -> CompileCost:
+    """What torch.compile costs one call of the compiled series on a device type: a graph per shape."""
+    forward_s, backward_s = TORCH_COMPILE_S.get(device, TORCH_COMPILE_S["cuda"])
+    basis = ("measured: first calls of small kernel-level forwards, 3-136 s on a loaded 2-core CPU "
+             "(harness.costs)" if device == "cpu"
+             else "assumed: as the CPU's, Triton's builds in place of the C++ compiler's")
+    return CompileCost("torch.compile (inductor)", forward_s, backward_s, SHAPE_FIELDS, basis)

@@ -10,6 +10,10 @@ prints a plan's case count and estimate per suite and per family (`lines`) and r
 
 Where the compile figures come from is each CompileCost's `basis`: FlexAttention's are lower bounds
 measured on the CPU backend, the Triton autotune figures assumptions (config count x seconds per config).
+
+A case of the compiled series (a `compiled` field that is true: `--compile`) is charged torch.compile's
+cost per shape (harness.costs.torch_compile_cost) in place of its variant's hook, nothing where the variant
+declares it cannot compile.
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ class CompileBill:
     bases: Mapping[str, str]  # CompileCost.what -> its basis
 
 
+def under_compile(case) -> bool:
+    """Whether a case is of the compiled series (a suite's case without the field is eager)."""
+    return bool(getattr(case, "compiled", False))
+
+
 def compile_keys(variant: str, cost: CompileCost, shape: Mapping[str, Any]) -> list[tuple[tuple, float]]:
     """(key, seconds) of one compiled call: its forward, and its backward where it is differentiated."""
     base = (variant, cost.what, *(shape[f] for f in cost.keyed_by))
@@ -58,7 +67,7 @@ def compile_cost(cases: Iterable, shapes: Shapes) -> CompileBill:
     bases: dict[str, str] = {}
     for case in cases:
         variant = registry.get(case.variant)
-        cost = variant.compile_cost(case.device)
+        cost = variant.compile_cost(case.device, compiled=under_compile(case))
         if cost is None or case.torch_dtype not in variant.support.dtypes.get(case.device, ()):
             continue  # compiles nothing, or recorded unsupported without running
         bases[cost.what] = cost.basis
@@ -71,7 +80,7 @@ def compile_cost(cases: Iterable, shapes: Shapes) -> CompileBill:
 def shape_compile_seconds(case, shapes: Shapes) -> float:
     """What a case's own shapes cost to compile where its code path compiles per shape (FlexAttention),
     for balancing `--shard` parts; a per-key cost (autotuning) is every part's, not one case's."""
-    cost = registry.get(case.variant).compile_cost(case.device)
+    cost = registry.get(case.variant).compile_cost(case.device, compiled=under_compile(case))
     if cost is None or not cost.per_shape:
         return 0.0
     return sum(s for shape in shapes(case) for _, s in compile_keys(case.variant, cost, shape))

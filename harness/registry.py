@@ -71,6 +71,9 @@ class Support:
     # fast path takes them as they are (never repeating them to n_heads); a string: it cannot, and why;
     # False (the default): not declared, so a plugin that never heard of it is not fed grouped KV.
     grouped_kv: bool | str = False
+    # torch.compile (the compiled series, `--compile`): True, try it (a failure at compile time is recorded
+    # unsupported with the exception's first line); a string: it cannot compile, and why (never tried).
+    torch_compile: bool | str = True
     # Extra runtime check: (device_type, dtype, head_dim, causal) -> reason or None.
     check: Callable[[str, torch.dtype, int, bool], str | None] | None = None
 
@@ -83,6 +86,12 @@ class Support:
         if self.grouped_kv is True:
             return None
         return self.grouped_kv or "grouped KV heads not declared (Support.grouped_kv)"
+
+    def compile_reason(self) -> str | None:
+        """Why it cannot run under torch.compile, as declared (None: it may try)."""
+        if self.torch_compile is True:
+            return None
+        return self.torch_compile or "declared not to run under torch.compile (Support.torch_compile)"
 
     def unavailable_reason(self, device: str) -> str | None:
         """Why this implementation cannot run on this machine at all (independent of shapes)."""
@@ -279,10 +288,15 @@ class Variant:
             return costs.default_peak_bytes(call, attention=self.attention_fn is not None)
         return self.peak_bytes(call, **{**self.defaults, **(params or {})})
 
-    def compile_cost(self, device: torch.device | str) -> costs.CompileCost | None:
+    def compile_cost(self, device: torch.device | str, compiled: bool = False) -> costs.CompileCost | None:
         """What its code path on this device compiles or autotunes per new shape: its `compiles` hook, else
         nothing (harness.costs.default_compiles). It describes the path of a machine with the `gpu` extras
-        installed, whatever this one has, so that a GPU plan is estimated alike everywhere."""
+        installed, whatever this one has, so that a GPU plan is estimated alike everywhere. `compiled`:
+        the call under torch.compile (the compiled series), which compiles its whole graph per shape
+        (harness.costs.torch_compile_cost) in place of what the eager path compiles; nothing where it is
+        declared not to compile (Support.torch_compile)."""
+        if compiled:
+            return None if self.support.compile_reason() else costs.torch_compile_cost(device_type(device))
         return (self.compiles or costs.default_compiles)(device_type(device))
 
     @property

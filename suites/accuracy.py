@@ -51,7 +51,8 @@ from suites.tasks.passkey import Passkey
 # machine (a training its time budget stopped says so in stop_reason: that one depends on the speed).
 MACHINE_BOUND = False
 TIMEOUT_S = 1800.0  # twice a CPU training's time budget (900 s): one its budget stops still gets evaluated
-OPTIONS = ("seeds", "findings", "criterion")  # plan's learned-task options (--seeds, --finding, --criterion)
+LEARNED_OPTIONS = ("seeds", "findings", "criterion")  # plan's learned-task options (--seeds, --finding, ...)
+OPTIONS = (*LEARNED_OPTIONS, "compiled")  # and --compile: Part A's compiled series
 TASKS = ("mqar", "selective_copy", "induction", "passkey", "listops")
 CLASSIFICATION_TASKS = ("listops",)  # posed as LRA poses ListOps: a bidirectional encoder and a classifier
 MAX_SEEDS = 100  # more would plan millions of trainings: a typo, not an experiment
@@ -277,14 +278,15 @@ def chosen_specs(suite: str, profile: str, device: str, seeds: int | None = None
 
 def plan(profile: str, device: str, variants: list[str] | None = None, seq_lens: list[int] | None = None,
          dtypes: list[str] | None = None, seeds: int | None = None, findings: list[str] | None = None,
-         criterion: float | None = None) -> list[ExactnessCase | AccuracyCase]:
-    """Part A and Part B of a profile; `findings` keeps only those experiments (and no Part A)."""
+         criterion: float | None = None, compiled: bool = False) -> list[ExactnessCase | AccuracyCase]:
+    """Part A and Part B of a profile; `findings` keeps only those experiments (and no Part A); `compiled`
+    adds Part A's compiled series (suites.exactness.compiled_cases)."""
     check_profile(profile)
     specs = chosen_specs("accuracy", profile, device, seeds, findings, criterion)
     names = selected_variants(variants)
     if profile == "standard" and not variants:
         names = [n for n in names if n not in grids.STANDARD_EXACTNESS_SKIPPED]
-    cases = [] if findings else exactness.cases(profile, device, names)
+    cases = [] if findings else exactness.cases(profile, device, names, compiled)
     cases += task_cases(specs, "accuracy", device, learned_variants(variants), profile)
     return filtered(cases, seq_lens, dtypes)
 
@@ -443,7 +445,8 @@ def run_task(case: TaskCase, context: RunContext) -> dict:
 
 
 def run_case(case: AccuracyCase, context: RunContext) -> dict:
-    compiling.allow_recompiles(case.device)
+    compiled = getattr(case, "compiled", False)
+    compiling.allow_recompiles(case.device, reset=compiled, compiled=compiled)
     if isinstance(case, ExactnessCase):
         with torch.no_grad():
             return exactness.run(case)

@@ -21,6 +21,13 @@ query heads and `kv_heads` 1 (multi-query) and 2 (grouped-query, n_heads / 2), a
 its KV heads repeated (harness.contract); the quick profile runs GROUPED_QUICK's (its time budget). A
 variant that does not declare grouped KV heads gets `unsupported` rows that name the setting and the
 reason.
+
+The compiled series (`--compile`, `compiled` true; docs/compile.md): every variant's call (attention, or a
+mixer-only family's kernel) on float32 random inputs at the grid's `compiled_lens`, causal, under
+torch.compile (harness.compiling) against the same call eager, on the same inputs. The row's `checked_err`
+is their relative error (Frobenius), `reference` "eager", `tolerance` COMPILED_TOLERANCE and
+`within_tolerance` the verdict; `compile_s` the compiling call's seconds. A variant that cannot compile is
+an `unsupported` row with the reason (declared, or the exception's first line).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field, model_validator
 
-from harness import contract, registry
+from harness import compiling, contract, registry
 from harness.attention import causal_mask, checked_kv_heads, kv_group, repeat_kv, softmax_attention
 from harness.config import ADDED_LATER, Case
 from harness.registry import Unsupported
@@ -51,6 +58,9 @@ CHECK_KINDS = ("large_logits", "cross", "no_visible_key", "causality", "decode",
 GROUPED_KINDS = ("random", "cross", "no_visible_key", "decode")
 GROUPED_N_HEADS = 4
 GROUPED_QUICK = (("random", "decode"), ("float32",))  # kinds, dtypes: causal random inputs and the cache
+# The compiled series: eager and compiled float32 outputs agree to this relative error (the seeds' 1e-5).
+COMPILED_TOLERANCE = 1e-5
+COMPILED_KIND, COMPILED_DTYPE = "random", "float32"
 
 
 class ExactnessCase(Case):
@@ -68,6 +78,8 @@ class ExactnessCase(Case):
     causal: bool = True
     # Grouped-query attention: k and v's heads, dividing n_heads (None: n_heads).
     kv_heads: Annotated[int | None, ADDED_LATER] = Field(None, gt=0)
+    # The compiled series: torch.compile's output against the eager one; False: against the reference.
+    compiled: Annotated[bool, ADDED_LATER] = False
 
     @model_validator(mode="after")
     def _kv_heads_divide(self) -> ExactnessCase:
@@ -77,11 +89,13 @@ class ExactnessCase(Case):
     def describe(self) -> str:
         extra = "".join(f" {k}={v}" for k, v in sorted(self.params.items()))
         grouped = f" kv_heads={self.kv_heads}/{self.n_heads}" if self.kv_heads is not None else ""
-        return f"exactness {self.variant} {self.dtype} {self.input_kind} N={self.seq_len}" + grouped + extra
+        compiled = " compiled vs eager" if self.compiled else ""
+        return (f"exactness {self.variant} {self.dtype} {self.input_kind} N={self.seq_len}" + grouped + extra
+                + compiled)
 
     def oom_key(self):
         params = json.dumps(self.params, sort_keys=True)
-        return (self.variant, self.dtype, self.causal, params, self.kv_heads), self.seq_len
+        return (self.variant, self.dtype, self.causal, params, self.kv_heads, self.compiled), self.seq_len
 
     def setting(self) -> contract.Setting:
         return contract.Setting(n=self.seq_len, dtype=self.torch_dtype, device=self.device,
@@ -92,8 +106,9 @@ class ExactnessCase(Case):
 
 # --- the plan -------------------------------------------------------------------------------------------
 
-def cases(profile: str, device: str, names: list[str]) -> list[ExactnessCase]:
-    """Every check that concerns each variant, at every dtype, on the profile's grid."""
+def cases(profile: str, device: str, names: list[str], compiled: bool = False) -> list[ExactnessCase]:
+    """Every check that concerns each variant, at every dtype, on the profile's grid; `compiled` adds the
+    compiled series (compiled_cases)."""
     grid, planned = grids.exactness_grid(profile, device), []
     short = dict(grid.points)["random"]
     for name in names:
@@ -118,7 +133,17 @@ def cases(profile: str, device: str, names: list[str]) -> list[ExactnessCase]:
                     planned.append(ExactnessCase(variant=name, device=device, dtype="float32",
                                                  params={**params, FEATURE_COUNT: m}, input_kind="random",
                                                  seq_len=grid.nb_features_len, causal=causal))
+    if compiled:
+        planned += [c for name in names for c in compiled_cases(profile, name, device)]
     return list({c.case_id: c for c in planned}.values())  # sweeps may repeat a grid point
+
+
+def compiled_cases(profile: str, name: str, device: str) -> list[ExactnessCase]:
+    """The compiled series of one variant: float32 random inputs, causal, at the grid's compiled_lens."""
+    params = grids.variant_params(profile, name)
+    return [ExactnessCase(variant=name, device=device, dtype=COMPILED_DTYPE, params=params,
+                          input_kind=COMPILED_KIND, seq_len=n, causal=True, compiled=True)
+            for n in grids.exactness_grid(profile, device).compiled_lens]
 
 
 def grouped_cases(profile: str, name: str, device: str, params: dict, n: int,
@@ -172,7 +197,49 @@ def measured_columns(case: ExactnessCase, v, out: torch.Tensor) -> dict:
     return row | error_columns(out, against)
 
 
+def compiled_against_eager(case: ExactnessCase) -> dict:
+    """The compiled series' check: the variant's call compiled against the same call eager, on the same
+    inputs (an attention variant's random q, k, v; a mixer-only family's kernel inputs)."""
+    v = registry.get(case.variant)
+    reason = v.support.compile_reason()
+    if reason:
+        raise Unsupported(f"torch.compile: {reason}")
+    s = case.setting()
+    if v.attention_fn is not None:
+        ok, reason = v.supports(s.device, s.dtype, s.head_dim, s.causal, grouped=s.grouped)
+        if not ok:
+            raise Unsupported(reason)
+        inputs = dict(zip("qkv", (t.to(device=s.device, dtype=s.dtype) for t in contract.qkv(
+            case.input_kind, s.n, s.n, s.seed, s.batch, s.n_heads, s.head_dim, s.kv_heads)), strict=True))
+
+        def call(q, k, v_):
+            return v.attention(q, k, v_, causal=case.causal, **case.params)
+
+        inputs["v_"] = inputs.pop("v")
+    else:
+        drawn = v.kernel_inputs(s.batch, s.n_heads, s.n, s.head_dim, torch.Generator().manual_seed(s.seed),
+                                dtype=s.dtype)
+        inputs = {k: t.to(s.device) if torch.is_tensor(t) else t for k, t in drawn.items()}
+        call = v.kernel
+    eager = call(**inputs)
+    compiled = compiling.Compiled(call)
+    out, compile_s = compiling.compiling_call(lambda: compiled(**inputs), compiled)
+    if not torch.isfinite(out).all():
+        raise NonFinite(f"{case.variant} under torch.compile produced NaN or Inf")
+    error = contract.relative_error(out, eager)
+    passed = error <= COMPILED_TOLERANCE
+    verdict = f"{'<=' if passed else '>'} tolerance {COMPILED_TOLERANCE:.0e}"
+    detail = (f"compiled: {case.input_kind} N={s.n}{' causal' if case.causal else ''} under torch.compile "
+              f"against eager: error {error:.1e} {verdict} ({case.dtype})")
+    return {"reference": "eager", "full_attention_err": None, "impl_err": None, "nb_features": None,
+            "max_abs_err": float((out.double() - eager.double()).abs().max()), "rel_err": None,
+            "checked_err": error, "tolerance": COMPILED_TOLERANCE, "within_tolerance": passed,
+            "check_detail": detail, "compile_s": compile_s}
+
+
 def run(case: ExactnessCase) -> dict:
+    if case.compiled:
+        return compiled_against_eager(case)
     v = registry.get(case.variant)
     outcome = contract.run(v, case.input_kind, case.setting())
     if outcome.status == "unsupported":

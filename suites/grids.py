@@ -77,11 +77,14 @@ class ExactnessGrid:
     nb_features_sweep: tuple[int, ...]
     nb_features_len: int
     non_causal: bool = True
+    # The compiled series (`--compile`): float32 random inputs at these lengths, causal, each variant's call
+    # under torch.compile against its eager call (suites.exactness).
+    compiled_lens: tuple[int, ...] = (1024,)
 
 
 EXACTNESS = {
     "quick": ExactnessGrid((("random", 128), ("peaked", 128), ("near_duplicate", 128), ("long", 1024)),
-                           (64, 256), (16, 64, 256), 256),
+                           (64, 256), (16, 64, 256), 256, compiled_lens=(128,)),
     # Causal only: each new (dtype, mask) costs FlexAttention compilations on a GPU (see suites.estimate).
     "standard": ExactnessGrid((("random", 1024), ("peaked", 1024), ("near_duplicate", 1024), ("long", 8192)),
                               (256, 4096, 16384), (16, 64, 256, 1024), 1024, non_causal=False),
@@ -91,7 +94,8 @@ EXACTNESS = {
 }
 CPU_EXACTNESS = {  # the CPU standard profile: the same kinds, at lengths a 2-core machine takes in seconds
     "standard": ExactnessGrid((("random", 512), ("peaked", 512), ("near_duplicate", 512), ("long", 4096)),
-                              (128, 1024, 4096), (16, 64, 256, 1024), 512, non_causal=False),
+                              (128, 1024, 4096), (16, 64, 256, 1024), 512, non_causal=False,
+                              compiled_lens=(512,)),
 }
 
 
@@ -333,6 +337,12 @@ class Grid:
     remeasure_ms: float = 0.0  # extra time a noisy case may spend on more rounds
     fidelity: tuple[FidelityPoint, ...] = ()  # timed by both timers, in the grid's first dtype
     fidelity_budget_ms: float = 0.0  # per timer
+    # The compiled series (`--compile`): these sweeps again under torch.compile, each variant a series of
+    # its own beside its eager one; None: every sweep of the grid.
+    compiled: tuple[Sweep, ...] | None = None
+
+    def compiled_sweeps(self) -> tuple[Sweep, ...]:
+        return self.sweeps if self.compiled is None else self.compiled
 
 
 # CPU standard: the scaling curves to 128K tokens in about 10 minutes on 2 cores (results/README.md).
@@ -360,17 +370,21 @@ CPU_STANDARD_THROUGHPUT = Grid(
     dtypes=("float32", "bfloat16"), head_dims=(64,), causal=(True,), width=64, total_tokens=16384,
     budget_ms=100, warmup_ms=0, energy_ms=0, time_cap_ms=20000, remeasure_ms=300,
     fidelity=CPU_STANDARD_FIDELITY, fidelity_budget_ms=4000,
+    # --compile: three forward kernel lengths in float32 (a compile per variant and length), the masked
+    # families' dense reference paths left out as in the sparser sweeps.
+    compiled=(Sweep("kernel", ("fwd",), (1024, 4096, 16384), ("float32",), dense_masks=False),),
 )
 
 THROUGHPUT_GRIDS = {
     ("cuda", "quick"): Grid(both_levels((1024, 8192), (4096,)), ("bfloat16",), (64,), (True,), 2048, 16384,
                             50, 25, 100, fidelity=(FidelityPoint("flash-sdpa", "kernel", "fwd", 8192),),
-                            fidelity_budget_ms=100),
+                            fidelity_budget_ms=100, compiled=(Sweep("kernel", ("fwd",), (1024, 8192)),)),
     ("cuda", "standard"): Grid(both_levels((512, 2048, 8192, 32768, 131072), (2048, 16384)), ("bfloat16",),
                                (64,), (True,), 2048, 16384, 100, 25, 200, remeasure_ms=500,
                                fidelity=tuple(FidelityPoint(v, "kernel", "fwd", 8192)
                                               for v in ("flash-sdpa", "vanilla", "linear")),
-                               fidelity_budget_ms=200),
+                               fidelity_budget_ms=200,
+                               compiled=(Sweep("kernel", ("fwd", "fwd_bwd"), (2048, 8192, 32768)),)),
     ("cuda", "full"): Grid(both_levels(powers_of_two(512, 131072), powers_of_two(512, 131072)),
                            ("bfloat16", "float16"), (64, 128), (True, False), 2048, 16384, 200, 50, 200,
                            remeasure_ms=1000, fidelity=tuple(FidelityPoint(v, "kernel", "fwd", 8192)
@@ -378,7 +392,7 @@ THROUGHPUT_GRIDS = {
                            fidelity_budget_ms=200),
     ("cpu", "quick"): Grid(both_levels((128, 512), (128, 512)), ("float32",), (64,), (True,), 256, 1024,
                            30, 0, 0, fidelity=(FidelityPoint("flash-sdpa", "kernel", "fwd", 512),),
-                           fidelity_budget_ms=30),
+                           fidelity_budget_ms=30, compiled=(Sweep("kernel", ("fwd",), (128, 512)),)),
     ("cpu", "standard"): CPU_STANDARD_THROUGHPUT,
     ("cpu", "full"): Grid(both_levels(powers_of_two(128, 65536), powers_of_two(128, 65536)),
                           ("float32", "bfloat16"), (64, 128), (True, False), 256, 16384, 200, 0, 0,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from harness import compiling
 from harness.context import RunContext
 from suites.accuracy import (
-    OPTIONS,
+    LEARNED_OPTIONS,
     AccuracyCase,
     TaskCase,
     case_cost,
@@ -33,6 +33,7 @@ from suites.accuracy import (
 MACHINE_BOUND = False
 TIMEOUT_S = 1800.0  # twice a CPU training's time budget (900 s): one its budget stops still gets evaluated
 Case = TaskCase
+OPTIONS = LEARNED_OPTIONS  # no Part A here, so no compiled series (--compile)
 
 
 def plan(profile: str, device: str, variants: list[str] | None = None, seq_lens: list[int] | None = None,

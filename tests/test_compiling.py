@@ -135,7 +135,7 @@ class Called(Exception):
 
 @pytest.mark.parametrize("suite", ["throughput", "accuracy", "long-range"])
 def test_every_suite_raises_the_recompile_limit_through_the_helper(monkeypatch, suite):
-    def spy(device, reset=False):
+    def spy(device, reset=False, compiled=False):
         raise Called(device)
 
     monkeypatch.setattr(hc, "allow_recompiles", spy)

@@ -58,10 +58,10 @@ def test_capabilities_a_suite_does_not_declare_get_their_stated_defaults():
 
 def test_every_suite_of_attnbench_keeps_the_protocol():
     assert plugins.suite_problems() == []
-    learned = {name: plugins.suite(name) for name in ("accuracy", "long-range")}
-    assert all(s.options == ("seeds", "findings", "criterion") for s in learned.values())
+    assert plugins.suite("accuracy").options == ("seeds", "findings", "criterion", "compiled")
+    assert plugins.suite("long-range").options == ("seeds", "findings", "criterion")
     throughput = plugins.suite("throughput")
-    assert throughput.options == ("kv_heads",) and throughput.find_max_n is not None
+    assert throughput.options == ("kv_heads", "model", "compiled") and throughput.find_max_n is not None
     assert throughput.import_benchmark_json is not None
     assert load_suite(SUITE).recipes is fake_suite.recipes
 

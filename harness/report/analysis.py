@@ -276,6 +276,8 @@ class Findings:
     headlines: list[str]  # one such config per device
     pareto: Pareto | None
     smoke: dict[str, list[str]]  # part (throughput, exactness, learned) -> why it is a smoke run, if it is
+    # Eager against compiled latency (data.compiled_series): empty without a --compile run
+    compiled: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
     def compute(cls, rows: pd.DataFrame, pareto_n: int | None = None) -> Findings:
@@ -284,7 +286,7 @@ class Findings:
         return cls(points=pts, best=best, exactness=data.exactness(rows), largest=largest_feasible(pts),
                    fits=scaling_fits(pts), crossings=crossings(pts), primary=primary_config(pts),
                    headlines=primary_configs(pts), pareto=pareto(pts, best, pareto_n),
-                   smoke=data.smoke_reasons(rows))
+                   smoke=data.smoke_reasons(rows), compiled=data.compiled_series(rows))
 
     def smoke_sentence(self) -> str | None:
         """'Smoke run (throughput: quick profile; learned tasks: one seed per model): ...', or None."""

@@ -7,7 +7,9 @@ Figures are built on `matplotlib.figure.Figure` (Agg canvas, no pyplot state) an
 Artists carry gids that say what they are: `series:<name>` for a data line, `oom:<name>` for the
 lengths where a series ran out of memory, `max-n:<name>` for its largest feasible length,
 `noisy:<name>` for its points whose median's interval stayed wider than +-2%, `device-memory`,
-`pareto-front`, `predicted:<name>` for a series' memory model beside its measured peak.
+`pareto-front`, `predicted:<name>` for a series' memory model beside its measured peak; the
+compiled-vs-eager chart's lines `eager:<variant>` and `compiled:<variant>`, and `not-compiled:<variant>`
+where the compiled series did not run (unsupported, failed).
 """
 
 from __future__ import annotations
@@ -669,6 +671,50 @@ def exactness_chart(exact: pd.DataFrame, title: str = "Implementation error agai
         ax.tick_params(axis="x", rotation=30)
         ax.legend(title="input", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
         fig.suptitle(title, fontweight="bold")
+    return fig
+
+
+# eager or compiled -> (label, line style, marker face): a hollow marker tells a lone compiled point apart
+COMPILED_STYLE = {False: ("eager", "-", None), True: ("compiled", "--", "none")}
+
+
+def compiled_chart(series: pd.DataFrame, colors=None):
+    """Median latency of each variant eager (solid, filled markers) and under torch.compile (dashed, hollow
+    markers, the same colour), one panel per family and configuration (data.compiled_series); an x at the
+    top of a panel where the compiled series did not run at that N. None when no compiled row ran."""
+    if series.empty or not ((series.status == "ok") & series.compiled).any():
+        return None
+    colors = _colors_for(series, colors, "variant")
+    found = {(r.config, r.family) for r in series.itertuples() if isinstance(r.family, str)}
+    rank = {f: i for i, f in enumerate(colors_.family_order({family for _, family in found}))}
+    panels = sorted(found, key=lambda panel: (panel[0], rank[panel[1]]))
+    with _style():
+        fig, axes = _grid(panels, "Compiled against eager: latency per family")
+        for (config, family), ax in axes.items():
+            panel = series[(series.config == config) & (series.family == family)]
+            for (variant, compiled), line in panel.groupby(["variant", "compiled"], sort=True):
+                label, style, face = COMPILED_STYLE[bool(compiled)]
+                ok = line[line.status == "ok"].sort_values("seq_len")
+                if not ok.empty:
+                    ax.plot(ok.seq_len, ok.latency_ms, color=colors[variant], linestyle=style, marker="o",
+                            markersize=6, markerfacecolor=face or colors[variant], markeredgewidth=1.5,
+                            label=f"{variant} {label}", gid=f"{label}:{variant}")
+                failed = line[line.status != "ok"].seq_len
+                if compiled and not failed.empty:  # at the top of the panel: there is no value to plot
+                    ax.plot(failed, np.full(len(failed), 0.96), transform=ax.get_xaxis_transform(),
+                            marker="x", markersize=8, linestyle="none", color=colors[variant],
+                            clip_on=False, gid=f"not-compiled:{variant}")
+            _length_axis(ax, panel.seq_len)
+            _log_scale(ax)
+            ax.set_ylabel("latency (ms, median)")
+        drawn = {v for v in series.variant[series.status == "ok"]}
+        handles = [Line2D([], [], color=colors[v], marker="o", label=v) for v in colors.ordered(drawn)]
+        handles += [Line2D([], [], color="0.2", linestyle=style, marker="o", markerfacecolor=face or "0.2",
+                           label=label) for label, style, face in COMPILED_STYLE.values()]
+        if ((series.status != "ok") & series.compiled).any():
+            handles.append(Line2D([], [], color="0.2", marker="x", linestyle="none",
+                                  label="compiled: did not run"))
+        fig.legend(handles=handles, loc="outside right upper", frameon=False)
     return fig
 
 

@@ -202,11 +202,24 @@ def _throughput_kind(rows: pd.DataFrame, kind: str) -> pd.DataFrame:
     return tp[kinds == kind]
 
 
+def under_compile(rows: pd.DataFrame) -> pd.Series:
+    """Which rows are of the compiled series (`compiled` true; rows before the column are eager)."""
+    flags = rows["compiled"] if "compiled" in rows else pd.Series(False, index=rows.index)
+    return flags.map(lambda v: v is True or v == 1.0)
+
+
 def throughput(rows: pd.DataFrame) -> pd.DataFrame:
-    """Sweep rows with a `series` (line), `config` (full description) and panel labels. `mem_peak_bytes`:
-    torch's allocated peak, on CUDA from its allocator, on the CPU traced (`mem_tracked_peak_bytes`); never
-    the resident peak, which rows before the tracing have unchecked (harness.memory)."""
-    tp = with_columns(_throughput_kind(rows, "sweep"), THROUGHPUT_COLUMNS)
+    """Eager sweep rows with a `series` (line), `config` (full description) and panel labels.
+    `mem_peak_bytes`: torch's allocated peak, on CUDA from its allocator, on the CPU traced
+    (`mem_tracked_peak_bytes`); never the resident peak, which rows before the tracing have unchecked
+    (harness.memory). The compiled series' rows are left out (every analysis speaks of eager calls): they
+    are drawn against the eager ones apart (`compiled_series`)."""
+    sweep = _throughput_kind(rows, "sweep")
+    return _prepared(with_columns(sweep[~under_compile(sweep)], THROUGHPUT_COLUMNS))
+
+
+def _prepared(tp: pd.DataFrame) -> pd.DataFrame:
+    """Sweep rows made ready to draw: numbers, defaults, `series`, `config` and panel labels."""
     tp["mem_peak_bytes"] = peak_bytes(tp)
     tp["noisy"] = tp.noisy.astype(float)  # bool, or null in rows written before noise was measured
     if tp.empty:
@@ -223,6 +236,36 @@ def throughput(rows: pd.DataFrame) -> pd.DataFrame:
     tp["panel_row"] = [_describe(r, varying, False, several_devices) for r in tp.itertuples()]
     tp["panel_col"] = tp["mode"].map(lambda m: MODE_NAMES.get(m, str(m)))
     return tp
+
+
+COMPILED_COLUMNS = ("config", "family", "variant", "seq_len", "compiled", "status", "reason", "latency_ms",
+                    "compile_s")
+
+
+def compiled_series(rows: pd.DataFrame) -> pd.DataFrame:
+    """Eager against compiled (`--compile`): one row per (config, variant, N, compiled) of every variant the
+    compiled series ran: the median latency of its ok rows and their median `compile_s` (status ok), else
+    its most telling failure (an unsupported compile keeps its reason). Configs as `throughput` names them
+    for these rows; empty when no row is compiled."""
+    sweep = _throughput_kind(rows, "sweep")
+    flags = under_compile(sweep)
+    if not flags.any():
+        return pd.DataFrame(columns=list(COMPILED_COLUMNS))
+    tp = _prepared(with_columns(sweep, (*THROUGHPUT_COLUMNS, "compile_s")).assign(compiled=flags.to_numpy()))
+    tp["compile_s"] = pd.to_numeric(tp.compile_s, errors="coerce")
+    ran = set(zip(tp.config[tp.compiled], tp.variant[tp.compiled], strict=True))
+    tp = tp[[pair in ran for pair in zip(tp.config, tp.variant, strict=True)]]
+    keys = ["config", "family", "variant", "seq_len", "compiled"]
+    ok = tp[tp.status == "ok"].groupby(keys, dropna=False)[["latency_ms", "compile_s"]].median().reset_index()
+    ok["status"], ok["reason"] = "ok", ""
+    rank = {s: i for i, s in enumerate(FAILURE_ORDER)}
+    failed = tp[tp.status != "ok"].assign(_rank=lambda d: d.status.map(rank).fillna(len(rank)))
+    failed = failed.sort_values("_rank").drop_duplicates(keys)
+    failed = failed.merge(ok[keys], on=keys, how="left", indicator=True)
+    failed = failed[failed._merge == "left_only"]
+    columns = list(COMPILED_COLUMNS)
+    return pd.concat([ok[columns], failed[columns]], ignore_index=True).sort_values(
+        ["config", "family", "variant", "compiled", "seq_len"], ignore_index=True)
 
 
 def peak_bytes(rows: pd.DataFrame) -> pd.Series:

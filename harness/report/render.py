@@ -22,7 +22,8 @@ CHART_PARTS = {"latency": ("throughput",), "memory": ("throughput",), "tflops": 
                "approximation": ("exactness",),
                "accuracy": ("learned",), "long_range": ("learned",), "passkey": ("learned",),
                "pareto": ("throughput", "learned"), "ratio": ("throughput",), "decode_state": ("throughput",),
-               "gqa_memory": ("throughput",), "serving_profile": ("throughput",)}
+               "gqa_memory": ("throughput",), "serving_profile": ("throughput",),
+               "compiled": ("throughput",)}
 CAPTIONS = {
     "latency": "Median latency of one call (batch x N tokens) per variant, log-log; shaded: 20th-80th "
                "percentile; X at the top of a panel: out of memory at that N; star: the largest N that ran "
@@ -63,6 +64,10 @@ CAPTIONS = {
                        "forward), decode tokens/s per user (1000 / one sequence's decode step) and the "
                        "decode state per sequence; a model preset's rows (`run --model`) are one layer's "
                        "measurement x its layers, as the panel says; other rows are one layer.",
+    "compiled": "Median latency of each variant eager (solid, filled) and under torch.compile (dashed, "
+                "hollow markers, same colour), per family: the steady-state calls after the compiling one, "
+                "whose seconds (compile_s) are in the table below and in none of these figures; x at the top:"
+                " the compiled series did not run there (the table gives the reason).",
 }
 
 
@@ -156,6 +161,7 @@ def draw(findings: Findings, comparison: Comparison | None,
         "long_range": ("Long-range accuracy", charts.long_range_chart(best, colors)),
         "passkey": ("Passkey retrieval", charts.passkey_chart(best)),
         "pareto": ("Quality vs throughput", charts.pareto_chart(findings.pareto, colors)),
+        "compiled": ("Compiled against eager", charts.compiled_chart(findings.compiled, colors)),
     }
     if comparison is not None:
         figures["ratio"] = ("Latency against the baseline",
@@ -211,6 +217,7 @@ def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparis
                             fold=f"Every crossover, {len(findings.crossings)} (the decision page's matrices "
                                  "in full)") if findings.crossings
                  else "<p>No latency crossover beyond the noise.</p>")
+        body += _compiled(findings.compiled, figs("compiled"))
         body += _timer_checks(results.rows) + _frontier(results.rows)
         sections.append(("throughput", "Throughput", body))
     quality = figs("exactness", "approximation")
@@ -319,6 +326,29 @@ def _conditions(rows: pd.DataFrame) -> str:
         body += ("<p>% of peak compares each row with the measured matmul peak of its own precision:</p>"
                  + html.table(peaks))
     return body
+
+
+def compiled_table(series: pd.DataFrame) -> pd.DataFrame:
+    """Per (config, variant, N): eager and compiled median latency, eager / compiled, the compiling call's
+    seconds, and the compiled series' status and reason where it did not run."""
+    keys = ["config", "variant", "seq_len"]
+    eager = series[~series.compiled & (series.status == "ok")][[*keys, "latency_ms"]]
+    compiled = series[series.compiled][[*keys, "latency_ms", "compile_s", "status", "reason"]]
+    table = compiled.merge(eager, on=keys, how="left", suffixes=("_compiled", "_eager"))
+    table["speedup"] = table.latency_ms_eager / table.latency_ms_compiled
+    columns = [*keys, "latency_ms_eager", "latency_ms_compiled", "speedup", "compile_s", "status", "reason"]
+    return table[columns].rename(columns={"seq_len": "N", "status": "compiled_status"})
+
+
+def _compiled(series: pd.DataFrame, figure: str) -> str:
+    if series.empty:
+        return ""
+    return ("<h3>Compiled against eager</h3><p>Each variant's call under torch.compile (inductor, static "
+            "shapes; <code>--compile</code>, docs/compile.md) beside the same call eager. The latency is "
+            "the steady state after the compiling call; <code>compile_s</code> is that first call's wall "
+            "time (tracing, code generation, the C++ or Triton build, one execution), never timed in the "
+            "rounds. <code>speedup</code> = eager / compiled median latency.</p>"
+            + figure + html.table(compiled_table(series)))
 
 
 def _timer_checks(rows: pd.DataFrame) -> str:

@@ -117,16 +117,19 @@ def measure_case(case: Case, context: RunContext) -> tuple[list[float], dict[str
     peak-memory stats (checked for NaN/Inf, sizes the number of rounds), the timed rounds with an L2
     flush in each setup (re-measured while they spread widely; a fidelity case alternates them with an
     independent timer), then the energy phase (NVML samples taken then, not during the timed rounds).
+    A case of the compiled series makes its compiling call right after the build, before any other call:
+    its seconds are `compile_s`, in none of the timed rounds.
     """
     started, clock = env.now(), time.perf_counter()
     check_level(case)  # before the peak matmul, which an unsupported case does not need
     precision, peak = peak_matmul_tflops(case.device, case.dtype, context)
-    compiling.allow_recompiles(case.device, reset=True)
+    compiling.allow_recompiles(case.device, reset=True, compiled=case.compiled)
     gpu = telemetry.GpuTelemetry.open(case.device)
     timer = timing.timer_for(case.device)
     try:
         with memory.call_memory(case.device) as meter, memory.memory_cap(case.device, cap_mb(case)):
             work = build_workload(case)
+            compile_s = _compile(work, case.device)
             meter.trace_call(work.call, work.reset)  # CPU: an untimed call, traced (the tracked memory peak)
             compiled = compiling.counts()
             # No warm-up budget (the CPU profiles: nothing compiles or autotunes there): the sizing call
@@ -175,10 +178,27 @@ def measure_case(case: Case, context: RunContext) -> tuple[list[float], dict[str
         "decode_state_kind": work.state_kind, "mem_predicted_bytes": predicted_buffer_bytes(case),
         **figures, "nvml_mem_used_bytes": used, "device_mem_total_bytes": total,
         **telemetry.summarize(sampler.samples, sampler.reasons),
-        "first_call_ms": first_call_ms, "warmup_calls": warmup_calls, "l2_flush_bytes": flush.nbytes,
+        "first_call_ms": first_call_ms, "warmup_calls": warmup_calls, "compile_s": compile_s,
+        "l2_flush_bytes": flush.nbytes,
         "timer": timer.__name__, "threads": env.cpu_threads(), "cpu_governor": env.cpu_governor(),
         "started_at": started, "finished_at": env.now(), "case_wall_ms": (time.perf_counter() - clock) * 1e3,
     }
+
+
+def _compile(work: Workload, device: str) -> float | None:
+    """The compiled series' compiling call (harness.compiling.compiling_call): its seconds, up to the end
+    of its kernels on a GPU; None for an eager case. Its output is dropped: the sizing call after it checks
+    one for NaN and Inf."""
+    if work.compiled is None:
+        return None
+
+    def clock() -> float:
+        timing.synchronize(device)
+        return time.perf_counter()
+
+    work.reset()
+    _, seconds = compiling.compiling_call(work.call, work.compiled, clock)
+    return seconds
 
 
 # A fidelity case alternates the two timers in turns of about this long each (longer where our MIN_ROUNDS
@@ -219,7 +239,7 @@ FIGURES = (
     "energy_j_per_token", "sm_clock_mhz_mean", "temperature_c_max", "throttled", "throttle_reasons",
     "first_call_ms", "warmup_calls", "l2_flush_bytes", "timer", "threads", "cpu_governor", "extra_rounds",
     "noisy", "decode_state_bytes", "reference_latency_ms", "reference_timer", "case_wall_ms",
-    "eager_fallback", "telemetry_reason", "others_cpu_share",
+    "eager_fallback", "telemetry_reason", "others_cpu_share", "compile_s",
     "mem_tracked_peak_bytes", "mem_reason", "mem_predicted_bytes",
 )
 

@@ -24,6 +24,10 @@ measurement is multiplied here. The fidelity cases stay at the grid's shape, and
 The memory model of a case (`predicted_buffer_bytes`): the bytes one kernel-level forward call's buffers
 peak at, from its variant's `peak_bytes` hook (harness.costs), written on its row beside the measured
 peak (suites.throughput.measuring); suites.frontier adds the runtime a first call maps.
+
+The compiled series (`--compile`, the plan option `compiled`; docs/compile.md): the grid's compiled sweeps
+(`Grid.compiled`) planned again with `compiled` true, each case the variant's call under torch.compile, a
+series of its own beside the eager one (`compiled` false: every case recorded before the field existed).
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ class Case(BaseCase):
     kv_heads: Annotated[PositiveInt | None, ADDED_LATER] = None
     # A model preset (harness.model_presets) whose per-layer attention shape this is; None: the grid's.
     model: Annotated[str | None, ADDED_LATER] = None
+    # The compiled series: the call under torch.compile (harness.compiling); False: eager.
+    compiled: Annotated[bool, ADDED_LATER] = False
 
     @model_validator(mode="before")
     @classmethod
@@ -152,6 +158,7 @@ class Case(BaseCase):
         shape += f" kv={self.kv_heads}/{self.n_heads}" if self.grouped else ""
         shape += f" model={self.model}" if self.model else ""
         kind = "" if self.kind == "sweep" else f" [{self.kind}]"
+        kind += " compiled" if self.compiled else ""
         return f"{self.variant} {self.level} {self.mode} {shape}" + ("" if self.causal else " full") + kind
 
     def slug(self) -> str:
@@ -161,6 +168,7 @@ class Case(BaseCase):
         shape += f"-kv{self.kv_heads}" if self.grouped else ""
         shape += f"-{self.model}" if self.model else ""
         kind = "" if self.kind == "sweep" else f"-{self.kind}"
+        kind += "-compiled" if self.compiled else ""
         return f"{self.variant}-{self.level}-{self.mode}-{shape}{kind}"
 
 
@@ -202,14 +210,16 @@ def checked_dtypes(device: str, requested: Sequence[str] | None, default: Sequen
 
 def plan(profile: str, device: str, variants: Sequence[str] | None = None,
          seq_lens: Sequence[int] | None = None, dtypes: Sequence[str] | None = None,
-         kv_heads: Sequence[int] | None = None, model: str | None = None) -> list[Case]:
+         kv_heads: Sequence[int] | None = None, model: str | None = None,
+         compiled: bool = False) -> list[Case]:
     """Every case of a profile on a device, smallest N first within each group (for OOM and time-cap
     skipping), then the grid's fidelity cases.
 
     `dtypes` runs every sweep of the grid in those dtypes (a grid may sweep its second dtype sparser);
     `seq_lens` replaces every sweep's lengths; `kv_heads` plans every sweep case at each of those KV head
     counts (each must divide every n_heads of the plan, else ValueError) instead of n_heads. `model` (a
-    preset name, else ValueError) plans the serving profile at that model's attention shape (module doc).
+    preset name, else ValueError) plans the serving profile at that model's attention shape (module doc);
+    `compiled` adds the compiled series: the grid's compiled sweeps again under torch.compile.
     """
     if (device, profile) not in THROUGHPUT_GRIDS:
         raise ValueError(f"no throughput profile {profile!r} on {device!r}; "
@@ -224,12 +234,14 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
     shapes = head_shapes(grid, model)
     kv_choices = checked_kv_choices(shapes, kv_heads, model)
     modes, causals = (SERVING_MODES, (True,)) if model else (None, grid.causal)
+    series = [(sweep, False) for sweep in grid.sweeps]
+    series += [(sweep, True) for sweep in grid.compiled_sweeps()] if compiled else []
     cases: dict[str, Case] = {}
     for name in names:
         dense_mask = registry.get(name).backend_for(device) == DENSE_MASK_BACKEND
         # A model's KV heads are its attention's: a mixer-only family (no KV heads) runs at its own shape.
         kvs = [None] if model and registry.get(name).attention_fn is None else kv_choices
-        for sweep in grid.sweeps:
+        for sweep, under_compile in series:
             if dense_mask and not sweep.dense_masks:
                 continue
             own = run_dtypes if dtypes else sweep.dtypes or run_dtypes  # --dtype: every sweep in those
@@ -243,7 +255,7 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
                             for kv, n in ((kv, n) for kv in kvs
                                           for n in sorted(set(seq_lens or sweep.seq_lens))):
                                 c = _case(grid, name, device, dtype, head_dim, sweep.level, mode, causal, n,
-                                          n_heads=n_heads, kv_heads=kv, model=model)
+                                          n_heads=n_heads, kv_heads=kv, model=model, compiled=under_compile)
                                 cases.setdefault(c.case_id, c)
     for point in grid.fidelity if model is None else ():
         if point.variant in names and (seq_lens is None or point.seq_len in seq_lens):
@@ -312,8 +324,10 @@ def measuring_seconds(case: Case) -> float:
 
 def compile_shapes(case: Case) -> list[dict]:
     """The compiled call a case makes (harness.estimate): its timed call, at kernel and layer level alike
-    (the layer calls the same kernel at the same shape); decode's query is one token against N keys."""
-    return [{"graph": case.mode, "dtype": case.dtype, "batch": case.batch, "heads": case.n_heads,
+    (the layer calls the same kernel at the same shape; under torch.compile, the compiled series, the
+    layer is a graph of its own); decode's query is one token against N keys."""
+    graph = f"{case.level} {case.mode}" if case.compiled else case.mode
+    return [{"graph": graph, "dtype": case.dtype, "batch": case.batch, "heads": case.n_heads,
              "seq_len": case.seq_len, "head_dim": case.head_dim, "causal": case.causal,
              "backward": case.mode == "fwd_bwd"}]
 

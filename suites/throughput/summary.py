@@ -20,12 +20,14 @@ def largest_feasible(df) -> dict[tuple[str, str, str], tuple[int | None, int | N
 
 
 def summarize(out_dir: str | Path, console) -> None:
-    """Print each variant's largest N that ran on this device, per level and mode."""
+    """Print each variant's largest N that ran on this device, per level and mode (eager: the compiled
+    series runs at a few of the grid's lengths only)."""
     from rich.table import Table
 
     df = store.load(out_dir)
     df = df[df.suite == "throughput"] if "suite" in df else df.iloc[0:0]
     df = df[df["kind"].fillna("sweep") == "sweep"] if "kind" in df else df
+    df = df[df["compiled"].fillna(False) != True] if "compiled" in df else df  # noqa: E712  (eager calls)
     if df.empty:
         return
     found = largest_feasible(df)

@@ -11,6 +11,11 @@ Grouped-query attention (`Case.kv_heads`): the kernel gets k and v with kv_heads
 keys and values to kv_heads heads (harness.attention.AttentionMixer); a variant that does not declare
 grouped KV heads, or a mixer-only family (no KV heads), is unsupported with the reason. A decode workload
 reports what its state holds (`state_kind`: the variant's decode_state_kind) beside its bytes.
+
+The compiled series (`Case.compiled`): the function the timed call runs (the attention call, a mixer-only
+family's kernel, the mixer, a decode step) is wrapped in harness.compiling.Compiled, kept as the
+workload's `compiled`; measuring makes its compiling call before anything is timed. A variant that
+declares it cannot compile (Support.torch_compile) is unsupported with its reason.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness import flops, memory, registry
+from harness import compiling, flops, memory, registry
 from harness.registry import Unsupported
 from suites.throughput.planning import Case
 
@@ -36,6 +41,7 @@ class Workload:
     flops: int | None
     state_bytes: int | None = None  # decode: the bytes of the state after the context (KV cache or recurrent)
     state_kind: str | None = None  # decode: "kv_cache" or "recurrent" (Variant.decode_state_kind)
+    compiled: compiling.Compiled | None = None  # the compiled series: the function `call` runs compiled
 
 
 def _no_reset() -> None:
@@ -70,8 +76,10 @@ def _inference(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
 
 
 def check_level(case: Case) -> None:
-    """Unsupported where the case's level or grouping does not apply to its variant."""
+    """Unsupported where the case's level, grouping or compilation does not apply to its variant."""
     v = registry.get(case.variant)
+    if case.compiled and v.support.compile_reason():
+        raise Unsupported(f"torch.compile: {v.support.compile_reason()}")
     if case.grouped:
         if v.attention_fn is None:
             raise Unsupported(f"grouped KV heads (kv_heads={case.kv_heads}): {case.variant} is a sequence "
@@ -88,13 +96,23 @@ def check_level(case: Case) -> None:
                           "layer level")
 
 
+def compiled_if(case: Case, fn: Callable) -> Callable:
+    """`fn`, or for the compiled series `fn` under torch.compile (harness.compiling.Compiled)."""
+    return compiling.Compiled(fn) if case.compiled else fn
+
+
+def _compiled_of(fn: Callable) -> compiling.Compiled | None:
+    return fn if isinstance(fn, compiling.Compiled) else None
+
+
 def _training_or_inference(case: Case, forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor],
-                           tokens: int, flops_: int | None) -> Workload:
+                           tokens: int, flops_: int | None, compiled: compiling.Compiled | None) -> Workload:
     """fwd: the forward without autograd; fwd_bwd: forward + backward of a random output gradient, the
-    gradients of `leaves` reset in each round's setup."""
+    gradients of `leaves` reset in each round's setup. `compiled`: what `forward` calls compiled."""
     if case.mode == "fwd_bwd":
-        return Workload(_training_call(forward), _clear_grads(leaves), leaves, tokens, flops_)
-    return Workload(_inference(forward), _no_reset, [], tokens, flops_)
+        return Workload(_training_call(forward), _clear_grads(leaves), leaves, tokens, flops_,
+                        compiled=compiled)
+    return Workload(_inference(forward), _no_reset, [], tokens, flops_, compiled=compiled)
 
 
 def mixer_kernel_workload(case: Case) -> Workload:
@@ -107,7 +125,9 @@ def mixer_kernel_workload(case: Case) -> Workload:
     inputs = {k: t.to(case.device) if torch.is_tensor(t) else t for k, t in inputs.items()}
     leaves = [t.requires_grad_(case.mode == "fwd_bwd") for t in inputs.values()
               if torch.is_tensor(t) and t.dtype == case.torch_dtype]
-    return _training_or_inference(case, lambda: v.kernel(**inputs), leaves, case.batch * case.seq_len, None)
+    kernel = compiled_if(case, v.kernel)
+    return _training_or_inference(case, lambda: kernel(**inputs), leaves, case.batch * case.seq_len, None,
+                                  _compiled_of(kernel))
 
 
 def kernel_workload(case: Case) -> Workload:
@@ -130,14 +150,16 @@ def kernel_workload(case: Case) -> Workload:
         with torch.no_grad():
             state = v.prefill(make_kv(n), make_kv(n), capacity=n + 1, **case.params)
         q, k, vv = make(1), make_kv(1), make_kv(1)
+        step = compiled_if(case, lambda q, k, vv, state: v.decode(q, k, vv, state, **case.params)[0])
         # The returned state is dropped: every round decodes token N + 1 against the same context.
-        call = _inference(lambda: v.decode(q, k, vv, state, **case.params)[0])
+        call = _inference(lambda: step(q, k, vv, state))
         return Workload(call, _no_reset, [], b, count(1, n + 1), memory.tensor_bytes(state),
-                        v.decode_state_kind)
+                        v.decode_state_kind, _compiled_of(step))
     grad = case.mode == "fwd_bwd"
     q, k, vv = make(n, grad), make_kv(n, grad), make_kv(n, grad)
-    forward = lambda: v.attention(q, k, vv, causal=case.causal, **case.params)  # noqa: E731
-    return _training_or_inference(case, forward, [q, k, vv], b * n, count(n, n))
+    attention = compiled_if(case, lambda q, k, vv: v.attention(q, k, vv, causal=case.causal, **case.params))
+    return _training_or_inference(case, lambda: attention(q, k, vv), [q, k, vv], b * n, count(n, n),
+                                  _compiled_of(attention))
 
 
 def layer_workload(case: Case) -> Workload:
@@ -158,12 +180,15 @@ def layer_workload(case: Case) -> Workload:
         with torch.no_grad():
             _, state = mixer.prefill(x, capacity=n + 1)
         x_new = torch.randn(b, 1, d_model, device=case.device, dtype=case.torch_dtype)
+        step = compiled_if(case, mixer.step)
         # As at kernel level; a state updated in place (mamba's) moves on, at the same cost per step.
-        call = _inference(lambda: mixer.step(x_new, state)[0])
+        call = _inference(lambda: step(x_new, state)[0])
         return Workload(call, _no_reset, [], b, count(1, n + 1, b), memory.tensor_bytes(state),
-                        v.decode_state_kind)
+                        v.decode_state_kind, _compiled_of(step))
     x.requires_grad_(case.mode == "fwd_bwd")
-    return _training_or_inference(case, lambda: mixer(x), [x, *mixer.parameters()], b * n, count(n, n, b * n))
+    layer = compiled_if(case, mixer)
+    return _training_or_inference(case, lambda: layer(x), [x, *mixer.parameters()], b * n,
+                                  count(n, n, b * n), _compiled_of(layer))
 
 
 def build_workload(case: Case) -> Workload:
