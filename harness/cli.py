@@ -104,6 +104,10 @@ def run(
     kv_heads: Annotated[list[int] | None, typer.Option(
         "--kv-heads", help="Throughput: grouped-query attention, k and v with this many heads (each must "
                            "divide n_heads; repeat for several; 1 is multi-query)")] = None,
+    lengths: Annotated[list[str] | None, typer.Option(
+        "--lengths", help="Throughput: ragged batches, lengths drawn from this distribution (fixed, uniform, "
+                          "chat; NAME:key=value,... sets its parameters): every kernel-level fwd and fwd_bwd "
+                          "case padded and packed (docs/ragged.md)")] = None,
     estimate: Annotated[bool, typer.Option(
         "--estimate", help="Run nothing: print the plan's (or the shard's) case count and estimated time, "
                            "in all and per family, compiling and autotuning included (a --device cuda plan "
@@ -118,6 +122,12 @@ def run(
         if find_max_n:
             fail("--find-max-n takes no --kv-heads (it probes the forward kernel at n_heads)")
         learned["kv_heads"] = validate.unique(kv_heads)  # a plan option of the throughput suite
+    if lengths:
+        if find_max_n:
+            fail("--find-max-n takes no --lengths (it probes the square forward kernel)")
+        if kv_heads:
+            fail("--lengths and --kv-heads do not combine: ragged batches run at n_heads KV heads")
+        learned["lengths"] = validate.unique(lengths)  # a plan option of the throughput suite
     shape = {k: v for k, v in dict(mode=mode, level=level, kind=kind).items() if v}
     if find_max_n:
         if estimate:
@@ -259,8 +269,8 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
     if fresh and out.is_dir() and any(out.iterdir()) and not store.is_run_dir(out):
         fail(f"--fresh: {out} is not a run directory (no records/ or environment.json); it is left alone")
     for name in sorted(set(learned) - set(chosen.options)):
-        if name == "kv_heads":
-            fail(f"--kv-heads applies to the throughput suite, not to {suite}")
+        if name in ("kv_heads", "lengths"):
+            fail(f"--{name.replace('_', '-')} applies to the throughput suite, not to {suite}")
         option = {"seeds": "--seeds", "findings": "--finding", "criterion": "--criterion"}[name]
         fail(f"{option} applies to the learned-task suites (accuracy, long-range), not to {suite}")
     try:

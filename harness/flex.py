@@ -17,7 +17,7 @@ import functools
 
 import torch
 
-from harness import compiling, costs, masks
+from harness import compiling, costs, masks, ragged
 from harness.attention import softmax_attention
 from harness.registry import ALL_FLOAT, HALF, Support
 
@@ -31,7 +31,8 @@ def _check(device, dtype, head_dim, causal):
     return None
 
 
-SUPPORT = Support(dtypes={"cpu": ALL_FLOAT, "cuda": (torch.float32, *HALF)}, check=_check, grouped_kv=True)
+SUPPORT = Support(dtypes={"cpu": ALL_FLOAT, "cuda": (torch.float32, *HALF)}, check=_check, grouped_kv=True,
+                  padded=ragged.NO_PADDED_PATTERN, packed=True)
 
 
 def gqa_flag(q: torch.Tensor, k: torch.Tensor) -> dict:

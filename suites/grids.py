@@ -307,6 +307,23 @@ def both_levels(kernel: Sequence[int], layer: Sequence[int]) -> tuple[Sweep, ...
 
 
 @dataclass(frozen=True)
+class RaggedSweep:
+    """Ragged batches (harness.ragged) a grid measures beside its square sweep: these variants at these
+    lengths, padded and packed, lengths drawn from one distribution, causal, kernel level."""
+
+    variants: tuple[str, ...]
+    seq_lens: tuple[int, ...]
+    lengths: str = "chat"
+    modes: tuple[str, ...] = ("fwd",)
+    dtypes: tuple[str, ...] | None = ("float32",)
+
+
+# A few families, one each of: the materialized softmax, a fused exact kernel, linear attention and two
+# recurrent families (a selective SSM, a delta rule): what padding costs each, and what packing saves.
+RAGGED_FAMILIES = ("vanilla", "flash-sdpa", "linear", "mamba2", "gated-deltanet")
+
+
+@dataclass(frozen=True)
 class FidelityPoint:
     """A sweep point that is also timed by an independent timer (a `fidelity` row)."""
 
@@ -333,6 +350,7 @@ class Grid:
     remeasure_ms: float = 0.0  # extra time a noisy case may spend on more rounds
     fidelity: tuple[FidelityPoint, ...] = ()  # timed by both timers, in the grid's first dtype
     fidelity_budget_ms: float = 0.0  # per timer
+    ragged: tuple[RaggedSweep, ...] = ()  # padded and packed batches beside the square sweep
 
 
 # CPU standard: the scaling curves to 128K tokens in about 10 minutes on 2 cores (results/README.md).
@@ -360,6 +378,7 @@ CPU_STANDARD_THROUGHPUT = Grid(
     dtypes=("float32", "bfloat16"), head_dims=(64,), causal=(True,), width=64, total_tokens=16384,
     budget_ms=100, warmup_ms=0, energy_ms=0, time_cap_ms=20000, remeasure_ms=300,
     fidelity=CPU_STANDARD_FIDELITY, fidelity_budget_ms=4000,
+    ragged=(RaggedSweep(RAGGED_FAMILIES, (1024, 4096)),),
 )
 
 THROUGHPUT_GRIDS = {
@@ -378,7 +397,7 @@ THROUGHPUT_GRIDS = {
                            fidelity_budget_ms=200),
     ("cpu", "quick"): Grid(both_levels((128, 512), (128, 512)), ("float32",), (64,), (True,), 256, 1024,
                            30, 0, 0, fidelity=(FidelityPoint("flash-sdpa", "kernel", "fwd", 512),),
-                           fidelity_budget_ms=30),
+                           fidelity_budget_ms=30, ragged=(RaggedSweep(RAGGED_FAMILIES, (512,)),)),
     ("cpu", "standard"): CPU_STANDARD_THROUGHPUT,
     ("cpu", "full"): Grid(both_levels(powers_of_two(128, 65536), powers_of_two(128, 65536)),
                           ("float32", "bfloat16"), (64, 128), (True, False), 256, 16384, 200, 0, 0,

@@ -20,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from harness import costs, flops
 from harness.attention import kv_group
+from harness.ragged import NO_PADDED_FUSED
 from harness.registry import ALL_FLOAT, HALF, Support, Unsupported, attention_variant
 
 CUDA_FLOAT = (torch.float32, *HALF)
@@ -27,6 +28,8 @@ CUDA_FLOAT = (torch.float32, *HALF)
 _NO_KERNEL_MESSAGES = ("No available kernel", "No viable backend")
 # Every kernel here is fused: charged as causal attention by the estimate, modelled as its inputs, output and
 # per-row statistics by the frontier.
+# A ragged batch runs packed, one SDPA (or xformers) call per document (harness.ragged); no padding mask.
+RAGGED = dict(padded=NO_PADDED_FUSED, packed=True)
 COST_HOOKS = dict(cost=costs.causal_attention_cost, peak_bytes=costs.fused_attention_bytes)
 
 
@@ -90,7 +93,7 @@ def _efficient_check(device, dtype, head_dim, causal):
 
 @attention_variant(
     "flash-sdpa", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
-    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": HALF}, check=_flash_check, grouped_kv=True),
+    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": HALF}, check=_flash_check, grouped_kv=True, **RAGGED),
     backend=lambda device: f"sdpa-flash-{device}",
     description="torch SDPA pinned to its FlashAttention backend (FA2 on CUDA, fused kernel on CPU)",
 )
@@ -102,7 +105,7 @@ def flash_sdpa(q, k, v, causal=False):
     "flash-cudnn", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
     # 128 is the limit cuDNN has everywhere; sm90/sm100 with a recent cuDNN also take 256.
     support=Support(dtypes={"cuda": HALF}, max_head_dim=128, head_dim_multiple=8, check=_sm80_check,
-                    grouped_kv=True),
+                    grouped_kv=True, **RAGGED),
     backend=lambda device: "sdpa-cudnn",
     description="torch SDPA pinned to its cuDNN fused attention backend",
 )
@@ -114,7 +117,7 @@ def flash_cudnn(q, k, v, causal=False):
     "flash-efficient", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
     # Alignment: 8 elements covers fp16/bf16 (8) and fp32 (4) on every architecture.
     support=Support(dtypes={"cuda": CUDA_FLOAT}, head_dim_multiple=8, check=_efficient_check,
-                    grouped_kv=True),
+                    grouped_kv=True, **RAGGED),
     backend=lambda device: "sdpa-mem-efficient",
     description="torch SDPA pinned to its memory-efficient (CUTLASS, xformers-derived) backend",
 )
@@ -162,7 +165,7 @@ def xformers_attention(q, k, v, attn_bias=None) -> torch.Tensor:
 @attention_variant(
     "flash-xformers", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
     # Its dispatcher falls back to the CUTLASS kernel, which takes fp32 and head_dim up to 65536.
-    support=Support(dtypes={"cuda": CUDA_FLOAT}, requires=("xformers",), grouped_kv=True),
+    support=Support(dtypes={"cuda": CUDA_FLOAT}, requires=("xformers",), grouped_kv=True, **RAGGED),
     backend=lambda device: "xformers-memory-efficient-attention",
     description="xformers.ops.memory_efficient_attention (dispatches to FlashAttention-2/3 or CUTLASS)",
 )

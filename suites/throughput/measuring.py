@@ -171,7 +171,8 @@ def measure_case(case: Case, context: RunContext) -> tuple[list[float], dict[str
         "environment": env.describe(case.device),
         "tokens_per_call": work.tokens, "flops": work.flops, "peak_matmul_tflops": peak,
         "peak_precision": precision, "decode_state_bytes": work.state_bytes,
-        "decode_state_kind": work.state_kind,
+        "decode_state_kind": work.state_kind, "padded_tokens": work.padded_tokens,
+        "ragged_path": work.ragged_path,
         **figures, "nvml_mem_used_bytes": used, "device_mem_total_bytes": total,
         **telemetry.summarize(sampler.samples, sampler.reasons),
         "first_call_ms": first_call_ms, "warmup_calls": warmup_calls, "l2_flush_bytes": flush.nbytes,
@@ -219,7 +220,7 @@ FIGURES = (
     "first_call_ms", "warmup_calls", "l2_flush_bytes", "timer", "threads", "cpu_governor", "extra_rounds",
     "noisy", "decode_state_bytes", "reference_latency_ms", "reference_timer", "case_wall_ms",
     "eager_fallback", "telemetry_reason", "others_cpu_share",
-    "mem_tracked_peak_bytes", "mem_reason",
+    "mem_tracked_peak_bytes", "mem_reason", "padded_tokens", "ragged_path",
 )
 
 
@@ -238,7 +239,8 @@ def metrics_from_benchmark(bench: dict[str, Any]) -> dict[str, Any]:
     state, reference = info.get("decode_state_bytes"), info.get("reference_latency_ms")
     return {
         **latency,
-        "tokens_per_s": info["tokens_per_call"] / seconds,
+        "tokens_per_s": info["tokens_per_call"] / seconds,  # real tokens (a ragged batch's padding not)
+        "real_tokens": info["tokens_per_call"],
         "tflops": tflops,
         "pct_of_peak": flops.percent_of_peak(tflops, info["peak_matmul_tflops"]),
         **{k: info.get(k) for k in FIGURES},

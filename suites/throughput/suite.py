@@ -11,7 +11,8 @@ from suites.throughput.planning import case_cost, estimate, plan
 from suites.throughput.summary import summarize
 
 TIMEOUT_S = 300.0  # per case: the first call may compile FlexAttention or autotune a Triton kernel
-OPTIONS: tuple[str, ...] = ("kv_heads",)  # --kv-heads: grouped-query attention (planning.plan)
+# --kv-heads: grouped-query attention; --lengths: ragged batches (planning.plan)
+OPTIONS: tuple[str, ...] = ("kv_heads", "lengths")
 
 __all__ = ["OPTIONS", "TIMEOUT_S", "case_cost", "estimate", "find_max_n", "import_benchmark_json", "plan",
            "run_case", "summarize"]
