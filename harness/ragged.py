@@ -359,8 +359,9 @@ def run_kernel(variant, inputs: dict[str, Any], batch: RaggedBatch, layout: str,
         return variant.kernel(**{name: t.narrow(dims[name], start, n) if name in dims else t
                                  for name, t in inputs.items()})
 
-    def empty():
-        one = {name: t.narrow(dims[name], 0, 1) if name in dims else t for name, t in inputs.items()}
+    def empty():  # no real token: the kernel's output for one token, cut to none
+        one = {name: t.new_zeros(*t.shape[:dims[name]], 1, *t.shape[dims[name] + 1:]) if name in dims else t
+               for name, t in inputs.items()}
         return variant.kernel(**one).narrow(out_dim, 0, 0)
 
     return per_document(run, batch, out_dim, empty)
