@@ -379,3 +379,49 @@ def test_lengths_is_refused_by_a_suite_that_does_not_plan_it(monkeypatch, capsys
         cli.main()
     assert exit_info.value.code == 2
     assert "--lengths applies to the throughput suite, not to accuracy" in capsys.readouterr().err
+
+
+# --- the report ---------------------------------------------------------------------------------------------
+
+def report_row(variant, layout, tokens_per_s, status="ok", reason="", n=512, real=700):
+    from tests import test_report_fixtures as fx
+
+    config = {"suite": "throughput", "variant": variant, "device": "cpu", "dtype": "float32", "params": "{}",
+              "mode": "fwd", "level": "kernel", "batch": 2, "seq_len": n, "n_heads": 1, "head_dim": 64,
+              "causal": True, "total_tokens": 1024, "kind": "sweep", "layout": layout, "lengths": "chat"}
+    if status != "ok":
+        return fx.row(config, status=status, reason=reason)
+    return fx.row(config, latency_ms=real / tokens_per_s * 1e3, latency_ms_p20=1.0, latency_ms_p80=1.0,
+                  tokens_per_s=tokens_per_s, real_tokens=real,
+                  padded_tokens=2 * n if layout == "padded" else real,
+                  ragged_path="per-document" if layout == "packed" else "masked-softmax", rounds=7,
+                  spread_iqr=0.01, median_ci=0.005, noisy=False, peak_precision="float32",
+                  peak_matmul_tflops=0.3)
+
+
+def test_the_report_charts_padded_against_packed_and_keeps_them_out_of_the_square_curves(tmp_path):
+    from harness.report import build, data
+    from tests import test_report_fixtures as fx
+    from tests.test_report_throughput import sweep_row
+
+    rows = [sweep_row("vanilla", n, 1.0 + n / 100) for n in (256, 1024, 2048)]
+    rows += [report_row("vanilla", "padded", 1e5), report_row("vanilla", "packed", 3e5),
+             report_row("linear", "padded", 2e5), report_row("linear", "packed", 2.5e5),
+             report_row("flash-sdpa", "padded", None, "unsupported",
+                        "flash-sdpa padded: SDPA's fused backends"),
+             report_row("flash-sdpa", "packed", 4e5)]
+    run = fx.write_run(tmp_path / "run", rows)
+    results = data.Results.load(run)
+    assert len(data.points(data.throughput(results.rows))) == 3  # the square sweep alone
+    frame = data.ragged(results.rows).set_index(["variant", "layout"])
+    assert frame.loc[("vanilla", "packed"), "tokens_per_s"] == pytest.approx(3e5)
+    assert frame.loc[("flash-sdpa", "padded"), "status"] == "unsupported"
+    report = build([run], tmp_path / "report")
+    assert "ragged" in {c.name for c in report.charts}
+    svg = (tmp_path / "report" / "charts" / "ragged.svg").read_text()
+    for gid in ("padded:vanilla", "packed:vanilla", "packed:linear", "packed:flash-sdpa"):
+        assert f'id="{gid}' in svg, gid
+    assert 'id="padded:flash-sdpa' not in svg  # unsupported: no bar, 'n/a'
+    page = report.html.read_text()
+    for text in ("Ragged batches", "SDPA&#x27;s fused backends", "per-document", "real_tokens"):
+        assert text in page, text

@@ -276,6 +276,8 @@ class Findings:
     headlines: list[str]  # one such config per device
     pareto: Pareto | None
     smoke: dict[str, list[str]]  # part (throughput, exactness, learned) -> why it is a smoke run, if it is
+    # Ragged batches, one per (configuration, variant, layout) (data.ragged); empty: none were run.
+    ragged: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
     def compute(cls, rows: pd.DataFrame, pareto_n: int | None = None) -> Findings:
@@ -284,7 +286,7 @@ class Findings:
         return cls(points=pts, best=best, exactness=data.exactness(rows), largest=largest_feasible(pts),
                    fits=scaling_fits(pts), crossings=crossings(pts), primary=primary_config(pts),
                    headlines=primary_configs(pts), pareto=pareto(pts, best, pareto_n),
-                   smoke=data.smoke_reasons(rows))
+                   smoke=data.smoke_reasons(rows), ragged=data.ragged(rows))
 
     def smoke_sentence(self) -> str | None:
         """'Smoke run (throughput: quick profile; learned tasks: one seed per model): ...', or None."""
@@ -301,7 +303,8 @@ class Findings:
     def families(self) -> dict[str, str]:
         """Every series and variant the charts may draw -> its family (rows' `family`)."""
         found = {}
-        for frame, name in ((self.exactness, "variant"), (self.best, "variant"), (self.points, "series")):
+        for frame, name in ((self.exactness, "variant"), (self.best, "variant"), (self.points, "series"),
+                            (self.ragged, "variant")):
             if not frame.empty and "family" in frame:
                 found.update(zip(frame[name], frame.family.astype(object).fillna(""), strict=True))
         return {name: family or str(name).split(" ")[0].split("-")[0] for name, family in found.items()}
