@@ -8,6 +8,7 @@ padded key that reached a real query or a recurrent state carried over a boundar
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -425,3 +426,56 @@ def test_the_report_charts_padded_against_packed_and_keeps_them_out_of_the_squar
     page = report.html.read_text()
     for text in ("Ragged batches", "SDPA&#x27;s fused backends", "per-document", "real_tokens"):
         assert text in page, text
+
+
+# --- xformers' varlen path, through a fake that follows its documented semantics ---------------------------
+
+def fake_block_diagonal_xformers(calls: list):
+    """xformers.ops as xformers_packed reaches it (0.0.35's names and keywords): BlockDiagonalMask and
+    BlockDiagonalCausalMask.from_seqlens(q_seqlen, kv_seqlen=None, *, device=None), queries in block i
+    attending keys in block i only (causal: top-left within the block), on [1, M, H, K]."""
+
+    class BlockDiagonalMask:
+        causal = False
+
+        def __init__(self, seqlens):
+            self.seqlens = list(seqlens)
+
+        @classmethod
+        def from_seqlens(cls, q_seqlen, kv_seqlen=None, *, device=None):
+            calls.append((cls.causal, list(q_seqlen), device))
+            return cls(q_seqlen)
+
+    class BlockDiagonalCausalMask(BlockDiagonalMask):
+        causal = True
+
+    def memory_efficient_attention(query, key, value, attn_bias=None, p=0.0, scale=None, *, op=None,
+                                   output_dtype=None):
+        assert query.shape[0] == 1 and query.shape[1] == sum(attn_bias.seqlens)  # B = 1, M = sum
+        move = lambda t: t.movedim(1, -2)  # noqa: E731  [B, M, H, K] -> [B, H, M, K]
+        docs = torch.repeat_interleave(torch.arange(len(attn_bias.seqlens)), torch.tensor(attn_bias.seqlens))
+        pred = masks.document(docs)
+        pred = masks.all_of(pred, masks.causal()) if attn_bias.causal else pred
+        n = query.shape[1]
+        return softmax_attention(move(query), move(key), move(value), masks.dense(pred, n, n)).movedim(-2, 1)
+
+    bias = SimpleNamespace(BlockDiagonalMask=BlockDiagonalMask,
+                           BlockDiagonalCausalMask=BlockDiagonalCausalMask)
+    return SimpleNamespace(memory_efficient_attention=memory_efficient_attention,
+                           fmha=SimpleNamespace(attn_bias=bias))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_xformers_packs_documents_into_one_block_diagonal_call(monkeypatch, causal):
+    from variants import flash
+
+    calls = []
+    monkeypatch.setattr(flash, "xformers_ops", lambda: fake_block_diagonal_xformers(calls))
+    v = registry.get("flash-xformers")
+    assert ragged.path_of(v, "packed") == "xformers-block-diagonal"
+    q, k, vv = qkv(1, BATCH.real_tokens)
+    out = ragged.attend(v, q, k, vv, BATCH, "packed", causal=causal)
+    assert calls == [(causal, [5, 9, 3], q.device)]  # one call; the empty document left out
+    torch.testing.assert_close(out, ragged.document_reference(q, k, vv, BATCH, causal), **TOL)
+    empty = ragged.attend(v, *qkv(1, 0), RaggedBatch((0, 0), 4), "packed", causal=causal)
+    assert empty.shape == (1, HEADS, 0, HEAD_DIM) and len(calls) == 1

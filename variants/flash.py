@@ -10,6 +10,10 @@ does; mem-efficient only in later releases; never on ROCm): a backend that refus
 kernel", recorded unsupported. xformers takes them in its 5-D [B, M, G, H, K] layout (G groups of H query
 heads; the keys and values expanded to H with stride 0, a view, never a copy), in the forward pass only
 (its backward operators do not support BMGHK: xformers 0.0.35, fmha/flash.py and cutlass.py).
+
+Ragged batches (harness.ragged) run packed: the SDPA variants one call per document, xformers in one call
+under its BlockDiagonal(Causal)Mask built from the lengths (`xformers_packed`; its varlen path). None takes
+a padding mask here (Support.padded says why).
 """
 
 from __future__ import annotations
@@ -162,11 +166,27 @@ def xformers_attention(q, k, v, attn_bias=None) -> torch.Tensor:
     return out.reshape(*out.shape[:2], n_heads, out.shape[-1]).transpose(1, 2)
 
 
+def xformers_packed(q, k, v, batch, causal=False):
+    """Packed documents (harness.ragged) in one call: xformers' varlen path, a block-diagonal bias built from
+    the documents' lengths (causal within each block, top-left aligned: equal query and key lengths), on
+    q, k, v (1, heads, sum(lengths), dim). Empty documents hold no token and are left out of the bias."""
+    seqlens = [n for n in batch.lengths if n]
+    if not seqlens:
+        return q.new_zeros(*q.shape[:-1], v.shape[-1])
+    biases = xformers_ops().fmha.attn_bias
+    bias = (biases.BlockDiagonalCausalMask if causal else biases.BlockDiagonalMask).from_seqlens(
+        seqlens, device=q.device)
+    return xformers_attention(q, k, v, bias)
+
+
+xformers_packed.path = "xformers-block-diagonal"
+
+
 @attention_variant(
     "flash-xformers", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
     # Its dispatcher falls back to the CUTLASS kernel, which takes fp32 and head_dim up to 65536.
     support=Support(dtypes={"cuda": CUDA_FLOAT}, requires=("xformers",), grouped_kv=True, **RAGGED),
-    backend=lambda device: "xformers-memory-efficient-attention",
+    backend=lambda device: "xformers-memory-efficient-attention", packed_fn=xformers_packed,
     description="xformers.ops.memory_efficient_attention (dispatches to FlashAttention-2/3 or CUTLASS)",
 )
 def flash_xformers(q, k, v, causal=False):
