@@ -479,3 +479,41 @@ def test_xformers_packs_documents_into_one_block_diagonal_call(monkeypatch, caus
     torch.testing.assert_close(out, ragged.document_reference(q, k, vv, BATCH, causal), **TOL)
     empty = ragged.attend(v, *qkv(1, 0), RaggedBatch((0, 0), 4), "packed", causal=causal)
     assert empty.shape == (1, HEADS, 0, HEAD_DIM) and len(calls) == 1
+
+
+# --- FlexAttention's document mask, run eagerly on the CPU (the CUDA path compiles the same call) ----------
+
+@pytest.mark.parametrize("name", ["longformer", "sparse-strided", "sparse-fixed"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_flex_document_masks_equal_each_document_alone(name, causal):
+    from harness import flex
+
+    v = registry.get(name)
+    params = {**v.defaults, **v.small_params}
+    batch = RaggedBatch((20, 0, 37, 9), 40)  # documents longer than the small patterns' windows and strides
+    g = torch.Generator().manual_seed(0)
+    q, k, vv = (torch.randn(1, HEADS, batch.real_tokens, 16, generator=g) for _ in range(3))
+    make = {"longformer": "longformer_predicate", "sparse-strided": "strided_predicate",
+            "sparse-fixed": "fixed_predicate"}[name]
+    module = sys.modules[v.module]
+    documents = flex.documents(getattr(module, make))
+    eager = flex.flex_masked_attention(q, k, vv, documents, causal, {**params, "lengths": batch.lengths},
+                                       compiled=False)
+    dense = ragged.attend(v, q, k, vv, batch, "packed", causal=causal, **v.small_params)
+    assert ragged.path_of(v, "packed", "cpu") == "dense-document-mask"
+    assert ragged.path_of(v, "packed", "cuda") == "flex-document-mask"
+    for start, n in zip(batch.offsets(), batch.lengths, strict=False):
+        if n:
+            alone = v.attention_reference(*(t[..., start:start + n, :] for t in (q, k, vv)), causal=causal,
+                                          **v.small_params)
+            torch.testing.assert_close(eager[..., start:start + n, :], alone, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(dense[..., start:start + n, :], alone, rtol=1e-4, atol=1e-5)
+    if name == "sparse-strided":
+        return  # a relative pattern (q - k): read at absolute positions it is the same, no bug to plant
+    # The planted bug: the pattern read at absolute positions (no document restart) sees other keys: global
+    # tokens and fixed blocks are anchored at a document's start.
+    absolute = masks.all_of(masks.document(batch.doc_ids()),
+                            getattr(module, make)(batch.real_tokens, batch.real_tokens, causal, **params))
+    n = batch.real_tokens
+    wrong = softmax_attention(q, k, vv, masks.dense(absolute, n, n))
+    assert not torch.allclose(wrong, dense, rtol=1e-4, atol=1e-5)

@@ -63,7 +63,8 @@ def longformer_mask(n_q: int, n_k: int, causal: bool = False, n_heads: int = 1, 
 
 @attention_variant(
     "longformer", family="longformer", exact=True, support=flex.SUPPORT, defaults=DEFAULTS,
-    mask_fn=longformer_mask, flops=FLOPS, backend=flex.backend, cost=longformer_cost,
+    mask_fn=longformer_mask, flops=FLOPS, packed_fn=flex.packed(longformer_predicate),
+    backend=flex.backend, cost=longformer_cost,
     peak_bytes=flex.peak_bytes, compiles=flex.compiles,
     small_params={"window": 8, "global_tokens": 2},
     description="sliding window + global tokens via FlexAttention (dense masked softmax on CPU)",
