@@ -217,7 +217,7 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
     `seq_lens` replaces every sweep's lengths; `kv_heads` plans every sweep case at each of those KV head
     counts (each must divide every n_heads of the grid, else ValueError) instead of n_heads. `lengths`
     (distribution specs, harness.ragged) plans the ragged cases of every kernel-level fwd and fwd_bwd sweep
-    case instead of the grid's square sweep; without it, the grid's own `ragged` sweeps join the plan.
+    case instead of the grid's square sweep; without it (nor kv_heads), the grid's own `ragged` sweeps join.
     """
     if (device, profile) not in THROUGHPUT_GRIDS:
         raise ValueError(f"no throughput profile {profile!r} on {device!r}; "
@@ -248,7 +248,7 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
                                 point = (grid, name, device, dtype, head_dim, sweep.level, mode, causal, n)
                                 for c in _point_cases(point, kv_choices, distributions):
                                     cases.setdefault(c.case_id, c)
-    if not distributions:
+    if not distributions and not kv_heads:  # ragged batches run at n_heads: a --kv-heads plan has none
         for c in _grid_ragged_cases(grid, names, device, run_dtypes, seq_lens):
             cases.setdefault(c.case_id, c)
     for point in () if distributions else grid.fidelity:
