@@ -517,3 +517,25 @@ def test_flex_document_masks_equal_each_document_alone(name, causal):
     n = batch.real_tokens
     wrong = softmax_attention(q, k, vv, masks.dense(absolute, n, n))
     assert not torch.allclose(wrong, dense, rtol=1e-4, atol=1e-5)
+
+
+def test_the_padding_mask_broadcasts_over_grouped_kv_heads():
+    """Grouped KV heads view the scores as (batch, kv_heads, group, N, N): the (batch, 1, N, N) padding mask
+    must line up with the batch, not with the KV heads."""
+    from harness.attention import repeat_kv
+
+    v = registry.get("vanilla")
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(BATCH.batch, 4, BATCH.max_len, HEAD_DIM, generator=g, dtype=torch.float64)
+    k, vv = (torch.randn(BATCH.batch, 2, BATCH.max_len, HEAD_DIM, generator=g, dtype=torch.float64)
+             for _ in range(2))
+    grouped = ragged.attend(v, q, k, vv, BATCH, "padded", causal=True)
+    repeated = ragged.attend(v, q, repeat_kv(k, 2), repeat_kv(vv, 2), BATCH, "padded", causal=True)
+    torch.testing.assert_close(grouped, repeated, **TOL)
+
+
+def test_seq_len_filters_the_grids_ragged_lengths_as_it_filters_fidelity_points():
+    assert not [c for c in planning.plan("quick", "cpu", ["vanilla"], seq_lens=[128]) if c.layout != "square"]
+    both = planning.plan("quick", "cpu", ["vanilla"], seq_lens=[128, 512])
+    kept = [c for c in both if c.layout != "square"]
+    assert {(c.seq_len, c.layout) for c in kept} == {(512, "padded"), (512, "packed")}

@@ -278,14 +278,15 @@ def _ragged_cases(grid: Grid, name, device, dtype, head_dim, mode, causal, n, di
 
 def _grid_ragged_cases(grid: Grid, names, device, run_dtypes, seq_lens) -> list[Case]:
     """The grid's own ragged sweeps: a few variants at a few lengths, both layouts (not the full cross
-    product of the square sweep), in the plan's first dtype the sweep allows."""
+    product of the square sweep), in the plan's first dtype the sweep allows. `seq_lens` (-n) keeps those
+    of its lengths, as it keeps fidelity points."""
     found = []
     for sweep in grid.ragged:
         dtypes = [d for d in run_dtypes if sweep.dtypes is None or d in sweep.dtypes][:1]
         for name in (v for v in sweep.variants if v in names):
             for dtype in dtypes:
                 for mode in sweep.modes:
-                    for n in sorted(set(seq_lens or sweep.seq_lens)):
+                    for n in (n for n in sweep.seq_lens if seq_lens is None or n in seq_lens):
                         found += _ragged_cases(grid, name, device, dtype, grid.head_dims[0], mode, True, n,
                                                [ragged.canonical(sweep.lengths)])
     return found
