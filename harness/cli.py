@@ -110,6 +110,10 @@ def run(
     compile_: Annotated[bool, typer.Option(
         "--compile", help="Throughput and the accuracy suite's exactness checks: add the compiled series, "
                           "each variant under torch.compile as its own series (docs/compile.md)")] = False,
+    lengths: Annotated[list[str] | None, typer.Option(
+        "--lengths", help="Throughput: ragged batches, lengths drawn from this distribution (fixed, uniform, "
+                          "chat; NAME:key=value,... sets its parameters): every kernel-level fwd and fwd_bwd "
+                          "case padded and packed (docs/ragged.md)")] = None,
     estimate: Annotated[bool, typer.Option(
         "--estimate", help="Run nothing: print the plan's (or the shard's) case count and estimated time, "
                            "in all and per family, compiling and autotuning included (a --device cuda plan "
@@ -135,6 +139,12 @@ def run(
         if find_max_n:
             fail("--find-max-n takes no --compile (it probes the eager forward kernel)")
         learned["compiled"] = True  # a plan option of the throughput and accuracy suites
+    if lengths:
+        if find_max_n:
+            fail("--find-max-n takes no --lengths (it probes the square forward kernel)")
+        if kv_heads:
+            fail("--lengths and --kv-heads do not combine: ragged batches run at n_heads KV heads")
+        learned["lengths"] = validate.unique(lengths)  # a plan option of the throughput suite
     shape = {k: v for k, v in dict(mode=mode, level=level, kind=kind).items() if v}
     if find_max_n:
         if estimate:
@@ -276,7 +286,7 @@ def _plan_run(suite, device, profile, out, variant, seq_len, dtype, retry, fresh
     if fresh and out.is_dir() and any(out.iterdir()) and not store.is_run_dir(out):
         fail(f"--fresh: {out} is not a run directory (no records/ or environment.json); it is left alone")
     for name in sorted(set(learned) - set(chosen.options)):
-        if name in ("kv_heads", "model"):
+        if name in ("kv_heads", "model", "lengths"):
             fail(f"--{name.replace('_', '-')} applies to the throughput suite, not to {suite}")
         if name == "compiled":
             fail(f"--compile applies to the throughput and accuracy suites, not to {suite}")

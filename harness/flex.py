@@ -7,6 +7,13 @@ under a pattern and `masked_attention` picks the code path by device. `SUPPORT`,
 and `compiles` are the registry fields a FlexAttention variant declares (what it runs on, the name of its
 code path, its memory model, what it compiles per shape).
 
+Packed documents (harness.ragged): `documents(make_predicate)` is attention-gym's document mask around a
+pattern, the pattern read at each document's own positions; `packed(make_predicate)` makes it a
+variant's packed_fn, one FlexAttention call on CUDA (its block mask skips the blocks across documents),
+the dense masked softmax under the same predicate elsewhere. Only for a pattern of positions (a window,
+global tokens, strides): one whose layout depends on the sequence's length (BigBird's random blocks)
+would see another pattern than its documents alone.
+
 Grouped KV heads (harness.attention) run on both paths: FlexAttention with `enable_gqa=True` (torch >= 2.5;
 its block mask indexed by query head), the dense path through softmax_attention's group view.
 """
@@ -17,7 +24,7 @@ import functools
 
 import torch
 
-from harness import compiling, costs, masks
+from harness import compiling, costs, masks, ragged
 from harness.attention import softmax_attention
 from harness.registry import ALL_FLOAT, HALF, Support
 
@@ -31,7 +38,8 @@ def _check(device, dtype, head_dim, causal):
     return None
 
 
-SUPPORT = Support(dtypes={"cpu": ALL_FLOAT, "cuda": (torch.float32, *HALF)}, check=_check, grouped_kv=True)
+SUPPORT = Support(dtypes={"cpu": ALL_FLOAT, "cuda": (torch.float32, *HALF)}, check=_check, grouped_kv=True,
+                  padded=ragged.NO_PADDED_PATTERN, packed=True)
 
 
 def gqa_flag(q: torch.Tensor, k: torch.Tensor) -> dict:
@@ -100,6 +108,44 @@ def flex_masked_attention(q, k, v, make_predicate, causal: bool, params: dict, c
     mask = block_mask(make_predicate, n_q, n_k, causal, n_heads, tuple(sorted(params.items())), str(q.device))
     attend = compiled_wrapper(flex_attention) if compiled else flex_attention
     return attend(q, k, v, block_mask=mask, **gqa_flag(q, k))
+
+
+@functools.cache
+def documents(make_predicate):
+    """The document mask around `make_predicate`'s pattern, as a make_predicate taking `lengths` (the
+    documents', back to back): a query sees a key of its own document where the pattern, built for the
+    longest document and read at positions counted from each document's start, lets it."""
+
+    def make(n_q, n_k, causal, n_heads=1, device="cpu", *, lengths, **params):
+        longest = max(lengths)
+        inner = make_predicate(longest, longest, causal, n_heads, device, **params)
+        sizes = torch.tensor(lengths, device=device)
+        ids = torch.repeat_interleave(torch.arange(len(lengths), device=device), sizes)
+        starts = torch.cumsum(sizes, 0) - sizes
+
+        def pred(q, k, head=None):
+            qc = q.clamp(min=0)
+            within = masks.evaluate(inner, qc - starts[ids[qc]], k - starts[ids[k]], head)
+            return (q >= 0) & (ids[qc] == ids[k]) & within
+
+        heads = masks.heads_of(inner)
+        return masks.per_head(pred, heads) if heads else (lambda q, k: pred(q, k))
+
+    return make
+
+
+def packed(make_predicate):
+    """A FlexAttention variant's packed_fn (harness.ragged): its pattern under the document mask, in one
+    call (masked_attention: compiled FlexAttention on CUDA, the dense masked softmax elsewhere)."""
+
+    def packed_fn(q, k, v, batch, causal=False, **params):
+        if not batch.real_tokens:
+            return q.new_zeros(*q.shape[:-1], v.shape[-1])
+        return masked_attention(q, k, v, documents(make_predicate), causal,
+                                {**params, "lengths": tuple(batch.lengths)})
+
+    packed_fn.path = lambda device: "flex-document-mask" if device == "cuda" else "dense-document-mask"
+    return packed_fn
 
 
 def masked_attention(q, k, v, make_predicate, causal: bool, params: dict):

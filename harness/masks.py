@@ -57,6 +57,12 @@ def document(doc_ids: torch.Tensor) -> Predicate:
     return lambda q, k: (q >= 0) & (doc_ids[q.clamp(min=0)] == doc_ids[k])
 
 
+def within(length: int) -> Predicate:
+    """Padding: the first `length` positions of a padded sequence, queries and keys alike (a padded query
+    sees nothing, so its output is zero; no query sees a padded key)."""
+    return lambda q, k: (q >= 0) & (q < length) & (k < length)
+
+
 def block_layout(layout: torch.Tensor, block_size: int) -> Predicate:
     """layout[qb, kb] says whether query block qb may attend key block kb; a (heads, qb, kb) layout gives
     each head its own pattern."""

@@ -74,6 +74,11 @@ class Support:
     # torch.compile (the compiled series, `--compile`): True, try it (a failure at compile time is recorded
     # unsupported with the exception's first line); a string: it cannot compile, and why (never tried).
     torch_compile: bool | str = True
+    # Ragged batches (harness.ragged): a padded batch under a padding mask, or a packed one (documents back
+    # to back, each seeing only itself). True: supported (through the variant's padded_fn / packed_fn, else
+    # harness.ragged's generic path); a string: it cannot, and why; False: not declared.
+    padded: bool | str = False
+    packed: bool | str = False
     # Extra runtime check: (device_type, dtype, head_dim, causal) -> reason or None.
     check: Callable[[str, torch.dtype, int, bool], str | None] | None = None
 
@@ -157,6 +162,11 @@ class Variant:
     # for a window) or "recurrent" (a state whose size does not grow with the context). None: a KV cache
     # for an attention variant on the default prefill, a recurrent state otherwise.
     decode_state: str | None = None
+    # Ragged batches' own fast paths (harness.ragged.attend): fn(q, k, v, batch: RaggedBatch, causal,
+    # **params), its `path` attribute (a string, or device -> string) the name a row records. None: the
+    # generic path of harness.ragged, where Support.padded / Support.packed allow it.
+    padded_fn: Callable[..., torch.Tensor] | None = None
+    packed_fn: Callable[..., torch.Tensor] | None = None
     module: str = ""  # the Python module that registered it (its plugin: `source`)
 
     def __post_init__(self) -> None:

@@ -311,6 +311,23 @@ def both_levels(kernel: Sequence[int], layer: Sequence[int]) -> tuple[Sweep, ...
 
 
 @dataclass(frozen=True)
+class RaggedSweep:
+    """Ragged batches (harness.ragged) a grid measures beside its square sweep: these variants at these
+    lengths, padded and packed, lengths drawn from one distribution, causal, kernel level."""
+
+    variants: tuple[str, ...]
+    seq_lens: tuple[int, ...]
+    lengths: str = "chat"
+    modes: tuple[str, ...] = ("fwd",)
+    dtypes: tuple[str, ...] | None = ("float32",)
+
+
+# A few families, one each of: the materialized softmax, a fused exact kernel, linear attention and two
+# recurrent families (a selective SSM, a delta rule): what padding costs each, and what packing saves.
+RAGGED_FAMILIES = ("vanilla", "flash-sdpa", "linear", "mamba2", "gated-deltanet")
+
+
+@dataclass(frozen=True)
 class FidelityPoint:
     """A sweep point that is also timed by an independent timer (a `fidelity` row)."""
 
@@ -340,6 +357,7 @@ class Grid:
     # The compiled series (`--compile`): these sweeps again under torch.compile, each variant a series of
     # its own beside its eager one; None: every sweep of the grid.
     compiled: tuple[Sweep, ...] | None = None
+    ragged: tuple[RaggedSweep, ...] = ()  # padded and packed batches beside the square sweep
 
     def compiled_sweeps(self) -> tuple[Sweep, ...]:
         return self.sweeps if self.compiled is None else self.compiled
@@ -373,6 +391,7 @@ CPU_STANDARD_THROUGHPUT = Grid(
     # --compile: three forward kernel lengths in float32 (a compile per variant and length), the masked
     # families' dense reference paths left out as in the sparser sweeps.
     compiled=(Sweep("kernel", ("fwd",), (1024, 4096, 16384), ("float32",), dense_masks=False),),
+    ragged=(RaggedSweep(RAGGED_FAMILIES, (1024, 4096)),),
 )
 
 THROUGHPUT_GRIDS = {
@@ -392,7 +411,8 @@ THROUGHPUT_GRIDS = {
                            fidelity_budget_ms=200),
     ("cpu", "quick"): Grid(both_levels((128, 512), (128, 512)), ("float32",), (64,), (True,), 256, 1024,
                            30, 0, 0, fidelity=(FidelityPoint("flash-sdpa", "kernel", "fwd", 512),),
-                           fidelity_budget_ms=30, compiled=(Sweep("kernel", ("fwd",), (128, 512)),)),
+                           fidelity_budget_ms=30, compiled=(Sweep("kernel", ("fwd",), (128, 512)),),
+                           ragged=(RaggedSweep(RAGGED_FAMILIES, (512,)),)),
     ("cpu", "standard"): CPU_STANDARD_THROUGHPUT,
     ("cpu", "full"): Grid(both_levels(powers_of_two(128, 65536), powers_of_two(128, 65536)),
                           ("float32", "bfloat16"), (64, 128), (True, False), 256, 16384, 200, 0, 0,

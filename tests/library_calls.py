@@ -466,8 +466,35 @@ def _class_signature(root: Path, node: ast.ClassDef, module: str, tree: ast.Modu
     return inherited or Signature([], 0, [], set(), False, False)
 
 
+def _method(root: Path, path: str, depth: int = 0) -> Signature:
+    """The signature of `Class.method` (a classmethod or method: its first parameter dropped; a
+    staticmethod's kept), the method found in the class or, in order, its bases."""
+    owner, _, name = path.rpartition(".")
+    found = definition(root, owner, depth)
+    if isinstance(found, str) or not isinstance(found[0], ast.ClassDef):
+        raise LookupError(f"{path}: attribute of a non-class")
+    node, module, _ = found
+    for item in node.body:
+        if isinstance(item, ast.FunctionDef) and item.name == name:
+            static = any(ast.unparse(d) == "staticmethod" for d in item.decorator_list)
+            return _function_signature(item, drop_first=not static)
+    for base in node.bases:
+        if isinstance(base, (ast.Name, ast.Attribute)) and depth < 20:
+            where = f"{module}.{ast.unparse(base)}" if isinstance(base, ast.Name) else ast.unparse(base)
+            try:
+                return _method(root, f"{where}.{name}", depth + 1)
+            except LookupError:
+                continue
+    raise LookupError(f"{path}: {node.name} and its bases define no {name!r}")
+
+
 def signature(root: Path, path: str) -> Signature:
-    found = definition(root, path)
+    try:
+        found = definition(root, path)
+    except LookupError as e:
+        if "attribute of a non-module" not in str(e):
+            raise
+        return _method(root, path)  # Class.method (xformers' BlockDiagonalMask.from_seqlens)
     if isinstance(found, str):
         raise LookupError(f"{path} is a module, not a callable")
     node, module, tree = found

@@ -360,7 +360,7 @@ LINEAR_TIME = ("linear", "performer", "mamba", "longformer-banded", "flash-sdpa"
 def test_cpu_standard_sweeps_every_linear_time_family_to_64k_tokens_at_constant_tokens(monkeypatch):
     monkeypatch.setattr(planning, "cpu_bf16_supported", lambda: True)
     cases = planning.plan("standard", "cpu")
-    sweep = [c for c in cases if c.kind == "sweep"]
+    sweep = [c for c in cases if c.kind == "sweep" and c.layout == "square"]  # ragged: test_ragged.py
     assert min(c.seq_len for c in sweep) == 256
     for name in LINEAR_TIME:
         longest = {(c.level, c.mode, c.dtype): c.seq_len for c in sweep if c.variant == name}

@@ -259,7 +259,8 @@ class DeltaRuleMixer(RecurrentMixer):
         return f"d_model={self.d_model}, heads={self.n_heads}, head_k={self.head_k}, head_v={self.head_v}"
 
 
-SUPPORT = Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False)
+SUPPORT = Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False,
+                  padded=True, packed=True)
 
 
 # fla-core 0.6.0's autotune configs, (forward, backward): chunk_gated_delta_rule's fused kkt-solve,

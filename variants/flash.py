@@ -10,6 +10,10 @@ does; mem-efficient only in later releases; never on ROCm): a backend that refus
 kernel", recorded unsupported. xformers takes them in its 5-D [B, M, G, H, K] layout (G groups of H query
 heads; the keys and values expanded to H with stride 0, a view, never a copy), in the forward pass only
 (its backward operators do not support BMGHK: xformers 0.0.35, fmha/flash.py and cutlass.py).
+
+Ragged batches (harness.ragged) run packed: the SDPA variants one call per document, xformers in one call
+under its BlockDiagonal(Causal)Mask built from the lengths (`xformers_packed`; its varlen path). None takes
+a padding mask here (Support.padded says why).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from harness import costs, flops
 from harness.attention import kv_group
+from harness.ragged import NO_PADDED_FUSED
 from harness.registry import ALL_FLOAT, HALF, Support, Unsupported, attention_variant
 
 CUDA_FLOAT = (torch.float32, *HALF)
@@ -27,6 +32,8 @@ CUDA_FLOAT = (torch.float32, *HALF)
 _NO_KERNEL_MESSAGES = ("No available kernel", "No viable backend")
 # Every kernel here is fused: charged as causal attention by the estimate, modelled as its inputs, output and
 # per-row statistics by the frontier.
+# A ragged batch runs packed, one SDPA (or xformers) call per document (harness.ragged); no padding mask.
+RAGGED = dict(padded=NO_PADDED_FUSED, packed=True)
 COST_HOOKS = dict(cost=costs.causal_attention_cost, peak_bytes=costs.fused_attention_bytes)
 
 
@@ -90,7 +97,7 @@ def _efficient_check(device, dtype, head_dim, causal):
 
 @attention_variant(
     "flash-sdpa", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
-    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": HALF}, check=_flash_check, grouped_kv=True),
+    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": HALF}, check=_flash_check, grouped_kv=True, **RAGGED),
     backend=lambda device: f"sdpa-flash-{device}",
     description="torch SDPA pinned to its FlashAttention backend (FA2 on CUDA, fused kernel on CPU)",
 )
@@ -102,7 +109,7 @@ def flash_sdpa(q, k, v, causal=False):
     "flash-cudnn", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
     # 128 is the limit cuDNN has everywhere; sm90/sm100 with a recent cuDNN also take 256.
     support=Support(dtypes={"cuda": HALF}, max_head_dim=128, head_dim_multiple=8, check=_sm80_check,
-                    grouped_kv=True),
+                    grouped_kv=True, **RAGGED),
     backend=lambda device: "sdpa-cudnn",
     description="torch SDPA pinned to its cuDNN fused attention backend",
 )
@@ -114,7 +121,7 @@ def flash_cudnn(q, k, v, causal=False):
     "flash-efficient", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
     # Alignment: 8 elements covers fp16/bf16 (8) and fp32 (4) on every architecture.
     support=Support(dtypes={"cuda": CUDA_FLOAT}, head_dim_multiple=8, check=_efficient_check,
-                    grouped_kv=True),
+                    grouped_kv=True, **RAGGED),
     backend=lambda device: "sdpa-mem-efficient",
     description="torch SDPA pinned to its memory-efficient (CUTLASS, xformers-derived) backend",
 )
@@ -159,11 +166,27 @@ def xformers_attention(q, k, v, attn_bias=None) -> torch.Tensor:
     return out.reshape(*out.shape[:2], n_heads, out.shape[-1]).transpose(1, 2)
 
 
+def xformers_packed(q, k, v, batch, causal=False):
+    """Packed documents (harness.ragged) in one call: xformers' varlen path, a block-diagonal bias built from
+    the documents' lengths (causal within each block, top-left aligned: equal query and key lengths), on
+    q, k, v (1, heads, sum(lengths), dim). Empty documents hold no token and are left out of the bias."""
+    seqlens = [n for n in batch.lengths if n]
+    if not seqlens:
+        return q.new_zeros(*q.shape[:-1], v.shape[-1])
+    biases = xformers_ops().fmha.attn_bias
+    bias = (biases.BlockDiagonalCausalMask if causal else biases.BlockDiagonalMask).from_seqlens(
+        seqlens, device=q.device)
+    return xformers_attention(q, k, v, bias)
+
+
+xformers_packed.path = "xformers-block-diagonal"
+
+
 @attention_variant(
     "flash-xformers", family="flash", exact=True, flops=flops.softmax(), **COST_HOOKS,
     # Its dispatcher falls back to the CUTLASS kernel, which takes fp32 and head_dim up to 65536.
-    support=Support(dtypes={"cuda": CUDA_FLOAT}, requires=("xformers",), grouped_kv=True),
-    backend=lambda device: "xformers-memory-efficient-attention",
+    support=Support(dtypes={"cuda": CUDA_FLOAT}, requires=("xformers",), grouped_kv=True, **RAGGED),
+    backend=lambda device: "xformers-memory-efficient-attention", packed_fn=xformers_packed,
     description="xformers.ops.memory_efficient_attention (dispatches to FlashAttention-2/3 or CUTLASS)",
 )
 def flash_xformers(q, k, v, causal=False):

@@ -145,7 +145,8 @@ def _backend(device: str) -> str:
 @mixer_variant(
     "gla", family="gla", exact=False, backend=_backend, cost=chunk_loop_cost(0.016),
     peak_bytes=costs.not_modelled, compiles=triton_autotune("fla chunk_gla", 124, 144),
-    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False),
+    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False,
+                    padded=True, packed=True),
     defaults=dict(expand_k=0.5, expand_v=1.0, gate_low_rank_dim=16, gate_logit_normalizer=16,
                   chunk_size=CHUNK_SIZE),
     kernel=gla_kernel, kernel_reference=gla_reference, kernel_inputs=gla_kernel_inputs,

@@ -273,7 +273,8 @@ def linear_peak_bytes(call: costs.KernelCall, **params) -> int:
 
 
 @attention_variant(
-    "linear", family="linear", exact=False, support=Support(cross=True, grouped_kv=True),
+    "linear", family="linear", exact=False,
+    support=Support(cross=True, grouped_kv=True, padded=True, packed=True),
     defaults={"eps": 1e-6, "chunk_size": CHUNK_SIZE}, backend=backend_name,
     cost=costs.projections_only, peak_bytes=linear_peak_bytes,  # the estimate charges no state updates
     compiles=FLA_COMPILES,

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from harness import costs, flex, flops, masks
 from harness.attention import group_queries, kv_group, softmax_attention
+from harness.ragged import NO_PADDED_PATTERN
 from harness.registry import HALF, Support, Unsupported, attention_variant
 from variants.flash import xformers_attention, xformers_ops, zero_blind_queries
 
@@ -62,7 +63,8 @@ def longformer_mask(n_q: int, n_k: int, causal: bool = False, n_heads: int = 1, 
 
 @attention_variant(
     "longformer", family="longformer", exact=True, support=flex.SUPPORT, defaults=DEFAULTS,
-    mask_fn=longformer_mask, flops=FLOPS, backend=flex.backend, cost=longformer_cost,
+    mask_fn=longformer_mask, flops=FLOPS, packed_fn=flex.packed(longformer_predicate),
+    backend=flex.backend, cost=longformer_cost,
     peak_bytes=flex.peak_bytes, compiles=flex.compiles,
     small_params={"window": 8, "global_tokens": 2},
     description="sliding window + global tokens via FlexAttention (dense masked softmax on CPU)",
@@ -81,7 +83,8 @@ def _key_windows(x: torch.Tensor, chunk: int, n_chunks: int) -> torch.Tensor:
 
 
 @attention_variant(
-    "longformer-banded", family="longformer", exact=True, support=Support(cross=False, grouped_kv=True),
+    "longformer-banded", family="longformer", exact=True, support=Support(cross=False, grouped_kv=True,
+                                                                       padded=NO_PADDED_PATTERN, packed=True),
     defaults=DEFAULTS,
     mask_fn=longformer_mask, flops=FLOPS, backend=lambda device: "sliding-chunks", cost=longformer_cost,
     peak_bytes=banded_peak_bytes,
@@ -131,7 +134,8 @@ def longformer_banded(q, k, v, causal=False, *, window, global_tokens):
 
 @attention_variant(
     "longformer-xformers", family="longformer", exact=True,
-    support=Support(dtypes={"cuda": HALF}, max_head_dim=256, requires=("xformers",), grouped_kv=True),
+    support=Support(dtypes={"cuda": HALF}, max_head_dim=256, requires=("xformers",), grouped_kv=True,
+                    padded=NO_PADDED_PATTERN, packed=True),
     defaults=dict(window=128, global_tokens=0), mask_fn=longformer_mask, flops=FLOPS,
     small_params={"window": 8},
     backend=lambda device: "xformers-local-attention", cost=longformer_cost,

@@ -390,7 +390,8 @@ def _dt_bias(d_inner: int, dt_min: float, dt_max: float, dt_init_floor: float, f
 @mixer_variant(
     "mamba", family="mamba", exact=False, backend=_backend, cost=scan_cost, peak_bytes=scan_peak_bytes,
     kernel=selective_scan, kernel_reference=selective_scan_reference, kernel_inputs=scan_inputs,
-    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": KERNEL_DTYPES}, non_causal=False, cross=False),
+    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": KERNEL_DTYPES}, non_causal=False, cross=False,
+                    padded=True, packed=True),
     defaults=dict(d_state=16, d_conv=4, expand=2, dt_rank="auto"),
     description="Mamba (S6) selective SSM block; mamba_ssm's selective_scan_fn on CUDA, PyTorch scan "
                 "elsewhere",
@@ -617,7 +618,8 @@ def time_invariant_scan_inputs(batch: int, heads: int, seq_len: int, head_dim: i
     peak_bytes=costs.not_modelled,
     kernel=time_invariant_scan, kernel_reference=time_invariant_scan_reference,
     kernel_inputs=time_invariant_scan_inputs,
-    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False),
+    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False,
+                    padded=True, packed=True),
     defaults=dict(d_state=16, d_conv=4, expand=2),
     description="Mamba's block with a time-invariant SSM (Delta, B, C learned, not projections of x): the "
                 "selective-copying control; an FFT convolution in PyTorch on every device",

@@ -200,7 +200,8 @@ def _backend(device: str) -> str:
 @mixer_variant(
     "mamba2", family="mamba2", exact=False, backend=_backend, cost=chunk_loop_cost(0.031),
     peak_bytes=costs.not_modelled, compiles=MAMBA_SSD_AUTOTUNE,
-    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False),
+    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False,
+                    padded=True, packed=True),
     defaults=dict(d_state=D_STATE, d_conv=4, expand=2, ngroups=1, chunk_size=CHUNK_SIZE),
     kernel=ssd_kernel, kernel_reference=ssd_reference, kernel_inputs=ssd_kernel_inputs,
     small_params={"chunk_size": 8},

@@ -159,7 +159,8 @@ def performer_peak_bytes(call: costs.KernelCall, *, nb_features, **params) -> in
 
 
 @attention_variant(
-    "performer", family="performer", exact=False, support=Support(cross=True, grouped_kv=True),
+    "performer", family="performer", exact=False,
+    support=Support(cross=True, grouped_kv=True, padded=True, packed=True),
     defaults={"nb_features": 256, "seed": 0, "eps": 1e-6}, backend=backend_name,
     cost=performer_cost, peak_bytes=performer_peak_bytes, compiles=FLA_COMPILES,
     prefill_fn=performer_prefill, decode_fn=performer_decode, reference=performer_attention_reference,

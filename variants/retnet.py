@@ -123,7 +123,8 @@ def _backend(device: str) -> str:
 @mixer_variant(
     "retnet", family="retnet", exact=False, backend=_backend, cost=costs.projections_only,  # loop unmeasured
     peak_bytes=costs.not_modelled, compiles=triton_autotune("fla chunk_simple_gla", *SIMPLE_GLA_CONFIGS),
-    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False),
+    support=Support(dtypes={"cpu": ALL_FLOAT, "cuda": ALL_FLOAT}, non_causal=False, cross=False,
+                    padded=True, packed=True),
     defaults=dict(expand_k=1.0, expand_v=2.0, chunk_size=CHUNK_SIZE),
     kernel=retention_kernel, kernel_reference=retention_reference, kernel_inputs=retention_kernel_inputs,
     small_params={"chunk_size": 8},

@@ -37,7 +37,8 @@ from harness.registry import Support, Unsupported, attention_variant
 
 WINDOW = 128
 SINK_TOKENS = 4
-SUPPORT = Support(dtypes=flex.SUPPORT.dtypes, check=flex.SUPPORT.check, non_causal=False, grouped_kv=True)
+SUPPORT = Support(dtypes=flex.SUPPORT.dtypes, check=flex.SUPPORT.check, non_causal=False, grouped_kv=True,
+                  padded=flex.SUPPORT.padded, packed=True)
 
 
 def sink_predicate(n_q, n_k, causal, n_heads=1, device="cpu", *, window, sink_tokens) -> masks.Predicate:

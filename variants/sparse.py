@@ -148,7 +148,8 @@ def sparse_bigbird(q, k, v, causal=False, **params):
 
 @attention_variant(
     "sparse-strided", family="sparse", exact=True, support=flex.SUPPORT, defaults=STRIDED_DEFAULTS,
-    mask_fn=strided_mask, flops=flops.softmax(strided_pairs), backend=flex.backend,
+    mask_fn=strided_mask, flops=flops.softmax(strided_pairs), packed_fn=flex.packed(strided_predicate),
+    backend=flex.backend,
     **COST_HOOKS, small_params={"stride": 4},
     description="Sparse Transformer strided pattern (local band + every stride-th key, relative) via "
                 "FlexAttention",
@@ -159,7 +160,8 @@ def sparse_strided(q, k, v, causal=False, **params):
 
 @attention_variant(
     "sparse-fixed", family="sparse", exact=True, support=flex.SUPPORT, defaults=FIXED_DEFAULTS,
-    mask_fn=fixed_mask, flops=flops.softmax(fixed_pairs), backend=flex.backend,
+    mask_fn=fixed_mask, flops=flops.softmax(fixed_pairs), packed_fn=flex.packed(fixed_predicate),
+    backend=flex.backend,
     **COST_HOOKS, small_params={"stride": 8, "summary": 2},
     description="Sparse Transformer fixed pattern (own block + summary columns of every block; LRA's) via "
                 "FlexAttention",

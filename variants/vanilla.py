@@ -6,7 +6,8 @@ from harness.registry import Support, attention_variant
 
 
 @attention_variant(
-    "vanilla", family="vanilla", exact=True, baseline=True, support=Support(grouped_kv=True),
+    "vanilla", family="vanilla", exact=True, baseline=True,
+    support=Support(grouped_kv=True, padded=True, packed=True),
     flops=flops.softmax(),
     cost=costs.causal_attention_cost, peak_bytes=costs.dense_softmax_bytes,
     description="materialized softmax(QK^T/sqrt(d))V in plain PyTorch (grouped KV heads by a group view)",

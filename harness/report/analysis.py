@@ -278,6 +278,8 @@ class Findings:
     smoke: dict[str, list[str]]  # part (throughput, exactness, learned) -> why it is a smoke run, if it is
     # Eager against compiled latency (data.compiled_series): empty without a --compile run
     compiled: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Ragged batches, one per (configuration, variant, layout) (data.ragged); empty: none were run.
+    ragged: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
     def compute(cls, rows: pd.DataFrame, pareto_n: int | None = None) -> Findings:
@@ -286,7 +288,8 @@ class Findings:
         return cls(points=pts, best=best, exactness=data.exactness(rows), largest=largest_feasible(pts),
                    fits=scaling_fits(pts), crossings=crossings(pts), primary=primary_config(pts),
                    headlines=primary_configs(pts), pareto=pareto(pts, best, pareto_n),
-                   smoke=data.smoke_reasons(rows), compiled=data.compiled_series(rows))
+                   smoke=data.smoke_reasons(rows), compiled=data.compiled_series(rows),
+                   ragged=data.ragged(rows))
 
     def smoke_sentence(self) -> str | None:
         """'Smoke run (throughput: quick profile; learned tasks: one seed per model): ...', or None."""
@@ -303,7 +306,8 @@ class Findings:
     def families(self) -> dict[str, str]:
         """Every series and variant the charts may draw -> its family (rows' `family`)."""
         found = {}
-        for frame, name in ((self.exactness, "variant"), (self.best, "variant"), (self.points, "series")):
+        for frame, name in ((self.exactness, "variant"), (self.best, "variant"), (self.points, "series"),
+                            (self.ragged, "variant")):
             if not frame.empty and "family" in frame:
                 found.update(zip(frame[name], frame.family.astype(object).fillna(""), strict=True))
         return {name: family or str(name).split(" ")[0].split("-")[0] for name, family in found.items()}

@@ -728,6 +728,49 @@ def ratio_chart(ratios: pd.DataFrame, threshold: float, colors=None):
                             log_y=False, decorate=threshold_band, colors=colors)
 
 
+LAYOUT_HATCH = {"padded": "///", "packed": ""}  # padded bars hatched and paler, packed solid
+
+
+def ragged_chart(frame: pd.DataFrame, colors=None):
+    """Real-token tokens/s of padded against packed batches (data.ragged), one panel per configuration
+    (device, dtype, mode, N, length distribution): per variant, grouped by family in the legend's order, a
+    padded bar (hatched, paler) beside a packed one (solid) in the family's hue; 'n/a' where a layout did
+    not run (unsupported, failed), its reason in the report's table."""
+    if frame.empty or not (frame.status == "ok").any():
+        return None
+    frame = frame.assign(panel_col=[f"{m} {dt}" for m, dt in zip(frame["mode"], frame.dtype, strict=True)],
+                         panel_row=[f"N = {length_label(n)}, lengths {d}" + (f"\n{dev}" if frame.device_name
+                                    .nunique() > 1 else "") for n, d, dev in
+                                    zip(frame.seq_len, frame.lengths, frame.device_name, strict=True)])
+    colors = _colors_for(frame, colors, "variant")
+    panels = [(r, c) for c in sorted(frame.panel_col.unique()) for r in sorted(frame.panel_row.unique())
+              if ((frame.panel_row == r) & (frame.panel_col == c)).any()]
+    width = BAR_GROUP_WIDTH / 2
+    with _style():
+        fig, axes = _grid(panels, "Ragged batches: padded vs packed, tokens/s over real tokens")
+        for (row, col), ax in axes.items():
+            panel = frame[(frame.panel_row == row) & (frame.panel_col == col)]
+            names = colors.ordered(set(panel.variant))
+            for x, name in enumerate(names):
+                for offset, layout in ((-width / 2, "padded"), (width / 2, "packed")):
+                    point = panel[(panel.variant == name) & (panel.layout == layout)]
+                    ok = point[point.status == "ok"]
+                    if ok.empty:
+                        ax.text(x + offset, 0.02, "n/a", transform=ax.get_xaxis_transform(), ha="center",
+                                va="bottom", fontsize="x-small", rotation=90, color="0.35")
+                        continue
+                    ax.bar(x + offset, ok.tokens_per_s.iloc[0], width, color=colors[name],
+                           alpha=0.55 if layout == "padded" else 1.0, hatch=LAYOUT_HATCH[layout],
+                           edgecolor="0.2", linewidth=0.6, gid=f"{layout}:{name}")
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+            _log_scale(ax, "y", engineering=True)
+            ax.set_ylabel("real tokens / s")
+        handles = [Patch(facecolor="0.6", alpha=0.55, hatch="///", edgecolor="0.2", label="padded"),
+                   Patch(facecolor="0.6", edgecolor="0.2", label="packed")]
+        fig.legend(handles=handles, loc="outside right upper", frameon=False)
+    return fig
+
+
 def mark_smoke(fig: Figure, reasons: list[str]) -> None:
     """Say under the chart's title that it shows a smoke run (quick profile, one seed), when it does."""
     title = fig.get_suptitle()

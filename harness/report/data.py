@@ -194,12 +194,46 @@ def _describe(row, varying: set[str], with_mode: bool, with_device: bool) -> str
     return ", ".join(parts)
 
 
-def _throughput_kind(rows: pd.DataFrame, kind: str) -> pd.DataFrame:
+def _throughput_kind(rows: pd.DataFrame, kind: str, layouts=("square",)) -> pd.DataFrame:
     """Throughput rows of one kind: `sweep` (rows written before kinds existed are sweep rows), `fidelity`
-    or `frontier`."""
+    or `frontier`; of the batch `layouts` (harness.ragged; rows written before layouts existed are square:
+    the square sweep's analysis never mixes in a ragged batch)."""
     tp = rows[rows.suite == "throughput"]
     kinds = tp["kind"].fillna("sweep") if "kind" in tp else pd.Series("sweep", index=tp.index)
-    return tp[kinds == kind]
+    layout = tp["layout"].fillna("square") if "layout" in tp else pd.Series("square", index=tp.index)
+    return tp[(kinds == kind) & layout.isin(layouts)]
+
+
+RAGGED_COLUMNS = ("device_name", "variant", "family", "mode", "dtype", "seq_len", "batch", "layout",
+                  "lengths", "tokens_per_s", "real_tokens", "padded_tokens", "latency_ms", "ragged_path",
+                  "reason")
+
+
+def ragged(rows: pd.DataFrame) -> pd.DataFrame:
+    """Ragged-batch sweep rows (harness.ragged), one per (device, dtype, mode, N, lengths, variant, layout):
+    the median real-token tokens/s of its ok rows, else its most telling failure (status, reason)."""
+    tp = with_columns(_throughput_kind(rows, "sweep", ("padded", "packed")), (*RAGGED_COLUMNS, "status"))
+    keys = ["device_name", "mode", "dtype", "seq_len", "lengths", "variant", "family", "layout"]
+    if tp.empty:
+        return pd.DataFrame(columns=[*RAGGED_COLUMNS, "status"])
+    tp = fill_family(tp)
+    tp = _numeric(tp, ("seq_len", "batch", "tokens_per_s", "real_tokens", "padded_tokens", "latency_ms"))
+    tp["device_name"] = tp.device_name.fillna("unknown device")
+    ok = tp[tp.status == "ok"]
+    measured = ok.groupby(keys, dropna=False).agg(
+        tokens_per_s=("tokens_per_s", "median"), real_tokens=("real_tokens", "median"),
+        padded_tokens=("padded_tokens", "median"), latency_ms=("latency_ms", "median"),
+        batch=("batch", "median"), ragged_path=("ragged_path", "first")).reset_index()
+    measured["status"], measured["reason"] = "ok", ""
+    rank = {s: i for i, s in enumerate(FAILURE_ORDER)}
+    failed = tp[tp.status != "ok"].assign(_rank=lambda d: d.status.map(rank).fillna(len(rank)))
+    failed = failed.sort_values("_rank").drop_duplicates(keys).merge(measured[keys], on=keys, how="left",
+                                                                      indicator=True)
+    failed = failed[failed._merge == "left_only"]
+    columns = [*RAGGED_COLUMNS, "status"]
+    order = ["device_name", "mode", "dtype", "seq_len", "lengths", "family", "variant", "layout"]
+    return pd.concat([measured[columns], failed[columns]], ignore_index=True).sort_values(order,
+                                                                                         ignore_index=True)
 
 
 def under_compile(rows: pd.DataFrame) -> pd.Series:

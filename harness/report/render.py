@@ -23,7 +23,7 @@ CHART_PARTS = {"latency": ("throughput",), "memory": ("throughput",), "tflops": 
                "accuracy": ("learned",), "long_range": ("learned",), "passkey": ("learned",),
                "pareto": ("throughput", "learned"), "ratio": ("throughput",), "decode_state": ("throughput",),
                "gqa_memory": ("throughput",), "serving_profile": ("throughput",),
-               "compiled": ("throughput",)}
+               "compiled": ("throughput",), "ragged": ("throughput",)}
 CAPTIONS = {
     "latency": "Median latency of one call (batch x N tokens) per variant, log-log; shaded: 20th-80th "
                "percentile; X at the top of a panel: out of memory at that N; star: the largest N that ran "
@@ -53,6 +53,10 @@ CAPTIONS = {
     "pareto": "Mean accuracy (tasks every plotted variant has) against tokens/s at one length; dashed: "
               "the Pareto front, the variants no other beats on both.",
     "ratio": "This run's latency over the baseline's, per case; shaded: within the regression threshold.",
+    "ragged": "Ragged batches (docs/ragged.md): tokens per second over the real tokens alone (a padded "
+              "batch's padding computed but not counted), padded (hatched) against packed (solid) per "
+              "variant, in its family's colour; lengths drawn from the named distribution, the same batch "
+              "for both layouts. n/a: the layout did not run (the table below says why).",
     "decode_state": "Bytes of state one sequence carries into decoding at context N: the KV cache of the "
                     "attention families (grows with N), the recurrent state of linear, performer and mamba "
                     "(constant); measured by walking the state's tensors after prefill. The attention "
@@ -154,6 +158,7 @@ def draw(findings: Findings, comparison: Comparison | None,
         "decode_state": ("Decode state per sequence", charts.decode_state_chart(pts, colors)),
         "gqa_memory": ("Decode state vs KV heads", charts.gqa_memory_chart(pts, colors)),
         "serving_profile": ("Serving profile", charts.serving_profile_chart(pts, colors)),
+        "ragged": ("Padded vs packed", charts.ragged_chart(findings.ragged, colors)),
         "exactness": ("Implementation error", charts.exactness_chart(data.implementation_error(exact))),
         "approximation": ("Approximation error", charts.exactness_chart(
             data.approximation_error(exact), title="Approximation error against softmax attention")),
@@ -198,7 +203,8 @@ def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparis
     sections = [("overview", "Overview", _overview(results, findings)),
                 ("environment", "Environment", _environment(results, before))]
     if findings.points.empty:
-        sections.append(("throughput", "Throughput", html.missing(_run_suite("throughput"))))
+        ragged_only = _ragged(findings.ragged, figs("ragged"))
+        sections.append(("throughput", "Throughput", ragged_only or html.missing(_run_suite("throughput"))))
     else:
         body = _conditions(results.rows) + figs("latency", "memory", "tflops", "tokens", "energy",
                                                 "decode_state", "gqa_memory")
@@ -218,6 +224,7 @@ def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparis
                                  "in full)") if findings.crossings
                  else "<p>No latency crossover beyond the noise.</p>")
         body += _compiled(findings.compiled, figs("compiled"))
+        body += _ragged(findings.ragged, figs("ragged"))
         body += _timer_checks(results.rows) + _frontier(results.rows)
         sections.append(("throughput", "Throughput", body))
     quality = figs("exactness", "approximation")
@@ -235,6 +242,20 @@ def html_sections(results, findings: Findings, drawn: dict[str, Chart], comparis
         sections.append(("comparison", "Comparison", _comparison(comparison, drawn)))
     sections.append(("failures", "Cases that did not run", html.table(failures_table(results.rows))))
     return sections
+
+
+def _ragged(frame: pd.DataFrame, chart: str) -> str:
+    """The ragged-batch subsection: the chart and every point, with the code path each layout ran."""
+    if frame.empty:
+        return ""
+    shown = frame.assign(padding=1 - frame.real_tokens / frame.padded_tokens)
+    columns = ["device_name", "mode", "dtype", "seq_len", "lengths", "variant", "layout", "status",
+               "tokens_per_s", "real_tokens", "padded_tokens", "padding", "ragged_path", "reason"]
+    return ("<h3>Ragged batches</h3><p>The same drawn batch of lengths, padded (a padding mask over batch x "
+            "N) and packed (the real tokens back to back, a document mask or one call per document); "
+            "tokens/s count real tokens only. <code>padding</code>: the share of a padded batch that is "
+            "padding.</p>"
+            + chart + html.table(shown[columns]))
 
 
 def _overview(results, findings: Findings) -> str:

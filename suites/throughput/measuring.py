@@ -176,6 +176,7 @@ def measure_case(case: Case, context: RunContext) -> tuple[list[float], dict[str
         "tokens_per_call": work.tokens, "flops": work.flops, "peak_matmul_tflops": peak,
         "peak_precision": precision, "decode_state_bytes": work.state_bytes,
         "decode_state_kind": work.state_kind, "mem_predicted_bytes": predicted_buffer_bytes(case),
+        "padded_tokens": work.padded_tokens, "ragged_path": work.ragged_path,
         **figures, "nvml_mem_used_bytes": used, "device_mem_total_bytes": total,
         **telemetry.summarize(sampler.samples, sampler.reasons),
         "first_call_ms": first_call_ms, "warmup_calls": warmup_calls, "compile_s": compile_s,
@@ -240,7 +241,7 @@ FIGURES = (
     "first_call_ms", "warmup_calls", "l2_flush_bytes", "timer", "threads", "cpu_governor", "extra_rounds",
     "noisy", "decode_state_bytes", "reference_latency_ms", "reference_timer", "case_wall_ms",
     "eager_fallback", "telemetry_reason", "others_cpu_share", "compile_s",
-    "mem_tracked_peak_bytes", "mem_reason", "mem_predicted_bytes",
+    "mem_tracked_peak_bytes", "mem_reason", "mem_predicted_bytes", "padded_tokens", "ragged_path",
 )
 
 
@@ -259,7 +260,8 @@ def metrics_from_benchmark(bench: dict[str, Any]) -> dict[str, Any]:
     state, reference = info.get("decode_state_bytes"), info.get("reference_latency_ms")
     return {
         **latency,
-        "tokens_per_s": info["tokens_per_call"] / seconds,
+        "tokens_per_s": info["tokens_per_call"] / seconds,  # real tokens (a ragged batch's padding not)
+        "real_tokens": info["tokens_per_call"],
         "tflops": tflops,
         "pct_of_peak": flops.percent_of_peak(tflops, info["peak_matmul_tflops"]),
         **{k: info.get(k) for k in FIGURES},

@@ -9,6 +9,13 @@ kinds of case: `sweep` (the grid), `fidelity` (a sweep point timed side by side 
 independent timer) and `frontier` (one call of a `--find-max-n` bisection under a memory cap:
 suites.frontier). What each profile sweeps: suites.grids.
 
+Ragged batches (harness.ragged): `layout` (square: today's batch; padded; packed) and `lengths`, the
+spec of the distribution the batch's lengths are drawn from (fixed, uniform, chat; seeded by the case's
+shape, so reproducible from the case). A grid's `ragged` sweeps add a few ragged cases to its plan;
+`--lengths` (the plan option `lengths`) plans instead every kernel-level forward and forward+backward case
+of the grid in both ragged layouts under each distribution given. Ragged cases run at kernel level, at
+n_heads KV heads.
+
 Grouped-query attention: `kv_heads` (None: n_heads; `--kv-heads`, the plan option `kv_heads`) gives k and v
 that many heads, dividing n_heads. A plan with kv_heads repeats every case of the grid at each value; a
 value equal to a case's n_heads is that case itself (kv_heads None, the same id).
@@ -40,7 +47,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
-from harness import model_presets, registry
+from harness import model_presets, ragged, registry
 from harness.attention import checked_kv_heads
 from harness.config import ADDED_LATER
 from harness.config import Case as BaseCase
@@ -81,6 +88,10 @@ class Case(BaseCase):
     model: Annotated[str | None, ADDED_LATER] = None
     # The compiled series: the call under torch.compile (harness.compiling); False: eager.
     compiled: Annotated[bool, ADDED_LATER] = False
+    # Ragged batches (harness.ragged): the layout, and the spec of the distribution its lengths are drawn
+    # from (canonical: harness.ragged.spec). The defaults are today's square batch.
+    layout: Annotated[Literal["square", "padded", "packed"], ADDED_LATER] = "square"
+    lengths: Annotated[str, ADDED_LATER] = ragged.DEFAULT_LENGTHS
 
     @model_validator(mode="before")
     @classmethod
@@ -112,12 +123,34 @@ class Case(BaseCase):
             if (self.n_heads, self.head_dim) != (shape.n_heads, shape.head_dim):
                 raise ValueError(f"model {self.model} has {shape.n_heads} heads of {shape.head_dim}, "
                                  f"not {self.n_heads} of {self.head_dim}")
+        self._check_ragged()
         return self
 
     def flat(self) -> dict[str, Any]:
         """The row's config columns; a model preset's case adds the preset's layers (`model_layers`)."""
         layers = {} if self.model is None else {"model_layers": model_presets.preset(self.model).n_layers}
         return {**super().flat(), **layers}
+
+    def _check_ragged(self) -> None:
+        """A square batch has fixed lengths; a ragged one runs at kernel level, forward or forward+backward,
+        at n_heads KV heads, with lengths its distribution can draw up to N (ValueError otherwise)."""
+        canonical = ragged.canonical(self.lengths)  # ValueError: an unknown distribution or parameter
+        if canonical != self.lengths:
+            raise ValueError(f"lengths {self.lengths!r} is written {canonical!r}")
+        if self.layout == "square":
+            if self.lengths != ragged.DEFAULT_LENGTHS:
+                raise ValueError(f"lengths {self.lengths!r} needs a ragged layout (padded or packed)")
+            return
+        ragged.parse_lengths(self.lengths).check(self.seq_len)  # ValueError: lengths larger than N
+        if self.level != "kernel" or self.mode == "decode" or self.grouped:
+            raise ValueError("a ragged batch runs at kernel level, fwd or fwd_bwd, without kv_heads")
+        if self.compiled or self.model is not None:
+            raise ValueError("a ragged batch runs eager at the grid's shape (no compiled series, no model)")
+
+    @property
+    def ragged_batch(self) -> ragged.RaggedBatch:
+        """The lengths of this case's batch (square: every one N)."""
+        return ragged.RaggedBatch.drawn(self.lengths, self.batch, self.seq_len)
 
     @property
     def d_model(self) -> int:
@@ -157,6 +190,7 @@ class Case(BaseCase):
         shape = f"N={self.seq_len} B={self.batch} hd={self.head_dim} {self.dtype}"
         shape += f" kv={self.kv_heads}/{self.n_heads}" if self.grouped else ""
         shape += f" model={self.model}" if self.model else ""
+        shape += f" {self.layout} {self.lengths}" if self.layout != "square" else ""
         kind = "" if self.kind == "sweep" else f" [{self.kind}]"
         kind += " compiled" if self.compiled else ""
         return f"{self.variant} {self.level} {self.mode} {shape}" + ("" if self.causal else " full") + kind
@@ -167,6 +201,8 @@ class Case(BaseCase):
         shape = f"N{self.seq_len}-{self.dtype}-hd{self.head_dim}-{mask}"
         shape += f"-kv{self.kv_heads}" if self.grouped else ""
         shape += f"-{self.model}" if self.model else ""
+        if self.layout != "square":
+            shape += f"-{self.layout}-{self.lengths.replace(':', '-').replace(',', '-')}"
         kind = "" if self.kind == "sweep" else f"-{self.kind}"
         kind += "-compiled" if self.compiled else ""
         return f"{self.variant}-{self.level}-{self.mode}-{shape}{kind}"
@@ -211,7 +247,7 @@ def checked_dtypes(device: str, requested: Sequence[str] | None, default: Sequen
 def plan(profile: str, device: str, variants: Sequence[str] | None = None,
          seq_lens: Sequence[int] | None = None, dtypes: Sequence[str] | None = None,
          kv_heads: Sequence[int] | None = None, model: str | None = None,
-         compiled: bool = False) -> list[Case]:
+         compiled: bool = False, lengths: Sequence[str] | None = None) -> list[Case]:
     """Every case of a profile on a device, smallest N first within each group (for OOM and time-cap
     skipping), then the grid's fidelity cases.
 
@@ -219,7 +255,11 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
     `seq_lens` replaces every sweep's lengths; `kv_heads` plans every sweep case at each of those KV head
     counts (each must divide every n_heads of the plan, else ValueError) instead of n_heads. `model` (a
     preset name, else ValueError) plans the serving profile at that model's attention shape (module doc);
-    `compiled` adds the compiled series: the grid's compiled sweeps again under torch.compile.
+    `compiled` adds the compiled series: the grid's compiled sweeps again under torch.compile. `lengths`
+    (distribution specs, harness.ragged) plans the ragged cases of every kernel-level fwd and fwd_bwd sweep
+    case instead of the grid's square sweep; without it (nor kv_heads, model), the grid's own `ragged`
+    sweeps join. Ragged batches run eager at the grid's shape: `lengths` with `model` or `compiled` is a
+    ValueError.
     """
     if (device, profile) not in THROUGHPUT_GRIDS:
         raise ValueError(f"no throughput profile {profile!r} on {device!r}; "
@@ -236,6 +276,10 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
     modes, causals = (SERVING_MODES, (True,)) if model else (None, grid.causal)
     series = [(sweep, False) for sweep in grid.sweeps]
     series += [(sweep, True) for sweep in grid.compiled_sweeps()] if compiled else []
+    distributions = [ragged.canonical(spec) for spec in lengths or ()]  # ValueError: unknown
+    if distributions and (model or compiled):
+        raise ValueError("ragged batches (--lengths) run eager at the grid's shape: not with --model or "
+                         "--compile")
     cases: dict[str, Case] = {}
     for name in names:
         dense_mask = registry.get(name).backend_for(device) == DENSE_MASK_BACKEND
@@ -245,19 +289,21 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
             if dense_mask and not sweep.dense_masks:
                 continue
             own = run_dtypes if dtypes else sweep.dtypes or run_dtypes  # --dtype: every sweep in those
-            sweep_dtypes = [d for d in own if d in run_dtypes]
-            for dtype in sweep_dtypes:
+            for dtype in [d for d in own if d in run_dtypes]:
                 for n_heads, head_dim in shapes:
                     for mode in (m for m in sweep.modes if modes is None or m in modes):
                         for causal in causals:
                             if mode == "decode" and not causal:
                                 continue
-                            for kv, n in ((kv, n) for kv in kvs
-                                          for n in sorted(set(seq_lens or sweep.seq_lens))):
-                                c = _case(grid, name, device, dtype, head_dim, sweep.level, mode, causal, n,
-                                          n_heads=n_heads, kv_heads=kv, model=model, compiled=under_compile)
-                                cases.setdefault(c.case_id, c)
-    for point in grid.fidelity if model is None else ():
+                            for n in sorted(set(seq_lens or sweep.seq_lens)):
+                                point = (grid, name, device, dtype, head_dim, sweep.level, mode, causal, n)
+                                shape = {"n_heads": n_heads, "model": model, "compiled": under_compile}
+                                for c in _point_cases(point, kvs, distributions, shape):
+                                    cases.setdefault(c.case_id, c)
+    if not distributions and not kv_heads and model is None:  # ragged batches: eager, the grid's shape
+        for c in _grid_ragged_cases(grid, names, device, run_dtypes, seq_lens):
+            cases.setdefault(c.case_id, c)
+    for point in () if distributions or model else grid.fidelity:
         if point.variant in names and (seq_lens is None or point.seq_len in seq_lens):
             c = _case(grid, point.variant, device, run_dtypes[0], grid.head_dims[0], point.level, point.mode,
                       True, point.seq_len, kind="fidelity", budget_ms=grid.fidelity_budget_ms)
@@ -272,6 +318,41 @@ def head_shapes(grid: Grid, model: str | None) -> list[tuple[int, int]]:
         return [(grid.width // head_dim, head_dim) for head_dim in grid.head_dims]
     shape = model_presets.preset(model)
     return [(shape.n_heads, shape.head_dim)]
+
+
+def _point_cases(point: tuple, kv_choices: list[int | None], distributions: list[str],
+                 shape: dict[str, Any]) -> list[Case]:
+    """A sweep point's cases: at each KV head count (`shape`: the fields of a model preset's or a compiled
+    series' case), or (with distributions) in the ragged layouts, which run at kernel level in fwd and
+    fwd_bwd only, eager at the grid's shape."""
+    grid, name, device, dtype, head_dim, level, mode, causal, n = point
+    if not distributions:
+        return [_case(*point, kv_heads=kv, **shape) for kv in kv_choices]
+    if level != "kernel" or mode == "decode":
+        return []
+    return _ragged_cases(grid, name, device, dtype, head_dim, mode, causal, n, distributions)
+
+
+def _ragged_cases(grid: Grid, name, device, dtype, head_dim, mode, causal, n, distributions) -> list[Case]:
+    """A sweep point in both ragged layouts under each distribution (ValueError: lengths larger than N)."""
+    return [_case(grid, name, device, dtype, head_dim, "kernel", mode, causal, n, layout=layout, lengths=spec)
+            for spec in distributions for layout in ragged.RAGGED_LAYOUTS]
+
+
+def _grid_ragged_cases(grid: Grid, names, device, run_dtypes, seq_lens) -> list[Case]:
+    """The grid's own ragged sweeps: a few variants at a few lengths, both layouts (not the full cross
+    product of the square sweep), in the plan's first dtype the sweep allows. `seq_lens` (-n) keeps those
+    of its lengths, as it keeps fidelity points."""
+    found = []
+    for sweep in grid.ragged:
+        dtypes = [d for d in run_dtypes if sweep.dtypes is None or d in sweep.dtypes][:1]
+        for name in (v for v in sweep.variants if v in names):
+            for dtype in dtypes:
+                for mode in sweep.modes:
+                    for n in (n for n in sweep.seq_lens if seq_lens is None or n in seq_lens):
+                        found += _ragged_cases(grid, name, device, dtype, grid.head_dims[0], mode, True, n,
+                                               [ragged.canonical(sweep.lengths)])
+    return found
 
 
 def checked_kv_choices(shapes: Sequence[tuple[int, int]], kv_heads: Sequence[int] | None,

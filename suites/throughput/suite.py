@@ -11,9 +11,9 @@ from suites.throughput.planning import case_cost, estimate, plan
 from suites.throughput.summary import summarize
 
 TIMEOUT_S = 300.0  # per case: the first call may compile FlexAttention or autotune a Triton kernel
-# --kv-heads: grouped-query attention; --model: a model preset's shape; --compile: the compiled series
-# (planning.plan)
-OPTIONS: tuple[str, ...] = ("kv_heads", "model", "compiled")
+# --kv-heads: grouped-query attention; --model: a model preset's shape; --compile: the compiled series;
+# --lengths: ragged batches (planning.plan)
+OPTIONS: tuple[str, ...] = ("kv_heads", "model", "compiled", "lengths")
 
 __all__ = ["OPTIONS", "TIMEOUT_S", "case_cost", "estimate", "find_max_n", "import_benchmark_json", "plan",
            "run_case", "summarize"]

@@ -16,6 +16,12 @@ The compiled series (`Case.compiled`): the function the timed call runs (the att
 family's kernel, the mixer, a decode step) is wrapped in harness.compiling.Compiled, kept as the
 workload's `compiled`; measuring makes its compiling call before anything is timed. A variant that
 declares it cannot compile (Support.torch_compile) is unsupported with its reason.
+
+Ragged batches (`Case.layout` padded or packed; harness.ragged): the kernel gets the case's batch of
+lengths drawn from its distribution, padded (batch, heads, N, head_dim) or packed (1, heads,
+sum(lengths), head_dim); a variant that does not declare the layout is unsupported with its reason. The
+call counts real tokens only (tokens/s over real tokens), and FLOPs of the real documents alone; the
+workload records the real and the computed (padded) token counts and the code path that ran.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness import compiling, flops, memory, registry
+from harness import compiling, flops, memory, ragged, registry
 from harness.registry import Unsupported
 from suites.throughput.planning import Case
 
@@ -42,6 +48,8 @@ class Workload:
     state_bytes: int | None = None  # decode: the bytes of the state after the context (KV cache or recurrent)
     state_kind: str | None = None  # decode: "kv_cache" or "recurrent" (Variant.decode_state_kind)
     compiled: compiling.Compiled | None = None  # the compiled series: the function `call` runs compiled
+    padded_tokens: int | None = None  # tokens the call computes on, padding included (fwd, fwd_bwd)
+    ragged_path: str | None = None  # a ragged case: the code path of its layout (harness.ragged.path_of)
 
 
 def _no_reset() -> None:
@@ -87,6 +95,8 @@ def check_level(case: Case) -> None:
         reason = v.support.grouped_kv_reason()
         if reason:
             raise Unsupported(f"kv_heads={case.kv_heads}: {reason}")
+    if case.layout != "square":
+        ragged.checked(v, case.layout, case.causal)
     if case.level != "kernel" or v.attention_fn is not None:
         return
     if v.kernel is None:
@@ -191,6 +201,42 @@ def layer_workload(case: Case) -> Workload:
                                   count(n, n, b * n), _compiled_of(layer))
 
 
+def ragged_workload(case: Case) -> Workload:
+    """A ragged batch at kernel level (module docstring): attention variants through harness.ragged.attend,
+    mixer-only kernels through harness.ragged.run_kernel, on inputs of the layout's shape."""
+    v, batch = registry.get(case.variant), case.ragged_batch
+    n = batch.max_len if case.layout == "padded" else batch.real_tokens
+    rows = batch.batch if case.layout == "padded" else 1
+    grad = case.mode == "fwd_bwd"
+    if v.attention_fn is None:
+        inputs = v.kernel_inputs(rows, case.n_heads, n, case.head_dim, torch.Generator().manual_seed(0),
+                                 dtype=case.torch_dtype)
+        inputs = {k: t.to(case.device) if torch.is_tensor(t) else t for k, t in inputs.items()}
+        leaves = [t.requires_grad_(grad) for t in inputs.values()
+                  if torch.is_tensor(t) and t.dtype == case.torch_dtype]
+        dims = ragged.kernel_seq_dims(v)
+        forward = lambda: ragged.run_kernel(v, inputs, batch, case.layout, dims)  # noqa: E731
+        useful = None
+    else:
+        q, k, vv = (torch.randn(rows, case.n_heads, n, case.head_dim, device=case.device,
+                                dtype=case.torch_dtype).requires_grad_(grad) for _ in range(3))
+        leaves = [q, k, vv]
+        forward = lambda: ragged.attend(v, q, k, vv, batch, case.layout, causal=case.causal,  # noqa: E731
+                                        **case.params)
+        counts = [v.attention_flops(case.mode, 1, case.n_heads, case.head_dim, m, m, case.causal, case.params)
+                  for m in batch.lengths if m]
+        useful = None if None in counts else sum(counts)
+    work = _training_or_inference(case, forward, leaves, batch.real_tokens, useful, None)  # eager
+    work.padded_tokens = batch.tokens(case.layout)
+    work.ragged_path = ragged.path_of(v, case.layout, case.device)
+    return work
+
+
 def build_workload(case: Case) -> Workload:
     """The case's call; measure_case has already checked its level (check_level)."""
-    return kernel_workload(case) if case.level == "kernel" else layer_workload(case)
+    if case.layout != "square":
+        return ragged_workload(case)
+    work = kernel_workload(case) if case.level == "kernel" else layer_workload(case)
+    if case.mode != "decode":
+        work.padded_tokens = work.tokens  # a square batch computes on its real tokens alone
+    return work
