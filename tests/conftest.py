@@ -1,3 +1,5 @@
+import collections
+
 import pytest
 import torch
 
@@ -18,12 +20,37 @@ TOLERANCE = {
 def pytest_collection_modifyitems(config, items):
     for item in items:
         mark_smoke(item)
+    distribute(config, items)
     if CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def distribute(config, items) -> None:
+    """Under `--dist loadgroup` (what `nox -s tests` passes, with `--no-loadscope-reorder`): the work units
+    pytest-xdist hands its workers, in the order it hands them out.
+
+    A test marked `slow` is a unit of its own and goes out first, so that the longest tests start early and
+    spread over the workers instead of queuing behind each other in one file; every other test stays with
+    its file (its module fixtures built once), files with more tests first. Slow tests that share an
+    expensive module fixture (a Ray cluster, a quick run) say so with `@pytest.mark.xdist_group(name)`:
+    the group is one unit, as pytest-xdist defines. Workers collect the same order (the scheduler checks).
+    """
+    if config.getoption("dist", "no") != "loadgroup":
+        return
+    per_file = collections.Counter(item.nodeid.split("::")[0] for item in items)
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+    def order(item):
+        slow = item.get_closest_marker("slow") is not None
+        return (0, 0) if slow else (1, -per_file[item.nodeid.split("::")[0]])
+
+    items.sort(key=order)  # stable: collection order within each
 
 
 def mark_smoke(item) -> None:
