@@ -25,9 +25,6 @@ from tests.fake_suite import Case
 from tests.ray_cluster import LocalCluster, free_port
 
 SUITE = "tests.fake_suite"
-# One local Ray cluster for the module: under `nox -s tests` its tests stay on one worker
-# (tests/conftest.py's distribute), not a cluster started on each.
-pytestmark = pytest.mark.xdist_group("ray-cluster")
 
 
 @pytest.fixture(scope="module")

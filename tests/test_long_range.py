@@ -27,11 +27,7 @@ def quick_run(tmp_path_factory):
     return out, cases, summary
 
 
-SHARES_QUICK_RUN = pytest.mark.xdist_group("long-range-quick-run")  # one worker builds it (conftest)
-
-
 @pytest.mark.slow
-@SHARES_QUICK_RUN
 def test_quick_subset_rows(quick_run):
     out, cases, summary = quick_run
     df = store.load(out)
@@ -61,7 +57,6 @@ def test_quick_subset_rows(quick_run):
 
 
 @pytest.mark.slow
-@SHARES_QUICK_RUN
 def test_resume_skips_done_cases_and_rows_rebuild_their_case(quick_run):
     out, cases, _ = quick_run
     again = runner.run(cases, SUITE, out, progress=False)
