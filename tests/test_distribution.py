@@ -1,5 +1,5 @@
-"""tests/conftest.py's `distribute`: the work units pytest-xdist's loadgroup hands its workers (`nox -s
-tests`), and the order it hands them out in."""
+"""tests/conftest.py's `distribute`: the order a pytest-xdist worker hands its collection to the scheduler
+(`nox -s tests`: worksteal)."""
 
 from tests.conftest import distribute
 
@@ -15,45 +15,42 @@ def test_fast_a():
 def test_slow():
     pass
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("cluster")
-def test_slow_sharing_a_cluster():
-    pass
-
 def test_fast_b():
     pass
 """
-MANY = "\n".join(f"def test_{i}():\n    pass\n" for i in range(5))
+MORE = """
+import pytest
+
+@pytest.mark.slow
+def test_slow_too():
+    pass
+
+def test_fast_c():
+    pass
+"""
 
 
-class Options:
-    """A config's options as pytest-xdist leaves them: only --dist is read."""
+class Worker:
+    """A worker's config, as far as distribute reads it: pytest-xdist gives each worker `workerinput`."""
 
-    def __init__(self, dist: str):
-        self.dist = dist
-
-    def getoption(self, name, default=None):
-        return self.dist if name == "dist" else default
+    workerinput = {"workerid": "gw0"}
 
 
-def groups(items) -> list:
-    return [next((m.args[0] for m in item.iter_markers("xdist_group")), None) for item in items]
+class Controller:
+    """The controller's config, or a plain pytest run's: no workerinput."""
 
 
-def test_slow_tests_go_first_each_alone_and_the_rest_stay_with_their_file_largest_first(pytester):
-    pytester.makepyfile(test_few=FEW, test_many=MANY)
+def test_a_worker_puts_the_slow_tests_first_and_keeps_each_files_tests_together(pytester):
+    pytester.makepyfile(test_few=FEW, test_more=MORE)
     items, _ = pytester.inline_genitems()
-    distribute(Options("loadgroup"), items)
-    names = ["test_slow", "test_slow_sharing_a_cluster", *(f"test_{i}" for i in range(5)), "test_fast_a",
-             "test_fast_b"]
+    distribute(Worker(), items)
+    names = ["test_slow", "test_slow_too", "test_fast_a", "test_fast_b", "test_fast_c"]
     assert [i.name for i in items] == names
-    # No group: a unit of its own. A declared group is kept whole.
-    assert groups(items) == [None, "cluster", *["test_many.py"] * 5, *["test_few.py"] * 2]
 
 
-def test_other_distributions_are_left_as_they_were(pytester):
-    pytester.makepyfile(test_few=FEW)
+def test_outside_a_worker_the_collection_order_is_kept(pytester):
+    pytester.makepyfile(test_few=FEW, test_more=MORE)
     items, _ = pytester.inline_genitems()
     before = [i.nodeid for i in items]
-    distribute(Options("load"), items)
-    assert [i.nodeid for i in items] == before and groups(items) == [None, None, "cluster", None]
+    distribute(Controller(), items)
+    assert [i.nodeid for i in items] == before
