@@ -188,6 +188,7 @@ def listops_rows(softmax=0.6, linear=0.35, performer=0.36):
     return rows + seeds("listops_lra", "mamba", 0.5, **LISTOPS)
 
 
+@pytest.mark.slow
 def test_induction_passkey_listops_reproduced():
     found = F.check_claims(pd.DataFrame(induction_rows() + passkey_rows() + listops_rows()))
     for name in ("induction", "passkey", "listops"):

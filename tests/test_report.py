@@ -229,6 +229,7 @@ def test_largest_feasible_n(findings):
     assert bwd.loc["vanilla", "largest_feasible_n"] == 4096
 
 
+@pytest.mark.slow  # two reports rendered
 def test_comparison_flags_changes_beyond_the_threshold():
     report = fx.built_report()
     regressions = report.comparison.regressions
