@@ -280,6 +280,7 @@ def test_comparison_flags_a_case_that_stopped_running_and_accuracy_drops(tmp_pat
     assert (result.changes[result.changes.what == "latency (ms)"].verdict == compare.SAME).all()
 
 
+@pytest.mark.slow
 def test_html_report_is_self_contained():
     report = fx.built_report()
     page = report.html.read_text()

@@ -233,6 +233,7 @@ def every_chart() -> list[tuple[str, Path]]:
     return [(f"{name}-{c.name}", r.html.parent / c.svg) for name, r in built for c in r.charts]
 
 
+@pytest.mark.slow
 def test_no_label_of_any_chart_overlaps_another(browser):
     charts_seen = every_chart()
     assert len(charts_seen) >= 11 + 8  # the fixture's 11, the reference run's 8
