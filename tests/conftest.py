@@ -18,12 +18,30 @@ TOLERANCE = {
 def pytest_collection_modifyitems(config, items):
     for item in items:
         mark_smoke(item)
+    distribute(config, items)
     if CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def distribute(config, items) -> None:
+    """In a pytest-xdist worker (`nox -s tests` runs `--dist worksteal`): the tests marked `slow` first.
+
+    worksteal hands each worker a contiguous share of the tests in this order, and a worker that runs out
+    takes the second half of what another has left. With the slow tests first, the longest ones start
+    early and the short ones are what is left to share at the end, so the workers finish together: the
+    wall time is about the total over the number of workers rather than the longest file (which bounded
+    `--dist loadfile`). A file's tests stay next to each other, so a module fixture is built at most
+    once per worker that runs them. (`--dist loadgroup` would keep marked groups whole, but pytest-xdist
+    3.8 marks a group in an attribute that pytest 9.2 no longer reads.) Every worker sorts alike; the
+    scheduler checks that their collections agree.
+    """
+    if not hasattr(config, "workerinput"):  # the controller and plain pytest: collection order
+        return
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order within each
 
 
 def mark_smoke(item) -> None:

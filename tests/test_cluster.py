@@ -95,6 +95,7 @@ def test_resume_sends_only_the_cases_without_a_row(cluster, tmp_path):
     assert after == before and len(before) == 2 and len(store.load(tmp_path)) == 3
 
 
+@pytest.mark.slow  # the Ray cluster; with the other cluster tests
 def test_a_case_on_a_node_finds_the_rows_it_needs(cluster, tmp_path):
     """Nodes share no filesystem: a row the run held when the chain was sent is handed to it, and a row its
     own chain made on the node is kept there for the cases after it."""

@@ -188,6 +188,7 @@ def listops_rows(softmax=0.6, linear=0.35, performer=0.36):
     return rows + seeds("listops_lra", "mamba", 0.5, **LISTOPS)
 
 
+@pytest.mark.slow
 def test_induction_passkey_listops_reproduced():
     found = F.check_claims(pd.DataFrame(induction_rows() + passkey_rows() + listops_rows()))
     for name in ("induction", "passkey", "listops"):
@@ -201,6 +202,7 @@ def test_induction_passkey_listops_reproduced():
     assert 0.12 < next(f.baseline for f in listops.families if f.name == "vanilla") < 0.2  # majority class
 
 
+@pytest.mark.slow
 def test_listops_checks_lras_gap_not_closeness():
     close = F.check_claims(pd.DataFrame(listops_rows(softmax=0.40, linear=0.38, performer=0.39)))["listops"]
     assert close.verdict == "not reproduced" and "at least 10 points below" in close.reason

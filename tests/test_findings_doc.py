@@ -59,6 +59,7 @@ def run_script(*args):
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow  # the script in interpreters of its own
 def test_the_script_checks_writes_and_rejects_bad_input_with_one_line(tmp_path):
     assert run_script(RUN, "--check").returncode == 0
     doc = tmp_path / "findings.md"

@@ -107,6 +107,7 @@ def problems(calls, roots) -> list[str]:
     return found
 
 
+@pytest.mark.slow  # the pinned libraries' sources
 def test_every_call_into_the_gpu_libraries_matches_the_pinned_signature(library_roots):
     calls, _ = calls_of()
     assert {c.target.split(".")[0] for c in calls} == set(lc.LIBRARIES)  # every library has a call site

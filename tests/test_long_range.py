@@ -1,8 +1,6 @@
 """The long-range suite through the runner: a CI subset of the quick profile, resume, schema, CLI errors."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -10,6 +8,7 @@ from harness import contract, runner, store
 from suites import accuracy as A
 from suites import exactness, long_range
 from suites.exactness import ExactnessCase
+from tests import test_report_fixtures as fx
 
 SUITE = "suites.long_range"
 
@@ -86,7 +85,6 @@ def test_accuracy_quick_subset_through_the_runner(tmp_path):
     assert (measured.rel_err < 1e-5).all() and (measured.full_attention_err > 0).all()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--profile", "huge"], "unknown profile"),
     (["--dtype", "int7"], "unknown dtype"),
@@ -97,13 +95,13 @@ def test_accuracy_quick_subset_through_the_runner(tmp_path):
     (["--criterion", "0"], "--criterion must be in (0, 1], got 0"),
     (["--suite", "throughput", "--seeds", "3"], "--seeds applies to the learned-task suites"),
 ])
-def test_cli_argument_errors_exit_2(tmp_path, args, message):
+def test_cli_argument_errors_exit_2(tmp_path, args, message, monkeypatch, capsys):
+    """In-process (an interpreter each added nothing: the command line's own tests run it in one)."""
     suite = [] if "--suite" in args else ["--suite", "long-range"]
-    command = [sys.executable, "-m", "harness", "run", *suite, "--device", "cpu", "--profile", "standard",
-               "--out", str(tmp_path / "run"), *args]
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1  # one line, no traceback
+    code, _, err = fx.run_cli(monkeypatch, capsys, "run", *suite, "--device", "cpu", "--profile", "standard",
+                              "--out", tmp_path / "run", *args)
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
     assert not (tmp_path / "run").exists()
 
 

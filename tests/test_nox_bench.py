@@ -71,6 +71,7 @@ def test_a_doctor_failure_lets_the_suites_run_and_the_report_fail_the_session():
     assert session.ran[-1] == "report"
 
 
+@pytest.mark.slow  # an interpreter of its own
 def test_the_cpu_default_names_the_learned_tasks_it_leaves_out_with_their_estimate():
     import subprocess
     import sys

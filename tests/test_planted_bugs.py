@@ -56,16 +56,6 @@ def planted():
         registry._REGISTRY.update(saved)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_the_contract_fails_each_bug_by_the_checks_that_catch_it(planted, name):
-    v = planted[name]
-    outcomes = [contract.run(v, check, contract.Setting(n=128, dtype=torch.float32))
-                for check in contract.applicable(v)]
-    failed = {o.check for o in outcomes if o.status == "fail"}
-    assert failed == set(BUGS.get(name, ())), [o.line() for o in outcomes]
-    assert all(o.status != "unsupported" for o in outcomes)  # every check ran: the plugins support them all
-
-
 def test_the_half_precision_bug_fails_float32_calls_only(planted):
     v = planted["planted-half-accumulation"]
     fp32, bf16 = (contract.run(v, "random", contract.Setting(n=128, dtype=d)) for d in (torch.float32,
@@ -75,14 +65,21 @@ def test_the_half_precision_bug_fails_float32_calls_only(planted):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_the_doctor_fails_each_bug_in_one_line_naming_the_check(planted, name):
+def test_the_contract_through_the_doctor_fails_each_bug_by_the_checks_that_catch_it(planted, name):
+    """The doctor runs each of the contract's checks at float32 and N = 128 (long: 1024) on the CPU
+    (contract.run, as a test of the contract alone did at the same setting): exactly the bug's checks fail,
+    and the doctor says so in one line naming the first."""
     check = doctor.check(planted[name], "cpu")
+    assert {c["check"] for c in check.checks} == set(contract.applicable(planted[name]))
+    assert {c["dtype"] for c in check.checks} == {"float32"}
+    assert all(c["status"] != "unsupported" for c in check.checks)  # every check ran: the plugins support all
+    failed = {c["check"] for c in check.checks if c["status"] == "fail"}
+    assert failed == set(BUGS.get(name, ())), check.checks
     if name == CORRECT:
         assert check.status == "pass", check.detail
         return
     first = next(c for c in contract.applicable(planted[name]) if c in BUGS[name])
     assert check.status == "fail" and check.detail.startswith(f"{first}: ") and "\n" not in check.detail
-    assert {c["check"] for c in check.checks if c["status"] == "fail"} == set(BUGS[name])
 
 
 def exactness_rows(name: str) -> pd.DataFrame:
@@ -143,6 +140,7 @@ def gate(names, out: Path, env: dict):
     return checked, report
 
 
+@pytest.mark.slow  # three commands, each an interpreter
 def test_every_planted_bug_is_named_in_the_report_and_fails_the_gate(installed, tmp_path):
     out = tmp_path / "bugs"
     checked, report = gate(BUGS, out, installed)
@@ -166,6 +164,7 @@ def test_every_planted_bug_is_named_in_the_report_and_fails_the_gate(installed, 
         assert set(wrong.input_kind) == set(checks) - {"long"}, name  # long runs at 1024, not at -n 128
 
 
+@pytest.mark.slow  # three commands, each an interpreter
 def test_a_correct_exact_plugin_passes_the_gate(installed, tmp_path):
     out = tmp_path / "correct"
     checked, report = gate([CORRECT], out, installed)

@@ -257,6 +257,7 @@ def test_the_example_plugins_estimate_comes_from_its_hook(example_registered, mo
     assert estimate.case_cost(case) > 0 and len(calls) > 1
 
 
+@pytest.mark.slow  # the plugin installed, and the command in an interpreter of its own
 def test_find_max_n_on_the_example_plugin_carries_its_prediction(example_installed, example_registered,
                                                                  tmp_path):
     """Through the CLI, as a user would: the rows carry the plugin's own model (not the default), and the

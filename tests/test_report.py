@@ -229,6 +229,7 @@ def test_largest_feasible_n(findings):
     assert bwd.loc["vanilla", "largest_feasible_n"] == 4096
 
 
+@pytest.mark.slow  # two reports rendered
 def test_comparison_flags_changes_beyond_the_threshold():
     report = fx.built_report()
     regressions = report.comparison.regressions
@@ -279,6 +280,7 @@ def test_comparison_flags_a_case_that_stopped_running_and_accuracy_drops(tmp_pat
     assert (result.changes[result.changes.what == "latency (ms)"].verdict == compare.SAME).all()
 
 
+@pytest.mark.slow
 def test_html_report_is_self_contained():
     report = fx.built_report()
     page = report.html.read_text()

@@ -30,6 +30,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_every_chart_kind_draws_its_series_and_intervals(run_dir):
     found = verdicts.load([run_dir])
     for chart in found["mqar"]["charts"] + found["listops"]["charts"]:

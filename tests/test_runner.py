@@ -471,8 +471,16 @@ def finished_run(tmp_path_factory):
     return cases, run
 
 
-@pytest.mark.parametrize("kind, damage", [  # a damaged record's case is measured again: slow
-    pytest.param(k, d, id=f"{k}-{d.__name__}", marks=[pytest.mark.slow] if k == "record" else [])
+# A damaged record or compacted file costs its case(s): one damage of each kind is run again to the end
+# (a worker measures the lost case; the resume is the same whatever the damage), the others are followed
+# as far as the resume's reading of the run, where the damages differ: each is caught and moved aside, and
+# only its cases are left for the resume to measure.
+RERUN = {kind: damages[0] for kind, (_, damages) in CORRUPTIONS.items()}
+
+
+@pytest.mark.parametrize("kind, damage", [  # a damaged record's case measured again: slow
+    pytest.param(k, d, id=f"{k}-{d.__name__}",
+                 marks=[pytest.mark.slow] if (k, d) == ("record", RERUN[k]) else [])
     for k, d in CORRUPTION_CASES])
 def test_corrupting_any_file_then_rerunning_ends_in_a_complete_run_and_a_report(tmp_path, kind, damage,
                                                                                 caplog, finished_run):
@@ -480,6 +488,14 @@ def test_corrupting_any_file_then_rerunning_ends_in_a_complete_run_and_a_report(
     shutil.copytree(finished_run[1], run)
     target = CORRUPTIONS[kind][0](run)
     damage(target)
+    if kind in ("record", "compacted") and damage is not RERUN[kind]:
+        with caplog.at_level(logging.WARNING, logger="attnbench"):
+            statuses = store.RunStore(run).statuses()  # what the resume reads first
+        assert len(statuses) == len(cases) - 1 and set(statuses) < {c.case_id for c in cases}
+        warned = [r.getMessage() for r in caplog.records]
+        assert len(warned) == 1 and str(target) in warned[0] and "moved to" in warned[0]
+        assert len(list((run / "records" / store.CORRUPT).iterdir())) == 1 and not target.exists()
+        return
     with caplog.at_level(logging.WARNING, logger="attnbench"):
         summary = runner.run(cases, SUITE, run, progress=False)
     assert_complete(run, cases)

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from harness import costs, registry, smoke
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,6 +205,7 @@ def test_the_smoke_imports_only_the_standard_library_at_load():
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_the_smoke_marked_cuda_tests_touch_every_variant():
     """nox -s gpu-smoke runs `-m "cuda and smoke"` first: one test per fast path. A variant is touched
     when a smoke test's id names it, or the smoke tests of its own file (test_<name>.py) run; the

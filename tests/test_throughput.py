@@ -20,6 +20,7 @@ from harness import env, flops, memory, registry, runner, store, timing
 from harness.context import RunContext
 from suites import frontier, grids
 from suites.throughput import benchmark_json, measuring, planning, summary, workloads
+from tests import test_report_fixtures as fx
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = "suites.throughput.suite"
@@ -238,18 +239,21 @@ def attnbench(*args: str) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.slow
-def test_bad_arguments_exit_2_with_one_line(tmp_path):
-    bad = {
-        "unknown variant": ["--device", "cpu", "-v", "nope"],
-        "--seq-len must be between 1 and": ["--device", "cpu", "-n", "0"],
-        "float16 is not a throughput dtype on cpu": ["--device", "cpu", "--dtype", "fp16"],
-    }
-    procs = {message: attnbench(*args, "--out", str(tmp_path / "x")) for message, args in bad.items()}
-    for message, proc in procs.items():  # started together: the interpreters load in parallel
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 2, err
-        assert message in err and len(err.strip().splitlines()) == 1, err
+@pytest.mark.parametrize("args,message", [
+    (["-v", "nope"], "unknown variant"),
+    (["-n", "0"], "--seq-len must be between 1 and"),
+    (["--dtype", "fp16"], "float16 is not a throughput dtype on cpu"),
+    (["--find-max-n", "--memory-gb", "-1"], "--memory-gb must be a number greater than 0, got -1"),
+    (["--memory-gb", "2"], "--memory-gb applies to --find-max-n"),
+    (["--find-max-n", "-v", "flash-cudnn", "-v", "flash-efficient"], "no variant among flash-cudnn, "
+                                                                     "flash-efficient runs on cpu"),
+])
+def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message, monkeypatch, capsys):
+    """In-process: an interpreter each added nothing (test_cli_end_to_end_on_cpu runs the real one)."""
+    code, _, err = fx.run_cli(monkeypatch, capsys, "run", "--suite", "throughput", "--device", "cpu", *args,
+                              "--out", tmp_path / "x")
+    assert code == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x").exists()
 
 
@@ -622,20 +626,6 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,message", [
-    (["--find-max-n", "--memory-gb", "-1"], "--memory-gb must be a number greater than 0, got -1"),
-    (["--memory-gb", "2"], "--memory-gb applies to --find-max-n"),
-    (["--find-max-n", "-v", "flash-cudnn", "-v", "flash-efficient"], "no variant among flash-cudnn, "
-                                                                     "flash-efficient runs on cpu"),
-])
-def test_frontier_bad_input_exits_2_with_one_line(tmp_path, args, message):
-    proc = cli("--device", "cpu", *args, "--out", str(tmp_path / "x"))
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert not (tmp_path / "x").exists()
-
-
-@pytest.mark.slow
 def test_find_max_n_records_the_frontier_beside_the_prediction(tmp_path):
     out = tmp_path / "frontier"
     proc = cli("--device", "cpu", "--find-max-n", "--memory-gb", "0.5", "-v", "vanilla", "--out", str(out),
@@ -675,11 +665,13 @@ def test_probe_lengths_runs_each_length_once_in_order_and_reads_the_frontier_fro
 
 
 @pytest.mark.slow
-def test_find_max_n_with_lengths_probes_only_those(tmp_path):
+def test_find_max_n_with_lengths_probes_only_those(tmp_path, monkeypatch, capsys):
+    """The command in-process (its probes run in a worker process all the same)."""
     out = tmp_path / "frontier"
-    proc = cli("--device", "cpu", "--find-max-n", "-n", "1024", "-n", "512", "-v", "vanilla",
-               "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
+    args = ["--find-max-n", "-n", "1024", "-n", "512", "-v", "vanilla", "--out", out]
+    code, stdout, stderr = fx.run_cli(monkeypatch, capsys, "run", "--suite", "throughput", "--device", "cpu",
+                                      *args)
+    assert code == 0, stderr
     df = store.load(out)
     assert sorted(df.seq_len) == [512, 1024] and (df.status == "ok").all() and (df.kind == "frontier").all()
-    assert "vanilla: largest N 1024" in proc.stdout
+    assert "vanilla: largest N 1024" in stdout
