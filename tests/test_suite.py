@@ -61,7 +61,8 @@ def test_every_suite_of_attnbench_keeps_the_protocol():
     assert plugins.suite("accuracy").options == ("seeds", "findings", "criterion", "compiled")
     assert plugins.suite("long-range").options == ("seeds", "findings", "criterion")
     throughput = plugins.suite("throughput")
-    assert throughput.options == ("kv_heads", "model", "compiled", "lengths") and throughput.find_max_n is not None
+    assert throughput.options == ("kv_heads", "model", "compiled", "lengths")
+    assert throughput.find_max_n is not None
     assert throughput.import_benchmark_json is not None
     assert load_suite(SUITE).recipes is fake_suite.recipes
 
