@@ -19,7 +19,7 @@ except ImportError:
     pytest.skip("Ray is not installed: pip install -e .[cluster]", allow_module_level=True)
 
 from harness import cluster as ray_executor
-from harness import runner, store
+from harness import plugins, runner, store
 from tests import test_report_fixtures as fx
 from tests.fake_suite import Case
 from tests.ray_cluster import LocalCluster, free_port
@@ -50,7 +50,8 @@ def test_quick_throughput_plan_gives_the_local_case_ids_and_statuses(cluster, tm
     assert code == 0, out
     local = store.load(tmp_path / "local").set_index("case_id").sort_index()
     on_ray = store.load(tmp_path / "ray").set_index("case_id").sort_index()
-    assert list(on_ray.index) == list(local.index) and len(local) == 36
+    planned = plugins.suite("throughput").plan(profile="quick", device="cpu", variants=QUICK_VARIANTS[1::2])
+    assert list(on_ray.index) == list(local.index) and len(local) == len(planned)
     assert (on_ray.status == local.status).all() and set(local.status) == {"ok", "unsupported"}
     assert (on_ray.attempts == 1).all() and on_ray.node_id.nunique() == 2  # both nodes took cases
     assert on_ray.hostname.notna().all() and on_ray.device_name.notna().all()

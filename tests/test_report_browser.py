@@ -114,7 +114,7 @@ def test_report_opens_offline_with_every_image_and_no_console_error(browser):
     browser.get(report.html.resolve().as_uri())
     assert browser.title == "attnbench report"
     shown = images(browser)
-    assert len(shown) == len(report.charts) == 12
+    assert len(shown) == len(report.charts) == 13
     assert [i["src"] for i in shown if not (i["complete"] and i["width"] > 0)] == []
     assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
     sections = browser.execute_script("return Array.from(document.querySelectorAll('section h2'))"
