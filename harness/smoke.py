@@ -273,7 +273,7 @@ def _run_bounded(command: Sequence[str], sink, seconds: float) -> int | None:
     if seconds <= 0:
         return None
     process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+                               stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_interruptible)
     try:
         return process.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
@@ -288,6 +288,14 @@ def _run_bounded(command: Sequence[str], sink, seconds: float) -> int | None:
         if process.poll() is None:  # interrupted here (Ctrl-C): the step's processes go too
             _signal_group(process, signal.SIGKILL)
             process.wait()
+
+
+def _interruptible() -> None:
+    """In the step's process before it starts: SIGINT back to its default. A shell that starts a job in the
+    background (`nohup nox -s gpu-smoke &`, a CI runner's script) leaves SIGINT ignored, and an ignored
+    signal stays ignored across exec, so the step would not see the interrupt and would lose its rows to
+    SIGKILL after the grace."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

@@ -90,8 +90,7 @@ def python(code: str) -> tuple[str, ...]:
 
 
 def test_a_step_past_its_budget_or_failing_is_recorded_and_the_next_runs(tmp_path, monkeypatch):
-    # Room for the interrupted child to print its traceback on a loaded machine (it exits as soon as it has).
-    monkeypatch.setattr(smoke, "GRACE_S", 10.0)
+    monkeypatch.setattr(smoke, "GRACE_S", 2.0)
 
     def unlistable(out):
         raise ValueError("the variants cannot be listed")
