@@ -290,15 +290,7 @@ def compiled_series(rows: pd.DataFrame) -> pd.DataFrame:
     ran = set(zip(tp.config[tp.compiled], tp.variant[tp.compiled], strict=True))
     tp = tp[[pair in ran for pair in zip(tp.config, tp.variant, strict=True)]]
     keys = ["config", "family", "variant", "seq_len", "compiled"]
-    ok = tp[tp.status == "ok"].groupby(keys, dropna=False)[["latency_ms", "compile_s"]].median().reset_index()
-    ok["status"], ok["reason"] = "ok", ""
-    rank = {s: i for i, s in enumerate(FAILURE_ORDER)}
-    failed = tp[tp.status != "ok"].assign(_rank=lambda d: d.status.map(rank).fillna(len(rank)))
-    failed = failed.sort_values("_rank").drop_duplicates(keys)
-    failed = failed.merge(ok[keys], on=keys, how="left", indicator=True)
-    failed = failed[failed._merge == "left_only"]
-    columns = list(COMPILED_COLUMNS)
-    return pd.concat([ok[columns], failed[columns]], ignore_index=True).sort_values(
+    return median_or_failure(tp, keys, ("latency_ms", "compile_s"))[list(COMPILED_COLUMNS)].sort_values(
         ["config", "family", "variant", "compiled", "seq_len"], ignore_index=True)
 
 
@@ -314,17 +306,22 @@ def points(tp: pd.DataFrame) -> pd.DataFrame:
             "seq_len"]
     if tp.empty:
         return pd.DataFrame(columns=[*keys, "status", "reason", *THROUGHPUT_METRICS])
-    ok = tp[tp.status == "ok"]
-    measured = ok.groupby(keys, dropna=False)[list(THROUGHPUT_METRICS)].median().reset_index()
+    return median_or_failure(tp, keys, THROUGHPUT_METRICS).sort_values(["config", "series", "seq_len"],
+                                                                        ignore_index=True)
+
+
+def median_or_failure(rows: pd.DataFrame, keys: list[str], metrics) -> pd.DataFrame:
+    """One row per key: the median of its ok rows' metrics (status ok), else its most telling failure
+    (FAILURE_ORDER), with its reason. Columns: keys, status, reason, metrics."""
+    measured = rows[rows.status == "ok"].groupby(keys, dropna=False)[list(metrics)].median().reset_index()
     measured["status"], measured["reason"] = "ok", ""
     rank = {s: i for i, s in enumerate(FAILURE_ORDER)}
-    failed = tp[tp.status != "ok"].assign(_rank=lambda d: d.status.map(rank).fillna(len(rank)))
+    failed = rows[rows.status != "ok"].assign(_rank=lambda d: d.status.map(rank).fillna(len(rank)))
     failed = failed.sort_values("_rank").drop_duplicates(keys)
     failed = failed.merge(measured[keys], on=keys, how="left", indicator=True)
     failed = failed[failed._merge == "left_only"]
-    columns = [*keys, "status", "reason", *THROUGHPUT_METRICS]
-    return pd.concat([measured[columns], failed[columns]], ignore_index=True).sort_values(
-        ["config", "series", "seq_len"], ignore_index=True)
+    columns = [*keys, "status", "reason", *metrics]
+    return pd.concat([measured[columns], failed[columns]], ignore_index=True)
 
 
 def fidelity(rows: pd.DataFrame) -> pd.DataFrame:
