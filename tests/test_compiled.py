@@ -308,12 +308,6 @@ def test_compile_where_torch_cannot_compile_exits_2_with_one_line(monkeypatch, c
     assert not (tmp_path / "run").exists()
 
 
-def test_compile_on_a_suite_that_has_no_compiled_series_exits_2(monkeypatch, capsys, tmp_path):
-    code, out, err = fx.run_cli(monkeypatch, capsys, "run", "--suite", "long-range", "--device", "cpu",
-                                "--compile", "--out", tmp_path / "run")
-    assert code == 2 and "--compile applies to the throughput and accuracy suites" in out + err
-
-
 def test_the_estimate_of_a_compiled_plan_names_the_torch_compile_cost(monkeypatch, capsys):
     code, out, _ = fx.run_cli(monkeypatch, capsys, "run", "--suite", "throughput", "--device", "cpu",
                               "--compile", "-v", "vanilla", "--estimate")

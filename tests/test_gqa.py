@@ -499,16 +499,3 @@ def test_bad_kv_heads_exit_2_with_one_line(monkeypatch, capsys, tmp_path, args, 
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
-
-
-def test_kv_heads_is_refused_by_a_suite_that_does_not_plan_it(monkeypatch, capsys, tmp_path):
-    import sys
-
-    from harness import cli
-
-    monkeypatch.setattr(sys, "argv", ["attnbench", "run", "--suite", "accuracy", "--device", "cpu",
-                                      "--kv-heads", "2", "--out", str(tmp_path / "run")])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    assert exit_info.value.code == 2
-    assert "--kv-heads applies to the throughput suite, not to accuracy" in capsys.readouterr().err

@@ -374,17 +374,6 @@ def test_bad_lengths_exit_2_with_one_line(monkeypatch, capsys, tmp_path, args, m
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_lengths_is_refused_by_a_suite_that_does_not_plan_it(monkeypatch, capsys, tmp_path):
-    from harness import cli
-
-    monkeypatch.setattr(sys, "argv", ["attnbench", "run", "--suite", "accuracy", "--device", "cpu",
-                                      "--lengths", "chat", "--out", str(tmp_path / "run")])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    assert exit_info.value.code == 2
-    assert "--lengths applies to the throughput suite, not to accuracy" in capsys.readouterr().err
-
-
 # --- the report ---------------------------------------------------------------------------------------------
 
 def report_row(variant, layout, tokens_per_s, status="ok", reason="", n=512, real=700):
