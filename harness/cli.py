@@ -142,8 +142,6 @@ def run(
     if lengths:
         if find_max_n:
             fail("--find-max-n takes no --lengths (it probes the square forward kernel)")
-        if kv_heads:
-            fail("--lengths and --kv-heads do not combine: ragged batches run at n_heads KV heads")
         learned["lengths"] = validate.unique(lengths)  # a plan option of the throughput suite
     shape = {k: v for k, v in dict(mode=mode, level=level, kind=kind).items() if v}
     if find_max_n:

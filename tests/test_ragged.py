@@ -352,6 +352,12 @@ def test_lengths_plans_every_kernel_forward_case_in_both_layouts():
     assert {c.lengths for c in cases} == {"uniform:floor=64"}
 
 
+@pytest.mark.parametrize("other", [dict(kv_heads=[1]), dict(model="1b"), dict(compiled=True)])
+def test_lengths_with_an_axis_it_cannot_combine_with_is_refused_by_the_plan(other):
+    with pytest.raises(ValueError, match="do not combine|not with --model or --compile"):
+        planning.plan("quick", "cpu", variants=["vanilla"], lengths=["chat"], **other)
+
+
 # --- the command line ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,message", [

@@ -278,6 +278,8 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
     series = [(sweep, False) for sweep in grid.sweeps]
     series += [(sweep, True) for sweep in grid.compiled_sweeps()] if compiled else []
     distributions = [ragged.canonical(spec) for spec in lengths or ()]  # ValueError: unknown
+    if distributions and kv_heads:
+        raise ValueError("--lengths and --kv-heads do not combine: ragged batches run at n_heads KV heads")
     if distributions and (model or compiled):
         raise ValueError("ragged batches (--lengths) run eager at the grid's shape: not with --model or "
                          "--compile")
