@@ -1,8 +1,8 @@
 """Memory figures of a case, and a memory cap that makes out-of-memory reproducible.
 
 The figures cover one call of a case, inputs included: `with call_memory(device) as meter:` opens before
-the case builds its inputs, `meter.trace_call(call, reset)` makes the CPU's traced call right after the
-build, `meter.start_call()` comes right before the measured call and `meter.read()` right after it.
+the case builds its inputs, `meter.start_call()` comes right before the measured call and `meter.read()`
+right after it.
 
 On CUDA they are torch's allocator peaks (`torch.cuda.max_memory_allocated`, `max_memory_reserved`, reset
 by `start_call`). The CPU allocator keeps no statistics; two independent figures stand there:
@@ -14,9 +14,10 @@ by `start_call`). The CPU allocator keeps no statistics; two independent figures
   outside torch's allocator (MKL's and oneDNN's own buffers, thread stacks, code) or an allocation made
   on another thread (an OpenMP worker inside a parallel region: ATen allocates a kernel's outputs and
   buffers before it parallelizes). Tracing costs about 2 us of CPU per operator, which would more than
-  double a recurrent mixer's decode step (some 300 operators in 0.5 ms), so a sweep's case traces its
-  build and one extra untimed call (`trace_call`), never the sizing call or the timed rounds; a probe
-  whose one call is all there is (the memory frontier) traces that call.
+  double a recurrent mixer's decode step (some 300 operators in 0.5 ms), so it covers the build and the
+  measured call and stops there (`read`): a sweep's case measures its sizing call, which only sizes the
+  rounds (a longer call means fewer rounds, on the safe side), never a timed round; a probe measures its
+  one call.
 - `mem_rss_peak_bytes`: the resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs)
   during the measured call, minus the resident set before the build. It sees all of the process's memory,
   but a freed region that malloc reuses is resident already and is never counted again, so the heap's
@@ -328,19 +329,9 @@ class CallMemory:
             self.trimmed = trim_heap()
             self.resident_before = resident_bytes()
 
-    def trace_call(self, call: Callable[[], Any], reset: Callable[[], None]) -> None:
-        """CPU: one untimed call after the build, traced: the tracked figure is its peak, and tracing stops
-        (it costs a few microseconds per operator, which no timed call should carry). CUDA: nothing."""
-        if self.cuda or not self.trace.running:
-            return
-        self._mark()
-        reset()
-        call()
-        self.trace.stop()
-
     def start_call(self) -> None:
-        """Right before the measured call: its peaks count from here (on the CPU, a trace still running
-        since the build goes on through the call, for a probe whose one call is all there is)."""
+        """Right before the measured call: its peaks count from here (on the CPU, the trace running since
+        the build goes on through the call)."""
         if self.cuda:
             reset_peaks(self.device)
             return

@@ -444,6 +444,24 @@ def test_a_row_carries_its_spread_interval_threads_and_governor():
     assert 0.0 <= m["others_cpu_share"] <= 1.0
 
 
+def test_a_case_makes_one_call_before_its_rounds_traced_for_memory_and_no_round_is_traced(monkeypatch):
+    """The sizing call is the memory call (traced on the CPU); the timed rounds run untraced."""
+    calls = []
+    build = measuring.build_workload
+
+    def counted(case):
+        work = build(case)
+        call = work.call
+        work.call = lambda: (calls.append(torch.autograd.profiler._is_profiler_enabled), call())[1]
+        return work
+
+    monkeypatch.setattr(measuring, "build_workload", counted)
+    status, reason, m = runner.execute(SUITE, case(), CONTEXT)
+    assert status == "ok", reason
+    assert calls[0] is True and not any(calls[1:]) and len(calls) == 1 + m["rounds"]
+    assert m["mem_tracked_peak_bytes"] > 0
+
+
 def test_others_cpu_share_is_the_busy_time_not_ours_over_the_machine():
     before, after = (100.0, 10.0, 0.0, 2), (101.5, 10.5, 1.0, 2)
     assert env.others_cpu_share(before, after) == pytest.approx(0.5)  # 1.5 s busy, 0.5 ours, 2 cores x 1 s

@@ -130,13 +130,15 @@ def measure_case(case: Case, context: RunContext) -> tuple[list[float], dict[str
         with memory.call_memory(case.device) as meter, memory.memory_cap(case.device, cap_mb(case)):
             work = build_workload(case)
             compile_s = _compile(work, case.device)
-            meter.trace_call(work.call, work.reset)  # CPU: an untimed call, traced (the tracked memory peak)
             compiled = compiling.counts()
             # No warm-up budget (the CPU profiles: nothing compiles or autotunes there): the sizing call
-            # below is the first call timed.
+            # below is the first call.
             warmup_calls, first_call_ms = (timing.warm_up(work.call, work.reset, case.device, case.warmup_ms)
                                            if case.warmup_ms > 0 else (0, None))
-            meter.start_call()  # the steady-state call: memory, NaN check, rounds
+            # The sizing call: memory, NaN check, the number of rounds. On the CPU it is the traced call
+            # (harness.memory): tracing can only lengthen it, so it sizes the rounds on the safe side and
+            # no call is made for the memory figures alone.
+            meter.start_call()
             work.reset()
             out, estimate_ms = timing.timed_call(work.call, case.device)
             first_call_ms = estimate_ms if first_call_ms is None else first_call_ms
