@@ -32,6 +32,7 @@ an `unsupported` row with the reason (declared, or the exception's first line).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from typing import Annotated, Literal
@@ -179,22 +180,75 @@ def measured_columns(case: ExactnessCase, v, out: torch.Tensor) -> dict:
     if v.attention_fn is None:  # a mixer-only family: its kernel against kernel_reference is the measure
         return {"reference": "kernel_reference", "nb_features": None}
     params = {**v.defaults, **case.params}
-    n = case.seq_len
-    q, k, val = (t.to(case.device) for t in contract.qkv(case.input_kind, n, n, case.seed, case.batch,
-                                                          case.n_heads, case.head_dim, case.kv_heads))
-    own = v.attention_reference(q, k, val, causal=case.causal, **case.params) if not v.exact else None
-    group = kv_group(q, k)  # softmax's references take the KV heads repeated to the query heads
-    k, val = repeat_kv(k, group), repeat_kv(val, group)
-    full = softmax_attention(q, k, val, causal_mask(n, n, q.device) if case.causal else None)
-    row = {"reference": "softmax", "full_attention_err": None, "nb_features": params.get("nb_features")}
-    against = full
-    if v.mask is not None:
-        mask = v.mask(n, n, causal=case.causal, n_heads=q.shape[1], **case.params)  # (heads,) n, n
-        against = softmax_attention(q, k, val, mask.to(q.device))
-        row |= {"reference": "masked_softmax", "full_attention_err": relative_error(against, full)}
+    own, against, full_attention_err = _unrounded_references(
+        _Same(v), json.dumps(case.params, sort_keys=True), _inputs_key(case), case.causal)
+    row = {"reference": "softmax" if v.mask is None else "masked_softmax",
+           "full_attention_err": full_attention_err, "nb_features": params.get("nb_features")}
     if own is not None:  # an approximation: also against its own float64 naive twin (rounding, fast path)
         row["impl_err"] = relative_error(out.double(), own)
     return row | error_columns(out, against)
+
+
+# The float64 references on unrounded inputs depend on neither the dtype nor the output: one variant's
+# four dtypes share them, and every variant shares softmax's on the same inputs. At the CPU standard's
+# long check (N = 4096) they were half of the exactness suite's time. A few entries suffice (the plan runs
+# one variant's checks together); the sizes stay those of the exactness grid's inputs.
+REFERENCE_CACHE_SIZE = 8
+
+
+class _Same:
+    """A variant as a cache key, by identity: a name registered again (a test's plugin) is a new key, and
+    the key holds the variant, so its id is never reused while cached."""
+
+    __slots__ = ("variant",)
+
+    def __init__(self, variant) -> None:
+        self.variant = variant
+
+    def __hash__(self) -> int:
+        return id(self.variant)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Same) and other.variant is self.variant
+
+
+def _inputs_key(case: ExactnessCase) -> tuple:
+    return (case.input_kind, case.seq_len, case.seed, case.batch, case.n_heads, case.head_dim, case.kv_heads,
+            case.device)
+
+
+@functools.lru_cache(maxsize=REFERENCE_CACHE_SIZE)
+def _unrounded_inputs(key: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, and k and v with their KV heads as drawn (contract.qkv), on the case's device."""
+    kind, n, seed, batch, n_heads, head_dim, kv_heads, device = key
+    return tuple(t.to(device) for t in contract.qkv(kind, n, n, seed, batch, n_heads, head_dim, kv_heads))
+
+
+@functools.lru_cache(maxsize=REFERENCE_CACHE_SIZE)
+def _softmax_reference(key: tuple, causal: bool) -> torch.Tensor:
+    """Softmax attention on the unrounded inputs, its KV heads repeated to the query heads."""
+    q, k, val = _unrounded_inputs(key)
+    group = kv_group(q, k)
+    n = q.shape[-2]
+    return softmax_attention(q, repeat_kv(k, group), repeat_kv(val, group),
+                             causal_mask(n, n, q.device) if causal else None)
+
+
+@functools.lru_cache(maxsize=REFERENCE_CACHE_SIZE)
+def _unrounded_references(same: _Same, params_json: str, key: tuple, causal: bool):
+    """(the approximation's own reference or None, the reference the output is measured against, how far
+    the variant's mask is from full attention or None) on the unrounded inputs."""
+    v, params = same.variant, json.loads(params_json)
+    q, k, val = _unrounded_inputs(key)
+    full = _softmax_reference(key, causal)
+    own = v.attention_reference(q, k, val, causal=causal, **params) if not v.exact else None
+    if v.mask is None:
+        return own, full, None
+    n = q.shape[-2]
+    group = kv_group(q, k)
+    mask = v.mask(n, n, causal=causal, n_heads=q.shape[1], **params)  # (heads,) n, n
+    against = softmax_attention(q, repeat_kv(k, group), repeat_kv(val, group), mask.to(q.device))
+    return own, against, relative_error(against, full)
 
 
 def compiled_against_eager(case: ExactnessCase) -> dict:

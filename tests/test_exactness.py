@@ -1,5 +1,6 @@
 """The accuracy suite's Part A: every row a contract check with its tolerance, the method's error apart."""
 
+import dataclasses
 import typing
 from pathlib import Path
 
@@ -42,6 +43,26 @@ def test_masked_families_are_exact_under_their_mask_and_far_from_full_attention(
         assert row["full_attention_err"] > 0.1  # the pattern leaves out much of the attention
     wide = exactness("longformer", window=1000, global_tokens=0)
     assert wide["full_attention_err"] < 1e-12  # a window covering the sequence is full attention
+
+
+def test_the_float64_references_are_shared_across_dtypes_and_never_across_variants(monkeypatch):
+    """A variant's dtypes share its float64 references on the unrounded inputs (cached); the figures equal
+    those computed afresh; a name registered again with another mask is another variant."""
+    caches = (E._unrounded_references, E._softmax_reference, E._unrounded_inputs)
+    for cache in caches:
+        cache.cache_clear()
+    float32 = exactness("longformer", "float32", window=8, global_tokens=2)
+    exactness("longformer", "float64", window=8, global_tokens=2)
+    assert E._unrounded_references.cache_info().hits == 1
+    for cache in caches:
+        cache.cache_clear()
+    assert exactness("longformer", "float32", window=8, global_tokens=2) == float32
+    assert float32["full_attention_err"] > 0.1
+    causal_only = dataclasses.replace(registry.get("longformer"),
+                                      mask_fn=lambda n_q, n_k, causal=False, **params: torch.ones(
+                                          n_q, n_k, dtype=torch.bool).tril())
+    monkeypatch.setitem(registry._REGISTRY, "longformer", causal_only)
+    assert exactness("longformer", "float32", window=8, global_tokens=2)["full_attention_err"] < 1e-12
 
 
 def test_approximation_error_is_measured_apart_and_never_judged():
