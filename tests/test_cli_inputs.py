@@ -8,6 +8,7 @@ would start one, `runner.run` is replaced by a stub that records what it was ask
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -557,6 +558,7 @@ def test_an_unexpected_error_before_a_run_directory_is_known_logs_to_a_temp_file
 
 # --- the property: any argument list -----------------------------------------------------------------
 
+@functools.cache  # typer builds the commands anew each call (60 ms): once, not once per example drawn
 def command_options() -> dict[str, list[str]]:
     """Each command of the app (whoever added it) -> its option names."""
     import typer
