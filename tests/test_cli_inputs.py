@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -559,24 +558,10 @@ def test_an_unexpected_error_before_a_run_directory_is_known_logs_to_a_temp_file
 
 # --- the property: any argument list -----------------------------------------------------------------
 
-BUILD_COMMAND = typer.main.get_command
-
-
-@functools.cache
-def app_command():
-    """The app's click command group. typer builds it anew from the signatures at every call of the app
-    (30-60 ms); the property test below calls it 250 times, with nothing it builds from changed between."""
-    return BUILD_COMMAND(cli.app)
-
-
-def built_once(app):
-    return app_command() if app is cli.app else BUILD_COMMAND(app)
-
-
 @functools.cache
 def command_options() -> dict[str, list[str]]:
     """Each command of the app (whoever added it) -> its option names."""
-    group = app_command()
+    group = fx.command_of(cli.app)
     return {name: sorted(o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-"))
             for name, command in group.commands.items()}
 
@@ -613,7 +598,6 @@ def test_any_argument_list_exits_0_or_2_without_a_traceback(args, inputs, tmp_pa
     no_doctor(monkeypatch)
     no_frontier(monkeypatch)
     monkeypatch.setattr(charts, "save", lambda fig, out_dir, name: Path(out_dir) / f"{name}.svg")  # speed
-    monkeypatch.setattr(typer.main, "get_command", built_once)
     code, out, err = run_cli(monkeypatch, capsys, expand(args, inputs, tmp_path))
     assert code in (0, 2), (args, err)
     assert TRACEBACK not in out + err, args
