@@ -25,6 +25,7 @@ measured every `validate_every` steps, reaches a criterion.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -80,9 +81,25 @@ def make_mixer(variant_name: str, d_model: int, n_heads: int, params: dict, *, c
 
 
 def mixer_parameters(variant_name: str, d_model: int, n_heads: int, params: dict, causal: bool = True) -> int:
-    """Parameters of one mixer, counted on the meta device (nothing is allocated)."""
-    with torch.device("meta"):
-        return count_parameters(make_mixer(variant_name, d_model, n_heads, params, causal=causal))
+    """Parameters of one mixer, counted on the meta device (nothing is allocated). Remembered per mixer
+    factory, defaults and arguments: a plan derives every case's MLP width from it, thousands of cases over
+    a few dozen distinct mixers (building each on the meta device took most of the planning time)."""
+    v = registry.get(variant_name)
+    try:
+        key = (variant_name, v.mixer_factory, v.support.non_causal, uses_rope(variant_name), d_model, n_heads,
+               causal, json.dumps([params, v.defaults], sort_keys=True))
+    except TypeError:  # a value JSON cannot spell: counted afresh
+        key = None
+    if key is None or key not in _MIXER_PARAMETERS:
+        with torch.device("meta"):
+            count = count_parameters(make_mixer(variant_name, d_model, n_heads, params, causal=causal))
+        if key is None:
+            return count
+        _MIXER_PARAMETERS[key] = count
+    return _MIXER_PARAMETERS[key]
+
+
+_MIXER_PARAMETERS: dict[tuple, int] = {}
 
 
 def attention_mixer_parameters(d_model: int) -> int:

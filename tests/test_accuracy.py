@@ -47,6 +47,22 @@ def test_parameter_counts_within_ten_percent_across_variants():
             assert max(values) <= 1.1 * min(values), (config, counts)
 
 
+def test_a_remembered_mixer_count_is_the_count_of_the_mixer_built_now(monkeypatch):
+    """mixer_parameters remembers its counts (planning asks thousands of times); a mixer that changed is
+    counted afresh, never given a stale count."""
+    def built(name, d, heads, params):
+        with torch.device("meta"):
+            return lm.count_parameters(lm.make_mixer(name, d, heads, params))
+
+    for name, params in (("vanilla", {}), ("mamba", {}), ("mamba", {"expand": 1})):
+        assert lm.mixer_parameters(name, 64, 2, params) == built(name, 64, 2, params)
+        assert lm.mixer_parameters(name, 64, 2, params) == built(name, 64, 2, params)  # remembered
+    v = registry.get("mamba")
+    wider = lambda d_model, n_heads, **kw: torch.nn.Linear(d_model, 3 * d_model)  # noqa: E731
+    monkeypatch.setattr(v, "mixer_factory", wider)
+    assert lm.mixer_parameters("mamba", 64, 2, {}) == 64 * 3 * 64 + 3 * 64
+
+
 def test_mlp_width_compensates_mamba_block():
     d = 64
     assert lm.mlp_width_for("vanilla", d, 2, {}) == lm.MLP_RATIO * d

@@ -8,6 +8,7 @@ would start one, `runner.run` is replaced by a stub that records what it was ask
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -557,11 +558,10 @@ def test_an_unexpected_error_before_a_run_directory_is_known_logs_to_a_temp_file
 
 # --- the property: any argument list -----------------------------------------------------------------
 
+@functools.cache
 def command_options() -> dict[str, list[str]]:
     """Each command of the app (whoever added it) -> its option names."""
-    import typer
-
-    group = typer.main.get_command(cli.app)
+    group = fx.command_of(cli.app)
     return {name: sorted(o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-"))
             for name, command in group.commands.items()}
 

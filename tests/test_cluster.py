@@ -35,14 +35,16 @@ def cluster(tmp_path_factory):
 
 
 # The CPU quick throughput plan of three variants that give the statuses the whole plan gives on a CPU (ok;
-# unsupported everywhere; unsupported in one mode): the whole plan takes minutes on 2 shared cores.
+# unsupported everywhere; unsupported in one mode), at its longer length (every case kind the shorter one
+# has, and two more): the whole plan takes minutes on 2 shared cores.
 QUICK_VARIANTS = ["-v", "vanilla", "-v", "flash-cudnn", "-v", "longformer-banded"]
+QUICK_LENGTH = 512
 
 
 @pytest.mark.slow
 def test_quick_throughput_plan_gives_the_local_case_ids_and_statuses(cluster, tmp_path, monkeypatch, capsys):
     common = ["run", "--suite", "throughput", "--device", "cpu", "--profile", "quick", "--no-progress",
-              *QUICK_VARIANTS]
+              *QUICK_VARIANTS, "-n", QUICK_LENGTH]
     code, _, _ = fx.run_cli(monkeypatch, capsys, *common, "--out", tmp_path / "local")
     assert code == 0
     code, out, _ = fx.run_cli(monkeypatch, capsys, *common, "--out", tmp_path / "ray", "--executor", "ray",
@@ -50,7 +52,8 @@ def test_quick_throughput_plan_gives_the_local_case_ids_and_statuses(cluster, tm
     assert code == 0, out
     local = store.load(tmp_path / "local").set_index("case_id").sort_index()
     on_ray = store.load(tmp_path / "ray").set_index("case_id").sort_index()
-    planned = plugins.suite("throughput").plan(profile="quick", device="cpu", variants=QUICK_VARIANTS[1::2])
+    planned = plugins.suite("throughput").plan(profile="quick", device="cpu", variants=QUICK_VARIANTS[1::2],
+                                               seq_lens=[QUICK_LENGTH])
     assert list(on_ray.index) == list(local.index) and len(local) == len(planned)
     assert (on_ray.status == local.status).all() and set(local.status) == {"ok", "unsupported"}
     assert (on_ray.attempts == 1).all() and on_ray.node_id.nunique() == 2  # both nodes took cases

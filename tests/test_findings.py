@@ -178,7 +178,7 @@ def passkey_rows(longformer=(1.0, 0.0, 0.0), softmax=1.0):
 
 
 LISTOPS = dict(task="listops", seq_len=128, train_seq_len=128, task_params=json.dumps({"min_length": 32}),
-               n_test=400)
+               n_test=200)
 
 
 def listops_rows(softmax=0.6, linear=0.35, performer=0.36):

@@ -1,6 +1,7 @@
 """Known results generated, not copied: docs/findings.md equals its rendering from the committed run's
 findings.json, and a drifted figure, a bad quote or a missing run are caught."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -55,27 +56,52 @@ def test_figures_are_read_from_the_findings_tables():
         findings_doc.render("no markers here", found)
 
 
-def run_script(*args):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+def load_script():
+    spec = importlib.util.spec_from_file_location("findings_doc_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-@pytest.mark.slow  # the script in interpreters of its own
-def test_the_script_checks_writes_and_rejects_bad_input_with_one_line(tmp_path):
-    assert run_script(RUN, "--check").returncode == 0
+@pytest.fixture(scope="module")
+def script():
+    return load_script()
+
+
+def run_script(script, capsys, *args) -> subprocess.CompletedProcess:
+    """The script's main in this process (each interpreter of its own costs seconds of imports): its exit
+    code and what it printed. The process boundary is the test below's."""
+    capsys.readouterr()
+    code = script.main([str(a) for a in args])
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, printed.out, printed.err)
+
+
+@pytest.mark.slow  # the script in an interpreter of its own
+def test_the_script_runs_alone_and_exits_2_with_one_line(tmp_path):
+    missing = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope"), "--check"],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+    assert "no findings.json" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_the_script_checks_writes_and_rejects_bad_input_with_one_line(script, capsys, tmp_path):
+    assert run_script(script, capsys, RUN, "--check").returncode == 0
     doc = tmp_path / "findings.md"
     doc.write_text(DOC.read_text().replace("<!-- figure listops variant=linear accuracy -->",
                                            "<!-- figure listops variant=linear accuracy -->9.999 "))
-    drifted = run_script(RUN, "--doc", doc, "--check")
+    drifted = run_script(script, capsys, RUN, "--doc", doc, "--check")
     assert drifted.returncode == 1 and "differs from its rendering" in drifted.stderr
-    assert run_script(RUN, "--doc", doc).returncode == 0 and doc.read_text() == DOC.read_text()
-    missing = run_script(tmp_path / "nope", "--check")
+    assert run_script(script, capsys, RUN, "--doc", doc).returncode == 0
+    assert doc.read_text() == DOC.read_text()
+    missing = run_script(script, capsys, tmp_path / "nope", "--check")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert "no findings.json" in missing.stderr
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "findings.json").write_text(json.dumps(committed()))
     bad = tmp_path / "bad.md"
     bad.write_text("<!-- figure mqar variant=nobody accuracy -->x<!-- /figure -->")
-    out = run_script(tmp_path / "run", "--doc", bad)
+    out = run_script(script, capsys, tmp_path / "run", "--doc", bad)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "block" in out.stderr
-    table = run_script(RUN, "--table")
+    table = run_script(script, capsys, RUN, "--table")
     assert table.returncode == 0 and table.stdout.startswith("| finding | verdict | reason | seeds |")

@@ -158,8 +158,10 @@ def test_run_fails_only_when_asking_for_what_is_broken(broken_plugins, tmp_path)
     assert "'vanilla' is declared by both" in asked.stderr and "uninstall one" in asked.stderr
     unknown = attnbench(*common, "-v", "half-declared", "--out", str(tmp_path / "b"), env=broken_plugins)
     assert unknown.returncode == 2 and "missing_field" in unknown.stderr
-    fine = attnbench(*common, "-v", "linear", "--out", str(tmp_path / "c"), env=broken_plugins)
+    one_case = ["-v", "linear", "--mode", "fwd", "--level", "kernel"]  # it runs beside the broken plugins
+    fine = attnbench(*common, *one_case, "--out", str(tmp_path / "c"), env=broken_plugins)
     assert fine.returncode == 0, fine.stderr
+    assert "rows written: ok 1;" in fine.stdout, fine.stdout[-2000:]
     half = attnbench("run", "--suite", "half-suite", "--device", "cpu", "--out", str(tmp_path / "d"),
                      env=broken_plugins)
     assert half.returncode == 2 and half.stderr.strip().count("\n") == 0, half.stderr
@@ -187,9 +189,14 @@ def test_the_example_plugin_runs_through_every_suite_and_the_report(example_inst
     listed = attnbench("list", env={**env, "COLUMNS": "250"})
     assert "sigmoid" in listed.stdout and "attnbench-sigmoid-example 0.1.0" in listed.stdout
     common = ["-v", "sigmoid", "--device", "cpu", "--profile", "quick", "--no-progress", "--out", str(out)]
-    for suite, lengths in [("throughput", []), ("accuracy", ["-n", "8", "-n", "128", "-n", "1024"]),
+    # Every mode and level of the throughput plan at its shortest length; the accuracy suite's exactness
+    # checks (N 128, and 1024 for `long`) and its MQAR training at N 8, stopped by a low criterion (here at
+    # its first validation, step 50: over 0.05 there); unmet, it would train to the quick profile's 10 s
+    # budget as before, which showed nothing more.
+    for suite, options in [("throughput", ["-n", "128"]),
+                           ("accuracy", ["-n", "8", "-n", "128", "-n", "1024", "--criterion", "0.01"]),
                            ("long-range", ["-n", "16"])]:
-        result = attnbench("run", "--suite", suite, *common, *lengths, env=env)
+        result = attnbench("run", "--suite", suite, *common, *options, env=env)
         assert result.returncode == 0, (suite, result.stderr[-2000:])
     report = attnbench("report", str(out), "--fail-on-incorrect", env=env)
     assert report.returncode == 0, report.stderr[-2000:]

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import typer
 
 from harness import cli
 from harness.report import build
@@ -253,10 +254,24 @@ def built_report():
     return build([full_dir()], _scratch() / "report", baseline=baseline_dir())
 
 
+BUILD_COMMAND = typer.main.get_command
+_COMMANDS: dict[int, tuple[typer.Typer, object]] = {}
+
+
+def command_of(app: typer.Typer):
+    """The app's click commands, built once. typer builds them anew from the signatures at every call of
+    the app (30-60 ms, more than most commands take here); what they are built from (the signatures, the
+    help) is fixed once the app is imported."""
+    if id(app) not in _COMMANDS:
+        _COMMANDS[id(app)] = (app, BUILD_COMMAND(app))  # the app kept: its id stays its own
+    return _COMMANDS[id(app)][1]
+
+
 def run_cli(monkeypatch, capsys, *args, main=None):
     """Run the attnbench command line in-process (`main`: harness.cli's unless given): (exit code, stdout,
     stderr)."""
     monkeypatch.setattr(sys, "argv", ["attnbench", *map(str, args)])
+    monkeypatch.setattr(typer.main, "get_command", command_of)
     with pytest.raises(SystemExit) as exit_info:
         (main or cli.main)()
     captured = capsys.readouterr()

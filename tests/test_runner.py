@@ -250,17 +250,17 @@ def test_killing_the_worker_from_outside_costs_one_case_and_the_rerun_completes(
 
 @pytest.mark.slow
 def test_sigkill_loses_at_most_the_case_in_flight_and_resume_finishes(tmp_path):
-    proc = start_run(tmp_path)
+    proc = start_run(tmp_path, n_cases=8)  # killed after 3 rows: 5 cases of 0.3 s left to kill it in
     wait_for_records(tmp_path, 3, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     kept = store.load(tmp_path)  # every file on disk is a whole, readable row
-    assert 3 <= len(kept) < 20 and (kept.status == "ok").all()
+    assert 3 <= len(kept) < 8 and (kept.status == "ok").all()
     assert only_records(tmp_path) == []  # no temp file, no partial record
-    cases = [Case(action="slow", seq_len=n) for n in range(1, 21)]
+    cases = [Case(action="slow", seq_len=n) for n in range(1, 9)]
     summary = runner.run(cases, SUITE, tmp_path, timeout_s=10, progress=False)
     assert summary.skipped_as_done == len(kept)
-    assert sorted(store.load(tmp_path).seq_len) == list(range(1, 21))
+    assert sorted(store.load(tmp_path).seq_len) == list(range(1, 9))
 
 
 def test_a_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):

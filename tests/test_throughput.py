@@ -182,9 +182,10 @@ def test_nan_output_is_a_recorded_failure(monkeypatch):
     assert status == "nonfinite" and "NaN" in reason and metrics == {}
 
 
-# Per-case timeout of the test below: generous for its ordinary cases (well under a second each on a quiet
-# machine, a few seconds on a loaded one), and far shorter than its hang (an hour of wall-clock warm-up).
-HANG_TIMEOUT_S = 30
+# Per-case timeout of the test below, which the hang waits out whole: generous for its ordinary cases
+# (about 0.1 s each on a quiet machine, a second or two on a loaded one; a worker's start-up is not charged),
+# and far shorter than its hang (an hour of wall-clock warm-up).
+HANG_TIMEOUT_S = 10
 
 
 @pytest.mark.slow
@@ -211,11 +212,11 @@ def test_oom_under_a_memory_cap_skips_larger_n_and_a_hang_is_stopped(tmp_path, m
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_where_it_stopped(tmp_path):
-    cases = [case(seq_len=n, budget_ms=300) for n in (64, 128, 256, 512, 1024, 2048)]
+    cases = [case(seq_len=n, budget_ms=300) for n in (64, 128, 256, 512)]  # killed after 2, 2 to resume
     script = textwrap.dedent(f"""
         from harness import runner
         from tests.test_throughput import case
-        cases = [case(seq_len=n, budget_ms=300) for n in (64, 128, 256, 512, 1024, 2048)]
+        cases = [case(seq_len=n, budget_ms=300) for n in (64, 128, 256, 512)]
         runner.run(cases, {SUITE!r}, {str(tmp_path)!r}, progress=False)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True)
