@@ -106,7 +106,8 @@ LEFT_OUT = (  # python -c LEFT_OUT RUN_DIR
     "print(f'left out: the bfloat16 series ({bf16} cases): '\n"
     "      f'attnbench run --suite throughput --profile standard --out {sys.argv[1]}')\n"
     "print(f'left out: the learned tasks (about {hours:.1f} core-hours on this CPU by their estimate): '\n"
-    "      f'attnbench run --suite accuracy --profile standard --out {sys.argv[1]}, then --suite long-range')")
+    "      f'attnbench run --suite accuracy --profile standard --out {sys.argv[1]}, '\n"
+    "      'then --suite long-range')")
 # The default device where --device is not given: cuda when torch sees one.
 PROBE = "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"
 
