@@ -396,7 +396,7 @@ def predicted_buffer_bytes(case: Case) -> int | None:
     return None if peak is None else int(peak)
 
 
-# Rough seconds per case beyond its warm-up, timed rounds and energy phase (inputs, the memory pass, cache
+# Rough seconds per case beyond its warm-up, timed rounds and energy phase (inputs, the sizing call, cache
 # flushes, the row): the CPU figure from the quick profile here (156 cases in 12 s); CUDA a guess.
 CASE_OVERHEAD_S = {"cpu": 0.05, "cuda": 0.5}
 
@@ -417,9 +417,10 @@ def compile_shapes(case: Case) -> list[dict]:
 
 
 # What the measuring figure leaves out, printed with every estimate (`attnbench run --estimate`).
-MEASURING_BASIS = ("its budgets only, a lower bound: a call longer than its budget runs about 5 times "
-                   "(first call, 3 rounds, memory pass), unmodelled; the CPU standard sweep measured 621 s "
-                   "against 85 s estimated (2-core AMD EPYC, 2026-12-03)")
+MEASURING_BASIS = ("its budgets only, a lower bound: a call longer than its budget runs about 4 times "
+                   "(the sizing call, traced for memory on the CPU, and 3 rounds), unmodelled; the CPU "
+                   "standard sweep's float32 cases measured 437 s against 78 s estimated (2-core AMD EPYC, "
+                   "2026-12-03)")
 
 
 def estimate(cases: list[Case]) -> Estimate:
