@@ -228,10 +228,14 @@ def _unrounded_inputs(key: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 def _softmax_reference(key: tuple, causal: bool) -> torch.Tensor:
     """Softmax attention on the unrounded inputs, its KV heads repeated to the query heads."""
     q, k, val = _unrounded_inputs(key)
-    group = kv_group(q, k)
     n = q.shape[-2]
-    return softmax_attention(q, repeat_kv(k, group), repeat_kv(val, group),
-                             causal_mask(n, n, q.device) if causal else None)
+    return _grouped_softmax(q, k, val, causal_mask(n, n, q.device) if causal else None)
+
+
+def _grouped_softmax(q: torch.Tensor, k: torch.Tensor, val: torch.Tensor, mask) -> torch.Tensor:
+    """Softmax attention with k's and v's heads repeated to the query heads."""
+    group = kv_group(q, k)
+    return softmax_attention(q, repeat_kv(k, group), repeat_kv(val, group), mask)
 
 
 @functools.lru_cache(maxsize=REFERENCE_CACHE_SIZE)
@@ -245,9 +249,8 @@ def _unrounded_references(same: _Same, params_json: str, key: tuple, causal: boo
     if v.mask is None:
         return own, full, None
     n = q.shape[-2]
-    group = kv_group(q, k)
     mask = v.mask(n, n, causal=causal, n_heads=q.shape[1], **params)  # (heads,) n, n
-    against = softmax_attention(q, repeat_kv(k, group), repeat_kv(val, group), mask.to(q.device))
+    against = _grouped_softmax(q, k, val, mask.to(q.device))
     return own, against, relative_error(against, full)
 
 
