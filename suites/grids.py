@@ -296,6 +296,10 @@ class Sweep:
     `dense_masks` False leaves out the variants whose code path on the device is the dense masked
     softmax (their reference: vanilla's N x N scores under their mask, e.g. the sparse and sliding-window
     families on the CPU, where FlexAttention does not run): one curve of them is enough to show it.
+    `quadratic_memory` False leaves out every code path whose memory model grows as N^2 on the device (it
+    holds the N x N scores: vanilla's and the dense masked ones), e.g. at lengths where one such call costs
+    seconds: a sweep that stops them at a set length instead of at the time cap's guess stays the same
+    plan from run to run.
     """
 
     level: str
@@ -303,6 +307,7 @@ class Sweep:
     seq_lens: tuple[int, ...]
     dtypes: tuple[str, ...] | None = None
     dense_masks: bool = True
+    quadratic_memory: bool = True
 
 
 def both_levels(kernel: Sequence[int], layer: Sequence[int]) -> tuple[Sweep, ...]:
@@ -364,33 +369,43 @@ class Grid:
 
 
 # CPU standard: the scaling curves to 128K tokens in about 10 minutes on 2 cores (results/README.md).
-# One head of 64 keeps the quadratic kernels affordable to N = 8-16K; 16K tokens per call up to N = 16K,
-# then batch 1. The forward kernel sweep is the dense one, for every variant (the fits and crossovers
-# read it: three lengths from 2048 on for the quadratic kernels, and with 32K and 128K (fast paths only)
-# four at batch 1 for the linear-time ones, whose fits read those); bf16, decode, forward+backward and
-# the layer level are sparser and leave out the masked families' dense reference paths (the CPU has no
-# FlexAttention: they compute vanilla's scores under a mask). Forward+backward stops at 4096 (batch 4):
-# at batch 1 SDPA's CPU backward runs on one thread of the two, 20x slower than its forward. A case
-# predicted to take more than the time cap is skipped with the reason, as are longer ones.
+# One head of 64; 16K tokens per call up to N = 16K, then batch 1. The forward kernel sweep is the dense
+# one (the fits and crossovers read it). Its lengths are set per kind of code path, so that the plan does
+# not hang on the time cap's guess from run to run: every variant to 4096; of the N x N score paths, one
+# curve (vanilla) to 8192, three lengths from 2048 for its fit; from 16K to 128K the paths whose memory
+# grows slower than N^2, four lengths at batch 1 for the linear-time fits. (On 2 cores a case of vanilla's
+# forward kernel takes about 7 s at 8192 and 17-21 s at 16K, its layer 23 s at 16K, a masked family's
+# dense path 8-12 s at 8192: each of those points alone could decide whether `nox -s bench` keeps to its
+# 12 minutes.) bf16, decode, forward+backward and the layer level are sparser and leave out the masked
+# families' dense reference paths (the CPU has no FlexAttention: they compute vanilla's scores under a
+# mask); their N x N score paths stop where the forward kernel sweep's do. Forward+backward stops at 4096
+# (batch 4): at batch 1 SDPA's CPU backward runs on one thread of the two, 20x slower than its forward. A
+# case predicted to take more than the time cap is skipped with the reason, as are longer ones.
 # The fidelity cases get 4 s per timer: at 600 ms (two turns) flash-sdpa at 8192 (85 ms a call) had about
 # three rounds per turn, and its two medians came out 8% apart.
 CPU_STANDARD_FIDELITY = tuple(FidelityPoint(v, "kernel", "fwd", n) for v, n in (
     ("flash-sdpa", 1024), ("flash-sdpa", 8192), ("linear", 4096), ("vanilla", 2048)))
 CPU_STANDARD_THROUGHPUT = Grid(
     sweeps=(
-        Sweep("kernel", ("fwd",), (256, 1024, 2048, 4096, 8192, 16384, 65536), ("float32",)),
-        Sweep("kernel", ("fwd",), (32768, 131072), ("float32",), dense_masks=False),
-        Sweep("kernel", ("fwd",), (1024, 16384, 65536), ("bfloat16",), dense_masks=False),
+        Sweep("kernel", ("fwd",), (256, 1024, 2048, 4096), ("float32",)),
+        Sweep("kernel", ("fwd",), (8192,), ("float32",), dense_masks=False),
+        Sweep("kernel", ("fwd",), (16384, 32768, 65536, 131072), ("float32",), quadratic_memory=False),
+        Sweep("kernel", ("fwd",), (1024,), ("bfloat16",), dense_masks=False),
+        Sweep("kernel", ("fwd",), (16384, 65536), ("bfloat16",), quadratic_memory=False),
         Sweep("kernel", ("decode",), (256, 4096, 16384, 65536), ("float32",), dense_masks=False),
-        Sweep("layer", ("fwd", "decode"), (1024, 4096, 16384), ("float32",), dense_masks=False),
+        Sweep("layer", ("fwd", "decode"), (1024, 4096), ("float32",), dense_masks=False),
+        Sweep("layer", ("decode",), (16384,), ("float32",), dense_masks=False),
+        Sweep("layer", ("fwd",), (16384,), ("float32",), quadratic_memory=False),
         Sweep("kernel", ("fwd_bwd",), (256, 1024, 4096), ("float32",), dense_masks=False),
     ),
     dtypes=("float32", "bfloat16"), head_dims=(64,), causal=(True,), width=64, total_tokens=16384,
     budget_ms=100, warmup_ms=0, energy_ms=0, time_cap_ms=20000, remeasure_ms=300,
     fidelity=CPU_STANDARD_FIDELITY, fidelity_budget_ms=4000,
-    # --compile: three forward kernel lengths in float32 (a compile per variant and length), the masked
-    # families' dense reference paths left out as in the sparser sweeps.
-    compiled=(Sweep("kernel", ("fwd",), (1024, 4096, 16384), ("float32",), dense_masks=False),),
+    # --compile: three forward kernel lengths in float32 (a compile per variant and length), beside their
+    # eager twins: the masked families' dense reference paths left out as in the sparser sweeps, vanilla's
+    # scores to 4096.
+    compiled=(Sweep("kernel", ("fwd",), (1024, 4096), ("float32",), dense_masks=False),
+              Sweep("kernel", ("fwd",), (16384,), ("float32",), quadratic_memory=False)),
     ragged=(RaggedSweep(RAGGED_FAMILIES, (1024, 4096)),),
 )
 

@@ -1,5 +1,6 @@
 """The throughput suite: planning, failures as rows, resume, the CLI, and the pytest-benchmark route."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -384,6 +385,24 @@ def test_cpu_standard_sweeps_every_linear_time_family_to_64k_tokens_at_constant_
              if registry.get(c.variant).backend_for("cpu") == planning.DENSE_MASK_BACKEND}
     assert dense >= {"longformer", "sparse-bigbird"}
     assert {(c.level, c.mode, c.dtype) for c in sweep if c.variant in dense} == {("kernel", "fwd", "float32")}
+    # Set lengths per kind of path, not the time cap's guess: the N x N score paths stop at 8192 (vanilla)
+    # and 4096 (the masked families), every other path runs on to 128K.
+    fwd = [c for c in sweep if (c.level, c.mode, c.dtype) == ("kernel", "fwd", "float32")]
+    assert max(c.seq_len for c in fwd if c.variant == "vanilla") == 8192
+    assert max(c.seq_len for c in fwd if c.variant in dense) == 4096
+    assert max(c.seq_len for c in sweep if c.variant == "vanilla" and c.mode != "decode") == 8192
+    assert all(max(c.seq_len for c in fwd if c.variant == name) == 131072 for name in LINEAR_TIME)
+
+
+def test_a_path_is_quadratic_in_memory_by_its_memory_model():
+    """vanilla's scores and a masked family's dense path grow as N^2; SDPA's fused kernel and the
+    recurrent scans do not; a path with no memory model is not counted (the time cap guards it)."""
+    quadratic = {name for name in registry.names() if planning.quadratic_memory(registry.get(name), "cpu")}
+    masked = {name for name in registry.names()
+              if registry.get(name).backend_for("cpu") == planning.DENSE_MASK_BACKEND}
+    assert quadratic == {"vanilla"} | masked
+    no_model = dataclasses.replace(registry.get("vanilla"), peak_bytes=lambda call, **params: None)
+    assert not planning.quadratic_memory(no_model, "cpu")
 
 
 def test_cpu_bf16_only_where_the_cpu_has_it(monkeypatch):

@@ -286,10 +286,11 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
     cases: dict[str, Case] = {}
     for name in names:
         dense_mask = registry.get(name).backend_for(device) == DENSE_MASK_BACKEND
+        quadratic = quadratic_memory(registry.get(name), device)
         # A model's KV heads are its attention's: a mixer-only family (no KV heads) runs at its own shape.
         kvs = [None] if model and registry.get(name).attention_fn is None else kv_choices
         for sweep, under_compile in series:
-            if dense_mask and not sweep.dense_masks:
+            if (dense_mask and not sweep.dense_masks) or (quadratic and not sweep.quadratic_memory):
                 continue
             own = run_dtypes if dtypes else sweep.dtypes or run_dtypes  # --dtype: every sweep in those
             for dtype in [d for d in own if d in run_dtypes]:
@@ -312,6 +313,14 @@ def plan(profile: str, device: str, variants: Sequence[str] | None = None,
                       True, point.seq_len, kind="fidelity", budget_ms=grid.fidelity_budget_ms)
             cases.setdefault(c.case_id, c)
     return list(cases.values())
+
+
+def quadratic_memory(variant: registry.Variant, device: str) -> bool:
+    """Whether the variant's code path on the device holds N x N scores: its memory model's peak grows
+    about 4x from N = 4096 to 8192 (one sequence, one head of 64). A path with no model is not counted
+    (the time cap still guards it)."""
+    peaks = [variant.predicted_peak_bytes(device, "float32", 1, 1, n, 64) for n in (4096, 8192)]
+    return None not in peaks and peaks[1] >= 3 * peaks[0]
 
 
 def head_shapes(grid: Grid, model: str | None) -> list[tuple[int, int]]:
