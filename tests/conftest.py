@@ -1,3 +1,7 @@
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
 
@@ -12,6 +16,18 @@ TOLERANCE = {
     torch.float16: dict(atol=3e-3, rtol=3e-3),
     torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
 }
+
+
+# tests/test_report_fixtures.py builds its runs and report once per session in this directory, whichever
+# pytest-xdist worker asks first: the controller (or plain pytest) makes it before any worker starts (the
+# workers inherit the environment) and removes it at the end.
+SCRATCH_ENV = "ATTNBENCH_TEST_SCRATCH"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and SCRATCH_ENV not in os.environ:
+        os.environ[SCRATCH_ENV] = tempfile.mkdtemp(prefix="attnbench-tests-")
+        config.add_cleanup(lambda: shutil.rmtree(os.environ.pop(SCRATCH_ENV), ignore_errors=True))
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects: smoke_if's marks must be there by then

@@ -13,13 +13,18 @@ forward+backward = 3 x forward; non-causal = 1.2 x causal for softmax families.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import functools
 import hashlib
 import json
+import os
+import pickle
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import typer
@@ -29,6 +34,7 @@ from harness.report import build
 from harness.report.data import GIB, Results
 from harness.store import RunStore
 
+T = TypeVar("T")
 DEVICE_NAME = "NVIDIA H100 80GB HBM3"
 SEQ_LENS = (1024, 2048, 4096, 8192, 16384)
 TOTAL_TOKENS = 16384
@@ -219,28 +225,51 @@ def full_run(path, slowdown: dict[str, float] | None = None):
     return write_run(path, throughput_rows(slowdown) + accuracy_rows() + long_range_rows())
 
 
-# Built once per test session (each build writes and reads a few hundred files), shared by the
-# report, browser and recommend tests.
+# Built once per test session (each build writes and reads a few hundred files; the report's takes 15-20 s,
+# most of it drawing its charts), shared by the report, browser and recommend tests and by the pytest-xdist
+# workers: conftest.py names one scratch directory for the session (SCRATCH_ENV) before the workers start,
+# and the first worker to ask for a result builds it there while the others wait on its lock and then read
+# it. Outside pytest, a directory of this process's own.
+SCRATCH_ENV = "ATTNBENCH_TEST_SCRATCH"  # conftest.py sets it
 _ROOT: list[Path] = []
 
 
 def _scratch() -> Path:
     if not _ROOT:
-        _ROOT.append(Path(tempfile.mkdtemp(prefix="attnbench-report-tests-")))
-        atexit.register(shutil.rmtree, _ROOT[0], True)
+        shared = os.environ.get(SCRATCH_ENV)
+        _ROOT.append(Path(shared) if shared else Path(tempfile.mkdtemp(prefix="attnbench-report-tests-")))
+        if not shared:
+            atexit.register(shutil.rmtree, _ROOT[0], True)
     return _ROOT[0]
+
+
+def built_once(name: str, make: Callable[[Path], T]) -> T:
+    """make(scratch/NAME), once in the session whichever worker asks first; the others get a copy (pickled
+    beside it). A lock file per name: a build may ask for another (the report for its run)."""
+    root = _scratch()
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        done = root / f"{name}.pickle"
+        if done.exists():
+            return pickle.loads(done.read_bytes())
+        made = make(root / name)
+        partial = done.with_suffix(".partial")
+        partial.write_bytes(pickle.dumps(made))
+        partial.replace(done)
+        return made
 
 
 @functools.cache
 def full_dir() -> Path:
-    return full_run(_scratch() / "run")
+    return built_once("run", full_run)
 
 
 @functools.cache
 def baseline_dir() -> Path:
     """The throughput of the same run with flash-sdpa 10% faster and linear 3% faster: 10% is a
     regression, 3% is not."""
-    return write_run(_scratch() / "baseline", throughput_rows({"flash-sdpa": 1 / 1.10, "linear": 1 / 1.03}))
+    return built_once("baseline", lambda path: write_run(path, throughput_rows({"flash-sdpa": 1 / 1.10,
+                                                                                 "linear": 1 / 1.03})))
 
 
 @functools.cache
@@ -251,7 +280,7 @@ def full_rows():
 @functools.cache
 def built_report():
     """The report of the full run against the baseline (charts saved, HTML and Markdown written)."""
-    return build([full_dir()], _scratch() / "report", baseline=baseline_dir())
+    return built_once("report", lambda path: build([full_dir()], path, baseline=baseline_dir()))
 
 
 BUILD_COMMAND = typer.main.get_command
