@@ -223,7 +223,7 @@ def overlapping_labels(driver, svg: Path) -> list[tuple[str, str]]:
 def _boxes_meet(a: list, b: list) -> bool:
     """Whether the two quadrilaterals' upright bounding boxes share a point: those that do not cannot
     overlap, and most pairs of a chart's labels are such (skipping them spares the exact check's time)."""
-    (ax, ay), (bx, by) = zip(*a), zip(*b)
+    (ax, ay), (bx, by) = zip(*a, strict=True), zip(*b, strict=True)
     return max(ax) >= min(bx) and max(bx) >= min(ax) and max(ay) >= min(by) and max(by) >= min(ay)
 
 
