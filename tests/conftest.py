@@ -44,30 +44,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 def distribute(config, items) -> None:
-    """In a pytest-xdist worker (`nox -s tests` runs `--dist worksteal`): each worker's share starts with
-    an equal part of the tests marked `slow`.
+    """In a pytest-xdist worker (`nox -s tests` runs `--dist worksteal`): the tests marked `slow` first.
 
-    worksteal hands the W workers contiguous shares of the tests in this order (share k: what is left over
-    the W - k workers still to serve), and a worker that runs out takes the second half of the longest
-    queue left. So the slow tests are dealt out in turn, one share's part at its head and the short tests
-    after them: every worker starts on its own slow tests, and what is left to share at the end is short,
-    so the workers finish together. All of them at the head of one share made that worker's queue the
-    one stolen from, and its last tests (at most two cannot be stolen) ran alone at the end. Within a
-    share a file's tests stay in file order, so a module fixture is built at most once per worker that
-    runs them. Every worker sorts alike; the scheduler checks that their collections agree.
+    worksteal hands each worker a contiguous share of the tests in this order, and a worker that runs out
+    takes the second half of what another has left. With the slow tests first, the longest ones start
+    early and the short ones are what is left to share at the end, so the workers finish together: the
+    wall time is about the total over the number of workers rather than the longest file (which bounded
+    `--dist loadfile`). A file's tests stay next to each other, so a module fixture is built at most
+    once per worker that runs them. (`--dist loadgroup` would keep marked groups whole, but pytest-xdist
+    3.8 marks a group in an attribute that pytest 9.2 no longer reads.) Every worker sorts alike; the
+    scheduler checks that their collections agree.
     """
     if not hasattr(config, "workerinput"):  # the controller and plain pytest: collection order
         return
-    workers = max(1, int(config.workerinput.get("workercount", 1)))
-    slow = [item for item in items if item.get_closest_marker("slow") is not None]
-    quick = iter([item for item in items if item.get_closest_marker("slow") is None])
-    ordered, left = [], len(items)
-    for k in range(workers):
-        size = left // (workers - k)  # what worksteal hands share k
-        left -= size
-        heads = slow[k::workers]
-        ordered += heads + [item for _, item in zip(range(size - len(heads)), quick, strict=False)]
-    items[:] = ordered + list(quick)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order within each
 
 
 def mark_smoke(item) -> None:

@@ -33,8 +33,7 @@ def test_fast_c():
 class Worker:
     """A worker's config, as far as distribute reads it: pytest-xdist gives each worker `workerinput`."""
 
-    def __init__(self, workercount: int = 1):
-        self.workerinput = {"workerid": "gw0", "workercount": workercount}
+    workerinput = {"workerid": "gw0"}
 
 
 class Controller:
@@ -47,16 +46,6 @@ def test_a_worker_puts_the_slow_tests_first_and_keeps_each_files_tests_together(
     distribute(Worker(), items)
     names = ["test_slow", "test_slow_too", "test_fast_a", "test_fast_b", "test_fast_c"]
     assert [i.name for i in items] == names
-
-
-def test_each_workers_share_starts_with_its_part_of_the_slow_tests(pytester):
-    """Two workers: worksteal hands the first 2 of 5 tests to one and the other 3 to the other; each share
-    opens with one slow test, the short tests after them in file order."""
-    pytester.makepyfile(test_few=FEW, test_more=MORE)
-    items, _ = pytester.inline_genitems()
-    distribute(Worker(workercount=2), items)
-    shares = ["test_slow", "test_fast_a"], ["test_slow_too", "test_fast_b", "test_fast_c"]
-    assert [i.name for i in items] == shares[0] + shares[1]
 
 
 def test_outside_a_worker_the_collection_order_is_kept(pytester):
