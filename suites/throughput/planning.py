@@ -428,8 +428,8 @@ def compile_shapes(case: Case) -> list[dict]:
 # What the measuring figure leaves out, printed with every estimate (`attnbench run --estimate`).
 MEASURING_BASIS = ("its budgets only, a lower bound: a call longer than its budget runs about 4 times "
                    "(the sizing call, traced for memory on the CPU, and 3 rounds), unmodelled; the CPU "
-                   "standard sweep's float32 cases (`nox -s bench`'s on a CPU) took 5 min 14 s against 75 s "
-                   "estimated (2-core AMD EPYC, 2026-12-03)")
+                   "standard sweep's float32 cases (`nox -s bench`'s on a CPU) took about 5 min 20 s against "
+                   "75 s estimated (2-core AMD EPYC, 2026-12-03)")
 
 
 def estimate(cases: list[Case]) -> Estimate:
