@@ -441,6 +441,19 @@ def test_time_cap_and_timeouts_skip_the_longer_lengths():
     assert case(seq_len=2048).skip_reason([timed(short, 99.0)]) is None  # no cap
 
 
+def test_a_compiled_cases_compile_does_not_count_against_the_time_cap():
+    """The compiled series pays a compile at every length, not growing with N: 1.5 s of which 1.2 s
+    compiling is 0.3 s of measuring, under a 1 s cap. An eager row's compile_s is null (NaN once read
+    back from the store): all of its wall counts."""
+    short, long = case(seq_len=1024, time_cap_ms=1000), case(seq_len=2048, time_cap_ms=1000)
+    compiled = (short, "ok", {"case_wall_ms": 1500.0, "compile_s": 1.2})
+    assert long.skip_reason([compiled]) is None
+    over = (short, "ok", {"case_wall_ms": 2500.0, "compile_s": 1.2})
+    assert "whose measurement took 1.3 s (time cap 1 s)" in long.skip_reason([over])
+    for eager in (None, float("nan")):
+        assert "took 1.5 s" in long.skip_reason([(short, "ok", {"case_wall_ms": 1500.0, "compile_s": eager})])
+
+
 @pytest.mark.slow
 def test_the_runner_skips_what_the_time_cap_rules_out(tmp_path):
     capped = [case(seq_len=n, time_cap_ms=1) for n in (64, 128, 256)]
