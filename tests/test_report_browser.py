@@ -196,14 +196,14 @@ return Array.from(document.querySelectorAll('g[id^="text_"]')).map(g => {
 """
 
 
-def _separated(a: list, b: list) -> bool:
+def _separated(a: np.ndarray, b: np.ndarray) -> bool:
     """Two convex quadrilaterals are apart when, on one of their edges' normals, their projections
     overlap by less than OVERLAP_PX (the separating axis theorem)."""
     for quad in (a, b):
         for i in range(4):
-            edge = np.subtract(quad[(i + 1) % 4], quad[i])
+            edge = quad[(i + 1) % 4] - quad[i]
             normal = np.array([-edge[1], edge[0]]) / (np.hypot(*edge) or 1.0)
-            pa, pb = np.asarray(a) @ normal, np.asarray(b) @ normal
+            pa, pb = a @ normal, b @ normal
             if min(pa.max(), pb.max()) - max(pa.min(), pb.min()) < OVERLAP_PX:
                 return True
     return False
@@ -215,7 +215,8 @@ def overlapping_labels(driver, svg: Path) -> list[tuple[str, str]]:
     assert texts, f"no text found in {svg}"
     found = []
     for a, b in itertools.combinations(texts, 2):
-        if any(not _separated(qa, qb) for qa in a["lines"] for qb in b["lines"] if _boxes_meet(qa, qb)):
+        close = [(qa, qb) for qa in a["lines"] for qb in b["lines"] if _boxes_meet(qa, qb)]
+        if any(not _separated(np.array(qa), np.array(qb)) for qa, qb in close):
             found.append((a["label"], b["label"]))
     return found
 

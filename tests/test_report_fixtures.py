@@ -33,6 +33,7 @@ from harness import cli
 from harness.report import build
 from harness.report.data import GIB, Results
 from harness.store import RunStore
+from tests.conftest import SCRATCH_ENV
 
 T = TypeVar("T")
 DEVICE_NAME = "NVIDIA H100 80GB HBM3"
@@ -230,7 +231,6 @@ def full_run(path, slowdown: dict[str, float] | None = None):
 # workers: conftest.py names one scratch directory for the session (SCRATCH_ENV) before the workers start,
 # and the first worker to ask for a result builds it there while the others wait on its lock and then read
 # it. Outside pytest, a directory of this process's own.
-SCRATCH_ENV = "ATTNBENCH_TEST_SCRATCH"  # conftest.py sets it
 _ROOT: list[Path] = []
 
 
