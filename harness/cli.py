@@ -53,7 +53,8 @@ def list_variants() -> None:
 def one_line_validation(e: ValidationError) -> str:
     err = e.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
-    return f"{where}: {err['msg']}" if where else err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")  # a validator's own ValueError says what is wrong
+    return f"{where}: {msg}" if where else msg
 
 
 @app.command("run")
