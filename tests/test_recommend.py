@@ -219,6 +219,14 @@ def test_a_cpu_run_says_its_memory_figures_are_cpu_memory():
     assert not any("CPU-resident" in note for note in serve(context=16384, memory_gb=1).notes)
 
 
+def test_the_note_on_missing_prefill_memory_names_only_the_variants_it_concerns():
+    rows = product_rows()
+    rows.loc[rows.variant.eq("scan"), "mem_alloc_peak_bytes"] = None
+    notes = [n for n in serve(rows, context=16384, memory_gb=1).notes if "prefill memory" in n]
+    assert len(notes) == 1 and "for scan (" in notes[0] and "cache" not in notes[0]
+    assert not any("prefill memory" in n for n in serve(context=16384, memory_gb=1).notes)
+
+
 def test_too_few_lengths_to_fit_is_said_not_guessed():
     rows = product_rows()
     rows = rows[~(rows.variant.eq("scan") & rows.seq_len.eq(1024))]

@@ -361,9 +361,10 @@ def _serving_notes(forward: pd.DataFrame, rec: Recommendation, product: Product)
     if product.sequences > 1:
         notes.append(f"decode at batch {product.sequences}: {product.sequences} x the measured time per "
                      f"sequence (no batching gain assumed)")
-    if any(not a.prefill_peak_bytes for a in answers) and product.memory_gb is not None:
-        notes.append("prefill memory not recorded in these rows (a CPU run before traced peaks?): users "
-                     "that fit count the decode states only")
+    unpeaked = [v for v, a in rec.serving.items() if a.state_bytes is not None and not a.prefill_peak_bytes]
+    if unpeaked and product.memory_gb is not None:
+        notes.append(f"no prefill memory at the context for {', '.join(unpeaked)} (not measured, or too few "
+                     f"lengths to fit): their users that fit count the decode states only")
     return notes
 
 
