@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import (  # noqa: E402
@@ -48,6 +50,9 @@ from harness.report.analysis import Pareto  # noqa: E402
 PANEL_SIZE = (4.2, 3.1)  # inches per facet
 LEGEND_WIDTH = 2.2
 MAX_COLUMNS = 3
+AXES_SHARE = 0.8  # of a panel's width, what its axes (and so its title) span beside the y labels
+# DejaVu Sans, the charts' font, averages about 0.6 em a character (digits 0.64); bold a little more.
+CHAR_EM = {"normal": 0.62, "bold": 0.7}
 MIN_LABEL_GAP_LOG2 = 0.6
 SMOKE_LABEL = "smoke run"
 BAR_GROUP_WIDTH = 0.8  # seaborn's default: the bars of one x position share this width
@@ -150,9 +155,27 @@ def _grid(panels: list[tuple[str, str]], title: str, legend: bool = True):
         ax.set_visible(False)
     axes = dict(zip(panels, grid.flat, strict=False))
     for (row, col), ax in axes.items():
-        ax.set_title(f"{col}\n{row}", fontsize="medium")
-    fig.suptitle(title, fontweight="bold")
+        ax.set_title(wrapped(f"{col}\n{row}", PANEL_SIZE[0] * AXES_SHARE, "medium"), fontsize="medium")
+    suptitle(fig, title, legend)
     return fig, axes
+
+
+def wrapped(text: str, width_in: float, size: str | float, weight: str = "normal") -> str:
+    """`text` broken at spaces so that no line is wider than `width_in` inches at font size `size` (a
+    configuration label is longer than a panel is wide: it ran into its neighbour's)."""
+    points = FontProperties(size=size).get_size_in_points()
+    chars = max(12, int(width_in * 72 / (points * CHAR_EM[weight])))
+    return "\n".join(textwrap.fill(line, chars, break_long_words=False) for line in text.split("\n"))
+
+
+def suptitle(fig: Figure, title: str, legend: bool, note: str = "") -> None:
+    """The figure's title centred over its panels and wrapped to their width, clear of the legend that
+    stands outside them on the right (a title centred over the whole figure ran into it); `note`, a
+    line of its own under it, is kept whole so that a reader (and a search) finds it as written."""
+    width = fig.get_figwidth() - (LEGEND_WIDTH if legend else 0.0)
+    size = matplotlib.rcParams["figure.titlesize"]
+    text = wrapped(title, width * 0.95, size, "bold") + (f"\n{note}" if note else "")
+    fig.suptitle(text, x=width / 2 / fig.get_figwidth(), fontweight="bold")
 
 
 def _legend(fig, colors: Palette, drawn: set[str], markers: dict[str, str]) -> None:
@@ -773,9 +796,9 @@ def ragged_chart(frame: pd.DataFrame, colors=None):
 
 def mark_smoke(fig: Figure, reasons: list[str]) -> None:
     """Say under the chart's title that it shows a smoke run (quick profile, one seed), when it does."""
-    title = fig.get_suptitle()
+    title = " ".join(fig.get_suptitle().split())  # unwrapped: wrapped again with the line added
     if reasons and SMOKE_LABEL not in title:
-        fig.suptitle(f"{title}\n{SMOKE_LABEL} ({', '.join(reasons)}): not findings", fontweight="bold")
+        suptitle(fig, title, bool(fig.legends), note=f"{SMOKE_LABEL} ({', '.join(reasons)}): not findings")
 
 
 def save(fig: Figure, out_dir: Path, name: str) -> Path:
