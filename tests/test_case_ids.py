@@ -48,8 +48,9 @@ def test_every_committed_row_keeps_its_case_id_under_the_current_code():
         kinds.add((row["suite"], row.get("task") or row.get("kind"), row.get("criterion_holds")))
     assert mismatched == []
     assert trainings > 500  # every learned-task row
-    # Rows written before criterion_holds existed, and after it with another value than its default.
-    assert {k[2] for k in kinds if k[1] in ("induction", "passkey")} == {None, 3}
+    # Rows written before criterion_holds existed (None), after it at its default (1, the quick run) and
+    # with another value (3): the id rule must reproduce all three.
+    assert {k[2] for k in kinds if k[1] in ("induction", "passkey", "mqar", "listops")} == {None, 1, 3}
 
 
 def test_a_field_added_with_a_default_keeps_every_id_only_when_declared_added_later():
