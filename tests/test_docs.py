@@ -2,11 +2,13 @@
 registry's, the test command CI runs, one committed chart, links that resolve, and no issue numbers."""
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
-from harness import registry
+from harness import entry, registry
+from tests import test_report_fixtures as fx
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -52,6 +54,33 @@ def test_readme_shows_one_chart_of_a_committed_reference_run():
     assert len(images) == 1
     assert re.fullmatch(r"results/reference/[^/]+/report/charts/[^/]+\.svg", images[0])
     assert (ROOT / images[0]).is_file()
+
+
+def product_question(text: str) -> tuple[list[str], list[str]]:
+    """The tour's `attnbench recommend` command and the lines of its answer shown after it (a text block)."""
+    match = re.search(r"```bash\n(attnbench recommend .*?)```\s*```text\n(.*?)```",
+                      section(text, "A five-minute tour"), re.S)
+    assert match, "the tour shows no `attnbench recommend` command with its answer after it"
+    shown = [line for line in match.group(2).splitlines() if line.strip() and line.strip() != "..."]
+    return shlex.split(match.group(1).replace("\\\n", " ")), shown
+
+
+def words(line: str) -> str:
+    """A line of the terminal's answer without its table rules: its words, one space apart."""
+    return " ".join(re.sub(r"[│┃]", " ", line).split())
+
+
+@pytest.mark.slow
+def test_readme_product_question_shows_what_the_committed_run_answers(monkeypatch, capsys):
+    """The answer quoted in the README is what the command prints today on the committed run: a figure
+    copied by hand cannot drift from the rows (each quoted line is part of one printed line)."""
+    command, shown = product_question(README.read_text())
+    monkeypatch.chdir(ROOT)
+    code, out, err = fx.run_cli(monkeypatch, capsys, *command[1:], main=entry.main)
+    assert code == 0, err
+    printed = [f" {words(line)} " for line in out.splitlines()]
+    assert len(shown) >= 5
+    assert [line for line in shown if not any(f" {words(line)} " in p for p in printed)] == []
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
