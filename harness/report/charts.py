@@ -536,7 +536,7 @@ def accuracy_chart(task_accuracy: pd.DataFrame, colors=None):
         # list every variant.
         handles = [Patch(color=colors[v], label=v) for v in names]
         fig.legend(handles=handles, loc="outside right upper", frameon=False)
-        fig.suptitle("Accuracy by task and variant", fontweight="bold")
+        suptitle(fig, "Accuracy by task and variant", legend=True)
     return fig
 
 
@@ -587,7 +587,7 @@ def passkey_chart(best: pd.DataFrame):
         for ax in list(grid.flat)[len(names):]:
             ax.set_visible(False)
         fig.colorbar(grid.flat[0].collections[0], ax=grid, label="accuracy", shrink=0.8)
-        fig.suptitle("Passkey retrieval: accuracy by length and depth", fontweight="bold")
+        suptitle(fig, "Passkey retrieval: accuracy by length and depth", legend=False)
     return fig
 
 
@@ -609,7 +609,7 @@ def pareto_chart(front: Pareto | None, colors=None):
         ax.margins(x=0.12, y=0.12)  # room for the labels of the outermost points
         ax.set_xlabel(f"tokens / s at N = {front.seq_len} ({front.config})")
         ax.set_ylabel("mean accuracy (best LR)\n" + ", ".join(front.tasks))
-        fig.suptitle(f"Quality vs throughput at N = {front.seq_len}", fontweight="bold")
+        suptitle(fig, f"Quality vs throughput at N = {front.seq_len}", legend=False)
         place_labels(fig, ax, [(p.tokens_per_s, p.accuracy, p.variant) for p in table.itertuples()])
     return fig
 
@@ -693,7 +693,7 @@ def exactness_chart(exact: pd.DataFrame, title: str = "Implementation error agai
         ax.set_ylabel("relative error (worst case)")
         ax.tick_params(axis="x", rotation=30)
         ax.legend(title="input", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-        fig.suptitle(title, fontweight="bold")
+        suptitle(fig, title, legend=False)
     return fig
 
 
@@ -796,7 +796,7 @@ def ragged_chart(frame: pd.DataFrame, colors=None):
 
 def mark_smoke(fig: Figure, reasons: list[str]) -> None:
     """Say under the chart's title that it shows a smoke run (quick profile, one seed), when it does."""
-    title = " ".join(fig.get_suptitle().split())  # unwrapped: wrapped again with the line added
+    title = fig.get_suptitle()
     if reasons and SMOKE_LABEL not in title:
         suptitle(fig, title, bool(fig.legends), note=f"{SMOKE_LABEL} ({', '.join(reasons)}): not findings")
 
